@@ -1,0 +1,22 @@
+# Generates a C source holding the Lua modules under lua/ as byte arrays,
+# so `require "tide"` never depends on an install path.
+# Usage: cmake -DOUT=file.c -DROOT=<repo> -DFILES="lua/tide.lua;..." -P embed.cmake
+string(REPLACE "," ";" FILES "${FILES}")
+set(body "#include \"internal.h\"\n")
+set(table "const tide_embedded tide__lua_modules[] = {\n")
+set(i 0)
+foreach(f IN LISTS FILES)
+  file(READ "${ROOT}/${f}" hex HEX)
+  string(LENGTH "${hex}" hexlen)
+  math(EXPR len "${hexlen} / 2")
+  string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," bytes "${hex}")
+  string(REGEX REPLACE "^lua/(.*)\\.lua$" "\\1" mod "${f}")
+  string(REPLACE "/" "." mod "${mod}")
+  string(REGEX REPLACE "\\.init$" "" mod "${mod}")
+  string(APPEND body "static const char m${i}[] = {${bytes}0};\n")
+  string(APPEND table "  {\"${mod}\", \"@${f}\", m${i}, ${len}},\n")
+  math(EXPR i "${i} + 1")
+endforeach()
+string(APPEND table "  {0, 0, 0, 0}};\n")
+file(WRITE "${OUT}.tmp" "${body}${table}")
+execute_process(COMMAND ${CMAKE_COMMAND} -E copy_if_different "${OUT}.tmp" "${OUT}")

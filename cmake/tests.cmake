@@ -1,0 +1,15 @@
+# Tests: the busted specs run inside the tide binary, and every example.
+find_program(BUSTED busted)
+find_program(LUA54 lua5.4)
+add_test(NAME specs
+  COMMAND $<TARGET_FILE:tide> ${BUSTED} --no-auto-insulate -o utfTerminal spec/
+  WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(specs PROPERTIES TIMEOUT 600)
+file(GLOB TIDE_EXAMPLES ${CMAKE_SOURCE_DIR}/scripts/examples/expected/*.txt)
+foreach(f IN LISTS TIDE_EXAMPLES)
+  get_filename_component(name ${f} NAME_WE)
+  add_test(NAME example_${name}
+    COMMAND ${LUA54} scripts/examples/check.lua $<TARGET_FILE:tide> ${name}
+    WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(example_${name} PROPERTIES TIMEOUT 60)
+endforeach()

@@ -1,0 +1,104 @@
+/*
+ * err.c: tide's error values. A tide error is a table with the "tide.Error"
+ * metatable and the fields kind and message (and, where known, traceback and
+ * value). This file owns that metatable, the constructors used by C code and
+ * the Lua functions tide.error() and tide.iserror().
+ */
+#include <stdarg.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* [-0, +1, m] Pushes a new error {kind = kind, message = <fmt>}. */
+void tide__err_push(lua_State *L, const char *kind, const char *fmt, ...) {
+  va_list ap;
+  lua_createtable(L, 0, 3);
+  lua_pushstring(L, kind);
+  lua_setfield(L, -2, "kind");
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lua_setfield(L, -2, "message");
+  luaL_setmetatable(L, TIDE_ERROR_MT);
+}
+
+/* [-0, +1, v] Raises a new error of `kind`. */
+int tide__err_raise(lua_State *L, const char *kind, const char *fmt, ...) {
+  va_list ap;
+  lua_createtable(L, 0, 3);
+  lua_pushstring(L, kind);
+  lua_setfield(L, -2, "kind");
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lua_setfield(L, -2, "message");
+  luaL_setmetatable(L, TIDE_ERROR_MT);
+  return lua_error(L);
+}
+
+int tide__iserror(lua_State *L, int idx) {
+  int r;
+  if (!lua_istable(L, idx) || !lua_getmetatable(L, idx))
+    return 0;
+  luaL_getmetatable(L, TIDE_ERROR_MT);
+  r = lua_rawequal(L, -1, -2);
+  lua_pop(L, 2);
+  return r;
+}
+
+int tide__err_is_kind(lua_State *L, int idx, const char *kind) {
+  int r;
+  if (!tide__iserror(L, idx))
+    return 0;
+  lua_getfield(L, idx, "kind");
+  r = lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), kind) == 0;
+  lua_pop(L, 1);
+  return r;
+}
+
+static int err_tostring(lua_State *L) {
+  lua_getfield(L, 1, "kind");
+  lua_getfield(L, 1, "message");
+  lua_pushfstring(L, "%s: %s", luaL_optstring(L, -2, "error"),
+                  luaL_optstring(L, -1, "?"));
+  return 1;
+}
+
+/* tide.error(kind, message [, fields]) -> error value */
+static int l_error(lua_State *L) {
+  const char *kind = luaL_checkstring(L, 1);
+  const char *msg = luaL_optstring(L, 2, kind);
+  if (!lua_isnoneornil(L, 3))
+    luaL_checktype(L, 3, LUA_TTABLE);
+  tide__err_push(L, kind, "%s", msg);
+  if (lua_istable(L, 3)) {
+    lua_pushnil(L);
+    while (lua_next(L, 3)) {
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_rawset(L, -4);
+    }
+  }
+  return 1;
+}
+
+static int l_iserror(lua_State *L) {
+  lua_pushboolean(L, tide__iserror(L, 1));
+  return 1;
+}
+
+static const luaL_Reg err_funcs[] = {
+  {"error", l_error}, {"iserror", l_iserror}, {NULL, NULL}};
+
+/* [-1, +1, m] Adds error functions to the table on top; makes the metatable. */
+int tide__open_err(lua_State *L) {
+  if (luaL_newmetatable(L, TIDE_ERROR_MT)) {
+    lua_pushcfunction(L, err_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushstring(L, "tide.Error");
+    lua_setfield(L, -2, "__name");
+  }
+  lua_pop(L, 1);
+  luaL_setfuncs(L, err_funcs, 0);
+  return 1;
+}

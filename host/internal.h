@@ -1,0 +1,170 @@
+/*
+ * internal.h: the structures shared by tide's C files. Not installed; the
+ * public surface is tide.h.
+ *
+ * Ownership in one paragraph: a tide_runtime owns one lua_State and knows the
+ * libuv loop it was given or made. Each tide.run() (the binary's main chunk
+ * included) pushes a tide_sched: the ready queue, the timer heap and the
+ * handles that drive them on one loop. Tasks are userdata ("tide.Task") that
+ * belong to one sched; while not done they are anchored in the sched's task
+ * table, so the collector never takes a runnable or parked task.
+ */
+#ifndef TIDE_INTERNAL_H
+#define TIDE_INTERNAL_H
+
+#include <stdint.h>
+#include <uv.h>
+#include <lua.h>
+#include <lauxlib.h>
+
+#include "tide.h"
+
+#define TIDE_TASK_MT   "tide.Task"
+#define TIDE_HANDLE_MT "tide.Handle"
+#define TIDE_ERROR_MT  "tide.Error"
+
+/* A node of the timer heap: embedded in a task (sleep) or a handle. */
+typedef struct tide_tnode {
+  uint64_t when; /* deadline, ns on the sched clock */
+  uint64_t seq;  /* start order: equal deadlines fire FIFO */
+  int idx;       /* position in the heap, -1 when not in it */
+  int kind;      /* TN_TASK or TN_HANDLE */
+} tide_tnode;
+
+enum { TN_TASK = 1, TN_HANDLE = 2 };
+
+enum task_state {
+  TS_NEW,     /* spawned, first step not run yet */
+  TS_READY,   /* in the ready queue with nargs values pushed on co */
+  TS_RUNNING, /* being resumed right now */
+  TS_PARKED,  /* suspended, waiting for a wake or a cancel */
+  TS_DONE
+};
+
+enum task_flags {
+  TF_CANCEL_PENDING = 1, /* cancel asked while not parked: deliver next */
+  TF_FAILED = 2,         /* ended with an error */
+  TF_CANCELLED = 4,      /* ended with a "cancelled" error */
+  TF_RETRIEVED = 8,      /* somebody looked at the error */
+  TF_QUEUED = 16,        /* in the ready queue */
+  TF_IMMEDIATE = 32      /* parked only to yield: resume with true */
+};
+
+typedef struct tide_sched tide_sched;
+
+typedef struct tide_task {
+  lua_State *co;          /* the coroutine; NULL once done */
+  tide_sched *s;          /* the sched the task runs on */
+  struct tide_task *next; /* ready queue link */
+  tide_tnode tn;          /* sleep deadline */
+  int ref;                /* slot in the sched's task table, 0 when done */
+  int nargs;              /* values waiting on co for the next resume */
+  int nres;               /* results kept after success */
+  uint32_t id;
+  uint32_t parent;        /* id of the spawning task, 0 for none */
+  int line;               /* line of the spawn call */
+  unsigned char state, flags;
+} tide_task;
+
+/* Task user values */
+enum { TUV_CO = 1, TUV_WAITERS = 2, TUV_SITE = 3, TUV_N = 3 };
+
+/* call_soon / call_later handle */
+typedef struct tide_handle {
+  tide_tnode tn;
+  tide_sched *s;
+  int ref; /* registry-ish ref in the sched's handle table while armed */
+  int cancelled;
+} tide_handle;
+
+struct tide_sched {
+  tide_runtime *rt;
+  tide_sched *outer;  /* the sched this run is nested in */
+  lua_State *L;       /* the thread that called run: callbacks run here */
+  uv_loop_t *loop;
+  int own_loop;
+  uv_loop_t loop_storage;
+  uv_prepare_t prepare;
+  uv_check_t check;
+  uv_idle_t idle;
+  uv_timer_t timer;
+  uv_signal_t sigint, sigusr1;
+  int idle_on, timer_on, virtual_clock, closing;
+  uint64_t armed;     /* deadline the uv timer is armed for */
+  uint64_t vnow;      /* virtual clock, ns */
+  uint64_t seq;
+  tide_task *head, *tail; /* ready queue */
+  tide_tnode **heap;
+  int nheap, capheap;
+  int tasks_ref;      /* registry ref: table of live tasks */
+  int handles_ref;    /* registry ref: table of armed handles */
+  int pending_ref;    /* registry ref: task -> pending cancel error */
+  int io_pending;     /* operations waiting on real I/O (virtual clock) */
+  int ntasks;
+  tide_task *main;
+};
+
+struct tide_runtime {
+  lua_State *L;
+  uv_loop_t *loop;       /* the loop handed in, or NULL: tide makes its own */
+  tide_sched *sched;     /* innermost active run */
+  tide_task *current;    /* task being resumed */
+  uint32_t next_id;
+  int debug;             /* TIDE_DEBUG */
+  int sigints;           /* Ctrl-C count */
+  int owns_L;
+};
+
+/* runtime.c */
+tide_runtime *tide__rt(lua_State *L);
+void tide__report(lua_State *L, const char *what, int idx);
+int tide__call_protected(lua_State *L, int nargs, const char *what);
+
+/* err.c */
+void tide__err_push(lua_State *L, const char *kind, const char *fmt, ...);
+int tide__err_raise(lua_State *L, const char *kind, const char *fmt, ...);
+int tide__iserror(lua_State *L, int idx);
+int tide__err_is_kind(lua_State *L, int idx, const char *kind);
+int tide__open_err(lua_State *L);
+
+/* timer.c */
+uint64_t tide__now(tide_sched *s);
+void tide__heap_push(tide_sched *s, tide_tnode *n, uint64_t when);
+void tide__heap_remove(tide_sched *s, tide_tnode *n);
+void tide__fire_due(tide_sched *s);
+void tide__timer_arm(tide_sched *s);
+int tide__virtual_advance(tide_sched *s);
+int tide__open_timer(lua_State *L);
+
+/* task.c */
+tide_task *tide__check_task(lua_State *L, int idx);
+tide_task *tide__current(lua_State *L);
+tide_task *tide__spawn(lua_State *L, tide_sched *s, int fidx, int nargs);
+void tide__enqueue(tide_sched *s, tide_task *t);
+void tide__run_ready(tide_sched *s);
+int tide__park(lua_State *L, lua_KContext ctx, lua_KFunction k);
+int tide__wake(lua_State *L, tide_task *t, int nvals);
+int tide__cancel(lua_State *L, int tidx, int erridx);
+void tide__push_task(lua_State *L, tide_task *t);
+void tide__task_line(lua_State *L, tide_task *t);
+int tide__open_task(lua_State *L);
+void *tide__sentinel(void);
+
+/* loop.c */
+tide_sched *tide__sched_new(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
+                            int virtual_clock);
+void tide__sched_update(tide_sched *s);
+int tide__sched_close(tide_sched *s);
+int tide__run(lua_State *L);
+int tide__dump_tasks(lua_State *L);
+
+/* embedded Lua sources, generated at build time */
+typedef struct tide_embedded {
+  const char *name;
+  const char *chunkname;
+  const char *src;
+  size_t len;
+} tide_embedded;
+extern const tide_embedded tide__lua_modules[];
+
+#endif

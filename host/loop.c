@@ -1,0 +1,366 @@
+/*
+ * loop.c: one tide.run on one libuv loop. Owns the tide_sched: its handles
+ * (a prepare and a check that run due timers and the ready queue, an idle
+ * that keeps the poll from blocking while tasks are ready, the heap's timer,
+ * SIGINT/SIGUSR1 watchers), the run itself (main task, then a shutdown that
+ * cancels the tasks left and lets them clean up) and the teardown that
+ * closes every handle it opened, leaving a loop it was handed usable.
+ *
+ * Loop turn: timers -> idle -> prepare: due timers, virtual clock ->
+ * poll (non-blocking while tasks are ready) -> check: due timers, run the
+ * ready queue. Tasks woken by I/O callbacks run in the same turn's check.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+static void on_uv_idle(uv_idle_t *h) {
+  (void)h; /* only there to make the poll phase non-blocking */
+}
+
+/* Idle is on while tasks are ready, or while the virtual clock can jump. */
+void tide__sched_update(tide_sched *s) {
+  int want = !s->closing &&
+             (s->head != NULL ||
+              (s->virtual_clock && s->nheap > 0 && s->io_pending == 0));
+  if (want && !s->idle_on)
+    uv_idle_start(&s->idle, on_uv_idle);
+  else if (!want && s->idle_on)
+    uv_idle_stop(&s->idle);
+  s->idle_on = want;
+}
+
+static void on_uv_prepare(uv_prepare_t *h) {
+  tide_sched *s = h->data;
+  if (s->virtual_clock) {
+    if (s->head == NULL && s->io_pending == 0)
+      tide__virtual_advance(s);
+  } else {
+    tide__fire_due(s);
+    tide__timer_arm(s);
+  }
+  tide__sched_update(s);
+}
+
+static void on_uv_check(uv_check_t *h) {
+  tide_sched *s = h->data;
+  if (!s->virtual_clock)
+    tide__fire_due(s);
+  tide__run_ready(s);
+  tide__timer_arm(s);
+  tide__sched_update(s);
+}
+
+static void cancel_main(tide_sched *s, const char *kind, const char *msg) {
+  lua_State *L = s->L;
+  if (s->main == NULL || s->main->state == TS_DONE)
+    return;
+  tide__push_task(L, s->main);
+  tide__err_push(L, kind, "%s", msg);
+  tide__cancel(L, -2, -1);
+  lua_pop(L, 2);
+  tide__sched_update(s);
+}
+
+static void on_uv_sigint(uv_signal_t *h, int signum) {
+  tide_sched *s = h->data;
+  (void)signum;
+  if (++s->rt->sigints >= 2) {
+    fputs("\ntide: interrupted twice, exiting now\n", stderr);
+    _exit(130);
+  }
+  if (s->rt->sched == s)
+    cancel_main(s, "cancelled", "interrupted (SIGINT)");
+}
+
+static void on_uv_sigusr1(uv_signal_t *h, int signum) {
+  tide_sched *s = h->data;
+  (void)signum;
+  lua_pushcfunction(s->L, tide__dump_tasks);
+  tide__call_protected(s->L, 0, "dump_tasks");
+}
+
+static int new_table_ref(lua_State *L, const char *mode) {
+  lua_newtable(L);
+  if (mode) {
+    lua_createtable(L, 0, 1);
+    lua_pushstring(L, mode);
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+  }
+  return luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+/* Makes a sched on `loop` (NULL: a loop of its own) whose callbacks run on
+ * L. Returns NULL if libuv fails (the reason is pushed as an error). */
+tide_sched *tide__sched_new(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
+                            int virtual_clock) {
+  tide_sched *s = calloc(1, sizeof(*s));
+  if (s == NULL)
+    return NULL;
+  s->rt = rt;
+  s->L = L;
+  if (loop == NULL) {
+    int rc = uv_loop_init(&s->loop_storage);
+    if (rc < 0) {
+      free(s);
+      tide__err_push(L, "uv", "cannot create a loop: %s", uv_strerror(rc));
+      return NULL;
+    }
+    loop = &s->loop_storage;
+    s->own_loop = 1;
+  }
+  s->loop = loop;
+  s->virtual_clock = virtual_clock;
+  s->vnow = uv_hrtime();
+  uv_prepare_init(loop, &s->prepare);
+  uv_check_init(loop, &s->check);
+  uv_idle_init(loop, &s->idle);
+  uv_timer_init(loop, &s->timer);
+  uv_signal_init(loop, &s->sigint);
+  uv_signal_init(loop, &s->sigusr1);
+  s->prepare.data = s->check.data = s->idle.data = s->timer.data = s;
+  s->sigint.data = s->sigusr1.data = s;
+  uv_prepare_start(&s->prepare, on_uv_prepare);
+  uv_check_start(&s->check, on_uv_check);
+  uv_unref((uv_handle_t *)&s->prepare);
+  uv_unref((uv_handle_t *)&s->check);
+  if (s->own_loop) {
+    uv_signal_start(&s->sigint, on_uv_sigint, SIGINT);
+    uv_unref((uv_handle_t *)&s->sigint);
+    uv_signal_start(&s->sigusr1, on_uv_sigusr1, SIGUSR1);
+    uv_unref((uv_handle_t *)&s->sigusr1);
+  }
+  s->tasks_ref = new_table_ref(L, NULL);
+  s->handles_ref = new_table_ref(L, NULL);
+  s->pending_ref = new_table_ref(L, "k");
+  return s;
+}
+
+static void on_uv_close_noop(uv_handle_t *h) {
+  (void)h;
+}
+
+static void on_uv_walk_close(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (!uv_is_closing(h))
+    uv_close(h, on_uv_close_noop);
+}
+
+/* Closes the sched's handles, drops armed call_later handles, frees it.
+ * A loop tide owns is closed too; a loop handed in is left usable.
+ * Returns the uv_loop_close result (0) for an owned loop, else 0. */
+int tide__sched_close(tide_sched *s) {
+  lua_State *L = s->L;
+  int rc = 0, i;
+  s->closing = 1;
+  for (i = 0; i < s->nheap; i++) {
+    s->heap[i]->idx = -1;
+    if (s->heap[i]->kind == TN_HANDLE)
+      ((tide_handle *)s->heap[i])->cancelled = 1;
+  }
+  s->nheap = 0;
+  uv_close((uv_handle_t *)&s->prepare, on_uv_close_noop);
+  uv_close((uv_handle_t *)&s->check, on_uv_close_noop);
+  uv_close((uv_handle_t *)&s->idle, on_uv_close_noop);
+  uv_close((uv_handle_t *)&s->timer, on_uv_close_noop);
+  uv_close((uv_handle_t *)&s->sigint, on_uv_close_noop);
+  uv_close((uv_handle_t *)&s->sigusr1, on_uv_close_noop);
+  if (s->own_loop) {
+    uv_walk(s->loop, on_uv_walk_close, NULL);
+    uv_run(s->loop, UV_RUN_DEFAULT);
+    rc = uv_loop_close(s->loop);
+  } else {
+    uv_run(s->loop, UV_RUN_NOWAIT); /* deliver our close callbacks */
+  }
+  luaL_unref(L, LUA_REGISTRYINDEX, s->tasks_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, s->handles_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, s->pending_ref);
+  free(s->heap);
+  free(s);
+  return rc;
+}
+
+/* Cancels every task of s but the main one. */
+static void cancel_all(tide_sched *s) {
+  lua_State *L = s->L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->tasks_ref);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    if (lua_type(L, -1) == LUA_TUSERDATA && lua_touserdata(L, -1) != s->main) {
+      tide__err_push(L, "cancelled", "the run's main task ended");
+      tide__cancel(L, -2, -1);
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+static void list_pending(tide_sched *s) {
+  if (s->ntasks > 0) {
+    fprintf(stderr, "tide: %d task(s) still pending at the end of the run:\n",
+            s->ntasks);
+    lua_pushcfunction(s->L, tide__dump_tasks);
+    tide__call_protected(s->L, 0, "dump_tasks");
+  }
+}
+
+/* [-(nargs+1), +1, -] Runs the function below nargs arguments as the main
+ * task of a new sched until it ends, then shuts the sched down. Leaves the
+ * main task's userdata on the stack; returns it. */
+static tide_task *run_main(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
+                           int virtual_clock, int nargs) {
+  tide_sched *s;
+  tide_task *main, *saved = rt->current;
+  int fidx = lua_gettop(L) - nargs;
+  s = tide__sched_new(L, rt, loop, virtual_clock);
+  if (s == NULL)
+    lua_error(L);
+  s->outer = rt->sched;
+  rt->sched = s;
+  rt->current = NULL;
+  main = tide__spawn(L, s, fidx, nargs);
+  s->main = main;
+  lua_getfield(L, LUA_REGISTRYINDEX, "tide.names");
+  lua_pushvalue(L, -2);
+  lua_pushliteral(L, "main");
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  lua_replace(L, fidx);
+  lua_settop(L, fidx);
+  uv_run(s->loop, UV_RUN_DEFAULT);
+  if (main->state != TS_DONE) {
+    cancel_main(s, "deadlock",
+                "the main task is waiting and nothing is left that could "
+                "wake it (no timers, I/O or ready tasks)");
+    uv_run(s->loop, UV_RUN_DEFAULT);
+  }
+  if (s->ntasks > 0) {
+    cancel_all(s);
+    tide__sched_update(s);
+    uv_run(s->loop, UV_RUN_DEFAULT);
+  }
+  if (rt->debug)
+    list_pending(s);
+  rt->sched = s->outer;
+  rt->current = saved;
+  if (tide__sched_close(s) != 0)
+    fprintf(stderr, "tide: warning: the loop still had open handles\n");
+  return main;
+}
+
+/* tide.run([opts,] fn, ...) -> fn's results, or raises its error */
+int tide__run(lua_State *L) {
+  tide_runtime *rt = tide__rt(L);
+  int virtual_clock = 0, fidx = 1;
+  tide_task *main;
+  if (lua_type(L, 1) == LUA_TTABLE) {
+    const char *clock;
+    lua_getfield(L, 1, "clock");
+    clock = luaL_optstring(L, -1, "real");
+    if (strcmp(clock, "virtual") == 0)
+      virtual_clock = 1;
+    else if (strcmp(clock, "real") != 0)
+      luaL_argerror(L, 1, "opts.clock must be \"real\" or \"virtual\"");
+    lua_pop(L, 1);
+    fidx = 2;
+  }
+  luaL_checktype(L, fidx, LUA_TFUNCTION);
+  if (rt->sched && rt->current == NULL)
+    return luaL_error(L, "tide.run cannot be called from a loop callback "
+                         "(only from a task or outside any loop)");
+  lua_rotate(L, 1, -(fidx - 1));
+  lua_settop(L, lua_gettop(L) - (fidx - 1));
+  main = run_main(L, rt, rt->sched == NULL ? rt->loop : NULL, virtual_clock,
+                  lua_gettop(L) - 1);
+  {
+    int ud = lua_gettop(L), n;
+    if (main->flags & TF_FAILED) {
+      lua_getiuservalue(L, ud, TUV_SITE);
+      lua_setfield(L, LUA_REGISTRYINDEX, "tide.main_traceback");
+    } else if ((main->flags & TF_CANCELLED) && rt->sigints > 0) {
+      lua_pushboolean(L, 1);
+      lua_setfield(L, LUA_REGISTRYINDEX, "tide.interrupted");
+    }
+    if (main->flags & (TF_FAILED | TF_CANCELLED)) {
+      main->flags |= TF_RETRIEVED;
+      lua_getiuservalue(L, ud, TUV_CO);
+      return lua_error(L);
+    }
+    lua_getfield(L, ud, "result");
+    lua_pushvalue(L, ud);
+    lua_call(L, 1, LUA_MULTRET);
+    n = lua_gettop(L) - ud;
+    return n;
+  }
+}
+
+/* Public: runs the function below nargs arguments as the main task. */
+int tide_runtime_run(tide_runtime *rt, int nargs, int *nresults) {
+  lua_State *L = rt->L;
+  int base = lua_gettop(L) - nargs - 1, st;
+  lua_pushcfunction(L, tide__run);
+  lua_insert(L, base + 1);
+  st = lua_pcall(L, nargs + 1, LUA_MULTRET, 0);
+  if (nresults)
+    *nresults = st == LUA_OK ? lua_gettop(L) - base : 0;
+  return st;
+}
+
+/* ---- task dump ------------------------------------------------------- */
+
+static void dump_sched(lua_State *L, tide_sched *s) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->tasks_ref);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    if (lua_type(L, -1) == LUA_TUSERDATA) {
+      tide_task *t = lua_touserdata(L, -1);
+      lua_Debug ar;
+      int level = 0;
+      const char *where = "(not started)";
+      char buf[256];
+      if (t->co && t->state != TS_NEW) {
+        lua_State *co = (t->state == TS_RUNNING) ? L : t->co;
+        where = "?";
+        while (lua_getstack(co, level++, &ar)) {
+          lua_getinfo(co, "Sl", &ar);
+          if (ar.currentline > 0) {
+            snprintf(buf, sizeof buf, "%s:%d", ar.short_src, ar.currentline);
+            where = buf;
+            break;
+          }
+        }
+      }
+      lua_getfield(L, -1, "name");
+      fprintf(stderr, "  %-20s %-8s id=%-6u parent=%-6u at %s\n",
+              lua_tostring(L, -1),
+              t->state == TS_PARKED ? "waiting"
+              : t->state == TS_RUNNING ? "running"
+              : t->state == TS_NEW ? "new" : "ready",
+              (unsigned)t->id, (unsigned)t->parent, where);
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+}
+
+/* tide.dump_tasks(): prints every live task to stderr */
+int tide__dump_tasks(lua_State *L) {
+  tide_runtime *rt = tide__rt(L);
+  tide_sched *s;
+  int depth = 0;
+  fprintf(stderr, "tide: live tasks (pid %d)\n", (int)getpid());
+  for (s = rt->sched; s; s = s->outer, depth++) {
+    if (depth > 0)
+      fprintf(stderr, " in the enclosing tide.run:\n");
+    dump_sched(L, s);
+  }
+  fflush(stderr);
+  return 0;
+}

@@ -1,0 +1,836 @@
+/*
+ * task.c: tasks. Owns the "tide.Task" userdata, the ready queue, the step
+ * that resumes a task's coroutine, and the three moves everything else is
+ * built from:
+ *
+ *   park   the running task yields (a private sentinel) and waits;
+ *   wake   a parked task becomes ready, with values for its park to return;
+ *   cancel the task is made ready with an error of kind "cancelled" that its
+ *          park raises (delivered at the suspension point, as in asyncio).
+ *
+ * A park returns `true, ...` when woken, or `false, err, woken` when
+ * cancelled, where woken tells that a wake had arrived first and was dropped,
+ * so a primitive can pass it on (nothing is lost). Tasks are never resumed
+ * from inside another task: wake and cancel only queue, and the loop's
+ * check callback runs the queue (see loop.c).
+ *
+ * While a task is not done, its userdata is anchored in the sched's task
+ * table. A done task keeps its results (or error) in user value 1 instead of
+ * its coroutine, which is then left to the collector.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "internal.h"
+
+static char sentinel_key;
+
+void *tide__sentinel(void) {
+  return &sentinel_key;
+}
+
+static const char *state_name(const tide_task *t) {
+  switch (t->state) {
+    case TS_NEW: return "pending";
+    case TS_READY: return "ready";
+    case TS_RUNNING: return "running";
+    case TS_PARKED: return "waiting";
+    default:
+      return (t->flags & TF_CANCELLED) ? "cancelled"
+             : (t->flags & TF_FAILED)  ? "failed"
+                                       : "done";
+  }
+}
+
+tide_task *tide__check_task(lua_State *L, int idx) {
+  return luaL_checkudata(L, idx, TIDE_TASK_MT);
+}
+
+/* The task running now; raises if there is none or if L cannot yield. */
+tide_task *tide__current(lua_State *L) {
+  tide_runtime *rt = tide__rt(L);
+  if (rt->current == NULL) {
+    lua_Debug ar;
+    const char *fn = "this function";
+    if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "n", &ar) && ar.name)
+      fn = ar.name;
+    luaL_error(L, "%s must be called from inside a task "
+                  "(the main chunk under tide, or a function run by "
+                  "tide.run or tide.spawn)", fn);
+  }
+  if (!lua_isyieldable(L))
+    luaL_error(L, "cannot suspend the task here: a C function without "
+                  "continuation is on the stack (a metamethod such as "
+                  "__tostring, a table.sort comparator, a string.gsub "
+                  "callback, or the top level of a require'd chunk)");
+  return rt->current;
+}
+
+/* [-0, +1, -] Pushes t's userdata. Only for tasks not done (anchored). */
+void tide__push_task(lua_State *L, tide_task *t) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->s->tasks_ref);
+  lua_rawgeti(L, -1, t->ref);
+  lua_remove(L, -2);
+}
+
+void tide__enqueue(tide_sched *s, tide_task *t) {
+  if (t->flags & TF_QUEUED)
+    return;
+  t->flags |= TF_QUEUED;
+  t->next = NULL;
+  if (s->tail)
+    s->tail->next = t;
+  else
+    s->head = t;
+  s->tail = t;
+  if (!s->idle_on)
+    tide__sched_update(s);
+}
+
+/* [-0, +1, m] Pushes t's name: the one given, or "Task-<id>". */
+static void push_name(lua_State *L, tide_task *t, int ud) {
+  ud = lua_absindex(L, ud);
+  lua_getfield(L, LUA_REGISTRYINDEX, "tide.names");
+  lua_pushvalue(L, ud);
+  if (lua_rawget(L, -2) == LUA_TSTRING) {
+    lua_remove(L, -2);
+    return;
+  }
+  lua_pop(L, 2);
+  lua_pushfstring(L, "Task-%d", (int)t->id);
+}
+
+/* [-0, +1, m] Pushes "file:line" of where the task at ud was spawned. */
+static void push_site(lua_State *L, tide_task *t, int ud) {
+  lua_Debug ar;
+  if (lua_getiuservalue(L, ud, TUV_SITE) == LUA_TFUNCTION) {
+    lua_getinfo(L, ">S", &ar);
+    lua_pushfstring(L, "%s:%d", ar.short_src, t->line);
+  } else {
+    lua_pop(L, 1);
+    lua_pushliteral(L, "?");
+  }
+}
+
+/* ---- spawn ------------------------------------------------------------ */
+
+/* [-0, +1, m] Makes a task running the function at fidx with the nargs
+ * values above it, queued to start on the next loop turn. */
+tide_task *tide__spawn(lua_State *L, tide_sched *s, int fidx, int nargs) {
+  tide_runtime *rt = s->rt;
+  tide_task *t;
+  lua_State *co;
+  lua_Debug ar;
+  int ud, i;
+  fidx = lua_absindex(L, fidx);
+  t = lua_newuserdatauv(L, sizeof(*t), TUV_N);
+  ud = lua_gettop(L);
+  memset(t, 0, sizeof(*t));
+  t->s = s;
+  t->tn.idx = -1;
+  t->tn.kind = TN_TASK;
+  t->id = ++rt->next_id;
+  t->parent = rt->current ? rt->current->id : 0;
+  luaL_setmetatable(L, TIDE_TASK_MT);
+  co = lua_newthread(L);
+  luaL_checkstack(co, nargs + 1, "too many arguments to spawn");
+  for (i = 0; i <= nargs; i++)
+    lua_pushvalue(L, fidx + i);
+  lua_xmove(L, co, nargs + 1);
+  lua_setiuservalue(L, ud, TUV_CO);
+  t->co = co;
+  t->nargs = nargs;
+  if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "fl", &ar)) {
+    t->line = ar.currentline;
+    lua_setiuservalue(L, ud, TUV_SITE);
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->tasks_ref);
+  lua_pushvalue(L, ud);
+  t->ref = luaL_ref(L, -2);
+  lua_pop(L, 1);
+  s->ntasks++;
+  t->state = TS_NEW;
+  tide__enqueue(s, t);
+  return t;
+}
+
+/* ---- finishing -------------------------------------------------------- */
+
+static void fire_waiter(lua_State *L, int ud, int w) {
+  if (lua_type(L, w) == LUA_TUSERDATA) {
+    tide_task *waiter = lua_touserdata(L, w);
+    lua_pushboolean(L, 1);
+    tide__wake(L, waiter, 1);
+  } else if (lua_type(L, w) == LUA_TFUNCTION) {
+    lua_pushvalue(L, w);
+    lua_pushvalue(L, ud);
+    tide__call_protected(L, 1, "done callback");
+  }
+}
+
+/* Unanchors the finished task at ud and wakes or calls its waiters. */
+static void finish_common(lua_State *L, tide_task *t, int ud) {
+  tide_sched *s = t->s;
+  int w;
+  t->state = TS_DONE;
+  t->co = NULL;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->tasks_ref);
+  luaL_unref(L, -1, t->ref);
+  lua_pop(L, 1);
+  t->ref = 0;
+  s->ntasks--;
+  lua_getiuservalue(L, ud, TUV_WAITERS);
+  w = lua_gettop(L);
+  lua_pushnil(L);
+  lua_setiuservalue(L, ud, TUV_WAITERS);
+  if (lua_type(L, w) == LUA_TTABLE) {
+    lua_Integer i, n = luaL_len(L, w);
+    for (i = 1; i <= n; i++) {
+      lua_rawgeti(L, w, i);
+      fire_waiter(L, ud, lua_gettop(L));
+      lua_pop(L, 1);
+    }
+  } else {
+    fire_waiter(L, ud, w);
+  }
+  lua_pop(L, 1);
+  if (t == s->main || (s->main && s->main->state == TS_DONE && s->ntasks == 0))
+    uv_stop(s->loop);
+}
+
+/* The coroutine returned nres values: keep them, drop the coroutine. */
+static void finish_ok(lua_State *L, tide_task *t, int ud, int nres) {
+  lua_State *co = t->co;
+  luaL_checkstack(L, nres + 2, "too many results");
+  if (nres == 0) {
+    lua_pushnil(L);
+  } else if (nres == 1) {
+    lua_xmove(co, L, 1);
+  } else {
+    int i, tb;
+    lua_createtable(L, nres, 0);
+    tb = lua_gettop(L);
+    lua_xmove(co, L, nres);
+    for (i = nres; i >= 1; i--)
+      lua_rawseti(L, tb, i);
+  }
+  t->nres = nres;
+  lua_setiuservalue(L, ud, TUV_CO);
+  finish_common(L, t, ud);
+}
+
+/* The coroutine raised: keep the error and, unless it is a cancellation,
+ * a traceback taken from the dead coroutine, naming the task and where it
+ * was spawned. */
+static void finish_err(lua_State *L, tide_task *t, int ud) {
+  lua_State *co = t->co;
+  int e;
+  lua_xmove(co, L, 1);
+  e = lua_gettop(L);
+  if (tide__err_is_kind(L, e, "cancelled")) {
+    t->flags |= TF_CANCELLED;
+  } else {
+    t->flags |= TF_FAILED;
+    luaL_checkstack(L, 10, NULL);
+    if (lua_type(L, e) == LUA_TSTRING || lua_type(L, e) == LUA_TNUMBER)
+      lua_pushvalue(L, e);
+    else if (tide__iserror(L, e) || luaL_getmetafield(L, e, "__tostring"))
+      lua_pushstring(L, luaL_tolstring(L, e, NULL)), lua_remove(L, -2);
+    else
+      lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, e));
+    if (lua_type(L, -1) != LUA_TSTRING)
+      lua_tostring(L, -1);
+    luaL_traceback(L, co, lua_tostring(L, -1), 0);
+    lua_remove(L, -2);
+    push_name(L, t, ud);
+    push_site(L, t, ud);
+    lua_pushfstring(L, "%s\n\tin task '%s' (spawned at %s)", lua_tostring(L, -3),
+                    lua_tostring(L, -2), lua_tostring(L, -1));
+    lua_replace(L, -4);
+    lua_pop(L, 2);
+    if (tide__iserror(L, e)) { /* tide errors carry their traceback */
+      lua_pushvalue(L, -1);
+      lua_setfield(L, e, "traceback");
+    }
+    lua_setiuservalue(L, ud, TUV_SITE);
+  }
+  lua_setiuservalue(L, ud, TUV_CO);
+  finish_common(L, t, ud);
+}
+
+/* ---- the step --------------------------------------------------------- */
+
+/* [-0, +1, -] Pops the pending cancel error of the task at ud. */
+static void take_pending(lua_State *L, tide_sched *s, int ud) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->pending_ref);
+  lua_pushvalue(L, ud);
+  lua_rawget(L, -2);
+  lua_pushvalue(L, ud);
+  lua_pushnil(L);
+  lua_rawset(L, -4);
+  lua_remove(L, -2);
+}
+
+static void warn_slow(lua_State *L, tide_task *t, int ud, uint64_t ns) {
+  lua_Debug ar;
+  int level = 0, line = -1;
+  const char *src = "?";
+  if (t->co) {
+    while (lua_getstack(t->co, level++, &ar)) {
+      lua_getinfo(t->co, "Sl", &ar);
+      if (ar.currentline > 0) {
+        src = ar.short_src;
+        line = ar.currentline;
+        break;
+      }
+    }
+  }
+  push_name(L, t, ud);
+  fprintf(stderr, "tide: warning: task '%s' held the loop for %.0f ms "
+                  "(now at %s:%d)\n", lua_tostring(L, -1), (double)ns / 1e6,
+          src, line);
+  lua_pop(L, 1);
+}
+
+static void step(tide_sched *s, tide_task *t) {
+  tide_runtime *rt = s->rt;
+  lua_State *L = s->L, *co = t->co;
+  tide_task *prev = rt->current;
+  uint64_t t0 = 0;
+  int ud, st, nres = 0;
+  if (t->state == TS_DONE)
+    return;
+  luaL_checkstack(L, 8, NULL);
+  tide__push_task(L, t);
+  ud = lua_gettop(L);
+  if (t->flags & TF_CANCEL_PENDING) {
+    int woken = t->state != TS_NEW && (t->nargs > 0 || (t->flags & TF_IMMEDIATE));
+    t->flags &= ~(TF_CANCEL_PENDING | TF_IMMEDIATE);
+    take_pending(L, s, ud);
+    if (t->state == TS_NEW) { /* never started: ends cancelled, unrun */
+      lua_xmove(L, co, 1);
+      finish_err(L, t, ud);
+      lua_pop(L, 1);
+      return;
+    }
+    lua_pop(co, t->nargs);
+    lua_pushboolean(co, 0);
+    lua_xmove(L, co, 1);
+    lua_pushboolean(co, woken);
+    t->nargs = 3;
+  } else if (t->flags & TF_IMMEDIATE) {
+    t->flags &= ~TF_IMMEDIATE;
+    lua_pushboolean(co, 1);
+    t->nargs = 1;
+  }
+  t->state = TS_RUNNING;
+  rt->current = t;
+  if (rt->debug)
+    t0 = uv_hrtime();
+  st = lua_resume(co, L, t->nargs, &nres);
+  rt->current = prev;
+  t->nargs = 0;
+  if (st == LUA_YIELD) {
+    int ours = nres >= 1 && lua_touserdata(co, -1) == tide__sentinel();
+    lua_pop(co, nres);
+    if (!ours) { /* a bare coroutine.yield in a task: acts as sleep(0) */
+      t->state = TS_READY;
+      t->flags |= TF_IMMEDIATE;
+      tide__enqueue(s, t);
+    }
+  } else if (st == LUA_OK) {
+    finish_ok(L, t, ud, nres);
+  } else {
+    finish_err(L, t, ud);
+  }
+  if (rt->debug) {
+    uint64_t ns = uv_hrtime() - t0;
+    if (ns > 100000000u)
+      warn_slow(L, t, ud, ns);
+  }
+  lua_pop(L, 1);
+}
+
+/* Runs the tasks that are ready now; tasks made ready meanwhile wait for
+ * the next turn, so a task that keeps yielding cannot starve I/O. */
+void tide__run_ready(tide_sched *s) {
+  tide_task *t = s->head;
+  s->head = s->tail = NULL;
+  while (t) {
+    tide_task *next = t->next;
+    t->flags &= ~TF_QUEUED;
+    step(s, t);
+    t = next;
+  }
+}
+
+/* ---- park / wake / cancel --------------------------------------------- */
+
+/* Suspends the running task (see the file comment). Called as the tail of a
+ * C function: `return tide__park(L, ctx, k);`. */
+int tide__park(lua_State *L, lua_KContext ctx, lua_KFunction k) {
+  tide_task *t = tide__current(L);
+  if (t->flags & (TF_CANCEL_PENDING | TF_IMMEDIATE)) {
+    t->state = TS_READY;
+    tide__enqueue(t->s, t);
+  } else {
+    t->state = TS_PARKED;
+  }
+  lua_pushlightuserdata(L, tide__sentinel());
+  return lua_yieldk(L, 1, ctx, k);
+}
+
+/* Pops nvals values; if t is parked, they become what its park returns and
+ * t is queued. Returns whether t was woken. */
+int tide__wake(lua_State *L, tide_task *t, int nvals) {
+  if (t->state != TS_PARKED) {
+    lua_pop(L, nvals);
+    return 0;
+  }
+  tide__heap_remove(t->s, &t->tn);
+  lua_xmove(L, t->co, nvals);
+  t->nargs = nvals;
+  t->state = TS_READY;
+  tide__enqueue(t->s, t);
+  return 1;
+}
+
+/* Asks the task at tidx to cancel with the error at erridx. Returns 0 if
+ * it is done already. */
+int tide__cancel(lua_State *L, int tidx, int erridx) {
+  tide_task *t = lua_touserdata(L, tidx);
+  tide_sched *s = t->s;
+  if (t->state == TS_DONE)
+    return 0;
+  if (t->flags & TF_CANCEL_PENDING)
+    return 1; /* the first request's error stands */
+  tidx = lua_absindex(L, tidx);
+  erridx = lua_absindex(L, erridx);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->pending_ref);
+  lua_pushvalue(L, tidx);
+  lua_pushvalue(L, erridx);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  t->flags |= TF_CANCEL_PENDING;
+  if (t->state == TS_PARKED) {
+    tide__heap_remove(s, &t->tn);
+    t->state = TS_READY;
+    tide__enqueue(s, t);
+  }
+  return 1;
+}
+
+/* ---- waiters (user value 2: nil, one waiter, or an array) -------------- */
+
+/* Adds the value on top (a task or a function) as a waiter of the task at
+ * ud; pops it. */
+static void waiters_add(lua_State *L, int ud) {
+  ud = lua_absindex(L, ud);
+  switch (lua_getiuservalue(L, ud, TUV_WAITERS)) {
+    case LUA_TNIL:
+      lua_pop(L, 1);
+      lua_setiuservalue(L, ud, TUV_WAITERS);
+      return;
+    case LUA_TTABLE:
+      lua_insert(L, -2);
+      lua_rawseti(L, -2, luaL_len(L, -2) + 1);
+      lua_pop(L, 1);
+      return;
+    default:
+      lua_createtable(L, 4, 0);
+      lua_insert(L, -2);
+      lua_rawseti(L, -2, 1);
+      lua_insert(L, -2);
+      lua_rawseti(L, -2, 2);
+      lua_setiuservalue(L, ud, TUV_WAITERS);
+  }
+}
+
+/* Removes the first waiter of the task at ud equal to the value at v. */
+static int waiters_remove(lua_State *L, int ud, int v) {
+  int found = 0;
+  ud = lua_absindex(L, ud);
+  v = lua_absindex(L, v);
+  switch (lua_getiuservalue(L, ud, TUV_WAITERS)) {
+    case LUA_TTABLE: {
+      lua_Integer i, n = luaL_len(L, -1);
+      for (i = 1; i <= n && !found; i++) {
+        lua_rawgeti(L, -1, i);
+        found = lua_rawequal(L, -1, v);
+        lua_pop(L, 1);
+        if (found) {
+          for (; i < n; i++) {
+            lua_rawgeti(L, -1, i + 1);
+            lua_rawseti(L, -2, i);
+          }
+          lua_pushnil(L);
+          lua_rawseti(L, -2, n);
+        }
+      }
+      break;
+    }
+    case LUA_TNIL:
+      break;
+    default:
+      if (lua_rawequal(L, -1, v)) {
+        found = 1;
+        lua_pushnil(L);
+        lua_setiuservalue(L, ud, TUV_WAITERS);
+      }
+  }
+  lua_pop(L, 1);
+  return found;
+}
+
+/* ---- results ---------------------------------------------------------- */
+
+/* Pushes the done task's results, or raises its error as it was raised. */
+static int push_results(lua_State *L, tide_task *t, int ud) {
+  if (t->flags & (TF_FAILED | TF_CANCELLED)) {
+    t->flags |= TF_RETRIEVED;
+    lua_getiuservalue(L, ud, TUV_CO);
+    return lua_error(L);
+  }
+  if (t->nres == 0)
+    return 0;
+  lua_getiuservalue(L, ud, TUV_CO);
+  if (t->nres == 1)
+    return 1;
+  {
+    int i, tb = lua_gettop(L);
+    luaL_checkstack(L, t->nres, "too many results");
+    for (i = 1; i <= t->nres; i++)
+      lua_rawgeti(L, tb, i);
+    return t->nres;
+  }
+}
+
+static int await_k(lua_State *L, int status, lua_KContext ctx) {
+  tide_task *t = lua_touserdata(L, 1);
+  (void)status;
+  (void)ctx;
+  if (!lua_toboolean(L, 2)) { /* cancelled while waiting */
+    tide_task *me = tide__rt(L)->current;
+    tide__push_task(L, me);
+    waiters_remove(L, 1, -1);
+    lua_pushvalue(L, 3);
+    return lua_error(L);
+  }
+  return push_results(L, t, 1);
+}
+
+/* t:await() -> the task's results, or raises its error */
+static int t_await(lua_State *L) {
+  tide_task *t = tide__check_task(L, 1), *me;
+  lua_settop(L, 1);
+  if (t->state == TS_DONE)
+    return push_results(L, t, 1);
+  me = tide__current(L);
+  if (me == t)
+    return luaL_error(L, "a task cannot await itself");
+  if (t->s != me->s)
+    return luaL_error(L, "cannot await a task of another tide.run loop");
+  tide__push_task(L, me);
+  waiters_add(L, 1);
+  return tide__park(L, 0, await_k);
+}
+
+/* t:result() -> results without suspending; error if not done */
+static int t_result(lua_State *L) {
+  tide_task *t = tide__check_task(L, 1);
+  lua_settop(L, 1);
+  if (t->state != TS_DONE)
+    return tide__err_raise(L, "invalid_state", "task is not done yet");
+  return push_results(L, t, 1);
+}
+
+/* t:error() -> the error value the task ended with, or nil */
+static int t_error(lua_State *L) {
+  tide_task *t = tide__check_task(L, 1);
+  if (t->state != TS_DONE)
+    return tide__err_raise(L, "invalid_state", "task is not done yet");
+  if (!(t->flags & (TF_FAILED | TF_CANCELLED)))
+    return 0;
+  t->flags |= TF_RETRIEVED;
+  lua_getiuservalue(L, 1, TUV_CO);
+  return 1;
+}
+
+/* t:cancel([msg]) -> whether the request was made (false once done) */
+static int t_cancel(lua_State *L) {
+  tide__check_task(L, 1);
+  if (tide__iserror(L, 2)) /* internal: a prepared error (timeouts) */
+    lua_settop(L, 2);
+  else
+    tide__err_push(L, "cancelled", "%s", luaL_optstring(L, 2, "task cancelled"));
+  lua_pushboolean(L, tide__cancel(L, 1, -1));
+  return 1;
+}
+
+static int t_done(lua_State *L) {
+  lua_pushboolean(L, tide__check_task(L, 1)->state == TS_DONE);
+  return 1;
+}
+
+static int t_cancelled(lua_State *L) {
+  lua_pushboolean(L, (tide__check_task(L, 1)->flags & TF_CANCELLED) != 0);
+  return 1;
+}
+
+static int t_failed(lua_State *L) {
+  lua_pushboolean(L, (tide__check_task(L, 1)->flags & TF_FAILED) != 0);
+  return 1;
+}
+
+/* t:traceback() -> the failed task's traceback, or where it is now */
+static int t_traceback(lua_State *L) {
+  tide_task *t = tide__check_task(L, 1);
+  if (t->flags & TF_FAILED)
+    lua_getiuservalue(L, 1, TUV_SITE);
+  else if (t->co && t->co != L && t->state != TS_RUNNING)
+    luaL_traceback(L, t->co, NULL, 0);
+  else if (t->co)
+    luaL_traceback(L, L, NULL, 1);
+  else
+    lua_pushnil(L);
+  return 1;
+}
+
+/* t:add_done_callback(fn): fn(t) runs when t is done (soon, if it is). */
+static int t_add_done_callback(lua_State *L) {
+  tide_task *t = tide__check_task(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_settop(L, 2);
+  if (t->state == TS_DONE) {
+    lua_getfield(L, lua_upvalueindex(1), "call_soon");
+    lua_insert(L, 2);
+    lua_call(L, 2, 0);
+    return 0;
+  }
+  waiters_add(L, 1);
+  return 0;
+}
+
+static int t_remove_done_callback(lua_State *L) {
+  tide__check_task(L, 1);
+  lua_pushboolean(L, waiters_remove(L, 1, 2));
+  return 1;
+}
+
+static int t_index(lua_State *L) {
+  tide_task *t = tide__check_task(L, 1);
+  const char *k = lua_tostring(L, 2);
+  if (k && strcmp(k, "name") == 0) {
+    push_name(L, t, 1);
+    return 1;
+  }
+  if (k && strcmp(k, "id") == 0) {
+    lua_pushinteger(L, t->id);
+    return 1;
+  }
+  lua_pushvalue(L, 2);
+  lua_rawget(L, lua_upvalueindex(1));
+  return 1;
+}
+
+static int t_newindex(lua_State *L) {
+  tide__check_task(L, 1);
+  luaL_argcheck(L, lua_type(L, 2) == LUA_TSTRING &&
+                     strcmp(lua_tostring(L, 2), "name") == 0,
+                2, "only 'name' can be set on a task");
+  luaL_checkstring(L, 3);
+  lua_getfield(L, LUA_REGISTRYINDEX, "tide.names");
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 3);
+  lua_rawset(L, -3);
+  return 0;
+}
+
+static int t_tostring(lua_State *L) {
+  tide_task *t = tide__check_task(L, 1);
+  push_name(L, t, 1);
+  lua_pushfstring(L, "tide.Task<%s, %s>", lua_tostring(L, -1), state_name(t));
+  return 1;
+}
+
+/* __gc: a failure nobody looked at is reported once, with its traceback. */
+static int t_gc(lua_State *L) {
+  tide_task *t = lua_touserdata(L, 1);
+  if ((t->flags & TF_FAILED) && !(t->flags & TF_RETRIEVED)) {
+    t->flags |= TF_RETRIEVED;
+    lua_getiuservalue(L, 1, TUV_SITE);
+    fprintf(stderr, "tide: error in a task that nobody awaited:\n%s\n",
+            lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
+    fflush(stderr);
+  }
+  return 0;
+}
+
+/* __close: a task bound to a <close> variable is cancelled on scope exit. */
+static int t_close(lua_State *L) {
+  tide__check_task(L, 1);
+  tide__err_push(L, "cancelled", "task cancelled (its <close> scope ended)");
+  tide__cancel(L, 1, -1);
+  return 0;
+}
+
+/* ---- module functions ------------------------------------------------- */
+
+/* tide.spawn([opts,] fn, ...) -> task; opts.name names it */
+static int l_spawn(lua_State *L) {
+  tide_runtime *rt = tide__rt(L);
+  int fidx = 1, named = 0;
+  if (lua_type(L, 1) == LUA_TTABLE) {
+    fidx = 2;
+    lua_getfield(L, 1, "name");
+    named = !lua_isnil(L, -1);
+    luaL_argexpected(L, !named || lua_type(L, -1) == LUA_TSTRING, 1,
+                     "opts.name as a string");
+    lua_replace(L, 1); /* slot 1 now holds the name (or nil) */
+  }
+  luaL_checktype(L, fidx, LUA_TFUNCTION);
+  if (rt->sched == NULL)
+    return luaL_error(L, "tide.spawn: no loop is running (call it inside "
+                         "tide.run or from a task)");
+  tide__spawn(L, rt->sched, fidx, lua_gettop(L) - fidx);
+  if (named) {
+    lua_getfield(L, LUA_REGISTRYINDEX, "tide.names");
+    lua_pushvalue(L, -2);
+    lua_pushvalue(L, 1);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+  }
+  return 1;
+}
+
+static int l_current_task(lua_State *L) {
+  tide_runtime *rt = tide__rt(L);
+  if (rt->current == NULL)
+    return 0;
+  tide__push_task(L, rt->current);
+  return 1;
+}
+
+static int l_all_tasks(lua_State *L) {
+  tide_runtime *rt = tide__rt(L);
+  int n = 0;
+  lua_newtable(L);
+  if (rt->sched == NULL)
+    return 1;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->sched->tasks_ref);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    if (lua_type(L, -1) == LUA_TUSERDATA)
+      lua_rawseti(L, -4, ++n);
+    else
+      lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return 1;
+}
+
+static int park_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  return lua_gettop(L) - (int)ctx;
+}
+
+/* core.park() -> true, ... (woken) | false, err, woken (cancelled) */
+static int l_park(lua_State *L) {
+  lua_settop(L, 0);
+  return tide__park(L, 0, park_k);
+}
+
+/* core.wake(task, ...) -> whether the task was parked and is now ready */
+static int l_wake(lua_State *L) {
+  tide_task *t = tide__check_task(L, 1);
+  int n = lua_gettop(L) - 1;
+  lua_pushboolean(L, 1);
+  lua_insert(L, 2);
+  lua_pushboolean(L, tide__wake(L, t, n + 1));
+  return 1;
+}
+
+/* core.uncancel(task, err): withdraws a cancel request made with err that
+ * has not been delivered yet (a timeout scope that ended in time). */
+static int l_uncancel(lua_State *L) {
+  tide_task *t = tide__check_task(L, 1);
+  int mine = 0;
+  if (t->flags & TF_CANCEL_PENDING) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->s->pending_ref);
+    lua_pushvalue(L, 1);
+    lua_rawget(L, -2);
+    mine = lua_rawequal(L, -1, 2);
+    lua_pop(L, 1);
+    if (mine) {
+      lua_pushvalue(L, 1);
+      lua_pushnil(L);
+      lua_rawset(L, -3);
+      t->flags &= ~TF_CANCEL_PENDING;
+    }
+    lua_pop(L, 1);
+  }
+  lua_pushboolean(L, mine);
+  return 1;
+}
+
+static int l_istask(lua_State *L) {
+  lua_pushboolean(L, luaL_testudata(L, 1, TIDE_TASK_MT) != NULL);
+  return 1;
+}
+
+/* core.status(task) -> "new" | "ready" | ... for primitives and dumps */
+static int l_state(lua_State *L) {
+  lua_pushstring(L, state_name(tide__check_task(L, 1)));
+  return 1;
+}
+
+static const luaL_Reg task_methods[] = {
+  {"await", t_await}, {"result", t_result}, {"error", t_error},
+  {"cancel", t_cancel}, {"done", t_done}, {"cancelled", t_cancelled},
+  {"failed", t_failed}, {"traceback", t_traceback},
+  {"add_done_callback", t_add_done_callback},
+  {"remove_done_callback", t_remove_done_callback}, {NULL, NULL}};
+
+static const luaL_Reg task_funcs[] = {
+  {"spawn", l_spawn}, {"current_task", l_current_task},
+  {"all_tasks", l_all_tasks}, {"park", l_park}, {"wake", l_wake},
+  {"task_state", l_state}, {"uncancel", l_uncancel}, {"istask", l_istask},
+  {NULL, NULL}};
+
+/* [-1, +1, m] Adds the task functions to the module table on top. */
+int tide__open_task(lua_State *L) {
+  int mod = lua_gettop(L);
+  if (luaL_newmetatable(L, TIDE_TASK_MT)) {
+    lua_newtable(L); /* methods */
+    lua_pushvalue(L, mod);
+    luaL_setfuncs(L, task_methods, 1);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, "methods");
+    lua_pushcclosure(L, t_index, 1);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, t_newindex);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushcfunction(L, t_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushcfunction(L, t_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, t_close);
+    lua_setfield(L, -2, "__close");
+  }
+  lua_pop(L, 1);
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "tide.names") == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_newtable(L);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, "tide.names");
+  } else {
+    lua_pop(L, 1);
+  }
+  luaL_setfuncs(L, task_funcs, 0);
+  lua_pushlightuserdata(L, tide__sentinel());
+  lua_setfield(L, mod, "sentinel");
+  return 1;
+}

@@ -1,0 +1,449 @@
+-- tide: asyncio-style tasks for Lua 5.4. The scheduler, tasks, timers and
+-- errors are C (tide.core); this module adds what is built from them:
+-- gather, wait, as_completed, task groups, wait_for, timeout and shield,
+-- and re-exports the queues and synchronisation primitives.
+local core = require "tide.core"
+require "tide.coroutine"
+
+local M = {}
+
+for _, name in ipairs { "run", "spawn", "sleep", "time", "call_soon",
+  "call_later", "current_task", "all_tasks", "dump_tasks", "error",
+  "iserror" } do
+  M[name] = core[name]
+end
+
+local spawn, park, wake = core.spawn, core.park, core.wake
+local istask, call_later, current_task = core.istask, core.call_later, core.current_task
+local terror, iserror = core.error, core.iserror
+local pack, unpack, select, type = table.pack, table.unpack, select, type
+
+M.istask = istask
+
+local function typename(v)
+  local mt = getmetatable(v)
+  if type(mt) == "table" and type(mt.__name) == "string" then
+    return mt.__name
+  end
+  return type(v)
+end
+
+local function argerror(fname, i, expected, v, level)
+  error(("bad argument #%d to '%s' (%s expected, got %s)"):format(
+    i, fname, expected, typename(v)), (level or 2) + 1)
+end
+
+local function me(fname)
+  local t = current_task()
+  if not t then
+    error(fname .. " must be called from inside a task", 3)
+  end
+  return t
+end
+
+-- Turns a list of tasks or functions into tasks (functions are spawned).
+local function to_tasks(list, n, fname, argbase)
+  local tasks = {}
+  for i = 1, n do
+    local v = list[i]
+    if type(v) == "function" then
+      tasks[i] = spawn(v)
+    elseif istask(v) then
+      tasks[i] = v
+    else
+      argerror(fname, argbase + i - 1, "task or function", v, 3)
+    end
+  end
+  return tasks
+end
+
+-- Waits until task t is done, without raising its error. Returns the
+-- cancellation error if the waiting task was cancelled meanwhile.
+local function join(t)
+  if t:done() then
+    return nil
+  end
+  local self = current_task()
+  local function cb() wake(self) end
+  t:add_done_callback(cb)
+  local ok, err = park()
+  t:remove_done_callback(cb)
+  if ok then
+    return nil
+  end
+  return err
+end
+M._join = join
+
+-- The value a failed task leaves in a gather slot: always a tide error.
+local function as_error(e)
+  if iserror(e) then
+    return e
+  end
+  return terror("error", tostring(e), { value = e })
+end
+
+-- tide.gather(t1, t2, ...) | tide.gather({t1, ...} [, {return_exceptions}])
+function M.gather(...)
+  local nargs = select("#", ...)
+  local first = ...
+  local list, opts, n, argbase
+  if nargs >= 1 and type(first) == "table" and not istask(first) then
+    list, opts = first, select(2, ...)
+    n, argbase = list.n or #list, 1
+    if opts ~= nil and type(opts) ~= "table" then
+      argerror("gather", 2, "table of options", opts)
+    end
+  else
+    list, n, argbase = { ... }, nargs, 1
+  end
+  local tasks = to_tasks(list, n, "gather", argbase)
+  local return_exceptions = opts and opts.return_exceptions
+  local self = me("tide.gather")
+  local remaining, live, failed = 0, true, nil
+  local function on_done(t)
+    if not live then return end
+    remaining = remaining - 1
+    if not return_exceptions and not failed and (t:failed() or t:cancelled()) then
+      failed = t
+      wake(self)
+    elseif remaining == 0 then
+      wake(self)
+    end
+  end
+  for i = 1, n do
+    local t = tasks[i]
+    if t:done() then
+      if not return_exceptions and not failed and (t:failed() or t:cancelled()) then
+        failed = t
+      end
+    else
+      remaining = remaining + 1
+      t:add_done_callback(on_done)
+    end
+  end
+  if remaining > 0 and not failed then
+    local ok, err = park()
+    if not ok then -- gather cancelled: so are its children (as in asyncio)
+      live = false
+      for i = 1, n do
+        tasks[i]:remove_done_callback(on_done)
+        tasks[i]:cancel()
+      end
+      error(err, 0)
+    end
+  end
+  live = false
+  if failed then
+    for i = 1, n do
+      tasks[i]:remove_done_callback(on_done)
+    end
+    failed:await() -- raises its error as it was raised
+  end
+  local results = { n = n }
+  for i = 1, n do
+    local t = tasks[i]
+    if t:failed() or t:cancelled() then
+      results[i] = as_error(t:error())
+    else
+      results[i] = (t:result())
+    end
+  end
+  return results
+end
+
+local RETURN_WHEN = { all_completed = true, first_completed = true, first_error = true }
+
+-- tide.wait(tasks, {timeout =, return_when =}) -> done, pending
+function M.wait(tasks, opts)
+  if type(tasks) ~= "table" or istask(tasks) then
+    argerror("wait", 1, "array of tasks", tasks)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    argerror("wait", 2, "table of options", opts)
+  end
+  opts = opts or {}
+  local timeout, when = opts.timeout, opts.return_when or "all_completed"
+  if timeout ~= nil and type(timeout) ~= "number" then
+    argerror("wait", 2, "opts.timeout as a number", timeout)
+  end
+  if not RETURN_WHEN[when] then
+    error(("bad argument #2 to 'wait' (opts.return_when must be " ..
+      "\"all_completed\", \"first_completed\" or \"first_error\", got %q)"):format(
+      tostring(when)), 2)
+  end
+  local n = #tasks
+  if n == 0 then
+    error("bad argument #1 to 'wait' (the set of tasks is empty)", 2)
+  end
+  tasks = to_tasks(tasks, n, "wait", 1)
+  local self = me("tide.wait")
+  local remaining, satisfied = 0, false
+  local function check(t)
+    if when == "first_completed" then return true end
+    if when == "first_error" and t:failed() then return true end
+    return false
+  end
+  for i = 1, n do
+    local t = tasks[i]
+    if t:done() then
+      satisfied = satisfied or check(t)
+    else
+      remaining = remaining + 1
+    end
+  end
+  if remaining > 0 and not satisfied and timeout ~= 0 then
+    local function on_done(t)
+      remaining = remaining - 1
+      if remaining == 0 or check(t) then wake(self) end
+    end
+    for i = 1, n do
+      if not tasks[i]:done() then tasks[i]:add_done_callback(on_done) end
+    end
+    local h = timeout and call_later(timeout, wake, self)
+    local ok, err = park()
+    if h then h:cancel() end
+    for i = 1, n do
+      tasks[i]:remove_done_callback(on_done)
+    end
+    if not ok then error(err, 0) end
+  end
+  local done, pending = {}, {}
+  for i = 1, n do
+    local t = tasks[i]
+    if t:done() then done[#done + 1] = t else pending[#pending + 1] = t end
+  end
+  return done, pending
+end
+
+-- for t in tide.as_completed(tasks [, timeout]) do ... end
+function M.as_completed(tasks, timeout)
+  if type(tasks) ~= "table" or istask(tasks) then
+    argerror("as_completed", 1, "array of tasks", tasks)
+  end
+  if timeout ~= nil and type(timeout) ~= "number" then
+    argerror("as_completed", 2, "number", timeout)
+  end
+  local n = #tasks
+  tasks = to_tasks(tasks, n, "as_completed", 1)
+  local finished, head, remaining, waiter = {}, 1, n, nil
+  local deadline = timeout and core.time() + timeout
+  local function on_done(t)
+    finished[#finished + 1] = t
+    if waiter then wake(waiter) end
+  end
+  for i = 1, n do
+    if tasks[i]:done() then
+      finished[#finished + 1] = tasks[i]
+    else
+      tasks[i]:add_done_callback(on_done)
+    end
+  end
+  local function take()
+    local t = finished[head]
+    finished[head] = nil
+    head = head + 1
+    remaining = remaining - 1
+    return t
+  end
+  return function()
+    if finished[head] then return take() end
+    if remaining == 0 then return nil end
+    waiter = me("tide.as_completed")
+    local h = deadline and call_later(math.max(0, deadline - core.time()), wake, waiter)
+    local ok, err = park()
+    waiter = nil
+    if h then h:cancel() end
+    if not ok then error(err, 0) end
+    if finished[head] then return take() end
+    for i = 1, n do tasks[i]:remove_done_callback(on_done) end
+    error(terror("timeout", ("as_completed: %d task(s) not done after %g s"):format(
+      remaining, timeout)), 0)
+  end
+end
+
+-- Task groups ---------------------------------------------------------
+
+local Group = {}
+Group.__index = Group
+
+-- g:spawn(fn, ...) -> task, a child of the group
+function Group:spawn(fn, ...)
+  if type(fn) ~= "function" then
+    argerror("spawn", 1, "function", fn)
+  end
+  if self._closed then
+    error(terror("invalid_state", "task group is finished; it takes no new tasks"), 2)
+  end
+  local t = spawn(fn, ...)
+  self._remaining = self._remaining + 1
+  self.tasks[#self.tasks + 1] = t
+  t:add_done_callback(self._on_done)
+  if self._aborted then t:cancel("task group is shutting down") end
+  return t
+end
+
+function Group:_abort()
+  if self._aborted then return end
+  self._aborted = true
+  for _, t in ipairs(self.tasks) do
+    t:cancel("a sibling in the task group failed")
+  end
+  if self._body_running then
+    self._parent:cancel(self._token)
+  end
+end
+
+-- tide.task_group(function(g) ... end, ...) -> the body's results
+function M.task_group(body, ...)
+  if type(body) ~= "function" then
+    argerror("task_group", 1, "function", body)
+  end
+  local parent = me("tide.task_group")
+  local g = setmetatable({ tasks = {}, errors = {}, _remaining = 0,
+    _parent = parent, _body_running = true }, Group)
+  g._token = terror("cancelled", "task group aborted: a child failed")
+  g._on_done = function(t)
+    g._remaining = g._remaining - 1
+    if t:failed() then
+      g.errors[#g.errors + 1] = t:error()
+      g:_abort()
+    end
+    if g._remaining == 0 and g._waiting then wake(parent) end
+  end
+  local r = pack(pcall(body, g, ...))
+  g._body_running = false
+  core.uncancel(parent, g._token)
+  local outer_cancel
+  if not r[1] then
+    if r[2] ~= g._token then
+      if core.iserror(r[2]) and r[2].kind == "cancelled" then
+        outer_cancel = r[2]
+      else
+        table.insert(g.errors, 1, r[2])
+      end
+      g:_abort()
+    end
+  end
+  while g._remaining > 0 do
+    g._waiting = true
+    local ok, err = park()
+    g._waiting = false
+    if not ok and err ~= g._token then
+      outer_cancel = outer_cancel or err
+      g:_abort()
+    end
+  end
+  g._closed = true
+  if #g.errors > 0 then
+    for i = 2, #g.errors do
+      io.stderr:write("tide: task group: another child also failed: ",
+        tostring(g.errors[i]), "\n")
+    end
+    error(g.errors[1], 0)
+  end
+  if outer_cancel then error(outer_cancel, 0) end
+  return unpack(r, 2, r.n)
+end
+
+-- Timeouts ------------------------------------------------------------
+
+local function check_seconds(fname, i, s)
+  if type(s) ~= "number" then
+    argerror(fname, i, "number of seconds", s, 2)
+  end
+  if s ~= s then
+    error(("bad argument #%d to '%s' (seconds is NaN)"):format(i, fname), 3)
+  end
+end
+
+-- tide.timeout(seconds, fn, ...) -> fn's results, or raises kind "timeout"
+function M.timeout(seconds, fn, ...)
+  check_seconds("timeout", 1, seconds)
+  if type(fn) ~= "function" then
+    argerror("timeout", 2, "function", fn)
+  end
+  local self = me("tide.timeout")
+  local token = terror("cancelled", ("deadline of %g s reached"):format(seconds))
+  local expired = false
+  local h = call_later(seconds, function()
+    expired = true
+    self:cancel(token)
+  end)
+  local r = pack(pcall(fn, ...))
+  h:cancel()
+  if expired then core.uncancel(self, token) end
+  if not r[1] then
+    if r[2] == token then
+      error(terror("timeout", ("timed out after %g s"):format(seconds)), 0)
+    end
+    error(r[2], 0)
+  end
+  return unpack(r, 2, r.n)
+end
+
+-- tide.wait_for(task_or_fn, seconds, ...) -> results, or raises "timeout"
+function M.wait_for(x, seconds, ...)
+  local t
+  if istask(x) then
+    t = x
+  elseif type(x) == "function" then
+    t = spawn(x, ...)
+  else
+    argerror("wait_for", 1, "task or function", x)
+  end
+  if seconds == nil then
+    return t:await()
+  end
+  check_seconds("wait_for", 2, seconds)
+  local self = me("tide.wait_for")
+  local err
+  if not t:done() and seconds > 0 then
+    local function cb() wake(self) end
+    t:add_done_callback(cb)
+    local h = call_later(seconds, wake, self)
+    local ok
+    ok, err = park()
+    h:cancel()
+    t:remove_done_callback(cb)
+  end
+  if t:done() then
+    if err then error(err, 0) end
+    return t:await()
+  end
+  -- Expired (or we were cancelled): cancel the inner work and wait until
+  -- it has finished cancelling.
+  t:cancel(err and err.message or ("wait_for: timed out after %g s"):format(seconds))
+  repeat
+    local e = join(t)
+    err = err or e
+  until t:done()
+  if err then error(err, 0) end
+  error(terror("timeout", ("timed out after %g s"):format(seconds)), 0)
+end
+
+-- tide.shield(task_or_fn, ...) -> results; cancelling the caller leaves the
+-- task running.
+function M.shield(x, ...)
+  local t
+  if istask(x) then
+    t = x
+  elseif type(x) == "function" then
+    t = spawn(x, ...)
+  else
+    argerror("shield", 1, "task or function", x)
+  end
+  local err = join(t)
+  if err then error(err, 0) end
+  return t:await()
+end
+
+-- Queues and synchronisation --------------------------------------------
+
+local queue = require "tide.queue"
+M.Queue, M.PriorityQueue, M.LifoQueue = queue.Queue, queue.PriorityQueue, queue.LifoQueue
+local sync = require "tide.sync"
+M.Semaphore, M.BoundedSemaphore, M.Lock = sync.Semaphore, sync.BoundedSemaphore, sync.Lock
+M.Event, M.Condition = sync.Event, sync.Condition
+
+return M

@@ -1,0 +1,46 @@
+-- tide.coroutine: lets a tide call made inside a user coroutine (a
+-- generator made with coroutine.wrap, say) suspend the whole task. A tide
+-- park yields a private sentinel; coroutine.resume and coroutine.wrap pass
+-- such yields up to the scheduler and resume the inner coroutine with what
+-- the scheduler sends back. Other yields behave exactly as in plain Lua.
+local core = require "tide.core"
+
+local SENTINEL = core.sentinel
+local co_resume, co_yield, co_create = coroutine.resume, coroutine.yield, coroutine.create
+local co_close, co_status = coroutine.close, coroutine.status
+
+if coroutine.tide_patched then
+  return coroutine
+end
+
+local function forward(co, ok, first, ...)
+  if ok and first == SENTINEL and co_status(co) == "suspended" then
+    return forward(co, co_resume(co, co_yield(SENTINEL, ...)))
+  end
+  return ok, first, ...
+end
+
+function coroutine.resume(co, ...)
+  return forward(co, co_resume(co, ...))
+end
+
+local function unwrap(co, ok, ...)
+  if ok then
+    return ...
+  end
+  local err = ...
+  if co_status(co) == "dead" then
+    co_close(co)
+  end
+  error(err, type(err) == "string" and 2 or 0)
+end
+
+function coroutine.wrap(f)
+  local co = co_create(f)
+  return function(...)
+    return unwrap(co, forward(co, co_resume(co, ...)))
+  end
+end
+
+coroutine.tide_patched = true
+return coroutine

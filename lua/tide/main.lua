@@ -1,0 +1,12 @@
+-- tide.main: the body of the `tide` command's main task. Runs the steps
+-- main.c prepared (LUA_INIT, -e chunks, -l libraries, the script with its
+-- arguments) in order, so every one of them may suspend.
+return function(steps)
+  for _, step in ipairs(steps) do
+    if step.lib then
+      _G[step.global] = require(step.lib)
+    else
+      step.fn(table.unpack(step.args, 1, step.args.n))
+    end
+  end
+end
