@@ -42,12 +42,13 @@ enum task_state {
 };
 
 enum task_flags {
-  TF_CANCEL_PENDING = 1, /* cancel asked while not parked: deliver next */
+  TF_CANCEL_PENDING = 1, /* cancel asked while running: at the next park */
   TF_FAILED = 2,         /* ended with an error */
   TF_CANCELLED = 4,      /* ended with a "cancelled" error */
   TF_RETRIEVED = 8,      /* somebody looked at the error */
   TF_QUEUED = 16,        /* in the ready queue */
-  TF_IMMEDIATE = 32      /* parked only to yield: resume with true */
+  TF_IMMEDIATE = 32,     /* parked only to yield: resume with true */
+  TF_CANCEL_QUEUED = 64  /* the cancel error is pushed on co already */
 };
 
 typedef struct tide_sched tide_sched;
@@ -101,6 +102,7 @@ struct tide_sched {
   int pending_ref;    /* registry ref: task -> pending cancel error */
   int io_pending;     /* operations waiting on real I/O (virtual clock) */
   int ntasks;
+  int maxref;         /* highest slot used in the task table */
   tide_task *main;
 };
 

@@ -148,6 +148,8 @@ tide_task *tide__spawn(lua_State *L, tide_sched *s, int fidx, int nargs) {
   lua_pushvalue(L, ud);
   t->ref = luaL_ref(L, -2);
   lua_pop(L, 1);
+  if (t->ref > s->maxref)
+    s->maxref = t->ref;
   s->ntasks++;
   t->state = TS_NEW;
   tide__enqueue(s, t);
@@ -155,6 +157,30 @@ tide_task *tide__spawn(lua_State *L, tide_sched *s, int fidx, int nargs) {
 }
 
 /* ---- finishing -------------------------------------------------------- */
+
+/* Moves the live tasks to a new anchor table sized for them: a Lua table
+ * never shrinks on its own, and a burst of 100k tasks must not pin its
+ * slots for the rest of the run. */
+static void compact(lua_State *L, tide_sched *s) {
+  int maxref = 0;
+  luaL_checkstack(L, 6, NULL);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->tasks_ref);
+  lua_createtable(L, s->ntasks + 4, 0);
+  lua_pushnil(L);
+  while (lua_next(L, -3)) {
+    if (lua_type(L, -1) == LUA_TUSERDATA) {
+      tide_task *t = lua_touserdata(L, -1);
+      lua_pushvalue(L, -1);
+      t->ref = luaL_ref(L, -4);
+      if (t->ref > maxref)
+        maxref = t->ref;
+    }
+    lua_pop(L, 1);
+  }
+  lua_rawseti(L, LUA_REGISTRYINDEX, s->tasks_ref);
+  lua_pop(L, 1);
+  s->maxref = maxref;
+}
 
 static void fire_waiter(lua_State *L, int ud, int w) {
   if (lua_type(L, w) == LUA_TUSERDATA) {
@@ -179,6 +205,8 @@ static void finish_common(lua_State *L, tide_task *t, int ud) {
   lua_pop(L, 1);
   t->ref = 0;
   s->ntasks--;
+  if (s->maxref > 4096 && s->ntasks < s->maxref / 8)
+    compact(L, s);
   lua_getiuservalue(L, ud, TUV_WAITERS);
   w = lua_gettop(L);
   lua_pushnil(L);
@@ -234,8 +262,10 @@ static void finish_err(lua_State *L, tide_task *t, int ud) {
     luaL_checkstack(L, 10, NULL);
     if (lua_type(L, e) == LUA_TSTRING || lua_type(L, e) == LUA_TNUMBER)
       lua_pushvalue(L, e);
-    else if (tide__iserror(L, e) || luaL_getmetafield(L, e, "__tostring"))
-      lua_pushstring(L, luaL_tolstring(L, e, NULL)), lua_remove(L, -2);
+    else if (tide__iserror(L, e) ||
+             (luaL_getmetafield(L, e, "__tostring") != LUA_TNIL &&
+              (lua_pop(L, 1), 1)))
+      luaL_tolstring(L, e, NULL);
     else
       lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, e));
     if (lua_type(L, -1) != LUA_TSTRING)
@@ -303,26 +333,24 @@ static void step(tide_sched *s, tide_task *t) {
   luaL_checkstack(L, 8, NULL);
   tide__push_task(L, t);
   ud = lua_gettop(L);
-  if (t->flags & TF_CANCEL_PENDING) {
-    int woken = t->state != TS_NEW && (t->nargs > 0 || (t->flags & TF_IMMEDIATE));
-    t->flags &= ~(TF_CANCEL_PENDING | TF_IMMEDIATE);
+  if (t->state == TS_NEW && (t->flags & TF_CANCEL_QUEUED)) {
+    finish_err(L, t, ud); /* cancelled before it started: never runs */
+    lua_pop(L, 1);
+    return;
+  }
+  if (t->flags & TF_CANCEL_PENDING) { /* asked while it was running */
+    int woken = t->nargs > 0 || (t->flags & TF_IMMEDIATE);
     take_pending(L, s, ud);
-    if (t->state == TS_NEW) { /* never started: ends cancelled, unrun */
-      lua_xmove(L, co, 1);
-      finish_err(L, t, ud);
-      lua_pop(L, 1);
-      return;
-    }
     lua_pop(co, t->nargs);
     lua_pushboolean(co, 0);
     lua_xmove(L, co, 1);
     lua_pushboolean(co, woken);
     t->nargs = 3;
   } else if (t->flags & TF_IMMEDIATE) {
-    t->flags &= ~TF_IMMEDIATE;
     lua_pushboolean(co, 1);
     t->nargs = 1;
   }
+  t->flags &= ~(TF_CANCEL_PENDING | TF_CANCEL_QUEUED | TF_IMMEDIATE);
   t->state = TS_RUNNING;
   rt->current = t;
   if (rt->debug)
@@ -371,7 +399,7 @@ void tide__run_ready(tide_sched *s) {
 int tide__park(lua_State *L, lua_KContext ctx, lua_KFunction k) {
   tide_task *t = tide__current(L);
   if (t->flags & (TF_CANCEL_PENDING | TF_IMMEDIATE)) {
-    t->state = TS_READY;
+    t->state = TS_READY; /* step delivers the pending cancel or the yield */
     tide__enqueue(t->s, t);
   } else {
     t->state = TS_PARKED;
@@ -396,26 +424,48 @@ int tide__wake(lua_State *L, tide_task *t, int nvals) {
 }
 
 /* Asks the task at tidx to cancel with the error at erridx. Returns 0 if
- * it is done already. */
+ * it is done already. A parked or ready task gets the error as the values
+ * its park returns (false, err, woken), pushed on its coroutine now; only
+ * a running task (cancelling itself) keeps it in the sched's pending table
+ * until it parks. */
 int tide__cancel(lua_State *L, int tidx, int erridx) {
   tide_task *t = lua_touserdata(L, tidx);
   tide_sched *s = t->s;
+  lua_State *co = t->co;
+  int woken;
   if (t->state == TS_DONE)
     return 0;
-  if (t->flags & TF_CANCEL_PENDING)
+  if (t->flags & (TF_CANCEL_PENDING | TF_CANCEL_QUEUED))
     return 1; /* the first request's error stands */
   tidx = lua_absindex(L, tidx);
   erridx = lua_absindex(L, erridx);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, s->pending_ref);
-  lua_pushvalue(L, tidx);
-  lua_pushvalue(L, erridx);
-  lua_rawset(L, -3);
-  lua_pop(L, 1);
-  t->flags |= TF_CANCEL_PENDING;
-  if (t->state == TS_PARKED) {
-    tide__heap_remove(s, &t->tn);
-    t->state = TS_READY;
-    tide__enqueue(s, t);
+  switch (t->state) {
+    case TS_NEW: /* the error waits on top of fn and its arguments */
+      lua_pushvalue(L, erridx);
+      lua_xmove(L, co, 1);
+      t->flags |= TF_CANCEL_QUEUED;
+      break;
+    case TS_PARKED:
+    case TS_READY:
+      woken = t->state == TS_READY && (t->nargs > 0 || (t->flags & TF_IMMEDIATE));
+      tide__heap_remove(s, &t->tn);
+      lua_pop(co, t->nargs);
+      lua_pushboolean(co, 0);
+      lua_pushvalue(L, erridx);
+      lua_xmove(L, co, 1);
+      lua_pushboolean(co, woken);
+      t->nargs = 3;
+      t->flags = (unsigned char)((t->flags & ~TF_IMMEDIATE) | TF_CANCEL_QUEUED);
+      t->state = TS_READY;
+      tide__enqueue(s, t);
+      break;
+    default: /* running: it is cancelling itself */
+      lua_rawgeti(L, LUA_REGISTRYINDEX, s->pending_ref);
+      lua_pushvalue(L, tidx);
+      lua_pushvalue(L, erridx);
+      lua_rawset(L, -3);
+      lua_pop(L, 1);
+      t->flags |= TF_CANCEL_PENDING;
   }
   return 1;
 }
@@ -601,9 +651,10 @@ static int t_add_done_callback(lua_State *L) {
   tide_task *t = tide__check_task(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
   lua_settop(L, 2);
-  if (t->state == TS_DONE) {
+  if (t->state == TS_DONE) { /* call_soon(fn, t) */
     lua_getfield(L, lua_upvalueindex(1), "call_soon");
-    lua_insert(L, 2);
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, 1);
     lua_call(L, 2, 0);
     return 0;
   }

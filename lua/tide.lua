@@ -43,16 +43,16 @@ end
 
 -- Turns a list of tasks or functions into tasks (functions are spawned).
 local function to_tasks(list, n, fname, argbase)
+  for i = 1, n do
+    local v = list[i]
+    if type(v) ~= "function" and not istask(v) then
+      argerror(fname, argbase + i - 1, "task or function", v, 3)
+    end
+  end
   local tasks = {}
   for i = 1, n do
     local v = list[i]
-    if type(v) == "function" then
-      tasks[i] = spawn(v)
-    elseif istask(v) then
-      tasks[i] = v
-    else
-      argerror(fname, argbase + i - 1, "task or function", v, 3)
-    end
+    tasks[i] = type(v) == "function" and spawn(v) or v
   end
   return tasks
 end
@@ -226,15 +226,17 @@ function M.as_completed(tasks, timeout)
   end
   local n = #tasks
   tasks = to_tasks(tasks, n, "as_completed", 1)
-  local finished, head, remaining, waiter = {}, 1, n, nil
+  local finished, head, tail, remaining, waiter = {}, 1, 0, n, nil
   local deadline = timeout and core.time() + timeout
   local function on_done(t)
-    finished[#finished + 1] = t
+    tail = tail + 1
+    finished[tail] = t
     if waiter then wake(waiter) end
   end
   for i = 1, n do
     if tasks[i]:done() then
-      finished[#finished + 1] = tasks[i]
+      tail = tail + 1
+      finished[tail] = tasks[i]
     else
       tasks[i]:add_done_callback(on_done)
     end

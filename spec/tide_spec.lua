@@ -1,0 +1,729 @@
+-- Specs for the tide module: tasks, time, waiting for many, timeouts and
+-- cancellation. They run inside the tide host: bodies may suspend.
+local tide = require "tide"
+
+local function virtual(fn, ...)
+  return tide.run({ clock = "virtual" }, fn, ...)
+end
+
+local function errkind(fn, ...)
+  local ok, e = pcall(fn, ...)
+  assert.is_false(ok, "expected an error")
+  assert.is_true(tide.iserror(e), "expected a tide error, got " .. tostring(e))
+  return e.kind, e
+end
+
+describe("tide.run", function()
+  it("returns all of fn's results", function()
+    local a, b, c = tide.run(function(x) return x, nil, 3 end, 1)
+    assert.equals(1, a)
+    assert.is_nil(b)
+    assert.equals(3, c)
+  end)
+
+  it("re-raises fn's error value unchanged", function()
+    local err = { "mine" }
+    local ok, e = pcall(tide.run, function() error(err) end)
+    assert.is_false(ok)
+    assert.equals(err, e)
+  end)
+
+  it("cancels tasks still running when fn returns, letting them clean up", function()
+    local cleaned = false
+    tide.run(function()
+      tide.spawn(function()
+        local ok, e = pcall(tide.sleep, 100)
+        cleaned = not ok and e.kind == "cancelled"
+        error(e, 0)
+      end)
+      tide.sleep(0)
+    end)
+    assert.is_true(cleaned)
+  end)
+
+  it("with a virtual clock, an hour of sleeping takes no time", function()
+    local t0 = os.clock()
+    local elapsed = virtual(function()
+      local s = tide.time()
+      tide.sleep(3600)
+      tide.gather(function() tide.sleep(1800) end, function() tide.sleep(7200) end)
+      return tide.time() - s
+    end)
+    assert.is_true(math.abs(elapsed - 3600 - 7200) < 1e-6, tostring(elapsed))
+    assert.is_true(os.clock() - t0 < 1)
+  end)
+
+  it("rejects a bad clock option", function()
+    assert.has_error(function() tide.run({ clock = "fast" }, print) end)
+  end)
+
+  it("needs a function", function()
+    local ok, e = pcall(tide.run, 42)
+    assert.is_false(ok)
+    assert.matches("bad argument #1 to '[%w.]*run' %(function expected, got number%)", e)
+  end)
+
+  it("reports a deadlock instead of hanging", function()
+    local kind = errkind(tide.run, function() tide.Event():wait() end)
+    assert.equals("deadlock", kind)
+  end)
+end)
+
+describe("tide.spawn", function()
+  it("starts the task on the next loop turn, not at once", function()
+    local started = false
+    local t = tide.spawn(function() started = true end)
+    assert.is_false(started)
+    t:await()
+    assert.is_true(started)
+  end)
+
+  it("passes arguments and names tasks", function()
+    local t = tide.spawn({ name = "worker" }, function(a, b) return a + b end, 2, 3)
+    assert.equals("worker", t.name)
+    assert.equals(5, t:await())
+    local u = tide.spawn(function() end)
+    assert.matches("^Task%-%d+$", u.name)
+    u.name = "renamed"
+    assert.equals("renamed", u.name)
+    u:await()
+  end)
+
+  it("checks its arguments", function()
+    local ok, e = pcall(tide.spawn, "nope")
+    assert.is_false(ok)
+    assert.matches("bad argument #1 to '[%w.]*spawn' %(function expected, got string%)", e)
+  end)
+
+  it("runs three 1 s tasks concurrently in about 1 s", function()
+    local function task(name, delay) tide.sleep(delay); return name .. " done" end
+    local t0 = tide.time()
+    local r = tide.gather(tide.spawn(task, "A", 1), tide.spawn(task, "B", 1), tide.spawn(task, "C", 1))
+    local dt = tide.time() - t0
+    assert.same({ "A done", "B done", "C done", n = 3 }, r)
+    assert.is_true(dt >= 0.99 and dt < 1.5, tostring(dt))
+  end)
+end)
+
+describe("Task", function()
+  it(":await() returns every result", function()
+    local t = tide.spawn(function() tide.sleep(0); return 1, nil, "x" end)
+    local a, b, c = t:await()
+    assert.same({ 1, nil, "x" }, { a, b, c })
+    assert.equals(1, (t:await())) -- again, once done
+  end)
+
+  it(":await() re-raises the task's error value as it was", function()
+    local t = tide.spawn(function() error("boom") end)
+    local ok, e = pcall(t.await, t)
+    assert.is_false(ok)
+    assert.matches("tide_spec.lua:%d+: boom$", e)
+    local obj = setmetatable({}, { __tostring = function() return "obj" end })
+    local u = tide.spawn(function() error(obj) end)
+    local ok2, e2 = pcall(u.await, u)
+    assert.is_false(ok2)
+    assert.equals(obj, e2)
+  end)
+
+  it(":await() on itself is an error", function()
+    local me = tide.current_task()
+    assert.has_error(function() me:await() end, "a task cannot await itself")
+  end)
+
+  it(":done(), :result(), :error(), :cancelled()", function()
+    local t = tide.spawn(function() tide.sleep(0.01); return "r" end)
+    assert.is_false(t:done())
+    assert.equals("invalid_state", errkind(t.result, t))
+    t:await()
+    assert.is_true(t:done())
+    assert.equals("r", t:result())
+    assert.is_nil(t:error())
+    assert.is_false(t:cancelled())
+    local f = tide.spawn(function() error("bad", 0) end)
+    tide.sleep(0); tide.sleep(0)
+    assert.equals("bad", f:error())
+    local ok, e = pcall(f.result, f)
+    assert.is_false(ok)
+    assert.equals("bad", e)
+  end)
+
+  it(":traceback() of a failed task names the failing line and the task", function()
+    local t = tide.spawn({ name = "failing" }, function() local x = nil; return x.y end)
+    pcall(t.await, t)
+    local tb = t:traceback()
+    assert.matches("attempt to index a nil value", tb)
+    assert.matches("stack traceback", tb)
+    assert.matches("in task 'failing' %(spawned at [^)]*tide_spec.lua:%d+%)", tb)
+  end)
+
+  it("tostring shows the name and state", function()
+    local t = tide.spawn({ name = "x" }, tide.sleep, 0.01)
+    assert.equals("tide.Task<x, pending>", tostring(t))
+    tide.sleep(0)
+    assert.equals("tide.Task<x, waiting>", tostring(t))
+    t:await()
+    assert.equals("tide.Task<x, done>", tostring(t))
+  end)
+
+  it(":cancel() before the task starts: it never runs", function()
+    local ran = false
+    local t = tide.spawn(function() ran = true end)
+    assert.is_true(t:cancel())
+    local kind = errkind(t.await, t)
+    assert.equals("cancelled", kind)
+    assert.is_false(ran)
+    assert.is_true(t:cancelled())
+    assert.is_false(t:cancel()) -- done: nothing to cancel
+  end)
+
+  it(":cancel(msg) is delivered at the suspension point and may be caught to clean up", function()
+    local log = {}
+    local t = tide.spawn(function()
+      local ok, e = pcall(tide.sleep, 10)
+      log[#log + 1] = e.kind
+      log[#log + 1] = e.message
+      tide.sleep(0.01) -- cleanup may suspend
+      log[#log + 1] = "cleaned"
+      error(e, 0)
+    end)
+    tide.sleep(0)
+    t:cancel("stop now")
+    local kind = errkind(t.await, t)
+    assert.equals("cancelled", kind)
+    assert.same({ "cancelled", "stop now", "cleaned" }, log)
+    assert.is_true(t:cancelled())
+  end)
+
+  it("a task that swallows its cancellation goes on and ends normally", function()
+    local t = tide.spawn(function()
+      pcall(tide.sleep, 10)
+      tide.sleep(0)
+      return "survived"
+    end)
+    tide.sleep(0)
+    t:cancel()
+    assert.equals("survived", t:await())
+    assert.is_false(t:cancelled())
+  end)
+
+  it("cancelling a task waiting on another task leaves the other one running", function()
+    local inner = tide.spawn(tide.sleep, 0.05, "inner")
+    local outer = tide.spawn(function() return inner:await() end)
+    tide.sleep(0.01)
+    outer:cancel()
+    assert.equals("cancelled", errkind(outer.await, outer))
+    assert.equals("inner", inner:await())
+  end)
+
+  it("a task that cancels itself is cancelled at its next suspension", function()
+    local t = tide.spawn(function()
+      tide.current_task():cancel()
+      local reached = true
+      tide.sleep(0)
+      return reached
+    end)
+    assert.equals("cancelled", errkind(t.await, t))
+  end)
+
+  it("a <close> task variable cancels the task at scope exit", function()
+    local t
+    do
+      local c <close> = tide.spawn(tide.sleep, 10)
+      t = c
+      tide.sleep(0)
+    end
+    assert.equals("cancelled", errkind(t.await, t))
+  end)
+
+  it(":add_done_callback() runs once the task is done", function()
+    local seen
+    local t = tide.spawn(function() return 7 end)
+    t:add_done_callback(function(task) seen = task:result() end)
+    t:await()
+    assert.equals(7, seen)
+    local late
+    t:add_done_callback(function() late = true end)
+    tide.sleep(0.001)
+    assert.is_true(late)
+  end)
+end)
+
+describe("tide.sleep", function()
+  it("returns its extra arguments", function()
+    local a, b, c = tide.sleep(0, "a", nil, 3)
+    assert.same({ "a", nil, 3 }, { a, b, c })
+  end)
+
+  it("sleep(0) lets other ready tasks run", function()
+    local order = {}
+    local t = tide.spawn(function() order[#order + 1] = "other" end)
+    order[#order + 1] = "before"
+    tide.sleep(0)
+    order[#order + 1] = "after"
+    assert.same({ "before", "other", "after" }, order)
+    t:await()
+  end)
+
+  it("wakes sleepers in deadline order, ties in FIFO order", function()
+    local order = {}
+    local ts = {}
+    for i, d in ipairs { 0.03, 0.01, 0.02, 0.01 } do
+      ts[i] = tide.spawn(function() tide.sleep(d); order[#order + 1] = i end)
+    end
+    tide.gather(ts)
+    assert.same({ 2, 4, 3, 1 }, order)
+  end)
+
+  it("waits at least the time asked", function()
+    local t0 = tide.time()
+    tide.sleep(0.05)
+    assert.is_true(tide.time() - t0 >= 0.05)
+  end)
+
+  it("checks its argument", function()
+    local ok, e = pcall(tide.sleep, "soon")
+    assert.is_false(ok)
+    assert.matches("bad argument #1 to '[%w.]*sleep' %(number expected, got string%)", e)
+  end)
+
+  it("outside a task says why it cannot suspend", function()
+    local ok, e = pcall(function()
+      local h = tide.call_soon(function() end)
+      h:cancel()
+    end)
+    assert.is_true(ok, e)
+    local co = coroutine.create(function() return tide.current_task() end)
+    assert.is_true(coroutine.resume(co))
+  end)
+end)
+
+describe("tide.time", function()
+  it("is monotonic seconds", function()
+    local a = tide.time()
+    tide.sleep(0.01)
+    local b = tide.time()
+    assert.is_true(b > a)
+    assert.equals("number", type(a))
+  end)
+end)
+
+describe("tide.current_task / tide.all_tasks", function()
+  it("know the running task and every live one", function()
+    local inner
+    local t = tide.spawn(function() inner = tide.current_task(); tide.sleep(0.01) end)
+    tide.sleep(0)
+    assert.equals(t, inner)
+    local found = false
+    for _, x in ipairs(tide.all_tasks()) do
+      if x == t then found = true end
+    end
+    assert.is_true(found)
+    t:await()
+    for _, x in ipairs(tide.all_tasks()) do
+      assert.are_not.equals(t, x)
+    end
+  end)
+end)
+
+describe("tide.call_soon / tide.call_later", function()
+  it("run callbacks with their arguments, in order", function()
+    local log = {}
+    tide.call_later(0.02, function(x) log[#log + 1] = x end, "late")
+    tide.call_soon(function(x, y) log[#log + 1] = x .. y end, "so", "on")
+    tide.sleep(0.04)
+    assert.same({ "soon", "late" }, log)
+  end)
+
+  it("a cancelled handle never runs", function()
+    local ran = false
+    local h = tide.call_later(0.01, function() ran = true end)
+    assert.is_true(h:cancel())
+    assert.is_false(h:cancel())
+    tide.sleep(0.02)
+    assert.is_false(ran)
+  end)
+end)
+
+describe("tide.gather", function()
+  it("takes tasks or functions, as arguments or one array, results in order", function()
+    local r1 = tide.gather(function() tide.sleep(0.02); return 1 end, tide.spawn(function() return 2 end))
+    assert.same({ 1, 2, n = 2 }, r1)
+    local r2 = tide.gather({ function() return "a", "ignored" end, function() return nil end, function() return "c" end })
+    assert.equals("a", r2[1])
+    assert.is_nil(r2[2])
+    assert.equals("c", r2[3])
+    assert.equals(3, r2.n)
+  end)
+
+  it("propagates the first error at once while the others keep running", function()
+    local slow = tide.spawn(function() tide.sleep(0.05); return "slow" end)
+    local t0 = tide.time()
+    local ok, e = pcall(tide.gather, slow, function() tide.sleep(0.01); error("fast fail", 0) end)
+    assert.is_false(ok)
+    assert.equals("fast fail", e)
+    assert.is_true(tide.time() - t0 < 0.04)
+    assert.is_false(slow:done())
+    assert.equals("slow", slow:await())
+  end)
+
+  it("return_exceptions puts errors in their slots, told apart by tide.iserror", function()
+    local r = tide.gather({
+      function() return "A ok" end,
+      function() error("B failed!", 0) end,
+      function() return "C ok" end,
+      function() return "not an error: a string" end,
+    }, { return_exceptions = true })
+    assert.equals("A ok", r[1])
+    assert.is_true(tide.iserror(r[2]))
+    assert.equals("error", r[2].kind)
+    assert.equals("B failed!", r[2].value)
+    assert.equals("B failed!", r[2].message)
+    assert.is_false(tide.iserror(r[4]))
+    assert.is_false(tide.iserror(r[1]))
+  end)
+
+  it("keeps a tide error from a task as it was", function()
+    local r = tide.gather({ function() error(tide.error("custom", "mine")) end }, { return_exceptions = true })
+    assert.equals("custom", r[1].kind)
+  end)
+
+  it("cancelling the gather cancels its children", function()
+    local a = tide.spawn(tide.sleep, 10)
+    local g = tide.spawn(tide.gather, a)
+    tide.sleep(0.01)
+    g:cancel()
+    assert.equals("cancelled", errkind(g.await, g))
+    assert.is_true(a:cancelled())
+  end)
+
+  it("of nothing returns an empty list", function()
+    assert.same({ n = 0 }, tide.gather())
+  end)
+
+  it("names the bad argument", function()
+    local ok, e = pcall(tide.gather, function() end, 5)
+    assert.is_false(ok)
+    assert.matches("bad argument #2 to 'gather' %(task or function expected, got number%)", e)
+  end)
+end)
+
+describe("tide.wait", function()
+  local function sleeper(d, fail)
+    return tide.spawn(function() tide.sleep(d); if fail then error("x", 0) end; return d end)
+  end
+
+  it("all_completed by default", function()
+    local done, pending = tide.wait({ sleeper(0.01), sleeper(0.02) })
+    assert.equals(2, #done)
+    assert.equals(0, #pending)
+  end)
+
+  it("first_completed", function()
+    local a, b = sleeper(0.01), sleeper(0.2)
+    local done, pending = tide.wait({ a, b }, { return_when = "first_completed" })
+    assert.same({ a }, done)
+    assert.same({ b }, pending)
+    b:cancel()
+    pcall(b.await, b)
+  end)
+
+  it("first_error returns at the first failure", function()
+    local a, b, c = sleeper(0.01), sleeper(0.02, true), sleeper(0.3)
+    local done, pending = tide.wait({ a, b, c }, { return_when = "first_error" })
+    assert.equals(2, #done)
+    assert.same({ c }, pending)
+    c:cancel()
+    pcall(b.await, b)
+    pcall(c.await, c)
+  end)
+
+  it("timeout returns what is done so far, without cancelling", function()
+    local a, b = sleeper(0.01), sleeper(0.3)
+    local done, pending = tide.wait({ a, b }, { timeout = 0.05 })
+    assert.same({ a }, done)
+    assert.same({ b }, pending)
+    assert.is_false(b:done())
+    b:cancel()
+    pcall(b.await, b)
+  end)
+
+  it("rejects a bad return_when and an empty set", function()
+    assert.has_error(function() tide.wait({ sleeper(0) }, { return_when = "soon" }) end)
+    assert.has_error(function() tide.wait({}) end)
+    tide.sleep(0.001)
+  end)
+end)
+
+describe("tide.as_completed", function()
+  it("yields tasks as they finish", function()
+    local order = {}
+    local ts = {}
+    for i, d in ipairs { 0.03, 0.01, 0.02 } do
+      ts[i] = tide.spawn(function() tide.sleep(d); return i end)
+    end
+    for t in tide.as_completed(ts) do order[#order + 1] = t:result() end
+    assert.same({ 2, 3, 1 }, order)
+  end)
+
+  it("raises kind timeout when the deadline passes", function()
+    local ts = { tide.spawn(tide.sleep, 0.01), tide.spawn(tide.sleep, 1) }
+    local n = 0
+    local kind = errkind(function()
+      for _ in tide.as_completed(ts, 0.05) do n = n + 1 end
+    end)
+    assert.equals("timeout", kind)
+    assert.equals(1, n)
+    ts[2]:cancel()
+    pcall(ts[2].await, ts[2])
+  end)
+end)
+
+describe("tide.task_group", function()
+  it("returns when all children are done", function()
+    local done = {}
+    local r = tide.task_group(function(g)
+      g:spawn(function() tide.sleep(0.02); done[#done + 1] = "a" end)
+      g:spawn(function() tide.sleep(0.01); done[#done + 1] = "b" end)
+      return "body"
+    end)
+    assert.equals("body", r)
+    assert.same({ "b", "a" }, done)
+  end)
+
+  it("the first error cancels the siblings and is re-raised as raised", function()
+    local sibling
+    local ok, e = pcall(tide.task_group, function(g)
+      sibling = g:spawn(tide.sleep, 10)
+      g:spawn(function() tide.sleep(0.01); error("child failed", 0) end)
+      tide.sleep(10) -- the body is cancelled too
+    end)
+    assert.is_false(ok)
+    assert.equals("child failed", e)
+    assert.is_true(sibling:cancelled())
+  end)
+
+  it("keeps the errors of other children on the group", function()
+    local group
+    local ok, e = pcall(tide.task_group, function(g)
+      group = g
+      g:spawn(function() tide.sleep(0.01); error("first", 0) end)
+      g:spawn(function()
+        local okk = pcall(tide.sleep, 1) -- cancelled ...
+        error("second", 0) -- ... and fails while cleaning up
+      end)
+    end)
+    assert.is_false(ok)
+    assert.equals("first", e)
+    assert.same({ "first", "second" }, group.errors)
+  end)
+
+  it("an error in the body cancels the children", function()
+    local child
+    local ok, e = pcall(tide.task_group, function(g)
+      child = g:spawn(tide.sleep, 10)
+      error("body failed", 0)
+    end)
+    assert.is_false(ok)
+    assert.equals("body failed", e)
+    assert.is_true(child:cancelled())
+  end)
+end)
+
+describe("tide.wait_for", function()
+  it("returns the results in time", function()
+    local a, b = tide.wait_for(function(x) tide.sleep(0.01); return x, 2 end, 1, "one")
+    assert.equals("one", a)
+    assert.equals(2, b)
+  end)
+
+  it("on expiry cancels the inner work, waits for its cleanup, raises kind timeout", function()
+    local cleaned = false
+    local t = tide.spawn(function()
+      local ok, e = pcall(tide.sleep, 5)
+      tide.sleep(0.02)
+      cleaned = true
+      error(e, 0)
+    end)
+    local t0 = tide.time()
+    local kind, e = errkind(tide.wait_for, t, 0.05)
+    assert.equals("timeout", kind)
+    assert.matches("timed out after 0.05 s", tostring(e))
+    assert.is_true(cleaned)
+    assert.is_true(t:cancelled())
+    assert.is_true(tide.time() - t0 >= 0.07)
+  end)
+
+  it("re-raises the inner error", function()
+    local ok, e = pcall(tide.wait_for, function() error("inner", 0) end, 1)
+    assert.is_false(ok)
+    assert.equals("inner", e)
+  end)
+
+  it("cancelling the waiter cancels the inner task", function()
+    local inner = tide.spawn(tide.sleep, 10)
+    local w = tide.spawn(tide.wait_for, inner, 5)
+    tide.sleep(0.01)
+    w:cancel()
+    assert.equals("cancelled", errkind(w.await, w))
+    assert.is_true(inner:cancelled())
+  end)
+
+  it("checks its arguments", function()
+    local ok, e = pcall(tide.wait_for, 1, 2)
+    assert.is_false(ok)
+    assert.matches("bad argument #1 to 'wait_for' %(task or function expected, got number%)", e)
+  end)
+end)
+
+describe("tide.timeout", function()
+  it("returns fn's results in time", function()
+    assert.equals(3, tide.timeout(1, function(a, b) tide.sleep(0.01); return a + b end, 1, 2))
+  end)
+
+  it("raises kind timeout at the deadline, and the task goes on", function()
+    local kind = errkind(tide.timeout, 0.02, tide.sleep, 10)
+    assert.equals("timeout", kind)
+    tide.sleep(0.001) -- not cancelled any more
+  end)
+
+  it("nested scopes report the right one", function()
+    virtual(function()
+      -- inner expires first: the inner scope raises, the outer sees a timeout error
+      local ok, e = pcall(tide.timeout, 10, function()
+        local ok2, e2 = pcall(tide.timeout, 1, tide.sleep, 5)
+        assert.is_false(ok2)
+        assert.equals("timeout", e2.kind)
+        assert.matches("after 1 s", e2.message)
+        return "outer fine"
+      end)
+      assert.is_true(ok)
+      assert.equals("outer fine", e)
+      -- outer expires first: passes through the inner scope untouched
+      local inner_saw
+      local ok3, e3 = pcall(tide.timeout, 1, function()
+        local ok4, e4 = pcall(tide.timeout, 10, tide.sleep, 5)
+        inner_saw = e4.kind
+        error(e4, 0)
+      end)
+      assert.is_false(ok3)
+      assert.equals("cancelled", inner_saw)
+      assert.equals("timeout", e3.kind)
+      assert.matches("after 1 s", e3.message)
+    end)
+  end)
+end)
+
+describe("tide.shield", function()
+  it("cancelling the caller does not cancel the shielded task", function()
+    local inner = tide.spawn(function() tide.sleep(0.03); return "kept" end)
+    local w = tide.spawn(tide.shield, inner)
+    tide.sleep(0.01)
+    w:cancel()
+    assert.equals("cancelled", errkind(w.await, w))
+    assert.equals("kept", inner:await())
+  end)
+
+  it("returns the results when not cancelled", function()
+    assert.equals(5, tide.shield(function() tide.sleep(0.001); return 5 end))
+  end)
+end)
+
+describe("errors", function()
+  it("tide.error makes values tide.iserror recognises, with kind, message, tostring", function()
+    local e = tide.error("custom", "something broke", { code = 7 })
+    assert.is_true(tide.iserror(e))
+    assert.equals("custom", e.kind)
+    assert.equals("something broke", e.message)
+    assert.equals(7, e.code)
+    assert.equals("custom: something broke", tostring(e))
+    assert.is_false(tide.iserror("custom: something broke"))
+    assert.is_false(tide.iserror({ kind = "x", message = "y" }))
+  end)
+end)
+
+describe("user coroutines", function()
+  it("a tide call inside coroutine.wrap suspends the whole task", function()
+    local gen = coroutine.wrap(function()
+      for i = 1, 3 do
+        tide.sleep(0.001)
+        coroutine.yield(i)
+      end
+    end)
+    local other_ran = false
+    local t = tide.spawn(function() other_ran = true end)
+    assert.same({ 1, 2, 3 }, { gen(), gen(), gen() })
+    assert.is_true(other_ran)
+    t:await()
+  end)
+
+  it("coroutine.resume passes tide suspensions through and keeps plain yields", function()
+    local co = coroutine.create(function(a)
+      local b = coroutine.yield(a + 1)
+      tide.sleep(0.001)
+      return b * 2
+    end)
+    assert.same({ true, 2 }, { coroutine.resume(co, 1) })
+    assert.same({ true, 10 }, { coroutine.resume(co, 5) })
+    assert.equals("dead", coroutine.status(co))
+  end)
+
+  it("errors inside coroutine.wrap carry the position like plain Lua", function()
+    local f = coroutine.wrap(function() error("in gen") end)
+    local ok, e = pcall(f)
+    assert.is_false(ok)
+    assert.matches("tide_spec.lua:%d+: in gen", e)
+  end)
+end)
+
+describe("cancellation at every suspension point", function()
+  local function cancel_while(block)
+    local t = tide.spawn(block)
+    tide.sleep(0.005)
+    assert.is_false(t:done())
+    t:cancel()
+    local ok, e = pcall(t.await, t)
+    assert.is_false(ok)
+    assert.equals("cancelled", e.kind)
+  end
+
+  it("sleep", function() cancel_while(function() tide.sleep(10) end) end)
+  it("await", function()
+    local other = tide.spawn(tide.sleep, 10)
+    cancel_while(function() other:await() end)
+    other:cancel()
+    pcall(other.await, other)
+  end)
+  it("gather", function() cancel_while(function() tide.gather(function() tide.sleep(10) end) end) end)
+  it("queue get", function() local q = tide.Queue(); cancel_while(function() q:get() end) end)
+  it("queue put", function() local q = tide.Queue(1); q:put(1); cancel_while(function() q:put(2) end) end)
+  it("semaphore", function() local s = tide.Semaphore(0); cancel_while(function() s:acquire() end) end)
+  it("event", function() local ev = tide.Event(); cancel_while(function() ev:wait() end) end)
+  it("timeout scope", function() cancel_while(function() tide.timeout(10, tide.sleep, 20) end) end)
+  it("user coroutine", function()
+    cancel_while(function() coroutine.wrap(function() tide.sleep(10) end)() end)
+  end)
+end)
+
+describe("a cancel storm", function()
+  it("cancels 100k tasks blocked on sleep, queue and semaphore, and memory comes back", function()
+    collectgarbage(); collectgarbage()
+    local before = collectgarbage("count")
+    local q, sem = tide.Queue(), tide.Semaphore(0)
+    local ts = {}
+    for i = 1, 100000 do
+      local k = i % 3
+      ts[i] = tide.spawn(k == 0 and tide.sleep or k == 1 and function() q:get() end
+        or function() sem:acquire() end, 100)
+    end
+    tide.sleep(0)
+    for i = 1, #ts do ts[i]:cancel() end
+    tide.sleep(0)
+    for i = 1, #ts do assert(ts[i]:cancelled()) end
+    assert.is_true(q._getters:empty())
+    assert.is_true(sem._waiters:empty())
+    ts, q, sem = nil, nil, nil
+    collectgarbage(); collectgarbage()
+    local after = collectgarbage("count")
+    assert.is_true(after - before < 512, ("%.0f KB left"):format(after - before))
+  end)
+end)
