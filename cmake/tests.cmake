@@ -4,7 +4,8 @@ find_program(LUA54 lua5.4)
 add_test(NAME specs
   COMMAND $<TARGET_FILE:tide> ${BUSTED} --no-auto-insulate -o utfTerminal spec/
   WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-set_tests_properties(specs PROPERTIES TIMEOUT 600)
+set_tests_properties(specs PROPERTIES TIMEOUT 600
+  ENVIRONMENT "TIDE_BIN=$<TARGET_FILE:tide>")
 file(GLOB TIDE_EXAMPLES ${CMAKE_SOURCE_DIR}/scripts/examples/expected/*.txt)
 foreach(f IN LISTS TIDE_EXAMPLES)
   get_filename_component(name ${f} NAME_WE)
@@ -13,3 +14,7 @@ foreach(f IN LISTS TIDE_EXAMPLES)
     WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   set_tests_properties(example_${name} PROPERTIES TIMEOUT 60)
 endforeach()
+
+add_executable(runtime_test spec/c/runtime_test.c)
+target_link_libraries(runtime_test PRIVATE libtide)
+add_test(NAME c_runtime COMMAND runtime_test)
