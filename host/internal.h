@@ -115,6 +115,7 @@ struct tide_runtime {
   int debug;             /* TIDE_DEBUG */
   int sigints;           /* Ctrl-C count */
   int owns_L;
+  int npool;             /* finished coroutines kept for reuse */
 };
 
 /* runtime.c */

@@ -23,7 +23,18 @@
 
 #include "internal.h"
 
-static char sentinel_key;
+static char sentinel_key, task_mt_key, pool_key, gather_mt_key;
+
+/* A gather in progress: it waits on each child as a waiter (user value 1:
+ * the first child that failed). */
+typedef struct gather_state {
+  tide_task *parent;
+  int remaining;
+  int return_exceptions;
+  int live;
+} gather_state;
+
+static void gather_child_done(lua_State *L, int g, int ud);
 
 void *tide__sentinel(void) {
   return &sentinel_key;
@@ -42,8 +53,22 @@ static const char *state_name(const tide_task *t) {
   }
 }
 
+/* Hot paths find the metatable and the pool by light-userdata keys: a
+ * string key would be re-hashed (and strcmp'd) at every call. */
+static int is_task(lua_State *L, int idx) {
+  int r;
+  if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx))
+    return 0;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &task_mt_key);
+  r = lua_rawequal(L, -1, -2);
+  lua_pop(L, 2);
+  return r;
+}
+
 tide_task *tide__check_task(lua_State *L, int idx) {
-  return luaL_checkudata(L, idx, TIDE_TASK_MT);
+  if (!is_task(L, idx))
+    luaL_typeerror(L, idx, TIDE_TASK_MT);
+  return lua_touserdata(L, idx);
 }
 
 /* The task running now; raises if there is none or if L cannot yield. */
@@ -119,7 +144,6 @@ static void push_site(lua_State *L, tide_task *t, int ud) {
 tide_task *tide__spawn(lua_State *L, tide_sched *s, int fidx, int nargs) {
   tide_runtime *rt = s->rt;
   tide_task *t;
-  lua_State *co;
   lua_Debug ar;
   int ud, i;
   fidx = lua_absindex(L, fidx);
@@ -131,14 +155,22 @@ tide_task *tide__spawn(lua_State *L, tide_sched *s, int fidx, int nargs) {
   t->tn.kind = TN_TASK;
   t->id = ++rt->next_id;
   t->parent = rt->current ? rt->current->id : 0;
-  luaL_setmetatable(L, TIDE_TASK_MT);
-  co = lua_newthread(L);
-  luaL_checkstack(co, nargs + 1, "too many arguments to spawn");
-  for (i = 0; i <= nargs; i++)
-    lua_pushvalue(L, fidx + i);
-  lua_xmove(L, co, nargs + 1);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &task_mt_key);
+  lua_setmetatable(L, -2);
+  /* The coroutine is made when the task first runs (see start()), so a
+   * burst of spawns costs no stacks, and finished tasks' coroutines are
+   * reused. Until then user value 1 holds fn, or {fn, args...}. */
+  if (nargs == 0) {
+    lua_pushvalue(L, fidx);
+  } else {
+    lua_createtable(L, nargs + 1, 0);
+    for (i = 0; i <= nargs; i++) {
+      lua_pushvalue(L, fidx + i);
+      lua_rawseti(L, -2, i + 1);
+    }
+  }
   lua_setiuservalue(L, ud, TUV_CO);
-  t->co = co;
+  t->co = NULL;
   t->nargs = nargs;
   if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "fl", &ar)) {
     t->line = ar.currentline;
@@ -184,9 +216,12 @@ static void compact(lua_State *L, tide_sched *s) {
 
 static void fire_waiter(lua_State *L, int ud, int w) {
   if (lua_type(L, w) == LUA_TUSERDATA) {
-    tide_task *waiter = lua_touserdata(L, w);
-    lua_pushboolean(L, 1);
-    tide__wake(L, waiter, 1);
+    if (is_task(L, w)) {
+      lua_pushboolean(L, 1);
+      tide__wake(L, lua_touserdata(L, w), 1);
+    } else {
+      gather_child_done(L, w, ud);
+    }
   } else if (lua_type(L, w) == LUA_TFUNCTION) {
     lua_pushvalue(L, w);
     lua_pushvalue(L, ud);
@@ -226,6 +261,48 @@ static void finish_common(lua_State *L, tide_task *t, int ud) {
     uv_stop(s->loop);
 }
 
+/* Finished coroutines wait in a pool (a registry table) to
+ * run the next task: a coroutine that returned is empty and resumable. */
+#define POOL_MAX 256
+
+static void recycle(lua_State *L, tide_runtime *rt, lua_State *co) {
+  if (rt->npool >= POOL_MAX || lua_status(co) != LUA_OK || lua_gettop(co) != 0)
+    return;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &pool_key);
+  lua_pushthread(co);
+  lua_xmove(co, L, 1);
+  lua_rawseti(L, -2, ++rt->npool);
+  lua_pop(L, 1);
+}
+
+/* First step of a task: gives it a coroutine with fn and its arguments. */
+static void start(lua_State *L, tide_task *t, int ud) {
+  tide_runtime *rt = t->s->rt;
+  lua_State *co;
+  int i;
+  if (rt->npool > 0) {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &pool_key);
+    lua_rawgeti(L, -1, rt->npool);
+    lua_pushnil(L);
+    lua_rawseti(L, -3, rt->npool--);
+    lua_remove(L, -2);
+    co = lua_tothread(L, -1);
+  } else {
+    co = lua_newthread(L);
+  }
+  luaL_checkstack(co, t->nargs + 1, "too many arguments to spawn");
+  if (lua_getiuservalue(L, ud, TUV_CO) == LUA_TTABLE && t->nargs > 0) {
+    for (i = 1; i <= t->nargs + 1; i++)
+      lua_rawgeti(L, -i, i);
+    lua_xmove(L, co, t->nargs + 1);
+    lua_pop(L, 1);
+  } else {
+    lua_xmove(L, co, 1);
+  }
+  lua_setiuservalue(L, ud, TUV_CO); /* the thread, anchored by the task */
+  t->co = co;
+}
+
 /* The coroutine returned nres values: keep them, drop the coroutine. */
 static void finish_ok(lua_State *L, tide_task *t, int ud, int nres) {
   lua_State *co = t->co;
@@ -244,6 +321,7 @@ static void finish_ok(lua_State *L, tide_task *t, int ud, int nres) {
   }
   t->nres = nres;
   lua_setiuservalue(L, ud, TUV_CO);
+  recycle(L, t->s->rt, co);
   finish_common(L, t, ud);
 }
 
@@ -253,7 +331,10 @@ static void finish_ok(lua_State *L, tide_task *t, int ud, int nres) {
 static void finish_err(lua_State *L, tide_task *t, int ud) {
   lua_State *co = t->co;
   int e;
-  lua_xmove(co, L, 1);
+  if (co)
+    lua_xmove(co, L, 1);
+  else
+    lua_getiuservalue(L, ud, TUV_CO); /* cancelled before it started */
   e = lua_gettop(L);
   if (tide__err_is_kind(L, e, "cancelled")) {
     t->flags |= TF_CANCELLED;
@@ -270,7 +351,7 @@ static void finish_err(lua_State *L, tide_task *t, int ud) {
       lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, e));
     if (lua_type(L, -1) != LUA_TSTRING)
       lua_tostring(L, -1);
-    luaL_traceback(L, co, lua_tostring(L, -1), 0);
+    luaL_traceback(L, co ? co : L, lua_tostring(L, -1), co ? 0 : 1);
     lua_remove(L, -2);
     push_name(L, t, ud);
     push_site(L, t, ud);
@@ -333,11 +414,15 @@ static void step(tide_sched *s, tide_task *t) {
   luaL_checkstack(L, 8, NULL);
   tide__push_task(L, t);
   ud = lua_gettop(L);
-  if (t->state == TS_NEW && (t->flags & TF_CANCEL_QUEUED)) {
-    finish_err(L, t, ud); /* cancelled before it started: never runs */
-    lua_pop(L, 1);
-    return;
+  if (t->state == TS_NEW) {
+    if (t->flags & TF_CANCEL_QUEUED) {
+      finish_err(L, t, ud); /* cancelled before it started: never runs */
+      lua_pop(L, 1);
+      return;
+    }
+    start(L, t, ud);
   }
+  co = t->co;
   if (t->flags & TF_CANCEL_PENDING) { /* asked while it was running */
     int woken = t->nargs > 0 || (t->flags & TF_IMMEDIATE);
     take_pending(L, s, ud);
@@ -440,9 +525,9 @@ int tide__cancel(lua_State *L, int tidx, int erridx) {
   tidx = lua_absindex(L, tidx);
   erridx = lua_absindex(L, erridx);
   switch (t->state) {
-    case TS_NEW: /* the error waits on top of fn and its arguments */
+    case TS_NEW: /* it will never run: the error replaces fn */
       lua_pushvalue(L, erridx);
-      lua_xmove(L, co, 1);
+      lua_setiuservalue(L, tidx, TUV_CO);
       t->flags |= TF_CANCEL_QUEUED;
       break;
     case TS_PARKED:
@@ -669,8 +754,12 @@ static int t_remove_done_callback(lua_State *L) {
 }
 
 static int t_index(lua_State *L) {
-  tide_task *t = tide__check_task(L, 1);
-  const char *k = lua_tostring(L, 2);
+  tide_task *t = lua_touserdata(L, 1);
+  const char *k;
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL)
+    return 1; /* a method */
+  k = lua_tostring(L, 2);
   if (k && strcmp(k, "name") == 0) {
     push_name(L, t, 1);
     return 1;
@@ -679,9 +768,7 @@ static int t_index(lua_State *L) {
     lua_pushinteger(L, t->id);
     return 1;
   }
-  lua_pushvalue(L, 2);
-  lua_rawget(L, lua_upvalueindex(1));
-  return 1;
+  return 1; /* nil */
 }
 
 static int t_newindex(lua_State *L) {
@@ -824,8 +911,156 @@ static int l_uncancel(lua_State *L) {
   return 1;
 }
 
+/* core.outcome(task) -> 0 (not done) | 1, first result | 2, error (failed)
+ * | 3, error (cancelled): one call where gather and friends would make
+ * three method calls per task. */
+static int l_outcome(lua_State *L) {
+  tide_task *t = tide__check_task(L, 1);
+  if (t->state != TS_DONE) {
+    lua_pushinteger(L, 0);
+    return 1;
+  }
+  if (t->flags & (TF_FAILED | TF_CANCELLED)) {
+    t->flags |= TF_RETRIEVED;
+    lua_pushinteger(L, (t->flags & TF_FAILED) ? 2 : 3);
+    lua_getiuservalue(L, 1, TUV_CO);
+    return 2;
+  }
+  lua_pushinteger(L, 1);
+  if (t->nres == 0)
+    return 1;
+  if (lua_getiuservalue(L, 1, TUV_CO) == LUA_TTABLE && t->nres > 1)
+    lua_rawgeti(L, -1, 1);
+  return 2;
+}
+
+/* ---- gather ------------------------------------------------------------ */
+
+static void gather_child_done(lua_State *L, int g, int ud) {
+  gather_state *gs = lua_touserdata(L, g);
+  tide_task *child = lua_touserdata(L, ud);
+  if (!gs->live)
+    return;
+  gs->remaining--;
+  if (!gs->return_exceptions && (child->flags & (TF_FAILED | TF_CANCELLED))) {
+    gs->live = 0;
+    lua_pushvalue(L, ud);
+    lua_setiuservalue(L, g, 1);
+    lua_pushboolean(L, 1);
+    tide__wake(L, gs->parent, 1);
+  } else if (gs->remaining == 0) {
+    gs->live = 0;
+    lua_pushboolean(L, 1);
+    tide__wake(L, gs->parent, 1);
+  }
+}
+
+/* [-0, +1, m] Pushes the slot value of a done task for gather's results:
+ * its first result, or its error as a tide error. */
+static void push_slot(lua_State *L, tide_task *t, int ud) {
+  if (t->flags & (TF_FAILED | TF_CANCELLED)) {
+    t->flags |= TF_RETRIEVED;
+    lua_getiuservalue(L, ud, TUV_CO);
+    if (!tide__iserror(L, -1)) {
+      int v = lua_gettop(L);
+      tide__err_push(L, "error", "%s", luaL_tolstring(L, v, NULL));
+      lua_remove(L, -2);
+      lua_pushvalue(L, v);
+      lua_setfield(L, -2, "value");
+      lua_remove(L, v);
+    }
+  } else if (t->nres == 0) {
+    lua_pushnil(L);
+  } else if (lua_getiuservalue(L, ud, TUV_CO) == LUA_TTABLE && t->nres > 1) {
+    lua_rawgeti(L, -1, 1);
+    lua_remove(L, -2);
+  }
+}
+
+/* Gather's end: raise the failed child's error, or return the results. */
+static int gather_finish(lua_State *L) {
+  lua_Integer i, n = lua_tointeger(L, 2);
+  if (lua_getiuservalue(L, 4, 1) == LUA_TUSERDATA) {
+    tide_task *f = lua_touserdata(L, -1);
+    f->flags |= TF_RETRIEVED;
+    lua_getiuservalue(L, -1, TUV_CO);
+    return lua_error(L);
+  }
+  lua_pop(L, 1);
+  lua_createtable(L, (int)n, 1);
+  for (i = 1; i <= n; i++) {
+    lua_rawgeti(L, 1, i);
+    push_slot(L, lua_touserdata(L, -1), -1);
+    lua_remove(L, -2);
+    lua_rawseti(L, -2, i);
+  }
+  lua_pushinteger(L, n);
+  lua_setfield(L, -2, "n");
+  return 1;
+}
+
+static int gather_k(lua_State *L, int status, lua_KContext ctx) {
+  gather_state *gs = lua_touserdata(L, 4);
+  (void)status;
+  (void)ctx;
+  gs->live = 0;
+  if (!lua_toboolean(L, 5)) { /* the gather was cancelled: so are children */
+    lua_Integer i, n = lua_tointeger(L, 2);
+    for (i = 1; i <= n; i++) {
+      lua_rawgeti(L, 1, i);
+      waiters_remove(L, -1, 4);
+      tide__err_push(L, "cancelled", "the gather awaiting it was cancelled");
+      tide__cancel(L, -2, -1);
+      lua_pop(L, 2);
+    }
+    lua_pushvalue(L, 6);
+    return lua_error(L);
+  }
+  lua_settop(L, 4);
+  return gather_finish(L);
+}
+
+/* core.gather_wait(tasks, n, return_exceptions) -> results (see tide.gather) */
+static int l_gather_wait(lua_State *L) {
+  lua_Integer i, n = luaL_checkinteger(L, 2);
+  gather_state *gs;
+  tide_task *me;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 3);
+  gs = lua_newuserdatauv(L, sizeof(*gs), 1); /* index 4 */
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &gather_mt_key);
+  lua_setmetatable(L, -2);
+  gs->parent = NULL;
+  gs->remaining = 0;
+  gs->return_exceptions = lua_toboolean(L, 3);
+  gs->live = 1;
+  for (i = 1; i <= n; i++) {
+    tide_task *t;
+    lua_rawgeti(L, 1, i);
+    t = lua_touserdata(L, -1);
+    if (t->state != TS_DONE) {
+      gs->remaining++;
+      lua_pushvalue(L, 4);
+      waiters_add(L, -2);
+    } else if (!gs->return_exceptions && (t->flags & (TF_FAILED | TF_CANCELLED))) {
+      lua_setiuservalue(L, 4, 1);
+      gs->live = 0;
+      break;
+    }
+    lua_pop(L, 1);
+  }
+  lua_settop(L, 4);
+  if (!gs->live || gs->remaining == 0) {
+    gs->live = 0;
+    return gather_finish(L);
+  }
+  me = tide__current(L);
+  gs->parent = me;
+  return tide__park(L, 0, gather_k);
+}
+
 static int l_istask(lua_State *L) {
-  lua_pushboolean(L, luaL_testudata(L, 1, TIDE_TASK_MT) != NULL);
+  lua_pushboolean(L, is_task(L, 1));
   return 1;
 }
 
@@ -846,6 +1081,7 @@ static const luaL_Reg task_funcs[] = {
   {"spawn", l_spawn}, {"current_task", l_current_task},
   {"all_tasks", l_all_tasks}, {"park", l_park}, {"wake", l_wake},
   {"task_state", l_state}, {"uncancel", l_uncancel}, {"istask", l_istask},
+  {"outcome", l_outcome}, {"gather_wait", l_gather_wait},
   {NULL, NULL}};
 
 /* [-1, +1, m] Adds the task functions to the module table on top. */
@@ -867,6 +1103,8 @@ int tide__open_task(lua_State *L) {
     lua_setfield(L, -2, "__gc");
     lua_pushcfunction(L, t_close);
     lua_setfield(L, -2, "__close");
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &task_mt_key);
   }
   lua_pop(L, 1);
   if (lua_getfield(L, LUA_REGISTRYINDEX, "tide.names") == LUA_TNIL) {
@@ -880,6 +1118,18 @@ int tide__open_task(lua_State *L) {
   } else {
     lua_pop(L, 1);
   }
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &gather_mt_key) == LUA_TNIL) {
+    lua_newtable(L);
+    lua_pushliteral(L, "tide.Gather");
+    lua_setfield(L, -2, "__name");
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &gather_mt_key);
+  }
+  lua_pop(L, 1);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &pool_key) == LUA_TNIL) {
+    lua_newtable(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &pool_key);
+  }
+  lua_pop(L, 1);
   luaL_setfuncs(L, task_funcs, 0);
   lua_pushlightuserdata(L, tide__sentinel());
   lua_setfield(L, mod, "sentinel");

@@ -15,6 +15,7 @@ end
 
 local spawn, park, wake = core.spawn, core.park, core.wake
 local istask, call_later, current_task = core.istask, core.call_later, core.current_task
+local gather_wait = core.gather_wait
 local terror, iserror = core.error, core.iserror
 local pack, unpack, select, type = table.pack, table.unpack, select, type
 
@@ -98,58 +99,10 @@ function M.gather(...)
     list, n, argbase = { ... }, nargs, 1
   end
   local tasks = to_tasks(list, n, "gather", argbase)
-  local return_exceptions = opts and opts.return_exceptions
-  local self = me("tide.gather")
-  local remaining, live, failed = 0, true, nil
-  local function on_done(t)
-    if not live then return end
-    remaining = remaining - 1
-    if not return_exceptions and not failed and (t:failed() or t:cancelled()) then
-      failed = t
-      wake(self)
-    elseif remaining == 0 then
-      wake(self)
-    end
+  if not current_task() then
+    error("tide.gather must be called from inside a task", 2)
   end
-  for i = 1, n do
-    local t = tasks[i]
-    if t:done() then
-      if not return_exceptions and not failed and (t:failed() or t:cancelled()) then
-        failed = t
-      end
-    else
-      remaining = remaining + 1
-      t:add_done_callback(on_done)
-    end
-  end
-  if remaining > 0 and not failed then
-    local ok, err = park()
-    if not ok then -- gather cancelled: so are its children (as in asyncio)
-      live = false
-      for i = 1, n do
-        tasks[i]:remove_done_callback(on_done)
-        tasks[i]:cancel()
-      end
-      error(err, 0)
-    end
-  end
-  live = false
-  if failed then
-    for i = 1, n do
-      tasks[i]:remove_done_callback(on_done)
-    end
-    failed:await() -- raises its error as it was raised
-  end
-  local results = { n = n }
-  for i = 1, n do
-    local t = tasks[i]
-    if t:failed() or t:cancelled() then
-      results[i] = as_error(t:error())
-    else
-      results[i] = (t:result())
-    end
-  end
-  return results
+  return gather_wait(tasks, n, opts and opts.return_exceptions)
 end
 
 local RETURN_WHEN = { all_completed = true, first_completed = true, first_error = true }
