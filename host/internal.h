@@ -26,10 +26,16 @@
 /* A node of the timer heap: embedded in a task (sleep) or a handle. */
 typedef struct tide_tnode {
   uint64_t when; /* deadline, ns on the sched clock */
-  uint64_t seq;  /* start order: equal deadlines fire FIFO */
   int idx;       /* position in the heap, -1 when not in it */
   int kind;      /* TN_TASK or TN_HANDLE */
 } tide_tnode;
+
+/* A heap slot: the keys inline, then the node. */
+typedef struct tide_hentry {
+  uint64_t when;
+  uint64_t seq; /* start order: equal deadlines fire FIFO */
+  tide_tnode *n;
+} tide_hentry;
 
 enum { TN_TASK = 1, TN_HANDLE = 2 };
 
@@ -95,7 +101,7 @@ struct tide_sched {
   uint64_t vnow;      /* virtual clock, ns */
   uint64_t seq;
   tide_task *head, *tail; /* ready queue */
-  tide_tnode **heap;
+  tide_hentry *heap;
   int nheap, capheap;
   int tasks_ref;      /* registry ref: table of live tasks */
   int handles_ref;    /* registry ref: table of armed handles */
@@ -152,6 +158,9 @@ void tide__push_task(lua_State *L, tide_task *t);
 void tide__task_line(lua_State *L, tide_task *t);
 int tide__open_task(lua_State *L);
 void *tide__sentinel(void);
+
+/* waitlist.c */
+int tide__open_waitlist(lua_State *L);
 
 /* loop.c */
 tide_sched *tide__sched_new(lua_State *L, tide_runtime *rt, uv_loop_t *loop,

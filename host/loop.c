@@ -159,9 +159,9 @@ int tide__sched_close(tide_sched *s) {
   int rc = 0, i;
   s->closing = 1;
   for (i = 0; i < s->nheap; i++) {
-    s->heap[i]->idx = -1;
-    if (s->heap[i]->kind == TN_HANDLE)
-      ((tide_handle *)s->heap[i])->cancelled = 1;
+    s->heap[i].n->idx = -1;
+    if (s->heap[i].n->kind == TN_HANDLE)
+      ((tide_handle *)s->heap[i].n)->cancelled = 1;
   }
   s->nheap = 0;
   uv_close((uv_handle_t *)&s->prepare, on_uv_close_noop);

@@ -82,6 +82,7 @@ int luaopen_tide_core(lua_State *L) {
   tide__open_err(L);
   tide__open_timer(L);
   tide__open_task(L);
+  tide__open_waitlist(L);
   luaL_setfuncs(L, loop_funcs, 0);
   return 1;
 }

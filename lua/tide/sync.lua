@@ -4,7 +4,7 @@
 -- cancelled after the hand-over passes the permit on: no permit leaks.
 -- acquire() returns a guard for `local g <close> = sem:acquire()`.
 local core = require "tide.core"
-local Waiters = require "tide.waiters"
+local waitlist = core.waitlist
 local terror = core.error
 
 local M = {}
@@ -40,7 +40,7 @@ local function new_semaphore(mt, value, bound, fname)
     error(("bad argument #1 to '%s' (non-negative integer expected, got %s)"):format(
       fname, math.type(value) and tostring(value) or type(value)), 3)
   end
-  return setmetatable({ _value = value, _bound = bound and value, _waiters = Waiters.new() }, mt)
+  return setmetatable({ _value = value, _bound = bound and value, _waiters = waitlist() }, mt)
 end
 
 function Semaphore:locked()
@@ -52,7 +52,7 @@ function Semaphore:acquire()
   if self._value > 0 and self._waiters:empty() then
     self._value = self._value - 1
   else
-    local ok, err, woken = self._waiters:wait("acquire")
+    local ok, err, woken = self._waiters:wait()
     if not ok then
       if woken then self:_pass() end -- the permit was ours: pass it on
       error(err, 0)
@@ -124,7 +124,7 @@ function Event:clear() self._set = false end
 function Event:wait()
   typecheck(self, Event, "wait")
   if self._set then return true end
-  local ok, err = self._waiters:wait("Event:wait")
+  local ok, err = self._waiters:wait()
   if not ok then error(err, 0) end
   return true
 end
@@ -134,7 +134,7 @@ function Event:__tostring()
 end
 
 function M.Event()
-  return setmetatable({ _set = false, _waiters = Waiters.new() }, Event)
+  return setmetatable({ _set = false, _waiters = waitlist() }, Event)
 end
 
 -- Condition --------------------------------------------------------------
@@ -157,7 +157,7 @@ function Condition:wait()
   typecheck(self, Condition, "wait")
   if not self._lock:locked() then not_held("wait") end
   self._lock:release()
-  local ok, err, woken = self._waiters:wait("Condition:wait")
+  local ok, err, woken = self._waiters:wait()
   if not ok and woken then self._waiters:wake_one() end
   local cancel = not ok and err or nil
   while true do
@@ -198,7 +198,7 @@ function M.Condition(lock)
   if lock ~= nil and getmetatable(lock) ~= Lock then
     error(("bad argument #1 to 'Condition' (tide.Lock expected, got %s)"):format(type(lock)), 2)
   end
-  return setmetatable({ _lock = lock or M.Lock(), _waiters = Waiters.new() }, Condition)
+  return setmetatable({ _lock = lock or M.Lock(), _waiters = waitlist() }, Condition)
 end
 
 return M

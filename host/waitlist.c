@@ -1,0 +1,191 @@
+/*
+ * waitlist.c: the FIFO of parked tasks that every queue, lock, event and
+ * condition waits on ("tide.WaitList"). wait() parks the running task in
+ * the list; wake_one() hands a wake to the first waiter that can still take
+ * it (a waiter whose cancellation is already on its way cannot, and removes
+ * itself when it runs), so no wake is lost and order is fair.
+ *
+ * The list holds plain task pointers: a task in it is parked, hence
+ * anchored by its sched, and it leaves the list before it can end (woken:
+ * popped by the waker; cancelled: removed by its own wait continuation).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define WAITLIST_MT "tide.WaitList"
+
+typedef struct waitlist {
+  tide_task **items;
+  int first, last; /* live range is [first, last) */
+  int cap;
+} waitlist;
+
+static char mt_key; /* the metatable, by a key cheaper than its name */
+
+static waitlist *check_wl(lua_State *L, int idx) {
+  int ok = lua_getmetatable(L, idx);
+  if (ok) {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &mt_key);
+    ok = lua_rawequal(L, -1, -2);
+    lua_pop(L, 2);
+  }
+  if (!ok)
+    luaL_typeerror(L, idx, WAITLIST_MT);
+  return lua_touserdata(L, idx);
+}
+
+static void push(lua_State *L, waitlist *w, tide_task *t) {
+  if (w->last == w->cap) {
+    if (w->first > 0 && w->first >= w->cap / 2) { /* slide down */
+      memmove(w->items, w->items + w->first,
+              sizeof(*w->items) * (size_t)(w->last - w->first));
+      w->last -= w->first;
+      w->first = 0;
+    } else {
+      int cap = w->cap ? w->cap * 2 : 4;
+      tide_task **items = realloc(w->items, sizeof(*items) * (size_t)cap);
+      if (items == NULL)
+        luaL_error(L, "not enough memory");
+      w->items = items;
+      w->cap = cap;
+    }
+  }
+  w->items[w->last++] = t;
+}
+
+static void remove_task(waitlist *w, tide_task *t) {
+  int i;
+  for (i = w->first; i < w->last; i++) {
+    if (w->items[i] == t) {
+      w->items[i] = NULL;
+      break;
+    }
+  }
+  while (w->first < w->last && w->items[w->first] == NULL)
+    w->first++;
+  while (w->last > w->first && w->items[w->last - 1] == NULL)
+    w->last--;
+  if (w->first == w->last)
+    w->first = w->last = 0;
+}
+
+static tide_task *pop(waitlist *w) {
+  while (w->first < w->last) {
+    tide_task *t = w->items[w->first++];
+    if (t) {
+      if (w->first == w->last)
+        w->first = w->last = 0;
+      return t;
+    }
+  }
+  w->first = w->last = 0;
+  return NULL;
+}
+
+static int wait_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  if (!lua_toboolean(L, 2)) { /* cancelled: leave the list */
+    remove_task(lua_touserdata(L, 1), tide__rt(L)->current);
+    return 3; /* false, err, woken */
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* wl:wait() -> true (woken) | false, err, woken (cancelled, and removed) */
+static int wl_wait(lua_State *L) {
+  waitlist *w = check_wl(L, 1);
+  tide_task *t = tide__current(L);
+  lua_settop(L, 1);
+  push(L, w, t);
+  return tide__park(L, 0, wait_k);
+}
+
+/* wl:wake_one(...) -> whether a waiter was woken (with true, ...) */
+static int wl_wake_one(lua_State *L) {
+  waitlist *w = check_wl(L, 1);
+  int n = lua_gettop(L) - 1;
+  tide_task *t;
+  while ((t = pop(w)) != NULL) {
+    int i;
+    lua_pushboolean(L, 1);
+    for (i = 2; i <= n + 1; i++)
+      lua_pushvalue(L, i);
+    if (tide__wake(L, t, n + 1)) {
+      lua_pushboolean(L, 1);
+      return 1;
+    }
+  }
+  lua_pushboolean(L, 0);
+  return 1;
+}
+
+/* wl:wake_all() -> how many were woken */
+static int wl_wake_all(lua_State *L) {
+  waitlist *w = check_wl(L, 1);
+  tide_task *t;
+  int n = 0;
+  while ((t = pop(w)) != NULL) {
+    lua_pushboolean(L, 1);
+    n += tide__wake(L, t, 1);
+  }
+  lua_pushinteger(L, n);
+  return 1;
+}
+
+static int wl_empty(lua_State *L) {
+  waitlist *w = check_wl(L, 1);
+  int i, empty = 1;
+  for (i = w->first; i < w->last && empty; i++)
+    empty = w->items[i] == NULL;
+  lua_pushboolean(L, empty);
+  return 1;
+}
+
+static int wl_len(lua_State *L) {
+  waitlist *w = check_wl(L, 1);
+  int i, n = 0;
+  for (i = w->first; i < w->last; i++)
+    n += w->items[i] != NULL;
+  lua_pushinteger(L, n);
+  return 1;
+}
+
+static int wl_gc(lua_State *L) {
+  waitlist *w = check_wl(L, 1);
+  free(w->items);
+  w->items = NULL;
+  w->first = w->last = w->cap = 0;
+  return 0;
+}
+
+/* core.waitlist() -> a new empty list */
+static int l_waitlist(lua_State *L) {
+  waitlist *w = lua_newuserdatauv(L, sizeof(*w), 0);
+  memset(w, 0, sizeof(*w));
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &mt_key);
+  lua_setmetatable(L, -2);
+  return 1;
+}
+
+static const luaL_Reg wl_methods[] = {
+  {"wait", wl_wait}, {"wake_one", wl_wake_one}, {"wake_all", wl_wake_all},
+  {"empty", wl_empty}, {"__len", wl_len}, {"__gc", wl_gc}, {NULL, NULL}};
+
+/* [-1, +1, m] Adds core.waitlist to the module table on top. */
+int tide__open_waitlist(lua_State *L) {
+  if (luaL_newmetatable(L, WAITLIST_MT)) {
+    luaL_setfuncs(L, wl_methods, 0);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -2, "__index");
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &mt_key);
+  }
+  lua_pop(L, 1);
+  lua_pushcfunction(L, l_waitlist);
+  lua_setfield(L, -2, "waitlist");
+  return 1;
+}
