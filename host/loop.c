@@ -314,53 +314,12 @@ int tide_runtime_run(tide_runtime *rt, int nargs, int *nresults) {
 
 /* ---- task dump ------------------------------------------------------- */
 
-static void dump_sched(lua_State *L, tide_sched *s) {
-  lua_rawgeti(L, LUA_REGISTRYINDEX, s->tasks_ref);
-  lua_pushnil(L);
-  while (lua_next(L, -2)) {
-    if (lua_type(L, -1) == LUA_TUSERDATA) {
-      tide_task *t = lua_touserdata(L, -1);
-      lua_Debug ar;
-      int level = 0;
-      const char *where = "(not started)";
-      char buf[256];
-      if (t->co && t->state != TS_NEW) {
-        lua_State *co = (t->state == TS_RUNNING) ? L : t->co;
-        where = "?";
-        while (lua_getstack(co, level++, &ar)) {
-          lua_getinfo(co, "Sl", &ar);
-          if (ar.currentline > 0) {
-            snprintf(buf, sizeof buf, "%s:%d", ar.short_src, ar.currentline);
-            where = buf;
-            break;
-          }
-        }
-      }
-      lua_getfield(L, -1, "name");
-      fprintf(stderr, "  %-20s %-8s id=%-6u parent=%-6u at %s\n",
-              lua_tostring(L, -1),
-              t->state == TS_PARKED ? "waiting"
-              : t->state == TS_RUNNING ? "running"
-              : t->state == TS_NEW ? "new" : "ready",
-              (unsigned)t->id, (unsigned)t->parent, where);
-      lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
-  }
-  lua_pop(L, 1);
-}
-
-/* tide.dump_tasks(): prints every live task to stderr */
+/* Prints the task tree (tide.dump_tasks in lua/tide.lua) to stderr. */
 int tide__dump_tasks(lua_State *L) {
-  tide_runtime *rt = tide__rt(L);
-  tide_sched *s;
-  int depth = 0;
-  fprintf(stderr, "tide: live tasks (pid %d)\n", (int)getpid());
-  for (s = rt->sched; s; s = s->outer, depth++) {
-    if (depth > 0)
-      fprintf(stderr, " in the enclosing tide.run:\n");
-    dump_sched(L, s);
-  }
-  fflush(stderr);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "tide");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "dump_tasks");
+  lua_call(L, 0, 0);
   return 0;
 }

@@ -72,7 +72,7 @@ int tide__call_protected(lua_State *L, int nargs, const char *what) {
 /* ---- the tide.core module -------------------------------------------- */
 
 static const luaL_Reg loop_funcs[] = {
-  {"run", tide__run}, {"dump_tasks", tide__dump_tasks}, {NULL, NULL}};
+  {"run", tide__run}, {NULL, NULL}};
 
 static tide_runtime *make_rt(lua_State *L);
 

@@ -1068,6 +1068,28 @@ static int l_gather_wait(lua_State *L) {
   return tide__park(L, 0, gather_k);
 }
 
+/* core.task_info(task) -> state, id, parent id, "file:line" it waits at */
+static int l_task_info(lua_State *L) {
+  tide_task *t = tide__check_task(L, 1);
+  lua_Debug ar;
+  int level = 0;
+  lua_pushstring(L, state_name(t));
+  lua_pushinteger(L, t->id);
+  lua_pushinteger(L, t->parent);
+  if (t->co && t->state != TS_DONE) {
+    lua_State *co = t->state == TS_RUNNING ? L : t->co;
+    while (lua_getstack(co, level++, &ar)) {
+      lua_getinfo(co, "Sl", &ar);
+      if (ar.currentline > 0) {
+        lua_pushfstring(L, "%s:%d", ar.short_src, ar.currentline);
+        return 4;
+      }
+    }
+  }
+  lua_pushnil(L);
+  return 4;
+}
+
 static int l_istask(lua_State *L) {
   lua_pushboolean(L, is_task(L, 1));
   return 1;
@@ -1091,6 +1113,7 @@ static const luaL_Reg task_funcs[] = {
   {"all_tasks", l_all_tasks}, {"park", l_park}, {"wake", l_wake},
   {"task_state", l_state}, {"uncancel", l_uncancel}, {"istask", l_istask},
   {"outcome", l_outcome}, {"gather_wait", l_gather_wait},
+  {"task_info", l_task_info},
   {NULL, NULL}};
 
 /* [-1, +1, m] Adds the task functions to the module table on top. */

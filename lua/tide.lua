@@ -8,7 +8,7 @@ require "tide.coroutine"
 local M = {}
 
 for _, name in ipairs { "run", "spawn", "sleep", "time", "call_soon",
-  "call_later", "current_task", "all_tasks", "dump_tasks", "error",
+  "call_later", "current_task", "all_tasks", "error",
   "iserror" } do
   M[name] = core[name]
 end
@@ -391,6 +391,40 @@ function M.shield(x, ...)
   local err = join(t)
   if err then error(err, 0) end
   return t:await()
+end
+
+-- tide.dump_tasks([file]): every live task as a tree (children under the
+-- task that spawned them), with state and the line each one waits at.
+function M.dump_tasks(out)
+  out = out or io.stderr
+  local rows, kids, roots, n = {}, {}, {}, 0
+  for _, t in ipairs(core.all_tasks()) do
+    n = n + 1
+    local state, id, parent, where = core.task_info(t)
+    rows[id] = { t = t, state = state, parent = parent, where = where }
+  end
+  for id, row in pairs(rows) do
+    local list = rows[row.parent] and kids or nil
+    if list then
+      list[row.parent] = list[row.parent] or {}
+      table.insert(list[row.parent], id)
+    else
+      roots[#roots + 1] = id
+    end
+  end
+  local function show(id, depth)
+    local row = rows[id]
+    local label = ("  "):rep(depth + 1) .. row.t.name
+    out:write(("%-28s %-9s %s\n"):format(label, row.state,
+      row.where and ("at " .. row.where) or (row.state == "pending" and "(not started)" or "")))
+    local children = kids[id] or {}
+    table.sort(children)
+    for _, c in ipairs(children) do show(c, depth + 1) end
+  end
+  table.sort(roots)
+  out:write(("tide: %d live task(s), by parent:\n"):format(n))
+  for _, id in ipairs(roots) do show(id, 0) end
+  out:flush()
 end
 
 -- Queues and synchronisation --------------------------------------------
