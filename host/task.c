@@ -325,6 +325,34 @@ static void finish_ok(lua_State *L, tide_task *t, int ud, int nres) {
   finish_common(L, t, ud);
 }
 
+/* A coroutine that died by error has not closed its <close> variables
+ * (Lua unwinds only up to a pcall): close them now, in protected mode, so a
+ * guard held by a failed or cancelled task is released. An error raised by
+ * a __close is reported; the task keeps its first error. The reset thread
+ * is empty again and goes back to the pool. */
+static void close_thread(lua_State *L, tide_task *t, int ud, lua_State *co) {
+#if LUA_VERSION_RELEASE_NUM >= 50406
+  int st = lua_closethread(co, L);
+#else
+  int st = lua_resetthread(co);
+#endif
+  if (st != LUA_OK && lua_gettop(co) > 0) {
+    lua_xmove(co, L, 1);              /* what the closing left */
+    lua_getiuservalue(L, ud, TUV_CO); /* the task's own error */
+    if (!lua_rawequal(L, -1, -2)) {
+      push_name(L, t, ud);
+      fprintf(stderr, "tide: error in a __close handler of task '%s' "
+                      "while it unwound: %s\n", lua_tostring(L, -1),
+              luaL_tolstring(L, -3, NULL));
+      fflush(stderr);
+      lua_pop(L, 2);
+    }
+    lua_pop(L, 2);
+  }
+  lua_settop(co, 0);
+  recycle(L, t->s->rt, co);
+}
+
 /* The coroutine raised: keep the error and, unless it is a cancellation,
  * a traceback taken from the dead coroutine, naming the task and where it
  * was spawned. */
@@ -366,6 +394,8 @@ static void finish_err(lua_State *L, tide_task *t, int ud) {
     lua_setiuservalue(L, ud, TUV_SITE);
   }
   lua_setiuservalue(L, ud, TUV_CO);
+  if (co)
+    close_thread(L, t, ud, co);
   finish_common(L, t, ud);
 }
 

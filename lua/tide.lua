@@ -353,10 +353,10 @@ function M.wait_for(x, seconds, ...)
   check_seconds("wait_for", 2, seconds)
   local self = me("tide.wait_for")
   local err
-  if not t:done() and seconds > 0 then
+  if not t:done() then -- even with 0 s the inner task gets its first step
     local function cb() wake(self) end
     t:add_done_callback(cb)
-    local h = call_later(seconds, wake, self)
+    local h = call_later(math.max(seconds, 0), wake, self)
     local ok
     ok, err = park()
     h:cancel()

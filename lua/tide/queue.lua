@@ -212,15 +212,20 @@ define(PriorityQueue, function(self, item)
   local h = self._items
   self._seq = self._seq + 1
   local node = { item = item, seq = self._seq }
-  local i = self._n + 1
-  self._n = i
-  while i > 1 do
-    local p = i // 2
-    if not before(node, h[p]) then break end
-    h[i] = h[p]
-    i = p
+  -- Find the slot first: a comparison that raises (say a string among
+  -- numbers) then leaves the heap as it was.
+  local n = self._n + 1
+  local i = n
+  while i > 1 and before(node, h[i // 2]) do
+    i = i // 2
+  end
+  local j = n
+  while j > i do
+    h[j] = h[j // 2]
+    j = j // 2
   end
   h[i] = node
+  self._n = n
 end, function(self)
   local h, n = self._items, self._n
   local top, last = h[1], h[n]

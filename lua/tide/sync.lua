@@ -21,10 +21,11 @@ function Guard:release()
 end
 Guard.__close = Guard.release
 
-local function typecheck(self, mt, fname)
-  if getmetatable(self) ~= mt then
-    error(("bad argument #1 to '%s' (%s expected, got %s; use obj:%s)"):format(
-      fname, mt.__name, type(self), fname), 3)
+-- Methods called with '.' instead of ':' get a luaL-style message.
+local function own(self, fname)
+  if type(self) ~= "table" or self._waiters == nil then
+    error(("bad argument #1 to '%s' (tide synchronisation object expected, got %s;"
+      .. " call it as obj:%s(...))"):format(fname, type(self), fname), 3)
   end
 end
 
@@ -44,11 +45,12 @@ local function new_semaphore(mt, value, bound, fname)
 end
 
 function Semaphore:locked()
+  own(self, "locked")
   return self._value == 0
 end
 
 function Semaphore:acquire()
-  typecheck(self, getmetatable(self) == nil and Semaphore or getmetatable(self), "acquire")
+  own(self, "acquire")
   if self._value > 0 and self._waiters:empty() then
     self._value = self._value - 1
   else
@@ -69,6 +71,7 @@ function Semaphore:_pass()
 end
 
 function Semaphore:release()
+  own(self, "release")
   if self._bound and self._value >= self._bound then
     error(terror("invalid_state", ("%s released too many times"):format(
       getmetatable(self).__name)), 2)
@@ -90,6 +93,7 @@ Lock.__index = Lock
 Lock.__name = "tide.Lock"
 
 function Lock:release()
+  own(self, "release")
   if self._value >= 1 then
     error(terror("invalid_state", "Lock:release() on a lock that is not held"), 2)
   end
@@ -110,19 +114,26 @@ local Event = {}
 Event.__index = Event
 Event.__name = "tide.Event"
 
-function Event:is_set() return self._set end
+function Event:is_set()
+  own(self, "is_set")
+  return self._set
+end
 
 function Event:set()
+  own(self, "set")
   if not self._set then
     self._set = true
     self._waiters:wake_all()
   end
 end
 
-function Event:clear() self._set = false end
+function Event:clear()
+  own(self, "clear")
+  self._set = false
+end
 
 function Event:wait()
-  typecheck(self, Event, "wait")
+  own(self, "wait")
   if self._set then return true end
   local ok, err = self._waiters:wait()
   if not ok then error(err, 0) end
@@ -154,7 +165,7 @@ end
 -- Releases the lock, waits for a notify, re-acquires the lock (also when
 -- cancelled, as asyncio does) and returns true.
 function Condition:wait()
-  typecheck(self, Condition, "wait")
+  own(self, "wait")
   if not self._lock:locked() then not_held("wait") end
   self._lock:release()
   local ok, err, woken = self._waiters:wait()
@@ -170,6 +181,7 @@ function Condition:wait()
 end
 
 function Condition:wait_for(pred)
+  own(self, "wait_for")
   if type(pred) ~= "function" then
     error(("bad argument #1 to 'wait_for' (function expected, got %s)"):format(type(pred)), 2)
   end
@@ -182,6 +194,7 @@ function Condition:wait_for(pred)
 end
 
 function Condition:notify(n)
+  own(self, "notify")
   if not self._lock:locked() then not_held("notify") end
   n = n or 1
   for _ = 1, n do
@@ -190,6 +203,7 @@ function Condition:notify(n)
 end
 
 function Condition:notify_all()
+  own(self, "notify_all")
   if not self._lock:locked() then not_held("notify_all") end
   self._waiters:wake_all()
 end
