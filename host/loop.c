@@ -217,7 +217,7 @@ static tide_task *run_main(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
                            int virtual_clock, int nargs) {
   tide_sched *s;
   tide_task *main, *saved = rt->current;
-  int fidx = lua_gettop(L) - nargs;
+  int fidx = lua_gettop(L) - nargs, tries;
   s = tide__sched_new(L, rt, loop, virtual_clock);
   if (s == NULL)
     lua_error(L);
@@ -234,7 +234,10 @@ static tide_task *run_main(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
   lua_replace(L, fidx);
   lua_settop(L, fidx);
   uv_run(s->loop, UV_RUN_DEFAULT);
-  if (main->state != TS_DONE) {
+  /* The loop ran dry with main still waiting: nothing can wake it. Tell
+   * it (a "deadlock" error at its suspension point), as often as it
+   * catches that and waits again, up to a bound. */
+  for (tries = 0; main->state != TS_DONE && tries < 100; tries++) {
     cancel_main(s, "deadlock",
                 "the main task is waiting and nothing is left that could "
                 "wake it (no timers, I/O or ready tasks)");
@@ -287,6 +290,9 @@ int tide__run(lua_State *L) {
       lua_pushboolean(L, 1);
       lua_setfield(L, LUA_REGISTRYINDEX, "tide.interrupted");
     }
+    if (main->state != TS_DONE)
+      return luaL_error(L, "tide.run: the main task never ended (it kept "
+                           "waiting after being told of a deadlock)");
     if (main->flags & (TF_FAILED | TF_CANCELLED)) {
       main->flags |= TF_RETRIEVED;
       lua_getiuservalue(L, ud, TUV_CO);

@@ -67,6 +67,21 @@ describe("tide.run", function()
     local kind = errkind(tide.run, function() tide.Event():wait() end)
     assert.equals("deadlock", kind)
   end)
+
+  it("a main task that catches the deadlock error can go on", function()
+    local r = tide.run(function()
+      local q = tide.Queue()
+      local g = tide.spawn(q.get, q)
+      local kinds = {}
+      for i = 1, 3 do
+        local ok, e = pcall(g.await, g)
+        kinds[i] = e.kind
+      end
+      q:put("x")
+      return table.concat(kinds, ","), g:await()
+    end)
+    assert.equals("deadlock,deadlock,deadlock", r)
+  end)
 end)
 
 describe("tide.spawn", function()
