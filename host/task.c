@@ -24,6 +24,7 @@
 #include "internal.h"
 
 static char sentinel_key, task_mt_key, pool_key, gather_mt_key;
+static char reraised_key, reraised_tb_key; /* last error await re-raised */
 
 /* A gather in progress: it waits on each child as a waiter (user value 1:
  * the first child that failed). */
@@ -383,10 +384,25 @@ static void finish_err(lua_State *L, tide_task *t, int ud) {
     lua_remove(L, -2);
     push_name(L, t, ud);
     push_site(L, t, ud);
-    lua_pushfstring(L, "%s\n\tin task '%s' (spawned at %s)", lua_tostring(L, -3),
-                    lua_tostring(L, -2), lua_tostring(L, -1));
+    if (t->parent == 0) /* a run's main task: nobody spawned it */
+      lua_pushfstring(L, "%s\n\tin task '%s'", lua_tostring(L, -3),
+                      lua_tostring(L, -2));
+    else
+      lua_pushfstring(L, "%s\n\tin task '%s' (spawned at %s by task %d)",
+                      lua_tostring(L, -3), lua_tostring(L, -2),
+                      lua_tostring(L, -1), (int)t->parent);
     lua_replace(L, -4);
     lua_pop(L, 2);
+    /* An error re-raised by await: show where it came from, too. */
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &reraised_key);
+    if (lua_rawequal(L, -1, e)) {
+      lua_rawgetp(L, LUA_REGISTRYINDEX, &reraised_tb_key);
+      lua_pushfstring(L, "%s\nre-raised from the awaited task:\n%s",
+                      lua_tostring(L, -3), luaL_optstring(L, -1, "?"));
+      lua_replace(L, -4);
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
     if (tide__iserror(L, e)) { /* tide errors carry their traceback */
       lua_pushvalue(L, -1);
       lua_setfield(L, e, "traceback");
@@ -662,6 +678,12 @@ static int waiters_remove(lua_State *L, int ud, int v) {
 static int push_results(lua_State *L, tide_task *t, int ud) {
   if (t->flags & (TF_FAILED | TF_CANCELLED)) {
     t->flags |= TF_RETRIEVED;
+    if (t->flags & TF_FAILED) { /* remembered for the awaiter's traceback */
+      lua_getiuservalue(L, ud, TUV_SITE);
+      lua_rawsetp(L, LUA_REGISTRYINDEX, &reraised_tb_key);
+      lua_getiuservalue(L, ud, TUV_CO);
+      lua_rawsetp(L, LUA_REGISTRYINDEX, &reraised_key);
+    }
     lua_getiuservalue(L, ud, TUV_CO);
     return lua_error(L);
   }

@@ -86,7 +86,11 @@ describe("tide command", function()
     assert.equals("", out)
     assert.matches("kaput", err)
     assert.matches("stack traceback:", err)
+    assert.matches("in main chunk", err)
     assert.matches("in task 'main'", err)
+    -- and where the error came from: the awaited task, and where it was spawned
+    assert.matches("re%-raised from the awaited task:", err)
+    assert.matches("in task 'worker' %(spawned at [^)]+:3 by task 1%)", err)
   end)
 
   it("reports a syntax error like lua5.4, exit 1", function()

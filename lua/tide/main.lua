@@ -6,7 +6,9 @@ return function(steps)
     if step.lib then
       _G[step.global] = require(step.lib)
     else
-      step.fn(table.unpack(step.args, 1, step.args.n))
+      -- called through select so that tracebacks say "in main chunk", as
+      -- lua5.4's do, rather than naming this table field
+      select(2, nil, step.fn)(table.unpack(step.args, 1, step.args.n))
     end
   end
 end
