@@ -3,41 +3,9 @@
 -- They run inside the tide host: bodies may suspend.
 local tide = require "tide"
 
-local function virtual(fn, ...)
-  return tide.run({ clock = "virtual" }, fn, ...)
-end
-
--- Waits for task t (or runs fn as a task) with a time limit, so a regression
--- fails the test (kind "timeout") instead of deadlocking the whole run.
-local function await(t)
-  return tide.wait_for(t, 2)
-end
-
-local function gather(ts)
-  return await(function() return tide.gather(ts) end)
-end
-
--- Lets ready tasks run for a few loop turns.
-local function turns(n)
-  for _ = 1, n or 3 do tide.sleep(0) end
-end
-
--- Calls fn, expects it to raise a tide error; returns its kind and the error.
-local function errkind(fn, ...)
-  local ok, e = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  assert.is_true(tide.iserror(e), "expected a tide error, got " .. tostring(e))
-  return e.kind, e
-end
-
--- Expects fn to raise a plain error message matching pattern (plain find).
-local function raises_matching(text, fn, ...)
-  local ok, e = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  assert.is_string(e, "expected an error message, got " .. tostring(e))
-  assert.is_truthy(e:find(text, 1, true), ("error %q does not contain %q"):format(e, text))
-  return e
-end
+local S = require "spec.support"
+local virtual, await, gather, turns = S.virtual, S.await, S.gather, S.turns
+local errkind, raises_matching = S.errkind, S.raises_matching
 
 -- Drains q with get_nowait, returning the items in an array with n.
 local function drain(q)

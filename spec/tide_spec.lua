@@ -2,16 +2,8 @@
 -- cancellation. They run inside the tide host: bodies may suspend.
 local tide = require "tide"
 
-local function virtual(fn, ...)
-  return tide.run({ clock = "virtual" }, fn, ...)
-end
-
-local function errkind(fn, ...)
-  local ok, e = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  assert.is_true(tide.iserror(e), "expected a tide error, got " .. tostring(e))
-  return e.kind, e
-end
+local S = require "spec.support"
+local virtual, errkind = S.virtual, S.errkind
 
 describe("tide.run", function()
   it("returns all of fn's results", function()
@@ -168,7 +160,7 @@ describe("Task", function()
     local tb = t:traceback()
     assert.matches("attempt to index a nil value", tb)
     assert.matches("stack traceback", tb)
-    assert.matches("in task 'failing' %(spawned at [^)]*tide_spec.lua:%d+%)", tb)
+    assert.matches("in task 'failing' %(spawned at [^)]*tide_spec.lua:%d+ by task %d+%)", tb)
   end)
 
   it("tostring shows the name and state", function()
