@@ -159,8 +159,22 @@ void tide__task_line(lua_State *L, tide_task *t);
 int tide__open_task(lua_State *L);
 void *tide__sentinel(void);
 
-/* waitlist.c */
+/* waitlist.c: a FIFO of parked tasks (see the file) */
+typedef struct tide_waitlist {
+  tide_task **items;
+  int first, last; /* live range is [first, last) */
+  int cap;
+} tide_waitlist;
+void tide__wl_push(lua_State *L, tide_waitlist *w, tide_task *t);
+void tide__wl_remove(tide_waitlist *w, tide_task *t);
+int tide__wl_wake_one(lua_State *L, tide_waitlist *w);
+int tide__wl_wake_all(lua_State *L, tide_waitlist *w);
+int tide__wl_empty(const tide_waitlist *w);
+void tide__wl_free(tide_waitlist *w);
 int tide__open_waitlist(lua_State *L);
+
+/* queue.c */
+int tide__open_queue(lua_State *L);
 
 /* loop.c */
 tide_sched *tide__sched_new(lua_State *L, tide_runtime *rt, uv_loop_t *loop,

@@ -16,11 +16,7 @@
 
 #define WAITLIST_MT "tide.WaitList"
 
-typedef struct waitlist {
-  tide_task **items;
-  int first, last; /* live range is [first, last) */
-  int cap;
-} waitlist;
+typedef tide_waitlist waitlist;
 
 static char mt_key; /* the metatable, by a key cheaper than its name */
 
@@ -36,7 +32,7 @@ static waitlist *check_wl(lua_State *L, int idx) {
   return lua_touserdata(L, idx);
 }
 
-static void push(lua_State *L, waitlist *w, tide_task *t) {
+void tide__wl_push(lua_State *L, waitlist *w, tide_task *t) {
   if (w->last == w->cap) {
     if (w->first > 0 && w->first >= w->cap / 2) { /* slide down */
       memmove(w->items, w->items + w->first,
@@ -55,7 +51,7 @@ static void push(lua_State *L, waitlist *w, tide_task *t) {
   w->items[w->last++] = t;
 }
 
-static void remove_task(waitlist *w, tide_task *t) {
+void tide__wl_remove(waitlist *w, tide_task *t) {
   int i;
   for (i = w->first; i < w->last; i++) {
     if (w->items[i] == t) {
@@ -88,7 +84,7 @@ static int wait_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
   if (!lua_toboolean(L, 2)) { /* cancelled: leave the list */
-    remove_task(lua_touserdata(L, 1), tide__rt(L)->current);
+    tide__wl_remove(lua_touserdata(L, 1), tide__rt(L)->current);
     return 3; /* false, err, woken */
   }
   lua_pushboolean(L, 1);
@@ -100,48 +96,56 @@ static int wl_wait(lua_State *L) {
   waitlist *w = check_wl(L, 1);
   tide_task *t = tide__current(L);
   lua_settop(L, 1);
-  push(L, w, t);
+  tide__wl_push(L, w, t);
   return tide__park(L, 0, wait_k);
 }
 
-/* wl:wake_one(...) -> whether a waiter was woken (with true, ...) */
-static int wl_wake_one(lua_State *L) {
-  waitlist *w = check_wl(L, 1);
-  int n = lua_gettop(L) - 1;
+/* Wakes the first waiter that can take it with true; returns whether one
+ * was woken. */
+int tide__wl_wake_one(lua_State *L, waitlist *w) {
   tide_task *t;
   while ((t = pop(w)) != NULL) {
-    int i;
     lua_pushboolean(L, 1);
-    for (i = 2; i <= n + 1; i++)
-      lua_pushvalue(L, i);
-    if (tide__wake(L, t, n + 1)) {
-      lua_pushboolean(L, 1);
+    if (tide__wake(L, t, 1))
       return 1;
-    }
   }
-  lua_pushboolean(L, 0);
+  return 0;
+}
+
+int tide__wl_wake_all(lua_State *L, waitlist *w) {
+  int n = 0;
+  while (tide__wl_wake_one(L, w))
+    n++;
+  return n;
+}
+
+int tide__wl_empty(const waitlist *w) {
+  int i;
+  for (i = w->first; i < w->last; i++)
+    if (w->items[i] != NULL)
+      return 0;
+  return 1;
+}
+
+void tide__wl_free(waitlist *w) {
+  free(w->items);
+  memset(w, 0, sizeof(*w));
+}
+
+/* wl:wake_one() -> whether a waiter was woken */
+static int wl_wake_one(lua_State *L) {
+  lua_pushboolean(L, tide__wl_wake_one(L, check_wl(L, 1)));
   return 1;
 }
 
 /* wl:wake_all() -> how many were woken */
 static int wl_wake_all(lua_State *L) {
-  waitlist *w = check_wl(L, 1);
-  tide_task *t;
-  int n = 0;
-  while ((t = pop(w)) != NULL) {
-    lua_pushboolean(L, 1);
-    n += tide__wake(L, t, 1);
-  }
-  lua_pushinteger(L, n);
+  lua_pushinteger(L, tide__wl_wake_all(L, check_wl(L, 1)));
   return 1;
 }
 
 static int wl_empty(lua_State *L) {
-  waitlist *w = check_wl(L, 1);
-  int i, empty = 1;
-  for (i = w->first; i < w->last && empty; i++)
-    empty = w->items[i] == NULL;
-  lua_pushboolean(L, empty);
+  lua_pushboolean(L, tide__wl_empty(check_wl(L, 1)));
   return 1;
 }
 
@@ -155,10 +159,7 @@ static int wl_len(lua_State *L) {
 }
 
 static int wl_gc(lua_State *L) {
-  waitlist *w = check_wl(L, 1);
-  free(w->items);
-  w->items = NULL;
-  w->first = w->last = w->cap = 0;
+  tide__wl_free(check_wl(L, 1));
   return 0;
 }
 

@@ -74,7 +74,6 @@ local function join(t)
   end
   return err
 end
-M._join = join
 
 -- The value a failed task leaves in a gather slot: always a tide error.
 local function as_error(e)
@@ -429,8 +428,7 @@ end
 
 -- Queues and synchronisation --------------------------------------------
 
-local queue = require "tide.queue"
-M.Queue, M.PriorityQueue, M.LifoQueue = queue.Queue, queue.PriorityQueue, queue.LifoQueue
+M.Queue, M.PriorityQueue, M.LifoQueue = core.Queue, core.PriorityQueue, core.LifoQueue
 local sync = require "tide.sync"
 M.Semaphore, M.BoundedSemaphore, M.Lock = sync.Semaphore, sync.BoundedSemaphore, sync.Lock
 M.Event, M.Condition = sync.Event, sync.Condition
