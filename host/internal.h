@@ -109,6 +109,7 @@ struct tide_sched {
   int io_pending;     /* operations waiting on real I/O (virtual clock) */
   int ntasks;
   int maxref;         /* highest slot used in the task table */
+  int *free, nfree, capfree; /* free slots of the task table */
   tide_task *main;
 };
 

@@ -181,6 +181,7 @@ int tide__sched_close(tide_sched *s) {
   luaL_unref(L, LUA_REGISTRYINDEX, s->handles_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, s->pending_ref);
   free(s->heap);
+  free(s->free);
   free(s);
   return rc;
 }

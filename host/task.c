@@ -19,6 +19,7 @@
  * its coroutine, which is then left to the collector.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
@@ -138,6 +139,23 @@ static void push_site(lua_State *L, tide_task *t, int ud) {
   }
 }
 
+/* Slots of the task table: a C stack of free ones, else the next new. */
+static int take_slot(tide_sched *s) {
+  return s->nfree > 0 ? s->free[--s->nfree] : ++s->maxref;
+}
+
+static void give_slot(lua_State *L, tide_sched *s, int slot) {
+  if (s->nfree == s->capfree) {
+    int cap = s->capfree ? 2 * s->capfree : 256;
+    int *f = realloc(s->free, sizeof(*f) * (size_t)cap);
+    if (f == NULL)
+      luaL_error(L, "not enough memory");
+    s->free = f;
+    s->capfree = cap;
+  }
+  s->free[s->nfree++] = slot;
+}
+
 /* ---- spawn ------------------------------------------------------------ */
 
 /* [-0, +1, m] Makes a task running the function at fidx with the nargs
@@ -177,12 +195,11 @@ tide_task *tide__spawn(lua_State *L, tide_sched *s, int fidx, int nargs) {
     t->line = ar.currentline;
     lua_setiuservalue(L, ud, TUV_SITE);
   }
+  t->ref = take_slot(s);
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->tasks_ref);
   lua_pushvalue(L, ud);
-  t->ref = luaL_ref(L, -2);
+  lua_rawseti(L, -2, t->ref);
   lua_pop(L, 1);
-  if (t->ref > s->maxref)
-    s->maxref = t->ref;
   s->ntasks++;
   t->state = TS_NEW;
   tide__enqueue(s, t);
@@ -195,24 +212,20 @@ tide_task *tide__spawn(lua_State *L, tide_sched *s, int fidx, int nargs) {
  * never shrinks on its own, and a burst of 100k tasks must not pin its
  * slots for the rest of the run. */
 static void compact(lua_State *L, tide_sched *s) {
-  int maxref = 0;
+  int slot = 0;
   luaL_checkstack(L, 6, NULL);
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->tasks_ref);
   lua_createtable(L, s->ntasks + 4, 0);
   lua_pushnil(L);
   while (lua_next(L, -3)) {
-    if (lua_type(L, -1) == LUA_TUSERDATA) {
-      tide_task *t = lua_touserdata(L, -1);
-      lua_pushvalue(L, -1);
-      t->ref = luaL_ref(L, -4);
-      if (t->ref > maxref)
-        maxref = t->ref;
-    }
-    lua_pop(L, 1);
+    tide_task *t = lua_touserdata(L, -1);
+    t->ref = ++slot;
+    lua_rawseti(L, -3, slot);
   }
   lua_rawseti(L, LUA_REGISTRYINDEX, s->tasks_ref);
   lua_pop(L, 1);
-  s->maxref = maxref;
+  s->maxref = slot;
+  s->nfree = 0;
 }
 
 static void fire_waiter(lua_State *L, int ud, int w) {
@@ -237,13 +250,18 @@ static void finish_common(lua_State *L, tide_task *t, int ud) {
   t->state = TS_DONE;
   t->co = NULL;
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->tasks_ref);
-  luaL_unref(L, -1, t->ref);
+  lua_pushnil(L);
+  lua_rawseti(L, -2, t->ref);
   lua_pop(L, 1);
+  give_slot(L, s, t->ref);
   t->ref = 0;
   s->ntasks--;
   if (s->maxref > 4096 && s->ntasks < s->maxref / 8)
     compact(L, s);
-  lua_getiuservalue(L, ud, TUV_WAITERS);
+  if (lua_getiuservalue(L, ud, TUV_WAITERS) == LUA_TNIL) {
+    lua_pop(L, 1);
+    goto stop;
+  }
   w = lua_gettop(L);
   lua_pushnil(L);
   lua_setiuservalue(L, ud, TUV_WAITERS);
@@ -258,6 +276,7 @@ static void finish_common(lua_State *L, tide_task *t, int ud) {
     fire_waiter(L, ud, w);
   }
   lua_pop(L, 1);
+stop:
   if (t == s->main || (s->main && s->main->state == TS_DONE && s->ntasks == 0))
     uv_stop(s->loop);
 }
