@@ -25,15 +25,15 @@
 
 /* A node of the timer heap: embedded in a task (sleep) or a handle. */
 typedef struct tide_tnode {
-  uint64_t when; /* deadline, ns on the sched clock */
-  int idx;       /* position in the heap, -1 when not in it */
-  int kind;      /* TN_TASK or TN_HANDLE */
+  uint64_t seq; /* start order: equal deadlines fire FIFO */
+  int idx;      /* position in the heap, -1 when not in it */
+  int kind;     /* TN_TASK or TN_HANDLE */
 } tide_tnode;
 
-/* A heap slot: the keys inline, then the node. */
+/* A heap slot: the deadline inline (ns on the sched clock), so sifting
+ * compares a contiguous array; ties look at the node's seq. */
 typedef struct tide_hentry {
   uint64_t when;
-  uint64_t seq; /* start order: equal deadlines fire FIFO */
   tide_tnode *n;
 } tide_hentry;
 
@@ -62,23 +62,29 @@ typedef struct tide_sched tide_sched;
 typedef struct tide_task {
   lua_State *co;          /* the coroutine; NULL once done */
   tide_sched *s;          /* the sched the task runs on */
-  struct tide_task *next; /* ready queue link */
   tide_tnode tn;          /* sleep deadline */
   int ref;                /* slot in the sched's task table, 0 when done */
-  int nargs;              /* values waiting on co for the next resume */
-  int nres;               /* results kept after success */
+  union {
+    int nargs;            /* values waiting on co for the next resume */
+    int nres;             /* once done: results kept after success */
+  };
   uint32_t id;
   uint32_t parent;        /* id of the spawning task, 0 for none */
   int line;               /* line of the spawn call */
+  uint32_t src;           /* source id of the spawn call (task.c) */
   unsigned char state, flags;
 } tide_task;
 
 /* Task user values */
-enum { TUV_CO = 1, TUV_WAITERS = 2, TUV_SITE = 3, TUV_N = 3 };
+/* Task user value: the function (and arguments) before the task starts,
+ * its coroutine while it runs, then its results, its cancellation error,
+ * or {error, traceback} after a failure. Waiters are kept in the sched. */
+enum { TUV_CO = 1, TUV_N = 1 };
 
 /* call_soon / call_later handle */
 typedef struct tide_handle {
   tide_tnode tn;
+  uint64_t when;
   tide_sched *s;
   int ref; /* registry-ish ref in the sched's handle table while armed */
   int cancelled;
@@ -100,12 +106,14 @@ struct tide_sched {
   uint64_t armed;     /* deadline the uv timer is armed for */
   uint64_t vnow;      /* virtual clock, ns */
   uint64_t seq;
-  tide_task *head, *tail; /* ready queue */
+  tide_task **rq;      /* ready queue: a ring of rq_cap slots */
+  int rq_head, rq_len, rq_cap;
   tide_hentry *heap;
   int nheap, capheap;
   int tasks_ref;      /* registry ref: table of live tasks */
   int handles_ref;    /* registry ref: table of armed handles */
   int pending_ref;    /* registry ref: task -> pending cancel error */
+  int waiters_ref;    /* registry ref: task slot -> its waiters */
   int io_pending;     /* operations waiting on real I/O (virtual clock) */
   int ntasks;
   int maxref;         /* highest slot used in the task table */
@@ -123,6 +131,7 @@ struct tide_runtime {
   int sigints;           /* Ctrl-C count */
   int owns_L;
   int npool;             /* finished coroutines kept for reuse */
+  uint32_t last_src_id;  /* spawn-site cache (task.c, source_id) */
 };
 
 /* runtime.c */
@@ -156,6 +165,8 @@ int tide__park(lua_State *L, lua_KContext ctx, lua_KFunction k);
 int tide__wake(lua_State *L, tide_task *t, int nvals);
 int tide__cancel(lua_State *L, int tidx, int erridx);
 void tide__push_task(lua_State *L, tide_task *t);
+void tide__push_error(lua_State *L, tide_task *t, int ud);
+void tide__push_trace(lua_State *L, tide_task *t, int ud);
 void tide__task_line(lua_State *L, tide_task *t);
 int tide__open_task(lua_State *L);
 void *tide__sentinel(void);

@@ -25,7 +25,7 @@ static void on_uv_idle(uv_idle_t *h) {
 /* Idle is on while tasks are ready, or while the virtual clock can jump. */
 void tide__sched_update(tide_sched *s) {
   int want = !s->closing &&
-             (s->head != NULL ||
+             (s->rq_len > 0 ||
               (s->virtual_clock && s->nheap > 0 && s->io_pending == 0));
   if (want && !s->idle_on)
     uv_idle_start(&s->idle, on_uv_idle);
@@ -37,7 +37,7 @@ void tide__sched_update(tide_sched *s) {
 static void on_uv_prepare(uv_prepare_t *h) {
   tide_sched *s = h->data;
   if (s->virtual_clock) {
-    if (s->head == NULL && s->io_pending == 0)
+    if (s->rq_len == 0 && s->io_pending == 0)
       tide__virtual_advance(s);
   } else {
     tide__fire_due(s);
@@ -138,6 +138,7 @@ tide_sched *tide__sched_new(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
   s->tasks_ref = new_table_ref(L, NULL);
   s->handles_ref = new_table_ref(L, NULL);
   s->pending_ref = new_table_ref(L, "k");
+  s->waiters_ref = new_table_ref(L, NULL);
   return s;
 }
 
@@ -180,8 +181,10 @@ int tide__sched_close(tide_sched *s) {
   luaL_unref(L, LUA_REGISTRYINDEX, s->tasks_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, s->handles_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, s->pending_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, s->waiters_ref);
   free(s->heap);
   free(s->free);
+  free(s->rq);
   free(s);
   return rc;
 }
@@ -285,7 +288,7 @@ int tide__run(lua_State *L) {
   {
     int ud = lua_gettop(L), n;
     if (main->flags & TF_FAILED) {
-      lua_getiuservalue(L, ud, TUV_SITE);
+      tide__push_trace(L, main, ud);
       lua_setfield(L, LUA_REGISTRYINDEX, "tide.main_traceback");
     } else if ((main->flags & TF_CANCELLED) && rt->sigints > 0) {
       lua_pushboolean(L, 1);
@@ -296,7 +299,7 @@ int tide__run(lua_State *L) {
                            "waiting after being told of a deadlock)");
     if (main->flags & (TF_FAILED | TF_CANCELLED)) {
       main->flags |= TF_RETRIEVED;
-      lua_getiuservalue(L, ud, TUV_CO);
+      tide__push_error(L, main, ud);
       return lua_error(L);
     }
     lua_getfield(L, ud, "result");

@@ -26,6 +26,7 @@
 
 static char sentinel_key, task_mt_key, pool_key, gather_mt_key;
 static char reraised_key, reraised_tb_key; /* last error await re-raised */
+static char sources_key, last_fn_key;       /* spawn sites (see source_id) */
 
 /* A gather in progress: it waits on each child as a waiter (user value 1:
  * the first child that failed). */
@@ -100,16 +101,58 @@ void tide__push_task(lua_State *L, tide_task *t) {
   lua_remove(L, -2);
 }
 
+/* A task's waiters (nil, one waiter, or an array) live in the sched's
+ * waiter table at the task's slot, not in a user value of every task. */
+static void push_waiters(lua_State *L, tide_task *t) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->s->waiters_ref);
+  lua_rawgeti(L, -1, t->ref);
+  lua_remove(L, -2);
+}
+
+/* [-1, +0, -] Pops the value on top into t's waiter slot. */
+static void set_waiters(lua_State *L, tide_task *t) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->s->waiters_ref);
+  lua_insert(L, -2);
+  lua_rawseti(L, -2, t->ref);
+  lua_pop(L, 1);
+}
+
+/* A done task's error: TUV_CO holds {error, traceback} after a failure and
+ * the error itself after a cancellation. */
+void tide__push_error(lua_State *L, tide_task *t, int ud) {
+  if (lua_getiuservalue(L, ud, TUV_CO) == LUA_TTABLE && (t->flags & TF_FAILED)) {
+    lua_rawgeti(L, -1, 1);
+    lua_remove(L, -2);
+  }
+}
+
+void tide__push_trace(lua_State *L, tide_task *t, int ud) {
+  if (t->flags & TF_FAILED) {
+    lua_getiuservalue(L, ud, TUV_CO);
+    lua_rawgeti(L, -1, 2);
+    lua_remove(L, -2);
+  } else {
+    lua_pushnil(L);
+  }
+}
+
 void tide__enqueue(tide_sched *s, tide_task *t) {
   if (t->flags & TF_QUEUED)
     return;
   t->flags |= TF_QUEUED;
-  t->next = NULL;
-  if (s->tail)
-    s->tail->next = t;
-  else
-    s->head = t;
-  s->tail = t;
+  if (s->rq_len == s->rq_cap) { /* grow the ring, unrolling it */
+    int cap = s->rq_cap ? s->rq_cap * 2 : 256, i;
+    tide_task **rq = malloc(sizeof(*rq) * (size_t)cap);
+    if (rq == NULL)
+      abort(); /* out of memory in the scheduler: nothing sane to do */
+    for (i = 0; i < s->rq_len; i++)
+      rq[i] = s->rq[(s->rq_head + i) & (s->rq_cap - 1)];
+    free(s->rq);
+    s->rq = rq;
+    s->rq_cap = cap;
+    s->rq_head = 0;
+  }
+  s->rq[(s->rq_head + s->rq_len++) & (s->rq_cap - 1)] = t; /* cap: 2^k */
   if (!s->idle_on)
     tide__sched_update(s);
 }
@@ -129,14 +172,49 @@ static void push_name(lua_State *L, tide_task *t, int ud) {
 
 /* [-0, +1, m] Pushes "file:line" of where the task at ud was spawned. */
 static void push_site(lua_State *L, tide_task *t, int ud) {
-  lua_Debug ar;
-  if (lua_getiuservalue(L, ud, TUV_SITE) == LUA_TFUNCTION) {
-    lua_getinfo(L, ">S", &ar);
-    lua_pushfstring(L, "%s:%d", ar.short_src, t->line);
+  (void)ud;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &sources_key);
+  lua_rawgeti(L, -1, t->src);
+  if (t->src > 0 && lua_type(L, -1) == LUA_TSTRING)
+    lua_pushfstring(L, "%s:%d", lua_tostring(L, -1), t->line);
+  else
+    lua_pushliteral(L, "?");
+  lua_replace(L, -3);
+  lua_pop(L, 1);
+}
+
+/* Where a task was spawned is kept as a line and a small source id (the
+ * registry's source table maps ids to chunk names and back), not as a
+ * reference per task. [-1, +0] Pops the spawning function; the last one is
+ * remembered, so a loop of spawns looks its source up once. */
+static uint32_t source_id(lua_State *L, tide_runtime *rt, lua_Debug *ar) {
+  uint32_t id;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &last_fn_key);
+  if (lua_rawequal(L, -1, -2)) { /* the same spawner as last time */
+    lua_pop(L, 2);
+    return rt->last_src_id;
+  }
+  lua_pop(L, 1);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &last_fn_key);
+  lua_getinfo(L, ">S", ar); /* pops the function */
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &sources_key);
+  lua_pushstring(L, ar->short_src);
+  if (lua_rawget(L, -2) == LUA_TNUMBER) {
+    id = (uint32_t)lua_tointeger(L, -1);
+    lua_pop(L, 2);
   } else {
     lua_pop(L, 1);
-    lua_pushliteral(L, "?");
+    id = (uint32_t)lua_rawlen(L, -1) + 1;
+    lua_pushstring(L, ar->short_src);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, -3, id);
+    lua_pushinteger(L, id);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
   }
+  rt->last_src_id = id;
+  return id;
 }
 
 /* Slots of the task table: a C stack of free ones, else the next new. */
@@ -191,11 +269,11 @@ tide_task *tide__spawn(lua_State *L, tide_sched *s, int fidx, int nargs) {
   lua_setiuservalue(L, ud, TUV_CO);
   t->co = NULL;
   t->nargs = nargs;
+  t->ref = take_slot(s);
   if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "fl", &ar)) {
     t->line = ar.currentline;
-    lua_setiuservalue(L, ud, TUV_SITE);
+    t->src = source_id(L, rt, &ar);
   }
-  t->ref = take_slot(s);
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->tasks_ref);
   lua_pushvalue(L, ud);
   lua_rawseti(L, -2, t->ref);
@@ -213,17 +291,26 @@ tide_task *tide__spawn(lua_State *L, tide_sched *s, int fidx, int nargs) {
  * slots for the rest of the run. */
 static void compact(lua_State *L, tide_sched *s) {
   int slot = 0;
-  luaL_checkstack(L, 6, NULL);
+  luaL_checkstack(L, 8, NULL);
+  int base = lua_gettop(L);
+  int old = base + 1, new = base + 2, oldw = base + 3, neww = base + 4;
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->tasks_ref);
   lua_createtable(L, s->ntasks + 4, 0);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->waiters_ref);
+  lua_newtable(L);
   lua_pushnil(L);
-  while (lua_next(L, -3)) {
+  while (lua_next(L, old)) {
     tide_task *t = lua_touserdata(L, -1);
+    lua_rawgeti(L, oldw, t->ref); /* its waiters move with it */
+    lua_rawseti(L, neww, slot + 1);
     t->ref = ++slot;
-    lua_rawseti(L, -3, slot);
+    lua_rawseti(L, new, slot);
   }
+  lua_pushvalue(L, new);
   lua_rawseti(L, LUA_REGISTRYINDEX, s->tasks_ref);
-  lua_pop(L, 1);
+  lua_pushvalue(L, neww);
+  lua_rawseti(L, LUA_REGISTRYINDEX, s->waiters_ref);
+  lua_settop(L, base);
   s->maxref = slot;
   s->nfree = 0;
 }
@@ -253,18 +340,21 @@ static void finish_common(lua_State *L, tide_task *t, int ud) {
   lua_pushnil(L);
   lua_rawseti(L, -2, t->ref);
   lua_pop(L, 1);
+  push_waiters(L, t);
+  w = lua_gettop(L);
+  if (!lua_isnil(L, w)) {
+    lua_pushnil(L);
+    set_waiters(L, t);
+  }
   give_slot(L, s, t->ref);
   t->ref = 0;
   s->ntasks--;
   if (s->maxref > 4096 && s->ntasks < s->maxref / 8)
     compact(L, s);
-  if (lua_getiuservalue(L, ud, TUV_WAITERS) == LUA_TNIL) {
+  if (lua_isnil(L, w)) {
     lua_pop(L, 1);
     goto stop;
   }
-  w = lua_gettop(L);
-  lua_pushnil(L);
-  lua_setiuservalue(L, ud, TUV_WAITERS);
   if (lua_type(L, w) == LUA_TTABLE) {
     lua_Integer i, n = luaL_len(L, w);
     for (i = 1; i <= n; i++) {
@@ -351,19 +441,22 @@ static void finish_ok(lua_State *L, tide_task *t, int ud, int nres) {
  * a __close is reported; the task keeps its first error. The reset thread
  * is empty again and goes back to the pool. */
 static void close_thread(lua_State *L, tide_task *t, int ud, lua_State *co) {
+  int st;
+  tide__push_error(L, t, ud); /* __close handlers get the error */
+  lua_xmove(L, co, 1);
 #if LUA_VERSION_RELEASE_NUM >= 50406
-  int st = lua_closethread(co, L);
+  st = lua_closethread(co, L);
 #else
-  int st = lua_resetthread(co);
+  st = lua_resetthread(co);
 #endif
   if (st != LUA_OK && lua_gettop(co) > 0) {
-    lua_xmove(co, L, 1);              /* what the closing left */
-    lua_getiuservalue(L, ud, TUV_CO); /* the task's own error */
+    lua_xmove(co, L, 1);        /* what the closing left */
+    tide__push_error(L, t, ud); /* the task's own error */
     if (!lua_rawequal(L, -1, -2)) {
+      const char *why = luaL_tolstring(L, -2, NULL);
       push_name(L, t, ud);
       fprintf(stderr, "tide: error in a __close handler of task '%s' "
-                      "while it unwound: %s\n", lua_tostring(L, -1),
-              luaL_tolstring(L, -3, NULL));
+                      "while it unwound: %s\n", lua_tostring(L, -1), why);
       fflush(stderr);
       lua_pop(L, 2);
     }
@@ -426,7 +519,10 @@ static void finish_err(lua_State *L, tide_task *t, int ud) {
       lua_pushvalue(L, -1);
       lua_setfield(L, e, "traceback");
     }
-    lua_setiuservalue(L, ud, TUV_SITE);
+    lua_createtable(L, 2, 0); /* {error, traceback} */
+    lua_insert(L, e);
+    lua_rawseti(L, e, 2);
+    lua_rawseti(L, e, 1);
   }
   lua_setiuservalue(L, ud, TUV_CO);
   if (co)
@@ -476,7 +572,7 @@ static void step(tide_sched *s, tide_task *t) {
   int ud, st, nres = 0;
   if (t->state == TS_DONE)
     return;
-  luaL_checkstack(L, 8, NULL);
+  luaL_checkstack(L, 40, NULL); /* finishing and reporting need room */
   tide__push_task(L, t);
   ud = lua_gettop(L);
   if (t->state == TS_NEW) {
@@ -538,16 +634,21 @@ static void step(tide_sched *s, tide_task *t) {
 
 void tide__run_ready(tide_sched *s) {
   int steps = 0;
-  while (s->head && steps < STEP_BUDGET) {
-    tide_task *t = s->head;
-    s->head = s->tail = NULL;
-    while (t) {
-      tide_task *next = t->next;
+  while (s->rq_len > 0 && steps < STEP_BUDGET) {
+    int n = s->rq_len; /* this round: the tasks ready now */
+    while (n-- > 0) {
+      tide_task *t = s->rq[s->rq_head];
+      s->rq_head = (s->rq_head + 1) & (s->rq_cap - 1);
+      s->rq_len--;
       t->flags &= ~TF_QUEUED;
       step(s, t);
       steps++;
-      t = next;
     }
+  }
+  if (s->rq_len == 0 && s->rq_cap > 4096) { /* a burst is over: give back */
+    free(s->rq);
+    s->rq = NULL;
+    s->rq_cap = s->rq_head = 0;
   }
 }
 
@@ -634,11 +735,11 @@ int tide__cancel(lua_State *L, int tidx, int erridx) {
 /* Adds the value on top (a task or a function) as a waiter of the task at
  * ud; pops it. */
 static void waiters_add(lua_State *L, int ud) {
-  ud = lua_absindex(L, ud);
-  switch (lua_getiuservalue(L, ud, TUV_WAITERS)) {
+  tide_task *t = lua_touserdata(L, ud);
+  switch (push_waiters(L, t), lua_type(L, -1)) {
     case LUA_TNIL:
       lua_pop(L, 1);
-      lua_setiuservalue(L, ud, TUV_WAITERS);
+      set_waiters(L, t);
       return;
     case LUA_TTABLE:
       lua_insert(L, -2);
@@ -651,16 +752,18 @@ static void waiters_add(lua_State *L, int ud) {
       lua_rawseti(L, -2, 1);
       lua_insert(L, -2);
       lua_rawseti(L, -2, 2);
-      lua_setiuservalue(L, ud, TUV_WAITERS);
+      set_waiters(L, t);
   }
 }
 
 /* Removes the first waiter of the task at ud equal to the value at v. */
 static int waiters_remove(lua_State *L, int ud, int v) {
+  tide_task *t = lua_touserdata(L, ud);
   int found = 0;
-  ud = lua_absindex(L, ud);
+  if (t->state == TS_DONE)
+    return 0; /* its waiters have been fired and forgotten */
   v = lua_absindex(L, v);
-  switch (lua_getiuservalue(L, ud, TUV_WAITERS)) {
+  switch (push_waiters(L, t), lua_type(L, -1)) {
     case LUA_TTABLE: {
       lua_Integer i, n = luaL_len(L, -1);
       for (i = 1; i <= n && !found; i++) {
@@ -684,7 +787,7 @@ static int waiters_remove(lua_State *L, int ud, int v) {
       if (lua_rawequal(L, -1, v)) {
         found = 1;
         lua_pushnil(L);
-        lua_setiuservalue(L, ud, TUV_WAITERS);
+        set_waiters(L, t);
       }
   }
   lua_pop(L, 1);
@@ -698,12 +801,12 @@ static int push_results(lua_State *L, tide_task *t, int ud) {
   if (t->flags & (TF_FAILED | TF_CANCELLED)) {
     t->flags |= TF_RETRIEVED;
     if (t->flags & TF_FAILED) { /* remembered for the awaiter's traceback */
-      lua_getiuservalue(L, ud, TUV_SITE);
+      tide__push_trace(L, t, ud);
       lua_rawsetp(L, LUA_REGISTRYINDEX, &reraised_tb_key);
-      lua_getiuservalue(L, ud, TUV_CO);
+      tide__push_error(L, t, ud);
       lua_rawsetp(L, LUA_REGISTRYINDEX, &reraised_key);
     }
-    lua_getiuservalue(L, ud, TUV_CO);
+    tide__push_error(L, t, ud);
     return lua_error(L);
   }
   if (t->nres == 0)
@@ -767,7 +870,7 @@ static int t_error(lua_State *L) {
   if (!(t->flags & (TF_FAILED | TF_CANCELLED)))
     return 0;
   t->flags |= TF_RETRIEVED;
-  lua_getiuservalue(L, 1, TUV_CO);
+  tide__push_error(L, t, 1);
   return 1;
 }
 
@@ -801,7 +904,7 @@ static int t_failed(lua_State *L) {
 static int t_traceback(lua_State *L) {
   tide_task *t = tide__check_task(L, 1);
   if (t->flags & TF_FAILED)
-    lua_getiuservalue(L, 1, TUV_SITE);
+    tide__push_trace(L, t, 1);
   else if (t->co && t->co != L && t->state != TS_RUNNING)
     luaL_traceback(L, t->co, NULL, 0);
   else if (t->co)
@@ -876,7 +979,7 @@ static int t_gc(lua_State *L) {
   tide_task *t = lua_touserdata(L, 1);
   if ((t->flags & TF_FAILED) && !(t->flags & TF_RETRIEVED)) {
     t->flags |= TF_RETRIEVED;
-    lua_getiuservalue(L, 1, TUV_SITE);
+    tide__push_trace(L, t, 1);
     fprintf(stderr, "tide: error in a task that nobody awaited:\n%s\n",
             lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
     fflush(stderr);
@@ -1003,7 +1106,7 @@ static int l_outcome(lua_State *L) {
   if (t->flags & (TF_FAILED | TF_CANCELLED)) {
     t->flags |= TF_RETRIEVED;
     lua_pushinteger(L, (t->flags & TF_FAILED) ? 2 : 3);
-    lua_getiuservalue(L, 1, TUV_CO);
+    tide__push_error(L, t, 1);
     return 2;
   }
   lua_pushinteger(L, 1);
@@ -1040,7 +1143,7 @@ static void gather_child_done(lua_State *L, int g, int ud) {
 static void push_slot(lua_State *L, tide_task *t, int ud) {
   if (t->flags & (TF_FAILED | TF_CANCELLED)) {
     t->flags |= TF_RETRIEVED;
-    lua_getiuservalue(L, ud, TUV_CO);
+    tide__push_error(L, t, ud);
     if (!tide__iserror(L, -1)) {
       int v = lua_gettop(L);
       tide__err_push(L, "error", "%s", luaL_tolstring(L, v, NULL));
@@ -1063,7 +1166,7 @@ static int gather_finish(lua_State *L) {
   if (lua_getiuservalue(L, 4, 1) == LUA_TUSERDATA) {
     tide_task *f = lua_touserdata(L, -1);
     f->flags |= TF_RETRIEVED;
-    lua_getiuservalue(L, -1, TUV_CO);
+    tide__push_error(L, f, lua_gettop(L));
     return lua_error(L);
   }
   lua_pop(L, 1);
@@ -1114,14 +1217,22 @@ static int l_gather_wait(lua_State *L) {
   gs->remaining = 0;
   gs->return_exceptions = lua_toboolean(L, 3);
   gs->live = 1;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, tide__rt(L)->sched->waiters_ref); /* 5 */
   for (i = 1; i <= n; i++) {
     tide_task *t;
     lua_rawgeti(L, 1, i);
     t = lua_touserdata(L, -1);
     if (t->state != TS_DONE) {
       gs->remaining++;
-      lua_pushvalue(L, 4);
-      waiters_add(L, -2);
+      if (lua_rawgeti(L, 5, t->ref) == LUA_TNIL) { /* the usual: no waiter */
+        lua_pop(L, 1);
+        lua_pushvalue(L, 4);
+        lua_rawseti(L, 5, t->ref);
+      } else {
+        lua_pop(L, 1);
+        lua_pushvalue(L, 4);
+        waiters_add(L, -2);
+      }
     } else if (!gs->return_exceptions && (t->flags & (TF_FAILED | TF_CANCELLED))) {
       lua_setiuservalue(L, 4, 1);
       gs->live = 0;
@@ -1226,6 +1337,11 @@ int tide__open_task(lua_State *L) {
     lua_pushliteral(L, "tide.Gather");
     lua_setfield(L, -2, "__name");
     lua_rawsetp(L, LUA_REGISTRYINDEX, &gather_mt_key);
+  }
+  lua_pop(L, 1);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &sources_key) == LUA_TNIL) {
+    lua_newtable(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &sources_key);
   }
   lua_pop(L, 1);
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &pool_key) == LUA_TNIL) {

@@ -20,7 +20,7 @@ uint64_t tide__now(tide_sched *s) {
 /* Heap entries carry their keys inline, so sifting compares a contiguous
  * array instead of chasing a pointer per comparison (1M sleepers). */
 static int less(const tide_hentry *a, const tide_hentry *b) {
-  return a->when < b->when || (a->when == b->when && a->seq < b->seq);
+  return a->when < b->when || (a->when == b->when && a->n->seq < b->n->seq);
 }
 
 static void put(tide_sched *s, int i, tide_hentry e) {
@@ -67,9 +67,8 @@ void tide__heap_push(tide_sched *s, tide_tnode *n, uint64_t when) {
     s->heap = h;
     s->capheap = cap;
   }
-  n->when = when;
+  n->seq = s->seq++;
   s->heap[s->nheap].when = when;
-  s->heap[s->nheap].seq = s->seq++;
   s->heap[s->nheap].n = n;
   n->idx = s->nheap++;
   sift_up(s, s->nheap - 1);
@@ -270,7 +269,8 @@ static int schedule(lua_State *L, uint64_t delay, int fidx) {
   lua_pushvalue(L, -2);
   h->ref = luaL_ref(L, -2);
   lua_pop(L, 1);
-  tide__heap_push(s, &h->tn, tide__now(s) + delay);
+  h->when = tide__now(s) + delay;
+  tide__heap_push(s, &h->tn, h->when);
   tide__sched_update(s);
   return 1;
 }
@@ -305,7 +305,7 @@ static int h_cancelled(lua_State *L) {
 }
 
 static int h_when(lua_State *L) {
-  lua_pushnumber(L, (lua_Number)check_handle(L, 1)->tn.when / 1e9);
+  lua_pushnumber(L, (lua_Number)check_handle(L, 1)->when / 1e9);
   return 1;
 }
 
