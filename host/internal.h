@@ -161,7 +161,7 @@ tide_task *tide__current(lua_State *L);
 tide_task *tide__spawn(lua_State *L, tide_sched *s, int fidx, int nargs);
 void tide__enqueue(tide_sched *s, tide_task *t);
 void tide__run_ready(tide_sched *s);
-int tide__park(lua_State *L, lua_KContext ctx, lua_KFunction k);
+int tide__park(lua_State *L, tide_task *t, lua_KContext ctx, lua_KFunction k);
 int tide__wake(lua_State *L, tide_task *t, int nvals);
 int tide__cancel(lua_State *L, int tidx, int erridx);
 void tide__push_task(lua_State *L, tide_task *t);

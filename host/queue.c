@@ -239,8 +239,9 @@ static int put_k(lua_State *L, int status, lua_KContext ctx) {
   if (ctx)
     after_park(L, &q->putters, 3, !full(q));
   if (full(q) && !q->shutdown) {
-    tide__wl_push(L, &q->putters, tide__current(L));
-    return tide__park(L, 1, put_k);
+    tide_task *me = tide__current(L);
+    tide__wl_push(L, &q->putters, me);
+    return tide__park(L, me, 1, put_k);
   }
   if (q->shutdown)
     raise_shutdown(L);
@@ -274,8 +275,9 @@ static int get_k(lua_State *L, int status, lua_KContext ctx) {
   if (q->n == 0) {
     if (q->shutdown)
       raise_shutdown(L);
-    tide__wl_push(L, &q->getters, tide__current(L));
-    return tide__park(L, 1, get_k);
+    tide_task *me = tide__current(L);
+    tide__wl_push(L, &q->getters, me);
+    return tide__park(L, me, 1, get_k);
   }
   return remove_next(L, q);
 }
@@ -317,8 +319,9 @@ static int join_k(lua_State *L, int status, lua_KContext ctx) {
   if (ctx)
     after_park(L, &q->joiners, 2, 0);
   if (q->unfinished > 0) {
-    tide__wl_push(L, &q->joiners, tide__current(L));
-    return tide__park(L, 1, join_k);
+    tide_task *me = tide__current(L);
+    tide__wl_push(L, &q->joiners, me);
+    return tide__park(L, me, 1, join_k);
   }
   return 0;
 }

@@ -566,27 +566,28 @@ static void warn_slow(lua_State *L, tide_task *t, int ud, uint64_t ns) {
 
 static void step(tide_sched *s, tide_task *t) {
   tide_runtime *rt = s->rt;
-  lua_State *L = s->L, *co = t->co;
+  lua_State *L = s->L, *co;
   tide_task *prev = rt->current;
   uint64_t t0 = 0;
-  int ud, st, nres = 0;
+  int ud = 0, st, nres = 0, top = lua_gettop(L);
   if (t->state == TS_DONE)
     return;
   luaL_checkstack(L, 40, NULL); /* finishing and reporting need room */
-  tide__push_task(L, t);
-  ud = lua_gettop(L);
+  /* The task's userdata is pushed only when needed (start, a pending
+   * cancel, the end): a plain resume does not touch the task table. */
+#define UD() (ud ? ud : (tide__push_task(L, t), ud = lua_gettop(L)))
   if (t->state == TS_NEW) {
     if (t->flags & TF_CANCEL_QUEUED) {
-      finish_err(L, t, ud); /* cancelled before it started: never runs */
-      lua_pop(L, 1);
+      finish_err(L, t, UD()); /* cancelled before it started: never runs */
+      lua_settop(L, top);
       return;
     }
-    start(L, t, ud);
+    start(L, t, UD());
   }
   co = t->co;
   if (t->flags & TF_CANCEL_PENDING) { /* asked while it was running */
     int woken = t->nargs > 0 || (t->flags & TF_IMMEDIATE);
-    take_pending(L, s, ud);
+    take_pending(L, s, UD());
     lua_pop(co, t->nargs);
     lua_pushboolean(co, 0);
     lua_xmove(L, co, 1);
@@ -599,8 +600,10 @@ static void step(tide_sched *s, tide_task *t) {
   t->flags &= ~(TF_CANCEL_PENDING | TF_CANCEL_QUEUED | TF_IMMEDIATE);
   t->state = TS_RUNNING;
   rt->current = t;
-  if (rt->debug)
+  if (rt->debug) {
+    UD();
     t0 = uv_hrtime();
+  }
   st = lua_resume(co, L, t->nargs, &nres);
   rt->current = prev;
   t->nargs = 0;
@@ -613,16 +616,17 @@ static void step(tide_sched *s, tide_task *t) {
       tide__enqueue(s, t);
     }
   } else if (st == LUA_OK) {
-    finish_ok(L, t, ud, nres);
+    finish_ok(L, t, UD(), nres);
   } else {
-    finish_err(L, t, ud);
+    finish_err(L, t, UD());
   }
   if (rt->debug) {
     uint64_t ns = uv_hrtime() - t0;
     if (ns > 100000000u)
       warn_slow(L, t, ud, ns);
   }
-  lua_pop(L, 1);
+#undef UD
+  lua_settop(L, top);
 }
 
 /* Runs the ready queue in rounds: each round runs the tasks ready at its
@@ -655,9 +659,9 @@ void tide__run_ready(tide_sched *s) {
 /* ---- park / wake / cancel --------------------------------------------- */
 
 /* Suspends the running task (see the file comment). Called as the tail of a
- * C function: `return tide__park(L, ctx, k);`. */
-int tide__park(lua_State *L, lua_KContext ctx, lua_KFunction k) {
-  tide_task *t = tide__current(L);
+ * C function: `return tide__park(L, tide__current(L), ctx, k);`, with the
+ * task the caller got from tide__current. */
+int tide__park(lua_State *L, tide_task *t, lua_KContext ctx, lua_KFunction k) {
   if (t->flags & (TF_CANCEL_PENDING | TF_IMMEDIATE)) {
     t->state = TS_READY; /* step delivers the pending cancel or the yield */
     tide__enqueue(t->s, t);
@@ -850,7 +854,7 @@ static int t_await(lua_State *L) {
     return luaL_error(L, "cannot await a task of another tide.run loop");
   tide__push_task(L, me);
   waiters_add(L, 1);
-  return tide__park(L, 0, await_k);
+  return tide__park(L, me, 0, await_k);
 }
 
 /* t:result() -> results without suspending; error if not done */
@@ -1057,8 +1061,9 @@ static int park_k(lua_State *L, int status, lua_KContext ctx) {
 
 /* core.park() -> true, ... (woken) | false, err, woken (cancelled) */
 static int l_park(lua_State *L) {
+  tide_task *t = tide__current(L);
   lua_settop(L, 0);
-  return tide__park(L, 0, park_k);
+  return tide__park(L, t, 0, park_k);
 }
 
 /* core.wake(task, ...) -> whether the task was parked and is now ready */
@@ -1247,7 +1252,7 @@ static int l_gather_wait(lua_State *L) {
   }
   me = tide__current(L);
   gs->parent = me;
-  return tide__park(L, 0, gather_k);
+  return tide__park(L, me, 0, gather_k);
 }
 
 /* core.task_info(task) -> state, id, parent id, "file:line" it waits at */

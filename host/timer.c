@@ -195,7 +195,7 @@ static int l_sleep(lua_State *L) {
     tide__heap_push(t->s, &t->tn, tide__now(t->s) + ns);
   else
     t->flags |= TF_IMMEDIATE; /* sleep(0): park and come straight back */
-  return tide__park(L, n, sleep_k);
+  return tide__park(L, t, n, sleep_k);
 }
 
 /* tide.time() -> seconds on the loop's monotonic clock */

@@ -97,7 +97,7 @@ static int wl_wait(lua_State *L) {
   tide_task *t = tide__current(L);
   lua_settop(L, 1);
   tide__wl_push(L, w, t);
-  return tide__park(L, 0, wait_k);
+  return tide__park(L, t, 0, wait_k);
 }
 
 /* Wakes the first waiter that can take it with true; returns whether one
