@@ -18,3 +18,17 @@ endforeach()
 add_executable(runtime_test spec/c/runtime_test.c)
 target_link_libraries(runtime_test PRIVATE libtide)
 add_test(NAME c_runtime COMMAND runtime_test)
+
+# The same examples under Debian's lua5.4 with the module form (tide.so):
+# seed-style scripts that call tide.run(main) work unchanged there.
+file(WRITE ${CMAKE_BINARY_DIR}/lua54-tide
+  "#!/bin/sh\nLUA_CPATH='${CMAKE_BINARY_DIR}/lua/?.so;;' exec ${LUA54} \"$@\"\n")
+file(CHMOD ${CMAKE_BINARY_DIR}/lua54-tide PERMISSIONS OWNER_READ OWNER_WRITE
+  OWNER_EXECUTE GROUP_READ GROUP_EXECUTE WORLD_READ WORLD_EXECUTE)
+foreach(f IN LISTS TIDE_EXAMPLES)
+  get_filename_component(name ${f} NAME_WE)
+  add_test(NAME lua54_example_${name}
+    COMMAND ${LUA54} scripts/examples/check.lua ${CMAKE_BINARY_DIR}/lua54-tide ${name}
+    WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(lua54_example_${name} PROPERTIES TIMEOUT 60)
+endforeach()

@@ -1,0 +1,22 @@
+/*
+ * module.c: the Lua module form of tide (tide.so), for Debian's lua5.4 and
+ * any host that loads C modules: `require "tide"` creates the runtime in
+ * that lua_State (once) and returns the tide module. Outside a task there
+ * is no loop running; tide.run(main) starts one, as in asyncio.run.
+ */
+#include <lauxlib.h>
+
+#include "tide.h"
+
+int luaopen_tide(lua_State *L);
+
+int luaopen_tide(lua_State *L) {
+  tide_open(L);
+  /* the embedded Lua half of the module, from package.preload */
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_getfield(L, -1, "tide");
+  lua_remove(L, -2);
+  lua_pushliteral(L, "tide");
+  lua_call(L, 1, 1);
+  return 1;
+}
