@@ -21,8 +21,17 @@ add_test(NAME c_runtime COMMAND runtime_test)
 
 # The same examples under Debian's lua5.4 with the module form (tide.so):
 # seed-style scripts that call tide.run(main) work unchanged there.
+# Under the sanitizers the uninstrumented lua5.4 must preload their runtime.
+set(TIDE_PRELOAD "")
+if(TIDE_SANITIZE)
+  execute_process(COMMAND ${CMAKE_C_COMPILER} -print-file-name=libasan.so
+    OUTPUT_VARIABLE asan_lib OUTPUT_STRIP_TRAILING_WHITESPACE)
+  execute_process(COMMAND ${CMAKE_C_COMPILER} -print-file-name=libubsan.so
+    OUTPUT_VARIABLE ubsan_lib OUTPUT_STRIP_TRAILING_WHITESPACE)
+  set(TIDE_PRELOAD "LD_PRELOAD='${asan_lib} ${ubsan_lib}' ")
+endif()
 file(WRITE ${CMAKE_BINARY_DIR}/lua54-tide
-  "#!/bin/sh\nLUA_CPATH='${CMAKE_BINARY_DIR}/lua/?.so;;' exec ${LUA54} \"$@\"\n")
+  "#!/bin/sh\n${TIDE_PRELOAD}LUA_CPATH='${CMAKE_BINARY_DIR}/lua/?.so;;' exec ${LUA54} \"$@\"\n")
 file(CHMOD ${CMAKE_BINARY_DIR}/lua54-tide PERMISSIONS OWNER_READ OWNER_WRITE
   OWNER_EXECUTE GROUP_READ GROUP_EXECUTE WORLD_READ WORLD_EXECUTE)
 foreach(f IN LISTS TIDE_EXAMPLES)
