@@ -643,16 +643,15 @@ void tide__run_ready(tide_sched *s) {
     while (n-- > 0) {
       tide_task *t = s->rq[s->rq_head];
       s->rq_head = (s->rq_head + 1) & (s->rq_cap - 1);
-      s->rq_len--;
+      if (--s->rq_len == 0 && s->rq_cap > 4096) { /* a burst is over */
+        free(s->rq);
+        s->rq = NULL;
+        s->rq_cap = s->rq_head = 0;
+      }
       t->flags &= ~TF_QUEUED;
       step(s, t);
       steps++;
     }
-  }
-  if (s->rq_len == 0 && s->rq_cap > 4096) { /* a burst is over: give back */
-    free(s->rq);
-    s->rq = NULL;
-    s->rq_cap = s->rq_head = 0;
   }
 }
 
