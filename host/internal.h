@@ -115,6 +115,7 @@ struct tide_sched {
   int pending_ref;    /* registry ref: task -> pending cancel error */
   int waiters_ref;    /* registry ref: task slot -> its waiters */
   int io_pending;     /* operations waiting on real I/O (virtual clock) */
+  int open_handles;   /* while closing: handles whose close is pending */
   int ntasks;
   int maxref;         /* highest slot used in the task table */
   int *free, nfree, capfree; /* free slots of the task table */
@@ -132,6 +133,11 @@ struct tide_runtime {
   int owns_L;
   int npool;             /* finished coroutines kept for reuse */
   uint32_t last_src_id;  /* spawn-site cache (task.c, source_id) */
+  unsigned long instruction_limit; /* per task step, 0: none */
+  struct tide_mem *mem;  /* allocation accounting (runtime.c), or NULL */
+  tide_sched *root;      /* where tasks started from C run (embed.c) */
+  int cpending;          /* tasks started from C not yet done */
+  int incb;              /* inside one of tide's loop callbacks */
 };
 
 /* runtime.c */
@@ -166,6 +172,7 @@ int tide__wake(lua_State *L, tide_task *t, int nvals);
 int tide__cancel(lua_State *L, int tidx, int erridx);
 void tide__push_task(lua_State *L, tide_task *t);
 void tide__push_error(lua_State *L, tide_task *t, int ud);
+int tide__push_outcome(lua_State *L, tide_task *t, int ud, int *n);
 void tide__push_trace(lua_State *L, tide_task *t, int ud);
 void tide__task_line(lua_State *L, tide_task *t);
 int tide__open_task(lua_State *L);
@@ -194,6 +201,8 @@ tide_sched *tide__sched_new(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
 void tide__sched_update(tide_sched *s);
 int tide__sched_close(tide_sched *s);
 int tide__run(lua_State *L);
+void tide__cancel_all(tide_sched *s, const char *why);
+void tide__root_close(tide_runtime *rt);
 int tide__dump_tasks(lua_State *L);
 
 /* embedded Lua sources, generated at build time */

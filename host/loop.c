@@ -36,6 +36,7 @@ void tide__sched_update(tide_sched *s) {
 
 static void on_uv_prepare(uv_prepare_t *h) {
   tide_sched *s = h->data;
+  s->rt->incb++;
   if (s->virtual_clock) {
     if (s->rq_len == 0 && s->io_pending == 0)
       tide__virtual_advance(s);
@@ -44,15 +45,18 @@ static void on_uv_prepare(uv_prepare_t *h) {
     tide__timer_arm(s);
   }
   tide__sched_update(s);
+  s->rt->incb--;
 }
 
 static void on_uv_check(uv_check_t *h) {
   tide_sched *s = h->data;
+  s->rt->incb++;
   if (!s->virtual_clock)
     tide__fire_due(s);
   tide__run_ready(s);
   tide__timer_arm(s);
   tide__sched_update(s);
+  s->rt->incb--;
 }
 
 static void cancel_main(tide_sched *s, const char *kind, const char *msg) {
@@ -146,6 +150,13 @@ static void on_uv_close_noop(uv_handle_t *h) {
   (void)h;
 }
 
+/* The sched's handles live in it: it is freed when the last one closed. */
+static void on_uv_close_sched(uv_handle_t *h) {
+  tide_sched *s = h->data;
+  if (--s->open_handles == 0 && !s->own_loop)
+    free(s);
+}
+
 static void on_uv_walk_close(uv_handle_t *h, void *arg) {
   (void)arg;
   if (!uv_is_closing(h))
@@ -165,19 +176,6 @@ int tide__sched_close(tide_sched *s) {
       ((tide_handle *)s->heap[i].n)->cancelled = 1;
   }
   s->nheap = 0;
-  uv_close((uv_handle_t *)&s->prepare, on_uv_close_noop);
-  uv_close((uv_handle_t *)&s->check, on_uv_close_noop);
-  uv_close((uv_handle_t *)&s->idle, on_uv_close_noop);
-  uv_close((uv_handle_t *)&s->timer, on_uv_close_noop);
-  uv_close((uv_handle_t *)&s->sigint, on_uv_close_noop);
-  uv_close((uv_handle_t *)&s->sigusr1, on_uv_close_noop);
-  if (s->own_loop) {
-    uv_walk(s->loop, on_uv_walk_close, NULL);
-    uv_run(s->loop, UV_RUN_DEFAULT);
-    rc = uv_loop_close(s->loop);
-  } else {
-    uv_run(s->loop, UV_RUN_NOWAIT); /* deliver our close callbacks */
-  }
   luaL_unref(L, LUA_REGISTRYINDEX, s->tasks_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, s->handles_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, s->pending_ref);
@@ -185,18 +183,35 @@ int tide__sched_close(tide_sched *s) {
   free(s->heap);
   free(s->free);
   free(s->rq);
-  free(s);
+  s->heap = NULL;
+  s->free = NULL;
+  s->rq = NULL;
+  s->open_handles = 6;
+  uv_close((uv_handle_t *)&s->prepare, on_uv_close_sched);
+  uv_close((uv_handle_t *)&s->check, on_uv_close_sched);
+  uv_close((uv_handle_t *)&s->idle, on_uv_close_sched);
+  uv_close((uv_handle_t *)&s->timer, on_uv_close_sched);
+  uv_close((uv_handle_t *)&s->sigint, on_uv_close_sched);
+  uv_close((uv_handle_t *)&s->sigusr1, on_uv_close_sched);
+  if (s->own_loop) { /* run it until every handle is closed, then close it */
+    uv_walk(s->loop, on_uv_walk_close, NULL);
+    uv_run(s->loop, UV_RUN_DEFAULT);
+    rc = uv_loop_close(s->loop);
+    free(s);
+  }
+  /* On a loop handed in, the application's next uv_run delivers the close
+   * callbacks; the last one frees s. */
   return rc;
 }
 
 /* Cancels every task of s but the main one. */
-static void cancel_all(tide_sched *s) {
+void tide__cancel_all(tide_sched *s, const char *why) {
   lua_State *L = s->L;
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->tasks_ref);
   lua_pushnil(L);
   while (lua_next(L, -2)) {
     if (lua_type(L, -1) == LUA_TUSERDATA && lua_touserdata(L, -1) != s->main) {
-      tide__err_push(L, "cancelled", "the run's main task ended");
+      tide__err_push(L, "cancelled", "%s", why);
       tide__cancel(L, -2, -1);
       lua_pop(L, 1);
     }
@@ -248,7 +263,7 @@ static tide_task *run_main(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
     uv_run(s->loop, UV_RUN_DEFAULT);
   }
   if (s->ntasks > 0) {
-    cancel_all(s);
+    tide__cancel_all(s, "the run's main task ended");
     tide__sched_update(s);
     uv_run(s->loop, UV_RUN_DEFAULT);
   }
@@ -278,12 +293,12 @@ int tide__run(lua_State *L) {
     fidx = 2;
   }
   luaL_checktype(L, fidx, LUA_TFUNCTION);
-  if (rt->sched && rt->current == NULL)
+  if (rt->incb && rt->current == NULL)
     return luaL_error(L, "tide.run cannot be called from a loop callback "
                          "(only from a task or outside any loop)");
   lua_rotate(L, 1, -(fidx - 1));
   lua_settop(L, lua_gettop(L) - (fidx - 1));
-  main = run_main(L, rt, rt->sched == NULL ? rt->loop : NULL, virtual_clock,
+  main = run_main(L, rt, rt->current == NULL ? rt->loop : NULL, virtual_clock,
                   lua_gettop(L) - 1);
   {
     int ud = lua_gettop(L), n;

@@ -139,17 +139,137 @@ tide_runtime *tide_open(lua_State *L) {
   return rt;
 }
 
-tide_runtime *tide_runtime_new(uv_loop_t *loop) {
+/* Allocation accounting for tide_options.memory_limit: the limit applies
+ * to allocations made while a task runs, so the scheduler's own work
+ * between steps never fails half-way. */
+typedef struct tide_mem {
+  size_t used, limit;
+  tide_runtime *rt;
+} tide_mem;
+
+static void *mem_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  tide_mem *m = ud;
+  size_t old = ptr ? osize : 0;
+  void *np;
+  if (nsize == 0) {
+    free(ptr);
+    m->used -= old;
+    return NULL;
+  }
+  if (nsize > old && m->rt && m->rt->current && m->used + (nsize - old) > m->limit)
+    return NULL; /* Lua collects and retries, then raises "not enough memory" */
+  np = realloc(ptr, nsize);
+  if (np)
+    m->used = m->used - old + nsize;
+  return np;
+}
+
+/* load() that takes text only: binary chunks can crash the VM. */
+static int safe_load(lua_State *L) {
+  int n = lua_gettop(L);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  if (n < 3) { /* [load, chunk, chunkname] + mode */
+    lua_settop(L, 3);
+    lua_pushliteral(L, "t");
+  } else {
+    lua_pushliteral(L, "t");
+    lua_replace(L, 4);
+  }
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+/* The sandbox's libraries: no files, processes, debug or C modules. */
+static void open_sandbox(lua_State *L) {
+  static const luaL_Reg libs[] = {
+    {LUA_GNAME, luaopen_base}, {LUA_LOADLIBNAME, luaopen_package},
+    {LUA_COLIBNAME, luaopen_coroutine}, {LUA_TABLIBNAME, luaopen_table},
+    {LUA_OSLIBNAME, luaopen_os}, {LUA_STRLIBNAME, luaopen_string},
+    {LUA_MATHLIBNAME, luaopen_math}, {LUA_UTF8LIBNAME, luaopen_utf8},
+    {NULL, NULL}};
+  static const char *const base_out[] = {"dofile", "loadfile", NULL};
+  static const char *const os_keep[] = {"clock", "time", "date", "difftime",
+                                        NULL};
+  const luaL_Reg *lib;
+  int i;
+  for (lib = libs; lib->func; lib++) {
+    luaL_requiref(L, lib->name, lib->func, 1);
+    lua_pop(L, 1);
+  }
+  for (i = 0; base_out[i]; i++) {
+    lua_pushnil(L);
+    lua_setglobal(L, base_out[i]);
+  }
+  lua_getglobal(L, "load");
+  lua_pushcclosure(L, safe_load, 1);
+  lua_setglobal(L, "load");
+  lua_getglobal(L, "os"); /* keep only the clock */
+  lua_newtable(L);
+  for (i = 0; os_keep[i]; i++) {
+    lua_getfield(L, -2, os_keep[i]);
+    lua_setfield(L, -2, os_keep[i]);
+  }
+  lua_pushvalue(L, -1);
+  lua_setglobal(L, "os");
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushvalue(L, -2);
+  lua_setfield(L, -2, "os");
+  lua_pop(L, 3);
+  lua_getglobal(L, "package"); /* require finds preloaded modules only */
+  lua_pushnil(L);
+  lua_setfield(L, -2, "loadlib");
+  lua_pushliteral(L, "");
+  lua_setfield(L, -2, "path");
+  lua_pushliteral(L, "");
+  lua_setfield(L, -2, "cpath");
+  lua_getfield(L, -1, "searchers");
+  for (i = (int)luaL_len(L, -1); i >= 2; i--) {
+    lua_pushnil(L);
+    lua_rawseti(L, -2, i);
+  }
+  lua_pop(L, 2);
+}
+
+tide_runtime *tide_runtime_new_with(const tide_options *opts) {
+  static const tide_options defaults;
   lua_State *L = luaL_newstate();
   tide_runtime *rt;
+  tide_mem *m = NULL;
+  if (opts == NULL)
+    opts = &defaults;
   if (L == NULL)
     return NULL;
   signal(SIGPIPE, SIG_IGN);
-  luaL_openlibs(L);
+  if (opts->memory_limit) {
+    m = calloc(1, sizeof(*m));
+    if (m == NULL) {
+      lua_close(L);
+      return NULL;
+    }
+    m->limit = opts->memory_limit;
+    m->used = (size_t)lua_gc(L, LUA_GCCOUNT) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB);
+    lua_setallocf(L, mem_alloc, m);
+  }
+  if (opts->sandbox)
+    open_sandbox(L);
+  else
+    luaL_openlibs(L);
   rt = tide_open(L);
-  rt->loop = loop;
+  rt->loop = opts->loop;
   rt->owns_L = 1;
+  rt->mem = m;
+  rt->instruction_limit = opts->instruction_limit;
+  if (m)
+    m->rt = rt;
   return rt;
+}
+
+tide_runtime *tide_runtime_new(uv_loop_t *loop) {
+  tide_options opts;
+  memset(&opts, 0, sizeof(opts));
+  opts.loop = loop;
+  return tide_runtime_new_with(&opts);
 }
 
 lua_State *tide_runtime_L(tide_runtime *rt) {
@@ -157,6 +277,16 @@ lua_State *tide_runtime_L(tide_runtime *rt) {
 }
 
 void tide_runtime_close(tide_runtime *rt) {
-  if (rt && rt->owns_L)
-    lua_close(rt->L); /* frees rt: it lives in a userdata of this state */
+  lua_State *L;
+  tide_mem *m;
+  if (rt == NULL || !rt->owns_L)
+    return;
+  L = rt->L;
+  m = rt->mem;
+  if (rt->root)
+    tide__root_close(rt);
+  if (m)
+    m->rt = NULL;
+  lua_close(L); /* frees rt: it lives in a userdata of this state */
+  free(m);
 }

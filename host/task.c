@@ -564,6 +564,15 @@ static void warn_slow(lua_State *L, tide_task *t, int ud, uint64_t ns) {
   lua_pop(L, 1);
 }
 
+/* The instruction cap (tide_options.instruction_limit): a task step that
+ * runs that many instructions without suspending fails with kind "limit". */
+static void limit_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  tide__err_raise(L, "limit", "the task ran %d instructions without "
+                  "suspending (the runtime's instruction limit)",
+                  (int)tide__rt(L)->instruction_limit);
+}
+
 static void step(tide_sched *s, tide_task *t) {
   tide_runtime *rt = s->rt;
   lua_State *L = s->L, *co;
@@ -600,6 +609,8 @@ static void step(tide_sched *s, tide_task *t) {
   t->flags &= ~(TF_CANCEL_PENDING | TF_CANCEL_QUEUED | TF_IMMEDIATE);
   t->state = TS_RUNNING;
   rt->current = t;
+  if (rt->instruction_limit) /* counts anew at every step */
+    lua_sethook(co, limit_hook, LUA_MASKCOUNT, (int)rt->instruction_limit);
   if (rt->debug) {
     UD();
     t0 = uv_hrtime();
@@ -826,6 +837,30 @@ static int push_results(lua_State *L, tide_task *t, int ud) {
   }
 }
 
+/* For C callers: pushes a done task's results (LUA_OK, *n of them) or its
+ * error (LUA_ERRRUN, *n = 1), without raising. */
+int tide__push_outcome(lua_State *L, tide_task *t, int ud, int *n) {
+  ud = lua_absindex(L, ud);
+  if (t->flags & (TF_FAILED | TF_CANCELLED)) {
+    t->flags |= TF_RETRIEVED;
+    tide__push_error(L, t, ud);
+    *n = 1;
+    return LUA_ERRRUN;
+  }
+  *n = t->nres;
+  if (t->nres == 0)
+    return LUA_OK;
+  lua_getiuservalue(L, ud, TUV_CO);
+  if (t->nres > 1) {
+    int i, tb = lua_gettop(L);
+    luaL_checkstack(L, t->nres, "too many results");
+    for (i = 1; i <= t->nres; i++)
+      lua_rawgeti(L, tb, i);
+    lua_remove(L, tb);
+  }
+  return LUA_OK;
+}
+
 static int await_k(lua_State *L, int status, lua_KContext ctx) {
   tide_task *t = lua_touserdata(L, 1);
   (void)status;
@@ -1016,7 +1051,8 @@ static int l_spawn(lua_State *L) {
   if (rt->sched == NULL)
     return luaL_error(L, "tide.spawn: no loop is running (call it inside "
                          "tide.run or from a task)");
-  tide__spawn(L, rt->sched, fidx, lua_gettop(L) - fidx);
+  tide__spawn(L, rt->current ? rt->current->s : rt->sched, fidx,
+              lua_gettop(L) - fidx);
   if (named) {
     lua_getfield(L, LUA_REGISTRYINDEX, "tide.names");
     lua_pushvalue(L, -2);

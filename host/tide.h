@@ -2,12 +2,29 @@
  * tide.h: the public C API of tide, a Lua 5.4 runtime with asyncio-style
  * tasks on a libuv loop. This is the only installed header.
  *
- * A tide_runtime owns a lua_State with the standard libraries and the
- * "tide" module preloaded. Lua code runs as tasks; tide_runtime_run() runs a
- * function on the stack as the main task of a loop until it ends.
+ * A tide_runtime owns one lua_State (standard libraries, "tide" preloaded)
+ * and runs Lua code as tasks on a libuv loop: its own, or one the
+ * application already runs. Two ways to run code:
+ *
+ *   - blocking: tide_runtime_run() runs a function as the main task of a
+ *     loop until it ends (like asyncio.run; what the `tide` command does);
+ *   - in the background: tide_spawn(), tide_dostring(), tide_dofile() start
+ *     a task and return at once; the task advances whenever the loop runs
+ *     (the application's own uv_run, or tide_loop_run() on tide's loop) and
+ *     a callback receives its results or its error.
+ *
+ * C functions exposed to Lua may suspend the calling task with
+ * tide_suspend() and complete it later from any libuv callback with
+ * tide_complete() or tide_fail(); if the task is cancelled meanwhile, the
+ * cancel callback runs once so the application can abort its operation.
+ *
+ * Every function must be called on the loop's thread. Nothing here is
+ * reentrant with uv_run on the same loop except where said.
  */
 #ifndef TIDE_H
 #define TIDE_H
+
+#include <stddef.h>
 
 #include <lua.h>
 #include <uv.h>
@@ -20,31 +37,126 @@ extern "C" {
 
 typedef struct tide_runtime tide_runtime;
 
-/* Creates a runtime with a fresh lua_State (standard libraries opened,
- * "tide" preloaded). `loop` is the libuv loop tide runs on; NULL makes tide
- * create and own one per run. Returns NULL when out of memory. The caller
- * owns the runtime and frees it with tide_runtime_close(). */
+/* Options for tide_runtime_new_with(). Zero-initialise, then set. */
+typedef struct tide_options {
+  /* The loop tide runs on; NULL makes tide create and own one. A loop
+   * handed in stays the application's: tide adds handles to it while tasks
+   * run and closes them all in tide_runtime_close(). */
+  uv_loop_t *loop;
+  /* Untrusted scripts: only the base library (without dofile, loadfile),
+   * coroutine, string, table, math, utf8, os.clock/time/date/difftime, and
+   * require of preloaded modules (no C modules, no files, no io, no
+   * os.execute, no debug, no package.loadlib). */
+  int sandbox;
+  /* Bytes the Lua state may hold; 0 for no limit. An allocation over it made
+   * while a task runs fails as "not enough memory" in that task; the host
+   * and other tasks go on. */
+  size_t memory_limit;
+  /* Lua instructions a task may run in one step (between two suspensions);
+   * 0 for no limit. Past it the task fails with an error of kind "limit". */
+  unsigned long instruction_limit;
+} tide_options;
+
+/* Creates a runtime with default options on `loop` (NULL: tide's own).
+ * Returns NULL when out of memory. Free it with tide_runtime_close(). */
 tide_runtime *tide_runtime_new(uv_loop_t *loop);
 
-/* The runtime's lua_State. Owned by the runtime; valid until close. */
+/* Creates a runtime with the given options (NULL: defaults). */
+tide_runtime *tide_runtime_new_with(const tide_options *opts);
+
+/* The runtime's lua_State, owned by the runtime, valid until close. Use it
+ * only between tasks (not from inside a libuv callback that tide is
+ * running), e.g. to push functions and arguments for tide_spawn. */
 lua_State *tide_runtime_L(tide_runtime *rt);
 
-/* Pops a function and `nargs` arguments from the runtime's state and runs
- * the function as the main task until it ends; tasks still running then are
- * cancelled and allowed to finish. Returns LUA_OK with the function's
- * results on the stack, or an error status with the error value on top. */
+/* The loop the runtime runs on (the application's, or tide's own). */
+uv_loop_t *tide_runtime_loop(tide_runtime *rt);
+
+/* Blocking: pops a function and `nargs` arguments and runs the function as
+ * the main task until it ends, driving the loop itself (uv_run); tasks left
+ * running then are cancelled and allowed to finish. Returns LUA_OK with the
+ * results on the stack (*nresults of them), or an error status with the
+ * error value on top. Not to be called from inside a running loop. */
 int tide_runtime_run(tide_runtime *rt, int nargs, int *nresults);
 
-/* Closes the Lua state (collecting every object, which reports failed tasks
- * nobody looked at) and frees the runtime. */
+/* Receives the end of a task started from C. `status` is LUA_OK with the
+ * task's `nresults` results on top of L, or an error status with the error
+ * value on top (a cancelled task: an error whose kind is "cancelled"). The
+ * values are popped after the callback returns; L is valid only during it. */
+typedef void (*tide_done_cb)(tide_runtime *rt, int status, lua_State *L,
+                             int nresults, void *data);
+
+/* Background: pops a function and `nargs` arguments from tide_runtime_L()
+ * and starts the function as a task; `done` (may be NULL) runs when it
+ * ends. The task advances as the loop runs. Returns 0, or a negative value
+ * (and pops nothing) when the top is not a function. */
+int tide_spawn(tide_runtime *rt, int nargs, tide_done_cb done, void *data);
+
+/* Background: loads `code` (named `chunkname`) or the file at `path` and
+ * starts it as a task. A syntax error is reported through `done` before the
+ * call returns. Returns 0, or the load status. */
+int tide_dostring(tide_runtime *rt, const char *code, const char *chunkname,
+                  tide_done_cb done, void *data);
+int tide_dofile(tide_runtime *rt, const char *path, tide_done_cb done,
+                void *data);
+
+/* Drives the loop (uv_run with `mode`) for runtimes on tide's own loop.
+ * Returns uv_run's result: non-zero while there is something left to do.
+ * On an application's loop, run the application's loop instead. */
+int tide_loop_run(tide_runtime *rt, uv_run_mode mode);
+
+/* How many tasks started from C are still running. */
+int tide_pending_tasks(tide_runtime *rt);
+
+/* Cancels every task, lets them clean up (running the loop as needed), then
+ * closes the Lua state and every handle tide opened; an application's loop
+ * is left usable (uv_loop_close on it succeeds once the application closed
+ * its own handles). Tasks started from C that had not ended get their done
+ * callback with a "cancelled" error. */
 void tide_runtime_close(tide_runtime *rt);
+
+/* ---- async C functions ---------------------------------------------- */
+
+typedef struct tide_pending tide_pending;
+typedef void (*tide_cancel_cb)(tide_pending *p, void *data);
+
+/* Suspends the task that called the C function, to be completed later by
+ * tide_complete or tide_fail. Use as the C function's return:
+ *     return tide_suspend(L, on_cancel, data, &pending);
+ * *pending is the handle to complete it with. If the task is cancelled
+ * first, on_cancel(pending, data) runs once (may be NULL) and the handle is
+ * dead after it returns. Raises an error if L is not a task. */
+int tide_suspend(lua_State *L, tide_cancel_cb on_cancel, void *data,
+                 tide_pending **pending);
+
+/* The state to push completion values on (the runtime's main state). */
+lua_State *tide_pending_L(tide_pending *p);
+
+/* Completes the suspended call: the `nresults` values on top of
+ * tide_pending_L(p) are popped and become the C function's results. The
+ * handle is dead afterwards. Call from any libuv callback (not from inside
+ * Lua code of the same runtime). */
+void tide_complete(tide_pending *p, int nresults);
+
+/* Fails the suspended call with the value on top of tide_pending_L(p) (a
+ * string or a tide error), raised in the task. The handle is dead after. */
+void tide_fail(tide_pending *p);
+
+/* ---- modules -------------------------------------------------------- */
+
+/* Makes `require(name)` call `open` (a luaopen_* style function). */
+void tide_preload(tide_runtime *rt, const char *name, lua_CFunction open);
+
+/* Makes `require(name)` run the Lua source `src` (len bytes). */
+void tide_preload_lua(tide_runtime *rt, const char *name, const char *src,
+                      size_t len);
 
 /* Installs tide into a lua_State made elsewhere (what `require "tide"`
  * does under plain lua5.4): creates the runtime on first call, keeps it in
  * the registry, and returns it. */
 tide_runtime *tide_open(lua_State *L);
 
-/* luaopen functions for the embedded modules. */
+/* luaopen function of the C half of the tide module. */
 int luaopen_tide_core(lua_State *L);
 
 #ifdef __cplusplus

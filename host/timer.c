@@ -98,10 +98,12 @@ void tide__heap_remove(tide_sched *s, tide_tnode *n) {
 
 static void on_uv_timer(uv_timer_t *h) {
   tide_sched *s = h->data;
+  s->rt->incb++;
   s->timer_on = 0;
   tide__fire_due(s);
   tide__timer_arm(s);
   tide__sched_update(s);
+  s->rt->incb--;
 }
 
 /* Arms the uv timer for the heap's top if it is not armed early enough. */

@@ -1,0 +1,262 @@
+/*
+ * embed.c: the C API for applications (tide.h) beyond creating a runtime.
+ * Owns the runtime's root sched, where tasks started from C run as the
+ * loop turns (the application's uv_run, or tide_loop_run), their done
+ * callbacks, async C functions (tide_suspend / tide_complete / tide_fail)
+ * and module registration. Blocking runs (tide_runtime_run, tide.run) are
+ * loop.c's.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+
+#include "internal.h"
+
+/* The root sched, made on first use on the runtime's loop (or one of its
+ * own). It has no main task: it runs as long as the loop does. */
+static tide_sched *root(tide_runtime *rt) {
+  if (rt->root == NULL) {
+    tide_sched *s = tide__sched_new(rt->L, rt, rt->loop, 0);
+    if (s == NULL)
+      luaL_error(rt->L, "cannot start tide's loop");
+    s->outer = rt->sched;
+    rt->root = s;
+    if (rt->sched == NULL)
+      rt->sched = s;
+  }
+  return rt->root;
+}
+
+uv_loop_t *tide_runtime_loop(tide_runtime *rt) {
+  return rt->loop ? rt->loop : root(rt)->loop;
+}
+
+int tide_loop_run(tide_runtime *rt, uv_run_mode mode) {
+  return uv_run(root(rt)->loop, mode);
+}
+
+int tide_pending_tasks(tide_runtime *rt) {
+  return rt->cpending;
+}
+
+/* ---- tasks started from C ---------------------------------------------- */
+
+typedef struct cdone {
+  tide_done_cb cb;
+  void *data;
+  int called;
+} cdone;
+
+static char cstarted_key; /* registry: task -> its cdone, until it ends */
+
+static void call_done(tide_runtime *rt, lua_State *L, cdone *d, int status,
+                      int n) {
+  int top = lua_gettop(L) - n;
+  d->called = 1;
+  rt->cpending--;
+  if (d->cb)
+    d->cb(rt, status, L, n, d->data);
+  lua_settop(L, top);
+}
+
+/* Waiter of a task started from C (upvalue: its cdone). */
+static int on_task_done(lua_State *L) {
+  tide_runtime *rt = tide__rt(L);
+  cdone *d = lua_touserdata(L, lua_upvalueindex(1));
+  int n, status;
+  if (d->called)
+    return 0;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &cstarted_key);
+  lua_pushvalue(L, 1);
+  lua_pushnil(L);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  status = tide__push_outcome(L, lua_touserdata(L, 1), 1, &n);
+  call_done(rt, L, d, status, n);
+  return 0;
+}
+
+int tide_spawn(tide_runtime *rt, int nargs, tide_done_cb done, void *data) {
+  lua_State *L = rt->L;
+  int fidx = lua_gettop(L) - nargs;
+  cdone *d;
+  if (fidx < 1 || lua_type(L, fidx) != LUA_TFUNCTION)
+    return -1;
+  tide__spawn(L, root(rt), fidx, nargs); /* pushes the task */
+  lua_replace(L, fidx);
+  lua_settop(L, fidx);
+  d = lua_newuserdatauv(L, sizeof(*d), 0);
+  d->cb = done;
+  d->data = data;
+  d->called = 0;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &cstarted_key) == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &cstarted_key);
+  }
+  lua_pushvalue(L, fidx);
+  lua_pushvalue(L, -3);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  lua_pushcclosure(L, on_task_done, 1);
+  lua_getfield(L, fidx, "add_done_callback");
+  lua_pushvalue(L, fidx);
+  lua_pushvalue(L, -3);
+  lua_call(L, 2, 0);
+  rt->cpending++;
+  lua_settop(L, fidx - 1);
+  return 0;
+}
+
+static int start_loaded(tide_runtime *rt, int st, tide_done_cb done,
+                        void *data) {
+  if (st != LUA_OK) {
+    if (done)
+      done(rt, st, rt->L, 1, data);
+    lua_pop(rt->L, 1);
+    return st;
+  }
+  return tide_spawn(rt, 0, done, data);
+}
+
+int tide_dostring(tide_runtime *rt, const char *code, const char *chunkname,
+                  tide_done_cb done, void *data) {
+  return start_loaded(rt, luaL_loadbuffer(rt->L, code, strlen(code),
+                                          chunkname ? chunkname : code),
+                      done, data);
+}
+
+int tide_dofile(tide_runtime *rt, const char *path, tide_done_cb done,
+                void *data) {
+  return start_loaded(rt, luaL_loadfile(rt->L, path), done, data);
+}
+
+/* Cancels the root's tasks, runs the ready queue so they unwind (without
+ * running an application's loop), tells the done callbacks of tasks that
+ * still have not ended, and closes the root sched. */
+void tide__root_close(tide_runtime *rt) {
+  tide_sched *s = rt->root;
+  lua_State *L = rt->L;
+  int i;
+  tide__cancel_all(s, "the runtime is closing");
+  for (i = 0; i < 100 && s->rq_len > 0; i++)
+    tide__run_ready(s);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &cstarted_key) == LUA_TTABLE) {
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+      cdone *d = lua_touserdata(L, -1);
+      if (!d->called) {
+        tide__err_push(L, "cancelled", "the runtime closed before the task ended");
+        call_done(rt, L, d, LUA_ERRRUN, 1);
+      }
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  if (rt->sched == s)
+    rt->sched = s->outer;
+  rt->root = NULL;
+  tide__sched_close(s);
+}
+
+/* ---- async C functions ---------------------------------------------- */
+
+enum { P_WAITING, P_COMPLETED, P_FAILED };
+
+struct tide_pending {
+  tide_runtime *rt;
+  tide_task *t;
+  tide_cancel_cb on_cancel;
+  void *data;
+  int state;
+  int base; /* stack top of the suspended C function */
+};
+
+static int pending_k(lua_State *L, int status, lua_KContext ctx) {
+  tide_pending *p = (tide_pending *)ctx;
+  int base = p->base, st = p->state;
+  (void)status;
+  if (!lua_toboolean(L, base + 1)) { /* cancelled */
+    if (st == P_WAITING && p->on_cancel)
+      p->on_cancel(p, p->data);
+    free(p);
+    lua_pushvalue(L, base + 2);
+    return lua_error(L);
+  }
+  free(p);
+  if (st == P_FAILED) {
+    lua_pushvalue(L, base + 2);
+    return lua_error(L);
+  }
+  return lua_gettop(L) - base - 1;
+}
+
+int tide_suspend(lua_State *L, tide_cancel_cb on_cancel, void *data,
+                 tide_pending **pending) {
+  tide_task *t = tide__current(L);
+  tide_pending *p = malloc(sizeof(*p));
+  if (p == NULL)
+    return luaL_error(L, "not enough memory");
+  p->rt = tide__rt(L);
+  p->t = t;
+  p->on_cancel = on_cancel;
+  p->data = data;
+  p->state = P_WAITING;
+  p->base = lua_gettop(L);
+  *pending = p;
+  return tide__park(L, t, (lua_KContext)p, pending_k);
+}
+
+lua_State *tide_pending_L(tide_pending *p) {
+  return p->rt->L;
+}
+
+static void finish(tide_pending *p, int state, int n) {
+  lua_State *L = p->rt->L;
+  lua_pushboolean(L, 1);
+  lua_insert(L, -(n + 1));
+  p->state = state;
+  tide__wake(L, p->t, n + 1); /* a task already cancelled drops them */
+}
+
+void tide_complete(tide_pending *p, int nresults) {
+  finish(p, P_COMPLETED, nresults);
+}
+
+void tide_fail(tide_pending *p) {
+  finish(p, P_FAILED, 1);
+}
+
+/* ---- modules -------------------------------------------------------- */
+
+void tide_preload(tide_runtime *rt, const char *name, lua_CFunction open) {
+  lua_State *L = rt->L;
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushcfunction(L, open);
+  lua_setfield(L, -2, name);
+  lua_pop(L, 1);
+}
+
+static int load_source(lua_State *L) {
+  size_t len;
+  const char *src = lua_tolstring(L, lua_upvalueindex(1), &len);
+  const char *name = luaL_checkstring(L, 1);
+  lua_pushfstring(L, "=%s", name);
+  if (luaL_loadbuffer(L, src, len, lua_tostring(L, -1)) != LUA_OK)
+    return lua_error(L);
+  lua_pushvalue(L, 1);
+  lua_call(L, 1, 1);
+  return 1;
+}
+
+void tide_preload_lua(tide_runtime *rt, const char *name, const char *src,
+                      size_t len) {
+  lua_State *L = rt->L;
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushlstring(L, src, len);
+  lua_pushcclosure(L, load_source, 1);
+  lua_setfield(L, -2, name);
+  lua_pop(L, 1);
+}
