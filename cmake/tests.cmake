@@ -41,3 +41,11 @@ foreach(f IN LISTS TIDE_EXAMPLES)
     WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
   set_tests_properties(lua54_example_${name} PROPERTIES TIMEOUT 60)
 endforeach()
+
+# The whole busted suite again under Debian's lua5.4 with tide.so: each test
+# body then runs inside tide.run (spec/helper.lua).
+add_test(NAME specs_lua54
+  COMMAND ${CMAKE_BINARY_DIR}/lua54-tide ${BUSTED} --no-auto-insulate -o utfTerminal spec/
+  WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(specs_lua54 PROPERTIES TIMEOUT 600
+  ENVIRONMENT "TIDE_BIN=$<TARGET_FILE:tide>")
