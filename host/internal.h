@@ -195,6 +195,10 @@ int tide__open_waitlist(lua_State *L);
 /* queue.c */
 int tide__open_queue(lua_State *L);
 
+/* net.c */
+void tide__net_close(uv_handle_t *h);
+int luaopen_tide_net(lua_State *L);
+
 /* loop.c */
 tide_sched *tide__sched_new(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
                             int virtual_clock);

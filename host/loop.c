@@ -159,7 +159,11 @@ static void on_uv_close_sched(uv_handle_t *h) {
 
 static void on_uv_walk_close(uv_handle_t *h, void *arg) {
   (void)arg;
-  if (!uv_is_closing(h))
+  if (uv_is_closing(h))
+    return;
+  if (h->type == UV_TCP && h->data)
+    tide__net_close(h); /* streams and servers free their own structs */
+  else
     uv_close(h, on_uv_close_noop);
 }
 

@@ -105,6 +105,8 @@ static void preload(lua_State *L) {
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   lua_pushcfunction(L, luaopen_tide_core);
   lua_setfield(L, -2, "tide.core");
+  lua_pushcfunction(L, luaopen_tide_net);
+  lua_setfield(L, -2, "tide.net");
   for (i = 0; tide__lua_modules[i].name; i++) {
     lua_pushinteger(L, i);
     lua_pushcclosure(L, load_embedded, 1);
@@ -256,6 +258,12 @@ tide_runtime *tide_runtime_new_with(const tide_options *opts) {
   else
     luaL_openlibs(L);
   rt = tide_open(L);
+  if (opts->sandbox) { /* no sockets either */
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    lua_pushnil(L);
+    lua_setfield(L, -2, "tide.net");
+    lua_pop(L, 1);
+  }
   rt->loop = opts->loop;
   rt->owns_L = 1;
   rt->mem = m;

@@ -1,0 +1,755 @@
+/*
+ * net.c: TCP streams and servers on libuv ("tide.net"). Owns the
+ * "tide.Stream" and "tide.Server" types: a small userdata box pointing at a
+ * C struct that holds the uv handle, because the handle must outlive the
+ * userdata until its close callback (the luv pattern). The struct is freed
+ * in the close callback; a collected box closes its handle.
+ *
+ * Reading fills a C buffer while a task wants data and stops the socket
+ * when the buffer passes a high-water mark (backpressure toward the peer);
+ * writing suspends the writer while libuv's write queue is over the mark.
+ * A parked reader or writer is woken by the I/O callback; a cancelled one
+ * just leaves (the data stays buffered for the next read).
+ *
+ * Errors: a clean end of stream is a nil read (or kind "eof" from
+ * read_exactly/read_until); a reset is kind "reset"; other socket errors are
+ * kind "net"; resolving is kind "dns"; a refused connection is "connect".
+ */
+#define _GNU_SOURCE /* memmem */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define STREAM_MT "tide.Stream"
+#define SERVER_MT "tide.Server"
+#define HIGH_WATER (256 * 1024)
+
+typedef struct stream_box stream_box;
+typedef struct server_box server_box;
+
+/* Streams and servers start alike, so loop teardown can close either. */
+enum { NET_STREAM = 1, NET_SERVER = 2 };
+
+typedef struct stream {
+  uv_tcp_t tcp;
+  int kind;
+  stream_box *box; /* the Lua box pointing here, NULL once collected */
+  tide_runtime *rt;
+  char *buf; /* bytes read and not yet taken: buf[off .. off + len) */
+  size_t off, len, cap;
+  int eof, err;        /* end seen; a libuv error seen (< 0) */
+  int reading, closed; /* uv_read_start active; close requested */
+  tide_task *reader, *writer; /* parked on this stream */
+} stream;
+
+struct stream_box { stream *s; };
+
+typedef struct server {
+  uv_tcp_t tcp;
+  int kind;
+  server_box *box;
+  tide_runtime *rt;
+  tide_sched *sched;
+  int handler_ref; /* registry ref of the handler function */
+  int closed;
+} server;
+
+struct server_box { server *sv; };
+
+/* ---- errors ---------------------------------------------------------- */
+
+static int raise_uv(lua_State *L, int rc, const char *what) {
+  const char *kind = "net";
+  if (rc == UV_ECONNRESET || rc == UV_EPIPE)
+    kind = "reset";
+  else if (rc == UV_ECONNREFUSED || rc == UV_ETIMEDOUT || rc == UV_EHOSTUNREACH ||
+           rc == UV_ENETUNREACH)
+    kind = "connect";
+  else if (rc == UV_EAI_NONAME || rc == UV_EAI_AGAIN || rc == UV_EAI_FAIL ||
+           rc == UV_EAI_NODATA)
+    kind = "dns";
+  tide__err_push(L, kind, "%s: %s (%s)", what, uv_strerror(rc), uv_err_name(rc));
+  lua_pushstring(L, uv_err_name(rc));
+  lua_setfield(L, -2, "code");
+  return lua_error(L);
+}
+
+/* ---- streams --------------------------------------------------------- */
+
+static void on_uv_stream_closed(uv_handle_t *h) {
+  stream *s = h->data;
+  free(s->buf);
+  free(s);
+}
+
+static void wake_task(tide_task **slot) {
+  tide_task *t = *slot;
+  if (t) {
+    *slot = NULL;
+    lua_pushboolean(t->s->L, 1);
+    tide__wake(t->s->L, t, 1);
+  }
+}
+
+/* Closes the handle (the struct goes in the close callback), detaches the
+ * box and wakes parked tasks, which then find the stream closed. */
+static void stream_close(stream *s) {
+  if (s && !s->closed) {
+    s->closed = 1;
+    if (s->box)
+      s->box->s = NULL;
+    s->box = NULL;
+    wake_task(&s->reader);
+    wake_task(&s->writer);
+    uv_close((uv_handle_t *)&s->tcp, on_uv_stream_closed);
+  }
+}
+
+static stream *check_stream(lua_State *L, int idx) {
+  stream_box *b = luaL_checkudata(L, idx, STREAM_MT);
+  if (b->s == NULL || b->s->closed)
+    luaL_error(L, "attempt to use a closed stream");
+  return b->s;
+}
+
+static void on_uv_alloc(uv_handle_t *h, size_t hint, uv_buf_t *out) {
+  stream *s = h->data;
+  (void)hint;
+  if (s->off > 0 && s->off + s->len + 65536 > s->cap) { /* compact */
+    memmove(s->buf, s->buf + s->off, s->len);
+    s->off = 0;
+  }
+  if (s->off + s->len + 65536 > s->cap) {
+    size_t cap = s->cap ? s->cap * 2 : 65536 * 2;
+    char *nb = realloc(s->buf, cap);
+    if (nb == NULL) {
+      out->base = NULL;
+      out->len = 0;
+      return;
+    }
+    s->buf = nb;
+    s->cap = cap;
+  }
+  out->base = s->buf + s->off + s->len;
+  out->len = s->cap - s->off - s->len;
+}
+
+static void on_uv_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b) {
+  stream *s = h->data;
+  (void)b;
+  if (n > 0) {
+    s->len += (size_t)n;
+    if (s->len >= HIGH_WATER) { /* nobody is taking it: stop the peer */
+      uv_read_stop(h);
+      s->reading = 0;
+    }
+  } else if (n == UV_EOF) {
+    s->eof = 1;
+  } else if (n < 0) {
+    s->err = (int)n;
+  }
+  if (n != 0 && (s->eof || s->err)) {
+    uv_read_stop(h);
+    s->reading = 0;
+  }
+  if (n != 0)
+    wake_task(&s->reader);
+}
+
+/* Parks the running task as the stream's reader until data, EOF or an
+ * error arrives. Returns via k. */
+static int wait_readable(lua_State *L, stream *s, lua_KFunction k) {
+  tide_task *t = tide__current(L);
+  if (s->reader)
+    return luaL_error(L, "another task is already reading this stream");
+  if (!s->reading && !s->eof && !s->err) {
+    int rc = uv_read_start((uv_stream_t *)&s->tcp, on_uv_alloc, on_uv_read);
+    if (rc < 0)
+      return raise_uv(L, rc, "read");
+    s->reading = 1;
+  }
+  s->reader = t;
+  return tide__park(L, t, 1, k);
+}
+
+/* After a park in a stream continuation: on a cancel, leave and raise. */
+static void after_wait(lua_State *L, stream *s, int base, tide_task **slot) {
+  if (!lua_toboolean(L, base)) {
+    if (s && *slot == tide__rt(L)->current)
+      *slot = NULL;
+    lua_pushvalue(L, base + 1);
+    lua_error(L);
+  }
+  lua_settop(L, base - 1);
+}
+
+static void take(lua_State *L, stream *s, size_t n) {
+  lua_pushlstring(L, s->buf + s->off, n);
+  s->off += n;
+  s->len -= n;
+  if (s->len == 0)
+    s->off = 0;
+}
+
+/* read([n]) -> up to n bytes (all buffered if no n), or nil at EOF */
+static int read_k(lua_State *L, int status, lua_KContext ctx) {
+  stream_box *b = lua_touserdata(L, 1);
+  stream *s = b->s;
+  lua_Integer n;
+  (void)status;
+  if (ctx)
+    after_wait(L, s, 3, s ? &s->reader : NULL);
+  if (s == NULL || s->closed)
+    return luaL_error(L, "attempt to use a closed stream");
+  n = luaL_optinteger(L, 2, 0);
+  if (s->len > 0) {
+    take(L, s, (n > 0 && (size_t)n < s->len) ? (size_t)n : s->len);
+    return 1;
+  }
+  if (s->err)
+    return raise_uv(L, s->err, "read");
+  if (s->eof)
+    return 0;
+  return wait_readable(L, s, read_k);
+}
+
+static int st_read(lua_State *L) {
+  check_stream(L, 1);
+  luaL_argcheck(L, lua_isnoneornil(L, 2) || luaL_checkinteger(L, 2) > 0, 2,
+                "positive byte count expected");
+  lua_settop(L, 2);
+  return read_k(L, LUA_OK, 0);
+}
+
+/* Shared by read_exactly and read_until: how many bytes of the buffer make
+ * the answer (0: not there yet). Stack: [stream, arg]. */
+static size_t wanted(lua_State *L, stream *s, int until) {
+  if (!until) {
+    size_t n = (size_t)lua_tointeger(L, 2);
+    return s->len >= n ? n : 0;
+  } else {
+    size_t seplen;
+    const char *sep = lua_tolstring(L, 2, &seplen);
+    const char *p = s->len >= seplen
+                      ? memmem(s->buf + s->off, s->len, sep, seplen) : NULL;
+    return p ? (size_t)(p - (s->buf + s->off)) + seplen : 0;
+  }
+}
+
+static int exact_k(lua_State *L, int status, lua_KContext ctx) {
+  stream_box *b = lua_touserdata(L, 1);
+  stream *s = b->s;
+  int until = (int)(ctx & 2);
+  size_t n;
+  (void)status;
+  if (ctx & 1)
+    after_wait(L, s, 3, s ? &s->reader : NULL);
+  if (s == NULL || s->closed)
+    return luaL_error(L, "attempt to use a closed stream");
+  if ((n = wanted(L, s, until)) > 0) {
+    take(L, s, n);
+    return 1;
+  }
+  if (s->err)
+    return raise_uv(L, s->err, "read");
+  if (s->eof)
+    return tide__err_raise(L, "eof", "the stream ended after %d byte(s), "
+                           "before %s", (int)s->len,
+                           until ? "the separator" : "the count asked");
+  {
+    tide_task *t = tide__current(L);
+    if (s->reader)
+      return luaL_error(L, "another task is already reading this stream");
+    if (!s->reading) {
+      int rc = uv_read_start((uv_stream_t *)&s->tcp, on_uv_alloc, on_uv_read);
+      if (rc < 0)
+        return raise_uv(L, rc, "read");
+      s->reading = 1;
+    }
+    s->reader = t;
+    return tide__park(L, t, 1 | until, exact_k);
+  }
+}
+
+/* read_exactly(n) -> exactly n bytes, or kind "eof" */
+static int st_read_exactly(lua_State *L) {
+  check_stream(L, 1);
+  luaL_argcheck(L, luaL_checkinteger(L, 2) > 0, 2, "positive byte count expected");
+  lua_settop(L, 2);
+  return exact_k(L, LUA_OK, 0);
+}
+
+/* read_until(sep) -> the bytes up to and including sep, or kind "eof" */
+static int st_read_until(lua_State *L) {
+  size_t len;
+  check_stream(L, 1);
+  luaL_checklstring(L, 2, &len);
+  luaL_argcheck(L, len > 0, 2, "separator must not be empty");
+  lua_settop(L, 2);
+  return exact_k(L, LUA_OK, 2);
+}
+
+/* read_line() -> the next line without its "\n" (and "\r"), or nil at the
+ * end; a last line without "\n" is returned as is. */
+static int line_k(lua_State *L, int status, lua_KContext ctx) {
+  stream_box *b = lua_touserdata(L, 1);
+  stream *s = b->s;
+  const char *nl;
+  (void)status;
+  if (ctx)
+    after_wait(L, s, 2, s ? &s->reader : NULL);
+  if (s == NULL || s->closed)
+    return luaL_error(L, "attempt to use a closed stream");
+  nl = s->len ? memchr(s->buf + s->off, '\n', s->len) : NULL;
+  if (nl || ((s->eof || s->err) && s->len > 0)) {
+    size_t n = nl ? (size_t)(nl - (s->buf + s->off)) + 1 : s->len;
+    size_t keep = n;
+    if (nl) {
+      keep--;
+      if (keep > 0 && s->buf[s->off + keep - 1] == '\r')
+        keep--;
+    }
+    lua_pushlstring(L, s->buf + s->off, keep);
+    s->off += n;
+    s->len -= n;
+    if (s->len == 0)
+      s->off = 0;
+    return 1;
+  }
+  if (s->err)
+    return raise_uv(L, s->err, "read");
+  if (s->eof)
+    return 0;
+  return wait_readable(L, s, line_k);
+}
+
+static int st_read_line(lua_State *L) {
+  check_stream(L, 1);
+  lua_settop(L, 1);
+  return line_k(L, LUA_OK, 0);
+}
+
+/* ---- writing --------------------------------------------------------- */
+
+typedef struct wreq {
+  uv_write_t req;
+  stream *s;
+  char data[1];
+} wreq;
+
+static void on_uv_write(uv_write_t *req, int status) {
+  wreq *w = (wreq *)req;
+  stream *s = w->s;
+  if (status < 0 && status != UV_ECANCELED && !s->err)
+    s->err = status;
+  if (!s->closed && uv_stream_get_write_queue_size((uv_stream_t *)&s->tcp) < HIGH_WATER)
+    wake_task(&s->writer);
+  free(w);
+}
+
+static int write_k(lua_State *L, int status, lua_KContext ctx) {
+  stream_box *b = lua_touserdata(L, 1);
+  stream *s = b->s;
+  (void)status;
+  (void)ctx;
+  after_wait(L, s, 3, s ? &s->writer : NULL);
+  if (s == NULL || s->closed)
+    return luaL_error(L, "attempt to use a closed stream");
+  if (s->err)
+    return raise_uv(L, s->err, "write");
+  return 0;
+}
+
+/* write(data): queued at once; suspends while the kernel and libuv hold
+ * more than the high-water mark (backpressure). */
+static int st_write(lua_State *L) {
+  stream *s = check_stream(L, 1);
+  size_t len;
+  const char *data = luaL_checklstring(L, 2, &len);
+  wreq *w;
+  uv_buf_t buf;
+  int rc;
+  lua_settop(L, 2);
+  if (s->err)
+    return raise_uv(L, s->err, "write");
+  if (len == 0)
+    return 0;
+  w = malloc(sizeof(*w) + len);
+  if (w == NULL)
+    return luaL_error(L, "not enough memory");
+  memcpy(w->data, data, len);
+  w->s = s;
+  buf = uv_buf_init(w->data, (unsigned)len);
+  rc = uv_write(&w->req, (uv_stream_t *)&s->tcp, &buf, 1, on_uv_write);
+  if (rc < 0) {
+    free(w);
+    return raise_uv(L, rc, "write");
+  }
+  if (uv_stream_get_write_queue_size((uv_stream_t *)&s->tcp) >= HIGH_WATER) {
+    tide_task *t = tide__current(L);
+    s->writer = t;
+    return tide__park(L, t, 0, write_k);
+  }
+  return 0;
+}
+
+typedef struct shut_req {
+  uv_shutdown_t req;
+  tide_task *t; /* NULL once the task stopped waiting */
+  int status;
+} shut_req;
+
+static void on_uv_shutdown(uv_shutdown_t *req, int status) {
+  shut_req *r = (shut_req *)req;
+  if (r->t) {
+    r->status = status;
+    lua_pushboolean(r->t->s->L, 1);
+    tide__wake(r->t->s->L, r->t, 1);
+  } else {
+    free(r);
+  }
+}
+
+static int write_eof_k(lua_State *L, int status, lua_KContext ctx) {
+  shut_req *r = (shut_req *)ctx;
+  int rc = r->status;
+  (void)status;
+  if (!lua_toboolean(L, 2)) {
+    r->t = NULL; /* the callback frees it */
+    lua_pushvalue(L, 3);
+    return lua_error(L);
+  }
+  free(r);
+  if (rc < 0 && rc != UV_ENOTCONN)
+    return raise_uv(L, rc, "write_eof");
+  return 0;
+}
+
+/* write_eof(): waits for what was written, then shuts the sending side
+ * (the peer reads the end); reading goes on (asyncio's write_eof). */
+static int st_write_eof(lua_State *L) {
+  stream *s = check_stream(L, 1);
+  tide_task *t = tide__current(L);
+  shut_req *r = calloc(1, sizeof(*r));
+  int rc;
+  lua_settop(L, 1);
+  if (r == NULL)
+    return luaL_error(L, "not enough memory");
+  r->t = t;
+  rc = uv_shutdown(&r->req, (uv_stream_t *)&s->tcp, on_uv_shutdown);
+  if (rc < 0) {
+    free(r);
+    return raise_uv(L, rc, "write_eof");
+  }
+  return tide__park(L, t, (lua_KContext)r, write_eof_k);
+}
+
+static int st_close(lua_State *L) {
+  stream_box *b = luaL_checkudata(L, 1, STREAM_MT);
+  stream_close(b->s);
+  return 0;
+}
+
+static int st_gc(lua_State *L) {
+  stream_box *b = luaL_checkudata(L, 1, STREAM_MT);
+  stream_close(b->s);
+  return 0;
+}
+
+static int st_tostring(lua_State *L) {
+  stream_box *b = luaL_checkudata(L, 1, STREAM_MT);
+  lua_pushfstring(L, "tide.Stream (%s)", b->s == NULL || b->s->closed
+                                            ? "closed"
+                                            : b->s->eof ? "at end" : "open");
+  return 1;
+}
+
+/* [-0, +1, m] A new stream box over a fresh tcp handle on loop. */
+static stream *new_stream(lua_State *L, tide_runtime *rt, uv_loop_t *loop) {
+  stream_box *b = lua_newuserdatauv(L, sizeof(*b), 0);
+  stream *s = calloc(1, sizeof(*s));
+  b->s = NULL;
+  luaL_setmetatable(L, STREAM_MT);
+  if (s == NULL)
+    luaL_error(L, "not enough memory");
+  uv_tcp_init(loop, &s->tcp);
+  s->tcp.data = s;
+  s->kind = NET_STREAM;
+  s->rt = rt;
+  s->box = b;
+  b->s = s;
+  return s;
+}
+
+/* ---- connect --------------------------------------------------------- */
+
+typedef struct conn_req {
+  union {
+    uv_getaddrinfo_t gai;
+    uv_connect_t connect;
+  } u;
+  tide_task *t; /* NULL once the task stopped waiting (cancelled) */
+  stream *s;
+  int status;
+  struct addrinfo *ai;
+} conn_req;
+
+static void on_uv_connect(uv_connect_t *req, int status) {
+  conn_req *c = (conn_req *)req;
+  if (c->t == NULL) { /* abandoned: the stream is closed already */
+    free(c);
+    return;
+  }
+  c->status = status;
+  lua_pushboolean(c->t->s->L, 1);
+  tide__wake(c->t->s->L, c->t, 1);
+}
+
+static void on_uv_resolved(uv_getaddrinfo_t *req, int status,
+                           struct addrinfo *ai) {
+  conn_req *c = (conn_req *)req;
+  if (c->t == NULL) {
+    uv_freeaddrinfo(ai);
+    free(c);
+    return;
+  }
+  c->status = status;
+  c->ai = ai;
+  lua_pushboolean(c->t->s->L, 1);
+  tide__wake(c->t->s->L, c->t, 1);
+}
+
+/* Stack: [host, port, opts, req(lightud), stream] */
+static int connect_k(lua_State *L, int status, lua_KContext ctx) {
+  conn_req *c = lua_touserdata(L, 4);
+  (void)status;
+  if (!lua_toboolean(L, 6)) { /* cancelled: the callback frees c */
+    c->t = NULL;
+    if (ctx == 0)
+      uv_cancel((uv_req_t *)&c->u.gai);
+    stream_close(c->s); /* cancels a connect in progress */
+    lua_pushvalue(L, 7);
+    return lua_error(L);
+  }
+  lua_settop(L, 5);
+  if (ctx == 0) { /* resolved */
+    int rc = c->status;
+    if (rc < 0) {
+      free(c);
+      stream_close(lua_touserdata(L, 5) ? ((stream_box *)lua_touserdata(L, 5))->s : NULL);
+      return raise_uv(L, rc, lua_pushfstring(L, "resolving %s", lua_tostring(L, 1)));
+    }
+    rc = uv_tcp_connect(&c->u.connect, &c->s->tcp, c->ai->ai_addr, on_uv_connect);
+    uv_freeaddrinfo(c->ai);
+    c->ai = NULL;
+    if (rc < 0) {
+      free(c);
+      stream_close(((stream_box *)lua_touserdata(L, 5))->s);
+      return raise_uv(L, rc, "connect");
+    }
+    return tide__park(L, c->t, 1, connect_k);
+  }
+  if (c->status < 0) {
+    int rc = c->status;
+    free(c);
+    stream_close(((stream_box *)lua_touserdata(L, 5))->s);
+    return raise_uv(L, rc, lua_pushfstring(L, "connecting to %s:%s",
+                                           lua_tostring(L, 1), lua_tostring(L, 2)));
+  }
+  free(c);
+  return 1; /* the stream */
+}
+
+/* net.connect(host, port) -> stream */
+static int l_connect(lua_State *L) {
+  tide_runtime *rt = tide__rt(L);
+  const char *host = luaL_checkstring(L, 1);
+  lua_Integer port = luaL_checkinteger(L, 2);
+  tide_task *t = tide__current(L);
+  conn_req *c;
+  struct addrinfo hints;
+  char portstr[16];
+  int rc;
+  luaL_argcheck(L, port > 0 && port < 65536, 2, "port out of range");
+  lua_settop(L, 3);
+  c = calloc(1, sizeof(*c));
+  if (c == NULL)
+    return luaL_error(L, "not enough memory");
+  lua_pushlightuserdata(L, c);
+  c->t = t;
+  c->s = new_stream(L, rt, t->s->loop);
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  snprintf(portstr, sizeof portstr, "%d", (int)port);
+  rc = uv_getaddrinfo(t->s->loop, &c->u.gai, on_uv_resolved, host, portstr,
+                      &hints);
+  if (rc < 0) {
+    free(c);
+    stream_close(((stream_box *)lua_touserdata(L, 5))->s);
+    return raise_uv(L, rc, "resolve");
+  }
+  return tide__park(L, t, 0, connect_k);
+}
+
+/* ---- servers --------------------------------------------------------- */
+
+static void on_uv_server_closed(uv_handle_t *h) {
+  free(h->data);
+}
+
+static void on_uv_connection(uv_stream_t *h, int status) {
+  server *sv = h->data;
+  lua_State *L = sv->sched->L;
+  stream *s;
+  if (status < 0 || sv->closed)
+    return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, sv->handler_ref);
+  s = new_stream(L, sv->rt, h->loop);
+  if (uv_accept(h, (uv_stream_t *)&s->tcp) < 0) {
+    lua_pop(L, 2);
+    return;
+  }
+  tide__spawn(L, sv->sched, lua_gettop(L) - 1, 1); /* handler(stream) */
+  lua_pop(L, 3);
+}
+
+static server *check_server(lua_State *L, int idx) {
+  server_box *b = luaL_checkudata(L, idx, SERVER_MT);
+  if (b->sv == NULL || b->sv->closed)
+    luaL_error(L, "attempt to use a closed server");
+  return b->sv;
+}
+
+static void server_close(lua_State *L, server *sv) {
+  if (sv && !sv->closed) {
+    sv->closed = 1;
+    if (sv->box)
+      sv->box->sv = NULL;
+    sv->box = NULL;
+    luaL_unref(L, LUA_REGISTRYINDEX, sv->handler_ref);
+    uv_close((uv_handle_t *)&sv->tcp, on_uv_server_closed);
+  }
+}
+
+/* Loop teardown (loop.c) closes tide's TCP handles through here. */
+void tide__net_close(uv_handle_t *h) {
+  int kind = ((stream *)h->data)->kind; /* both structs start alike */
+  if (kind == NET_STREAM)
+    stream_close(h->data);
+  else if (kind == NET_SERVER)
+    server_close(((server *)h->data)->rt->L, h->data);
+}
+
+/* net.serve(host, port, handler [, {backlog =}]) -> server; port 0 picks
+ * a free one (server:port()). Each connection runs handler(stream) in a
+ * task of its own. */
+static int l_serve(lua_State *L) {
+  tide_runtime *rt = tide__rt(L);
+  const char *host = luaL_checkstring(L, 1);
+  lua_Integer port = luaL_checkinteger(L, 2);
+  struct sockaddr_storage addr;
+  server_box *b;
+  server *sv;
+  int rc, backlog = 128;
+  tide_sched *s = rt->current ? rt->current->s : rt->sched;
+  luaL_argcheck(L, port >= 0 && port < 65536, 2, "port out of range");
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  if (lua_istable(L, 4)) {
+    lua_getfield(L, 4, "backlog");
+    backlog = (int)luaL_optinteger(L, -1, 128);
+    lua_pop(L, 1);
+  }
+  if (s == NULL)
+    return luaL_error(L, "net.serve: no loop is running (call it inside a task)");
+  if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)&addr) != 0 &&
+      uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)&addr) != 0)
+    return luaL_argerror(L, 1, "numeric IPv4 or IPv6 address expected");
+  b = lua_newuserdatauv(L, sizeof(*b), 0);
+  b->sv = NULL;
+  luaL_setmetatable(L, SERVER_MT);
+  sv = calloc(1, sizeof(*sv));
+  if (sv == NULL)
+    return luaL_error(L, "not enough memory");
+  uv_tcp_init(s->loop, &sv->tcp);
+  sv->tcp.data = sv;
+  sv->kind = NET_SERVER;
+  sv->box = b;
+  sv->rt = rt;
+  sv->sched = s;
+  lua_pushvalue(L, 3);
+  sv->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  b->sv = sv;
+  rc = uv_tcp_bind(&sv->tcp, (struct sockaddr *)&addr, 0);
+  if (rc == 0)
+    rc = uv_listen((uv_stream_t *)&sv->tcp, backlog, on_uv_connection);
+  if (rc < 0) {
+    server_close(L, sv);
+    return raise_uv(L, rc, lua_pushfstring(L, "listening on %s:%d", host,
+                                           (int)port));
+  }
+  return 1;
+}
+
+static int sv_port(lua_State *L) {
+  server *sv = check_server(L, 1);
+  struct sockaddr_storage addr;
+  int len = sizeof(addr);
+  uv_tcp_getsockname(&sv->tcp, (struct sockaddr *)&addr, &len);
+  lua_pushinteger(L, ntohs(addr.ss_family == AF_INET6
+                             ? ((struct sockaddr_in6 *)&addr)->sin6_port
+                             : ((struct sockaddr_in *)&addr)->sin_port));
+  return 1;
+}
+
+static int sv_close(lua_State *L) {
+  server_box *b = luaL_checkudata(L, 1, SERVER_MT);
+  server_close(L, b->sv);
+  return 0;
+}
+
+static int sv_gc(lua_State *L) {
+  server_box *b = luaL_checkudata(L, 1, SERVER_MT);
+  server_close(L, b->sv);
+  return 0;
+}
+
+static const luaL_Reg stream_methods[] = {
+  {"read", st_read}, {"read_line", st_read_line},
+  {"read_exactly", st_read_exactly}, {"read_until", st_read_until},
+  {"write", st_write}, {"write_eof", st_write_eof}, {"close", st_close},
+  {NULL, NULL}};
+
+static const luaL_Reg server_methods[] = {
+  {"port", sv_port}, {"close", sv_close}, {NULL, NULL}};
+
+static const luaL_Reg net_funcs[] = {
+  {"connect", l_connect}, {"serve", l_serve}, {NULL, NULL}};
+
+int luaopen_tide_net(lua_State *L) {
+  tide_open(L);
+  if (luaL_newmetatable(L, STREAM_MT)) {
+    luaL_newlib(L, stream_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, st_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, st_gc);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, st_tostring);
+    lua_setfield(L, -2, "__tostring");
+  }
+  lua_pop(L, 1);
+  if (luaL_newmetatable(L, SERVER_MT)) {
+    luaL_newlib(L, server_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, sv_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, sv_gc);
+    lua_setfield(L, -2, "__close");
+  }
+  lua_pop(L, 1);
+  luaL_newlib(L, net_funcs);
+  return 1;
+}

@@ -1,0 +1,190 @@
+-- Specs for tide.net: TCP streams and servers, against servers started here
+-- on 127.0.0.1 (tide's own, and a raw Python socket server as an outside peer).
+local tide = require "tide"
+local net = require "tide.net"
+local S = require "spec.support"
+local errkind = S.errkind
+
+-- A server whose handler is fn(stream); returns it and its port.
+local function server(fn)
+  local srv = net.serve("127.0.0.1", 0, fn)
+  return srv, srv:port()
+end
+
+local function fd_count()
+  local p = io.popen("ls /proc/" .. (io.open("/proc/self/stat"):read("n") or "self") .. "/fd | wc -l")
+  local n = tonumber(p:read("a"))
+  p:close()
+  return n
+end
+
+describe("tide.net", function()
+  describe("serve / connect", function()
+    it("runs one handler task per connection and echoes lines", function()
+      local srv, port = server(function(s)
+        for line in function() return s:read_line() end do
+          s:write("echo: " .. line .. "\n")
+        end
+        s:close()
+      end)
+      local a = net.connect("127.0.0.1", port)
+      local b = net.connect("localhost", port)
+      a:write("one\n")
+      b:write("two\r\n")
+      assert.equals("echo: two", b:read_line())
+      assert.equals("echo: one", a:read_line())
+      a:write_eof()
+      assert.is_nil(a:read_line()) -- the server closed after our end
+      a:close()
+      b:close()
+      srv:close()
+      tide.sleep(0.01) -- b's handler sees the end and finishes
+    end)
+
+    it("server:port() gives the port picked for 0", function()
+      local srv, port = server(function(s) s:close() end)
+      assert.is_true(port > 1024 and port < 65536)
+      srv:close()
+      assert.has_error(function() srv:port() end, "attempt to use a closed server")
+    end)
+
+    it("a refused connection is kind connect, an unknown host kind dns", function()
+      local srv, port = server(function(s) s:close() end)
+      srv:close()
+      tide.sleep(0.01)
+      assert.equals("connect", (errkind(net.connect, "127.0.0.1", port)))
+      assert.equals("dns", (errkind(net.connect, "no-such-host.invalid", 80)))
+    end)
+
+    it("checks its arguments", function()
+      assert.has_error(function() net.connect("127.0.0.1", 70000) end)
+      assert.has_error(function() net.serve("127.0.0.1", 0, "not a function") end)
+      assert.has_error(function() net.serve("not an address", 0, print) end)
+    end)
+  end)
+
+  describe("stream reads", function()
+    local function pair(script)
+      local srv, port = server(function(s)
+        for _, chunk in ipairs(script) do
+          if type(chunk) == "number" then tide.sleep(chunk) else s:write(chunk) end
+        end
+        s:close()
+      end)
+      return net.connect("127.0.0.1", port), srv
+    end
+
+    it("read_exactly and read_until gather bytes across packets", function()
+      local c, srv = pair { "ab", 0.01, "cdEND", 0.01, "xyz" }
+      assert.equals("abc", c:read_exactly(3))
+      assert.equals("dEND", c:read_until("END"))
+      assert.equals("xyz", c:read())
+      assert.is_nil(c:read()) -- clean end of stream
+      c:close()
+      srv:close()
+    end)
+
+    it("read_exactly past the end raises kind eof", function()
+      local c, srv = pair { "abc" }
+      assert.equals("eof", (errkind(c.read_exactly, c, 10)))
+      c:close()
+      srv:close()
+    end)
+
+    it("a last line without newline is still a line", function()
+      local c, srv = pair { "one\ntwo" }
+      assert.equals("one", c:read_line())
+      assert.equals("two", c:read_line())
+      assert.is_nil(c:read_line())
+      c:close()
+      srv:close()
+    end)
+
+    it("a reset by the peer is kind reset, distinct from the end", function()
+      local py = io.popen([[python3 -c '
+import socket, struct, sys
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept(); c.recv(10)
+c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.close()
+']])
+      local port = tonumber(py:read("l"))
+      local c = net.connect("127.0.0.1", port)
+      c:write("hi")
+      local kind = errkind(function() while c:read() do end end)
+      py:close()
+      assert.equals("reset", kind)
+      c:close()
+    end)
+
+    it("cancelling a blocked read leaves the stream usable and loses no data", function()
+      local c, srv = pair { 0.05, "late" }
+      local t = tide.spawn(c.read, c)
+      tide.sleep(0.01)
+      t:cancel()
+      assert.equals("cancelled", (errkind(t.await, t)))
+      assert.equals("late", c:read())
+      c:close()
+      srv:close()
+    end)
+
+    it("closing a stream wakes its reader with an error", function()
+      local srv, port = server(function(s) s:read() s:close() end)
+      local c = net.connect("127.0.0.1", port)
+      local t = tide.spawn(c.read, c)
+      tide.sleep(0.01)
+      c:close()
+      local ok, e = pcall(t.await, t)
+      assert.is_false(ok)
+      assert.matches("closed stream", e)
+      srv:close()
+      tide.sleep(0.01)
+    end)
+  end)
+
+  describe("stream writes", function()
+    it("a writer to a slow reader is held back (backpressure) and all bytes arrive", function()
+      local received
+      local srv, port = server(function(s)
+        local total = 0
+        while true do
+          local d = s:read(65536)
+          if not d then break end
+          total = total + #d
+          tide.sleep(0.001) -- a slow consumer
+        end
+        received = total
+        s:close()
+      end)
+      local c = net.connect("127.0.0.1", port)
+      local chunk = string.rep("x", 1 << 20)
+      local t0 = tide.time()
+      for _ = 1, 16 do c:write(chunk) end
+      c:write_eof()
+      assert.is_nil(c:read()) -- the server closes once it has read everything
+      assert.is_true(tide.time() - t0 > 0.05, "the writer was not held back")
+      assert.equals(16 << 20, received)
+      c:close()
+      srv:close()
+    end)
+  end)
+
+  describe("resources", function()
+    it("1000 connections opened and closed leave no file descriptor behind", function()
+      local srv, port = server(function(s) s:read() s:close() end)
+      collectgarbage()
+      tide.sleep(0.01)
+      local before = fd_count()
+      for _ = 1, 1000 do
+        local c = net.connect("127.0.0.1", port)
+        c:write("x")
+        c:close()
+      end
+      srv:close()
+      tide.sleep(0.05)
+      collectgarbage()
+      tide.sleep(0.01)
+      assert.is_true(fd_count() <= before, ("fds: %d before, %d after"):format(before, fd_count()))
+    end)
+  end)
+end)
