@@ -49,3 +49,14 @@ add_test(NAME specs_lua54
   WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
 set_tests_properties(specs_lua54 PROPERTIES TIMEOUT 600
   ENVIRONMENT "TIDE_BIN=$<TARGET_FILE:tide>")
+
+# The embedding API (tide.h): an application that owns its loop, and the
+# C tests of every function. Both also run under the sanitizer build.
+add_executable(sensor_app scripts/embed/sensor_app.c)
+target_link_libraries(sensor_app PRIVATE libtide)
+add_test(NAME embed_sensor_app COMMAND sensor_app scripts/embed/sensor.lua
+  WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+add_executable(embed_test spec/c/embed_test.c)
+target_link_libraries(embed_test PRIVATE libtide)
+add_test(NAME embed_c_api COMMAND embed_test WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+set_tests_properties(embed_sensor_app embed_c_api PROPERTIES TIMEOUT 60)

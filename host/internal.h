@@ -124,7 +124,8 @@ struct tide_sched {
 
 struct tide_runtime {
   lua_State *L;
-  uv_loop_t *loop;       /* the loop handed in, or NULL: tide makes its own */
+  uv_loop_t *loop;       /* where top-level runs and C-started tasks go */
+  uv_loop_t *owned_loop; /* the runtime's own loop (when none was handed in) */
   tide_sched *sched;     /* innermost active run */
   tide_task *current;    /* task being resumed */
   uint32_t next_id;

@@ -133,7 +133,7 @@ tide_sched *tide__sched_new(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
   uv_check_start(&s->check, on_uv_check);
   uv_unref((uv_handle_t *)&s->prepare);
   uv_unref((uv_handle_t *)&s->check);
-  if (s->own_loop) {
+  if (s->own_loop || loop == rt->owned_loop) { /* not on an app's loop */
     uv_signal_start(&s->sigint, on_uv_sigint, SIGINT);
     uv_unref((uv_handle_t *)&s->sigint);
     uv_signal_start(&s->sigusr1, on_uv_sigusr1, SIGUSR1);

@@ -265,6 +265,16 @@ tide_runtime *tide_runtime_new_with(const tide_options *opts) {
     lua_pop(L, 1);
   }
   rt->loop = opts->loop;
+  if (rt->loop == NULL) { /* one loop for the runtime's whole life */
+    rt->owned_loop = malloc(sizeof(uv_loop_t));
+    if (rt->owned_loop == NULL || uv_loop_init(rt->owned_loop) != 0) {
+      free(rt->owned_loop);
+      lua_close(L);
+      free(m);
+      return NULL;
+    }
+    rt->loop = rt->owned_loop;
+  }
   rt->owns_L = 1;
   rt->mem = m;
   rt->instruction_limit = opts->instruction_limit;
@@ -284,15 +294,38 @@ lua_State *tide_runtime_L(tide_runtime *rt) {
   return rt->L;
 }
 
+static void on_uv_close_noop(uv_handle_t *h) {
+  (void)h;
+}
+
+static void on_uv_walk_close(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (uv_is_closing(h))
+    return;
+  if (h->type == UV_TCP && h->data)
+    tide__net_close(h); /* streams and servers free their own structs */
+  else
+    uv_close(h, on_uv_close_noop);
+}
+
 void tide_runtime_close(tide_runtime *rt) {
   lua_State *L;
   tide_mem *m;
+  uv_loop_t *own;
   if (rt == NULL || !rt->owns_L)
     return;
   L = rt->L;
   m = rt->mem;
+  own = rt->owned_loop;
   if (rt->root)
     tide__root_close(rt);
+  if (own) { /* close whatever is left on it, then the loop */
+    uv_walk(own, on_uv_walk_close, NULL);
+    uv_run(own, UV_RUN_DEFAULT);
+    if (uv_loop_close(own) != 0)
+      fprintf(stderr, "tide: warning: the runtime's loop still had handles\n");
+    free(own);
+  }
   if (m)
     m->rt = NULL;
   lua_close(L); /* frees rt: it lives in a userdata of this state */

@@ -1,0 +1,724 @@
+/*
+ * embed_test.c: C tests for every function of the embedding API in tide.h
+ * (background tasks, async C functions, options, modules, closing). Each
+ * test prints "ok N - name" or "not ok N - name: detail"; the process exits
+ * non-zero if any failed. It also runs under ASan/LeakSanitizer, so every
+ * test frees what it makes.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lualib.h>
+
+#include "tide.h"
+
+static int failures, count;
+
+static void check(int cond, const char *name, const char *detail) {
+  count++;
+  if (cond) {
+    printf("ok %d - %s\n", count, name);
+  } else {
+    failures++;
+    printf("not ok %d - %s%s%s\n", count, name, detail ? ": " : "",
+           detail ? detail : "");
+  }
+  fflush(stdout);
+}
+
+/* ---- what a done callback saw --------------------------------------- */
+
+typedef struct result {
+  int called, status, n;
+  char text[256]; /* results joined with ",", or tostring(error) */
+  char kind[32];  /* error.kind when the error is a table */
+} result;
+
+static void append(result *r, const char *s) {
+  size_t len = strlen(r->text);
+  snprintf(r->text + len, sizeof r->text - len, "%s%s", len ? "," : "", s);
+}
+
+static void on_done(tide_runtime *rt, int status, lua_State *L, int n,
+                    void *data) {
+  result *r = data;
+  int i, base = lua_gettop(L) - (status == LUA_OK ? n : 1) + 1;
+  r->called++;
+  r->status = status;
+  r->n = status == LUA_OK ? n : 0;
+  (void)rt;
+  r->text[0] = r->kind[0] = '\0';
+  if (status == LUA_OK) {
+    for (i = 0; i < n; i++) {
+      append(r, luaL_tolstring(L, base + i, NULL));
+      lua_pop(L, 1);
+    }
+    return;
+  }
+  if (lua_type(L, -1) == LUA_TTABLE) {
+    if (lua_getfield(L, -1, "kind") == LUA_TSTRING)
+      snprintf(r->kind, sizeof r->kind, "%s", lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  append(r, luaL_tolstring(L, -1, NULL));
+  lua_pop(L, 1);
+}
+
+static int spawn_code(tide_runtime *rt, const char *code, result *r) {
+  lua_State *L = tide_runtime_L(rt);
+  if (luaL_loadstring(L, code) != LUA_OK) {
+    fprintf(stderr, "load: %s\n", lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return -1;
+  }
+  return tide_spawn(rt, 0, on_done, r);
+}
+
+/* ---- "testmod": the application's C module with async functions ----- */
+
+/* One per runtime, reached by the module's functions as upvalue 1. */
+typedef struct env {
+  uv_loop_t *loop;
+  int cancels;        /* cancel callbacks run (hang and delay) */
+  int freed;          /* delay operations whose timer handle was freed */
+  int notes;          /* testmod.note() calls */
+  int started;        /* delay operations started */
+  tide_pending *hung; /* the pending hang() call */
+} env;
+
+/* A delay(ms, ...) or failwith(ms, value) in flight. */
+typedef struct delay_op {
+  uv_timer_t timer;
+  tide_pending *p;
+  env *e;
+  int ref, n, fail; /* registry ref of the values to deliver */
+} delay_op;
+
+static void free_op(uv_handle_t *h) {
+  delay_op *op = h->data;
+  op->e->freed++;
+  free(op);
+}
+
+static void on_delay_timer(uv_timer_t *t) {
+  delay_op *op = t->data;
+  lua_State *L = tide_pending_L(op->p);
+  int i;
+  lua_checkstack(L, op->n + 2);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, op->ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, op->ref);
+  for (i = 1; i <= op->n; i++)
+    lua_rawgeti(L, -i, i);
+  lua_remove(L, -op->n - 1);
+  if (op->fail)
+    tide_fail(op->p);
+  else
+    tide_complete(op->p, op->n);
+  uv_close((uv_handle_t *)t, free_op);
+}
+
+static void on_delay_cancel(tide_pending *p, void *data) {
+  delay_op *op = data;
+  op->e->cancels++;
+  luaL_unref(tide_pending_L(p), LUA_REGISTRYINDEX, op->ref);
+  uv_timer_stop(&op->timer);
+  uv_close((uv_handle_t *)&op->timer, free_op);
+}
+
+static int start_delay(lua_State *L, int fail) {
+  env *e = lua_touserdata(L, lua_upvalueindex(1));
+  lua_Integer ms = luaL_checkinteger(L, 1);
+  int i, n = lua_gettop(L) - 1;
+  delay_op *op;
+  if (fail)
+    luaL_checkany(L, 2), n = 1;
+  lua_createtable(L, n, 0);
+  for (i = 1; i <= n; i++) {
+    lua_pushvalue(L, i + 1);
+    lua_rawseti(L, -2, i);
+  }
+  op = malloc(sizeof *op);
+  if (op == NULL)
+    return luaL_error(L, "out of memory");
+  op->e = e;
+  op->n = n;
+  op->fail = fail;
+  op->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  op->timer.data = op;
+  e->started++;
+  uv_timer_init(e->loop, &op->timer);
+  uv_timer_start(&op->timer, on_delay_timer, (uint64_t)ms, 0);
+  return tide_suspend(L, on_delay_cancel, op, &op->p);
+}
+
+/* testmod.delay(ms, ...) -> ... after ms milliseconds */
+static int t_delay(lua_State *L) { return start_delay(L, 0); }
+
+/* testmod.failwith(ms, v): raises v after ms milliseconds */
+static int t_failwith(lua_State *L) { return start_delay(L, 1); }
+
+static void on_hang_cancel(tide_pending *p, void *data) {
+  env *e = data;
+  e->cancels++;
+  e->hung = p == e->hung ? NULL : e->hung;
+}
+
+/* testmod.hang(): never completes; only a cancel ends it */
+static int t_hang(lua_State *L) {
+  env *e = lua_touserdata(L, lua_upvalueindex(1));
+  return tide_suspend(L, on_hang_cancel, e, &e->hung);
+}
+
+/* testmod.note(): counts (to see clean-up code run) */
+static int t_note(lua_State *L) {
+  env *e = lua_touserdata(L, lua_upvalueindex(1));
+  e->notes++;
+  return 0;
+}
+
+static int open_testmod(lua_State *L) {
+  static const luaL_Reg funcs[] = {{"delay", t_delay},
+                                   {"failwith", t_failwith},
+                                   {"hang", t_hang},
+                                   {"note", t_note},
+                                   {NULL, NULL}};
+  luaL_newlibtable(L, funcs);
+  lua_getfield(L, LUA_REGISTRYINDEX, "testmod.env");
+  luaL_setfuncs(L, funcs, 1);
+  return 1;
+}
+
+/* A runtime with `opts` (NULL: defaults) and "testmod" preloaded. */
+static tide_runtime *new_rt(const tide_options *opts, env *e) {
+  tide_runtime *rt = tide_runtime_new_with(opts);
+  lua_State *L = tide_runtime_L(rt);
+  memset(e, 0, sizeof *e);
+  e->loop = tide_runtime_loop(rt);
+  lua_pushlightuserdata(L, e);
+  lua_setfield(L, LUA_REGISTRYINDEX, "testmod.env");
+  tide_preload(rt, "testmod", open_testmod);
+  return rt;
+}
+
+/* ---- tests ----------------------------------------------------------- */
+
+static void test_accessors(void) {
+  uv_loop_t loop;
+  tide_options opts;
+  tide_runtime *rt = tide_runtime_new(NULL), *rt2;
+  check(rt && tide_runtime_L(rt) && tide_runtime_loop(rt),
+        "tide_runtime_new(NULL): a state and tide's own loop", NULL);
+  tide_runtime_close(rt);
+  uv_loop_init(&loop);
+  rt = tide_runtime_new(&loop);
+  memset(&opts, 0, sizeof opts);
+  opts.loop = &loop;
+  rt2 = tide_runtime_new_with(&opts);
+  check(rt && rt2 && tide_runtime_loop(rt) == &loop &&
+          tide_runtime_loop(rt2) == &loop &&
+          tide_runtime_L(rt) != tide_runtime_L(rt2),
+        "tide_runtime_loop is the application's loop when given", NULL);
+  tide_runtime_close(rt);
+  tide_runtime_close(rt2);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  check(uv_loop_close(&loop) == 0, "idle runtimes leave the loop closable",
+        NULL);
+  rt = tide_runtime_new_with(NULL);
+  check(rt && tide_runtime_loop(rt) != NULL,
+        "tide_runtime_new_with(NULL) uses defaults", NULL);
+  tide_runtime_close(rt);
+}
+
+static void test_spawn(void) {
+  env e;
+  tide_runtime *rt = new_rt(NULL, &e);
+  lua_State *L = tide_runtime_L(rt);
+  result r = {0};
+  int rc, left;
+  luaL_loadstring(L, "local tide = require 'tide'\n"
+                     "local a, b = ...\n"
+                     "local r = tide.gather(function() tide.sleep(0.01) "
+                     "return a end, function() return b end)\n"
+                     "return r[1] + r[2], 'x', nil");
+  lua_pushinteger(L, 40);
+  lua_pushinteger(L, 2);
+  rc = tide_spawn(rt, 2, on_done, &r);
+  check(rc == 0 && lua_gettop(L) == 0 && r.called == 0 &&
+          tide_pending_tasks(rt) == 1,
+        "tide_spawn pops the function and args and returns at once", NULL);
+  left = tide_loop_run(rt, UV_RUN_DEFAULT);
+  check(r.called == 1 && r.status == LUA_OK && r.n == 3 &&
+          strcmp(r.text, "42,x,nil") == 0,
+        "tide_loop_run runs the task; done gets its results", r.text);
+  check(left == 0 && tide_pending_tasks(rt) == 0 && lua_gettop(L) == 0,
+        "after the run: loop idle, no task pending, stack balanced", NULL);
+  lua_pushinteger(L, 7);
+  rc = tide_spawn(rt, 0, on_done, &r);
+  check(rc < 0 && lua_gettop(L) == 1,
+        "tide_spawn of a non-function fails and pops nothing", NULL);
+  lua_settop(L, 0);
+  luaL_loadstring(L, "return 1");
+  check(tide_spawn(rt, 0, NULL, NULL) == 0 &&
+          tide_loop_run(rt, UV_RUN_DEFAULT) == 0 &&
+          tide_pending_tasks(rt) == 0,
+        "tide_spawn with a NULL done callback", NULL);
+  tide_runtime_close(rt);
+}
+
+static void test_spawn_error(void) {
+  env e;
+  tide_runtime *rt = new_rt(NULL, &e);
+  result a = {0}, b = {0};
+  spawn_code(rt, "require('tide').sleep(0.005) error('boom', 0)", &a);
+  spawn_code(rt, "error({code = 7, kind = 'mine'})", &b);
+  tide_loop_run(rt, UV_RUN_DEFAULT);
+  check(a.called == 1 && a.status != LUA_OK && strcmp(a.text, "boom") == 0,
+        "a task's error reaches done with the error value", a.text);
+  check(b.called == 1 && b.status != LUA_OK && strcmp(b.kind, "mine") == 0,
+        "a table error value reaches done as raised", b.kind);
+  tide_runtime_close(rt);
+}
+
+static void test_dostring(void) {
+  env e;
+  tide_runtime *rt = new_rt(NULL, &e);
+  result a = {0}, b = {0};
+  int rc = tide_dostring(rt, "local tide = require 'tide'\n"
+                             "return tide.sleep(0.005, 'slept', 2)",
+                         "=ok", on_done, &a);
+  check(rc == 0 && a.called == 0, "tide_dostring starts a task", NULL);
+  tide_loop_run(rt, UV_RUN_DEFAULT);
+  check(a.called == 1 && a.status == LUA_OK && strcmp(a.text, "slept,2") == 0,
+        "tide_dostring: done gets the chunk's results", a.text);
+  rc = tide_dostring(rt, "return +", "=broken", on_done, &b);
+  check(rc == LUA_ERRSYNTAX && b.called == 1 && b.status == LUA_ERRSYNTAX &&
+          strncmp(b.text, "broken:1:", 9) == 0 && tide_pending_tasks(rt) == 0,
+        "a syntax error is reported through done before returning", b.text);
+  check(lua_gettop(tide_runtime_L(rt)) == 0, "tide_dostring: stack balanced",
+        NULL);
+  tide_runtime_close(rt);
+}
+
+static void test_dofile(void) {
+  env e;
+  tide_runtime *rt = new_rt(NULL, &e);
+  result a = {0}, b = {0};
+  char path[] = "/tmp/tide_embed_XXXXXX";
+  int fd = mkstemp(path), rc;
+  const char *src = "local n = ...\nrequire('tide').sleep(0.001)\n"
+                    "return 'file', n\n";
+  check(fd >= 0 && write(fd, src, strlen(src)) == (ssize_t)strlen(src),
+        "write a script file", path);
+  close(fd);
+  rc = tide_dofile(rt, path, on_done, &a);
+  tide_loop_run(rt, UV_RUN_DEFAULT);
+  check(rc == 0 && a.called == 1 && a.status == LUA_OK &&
+          strcmp(a.text, "file,nil") == 0,
+        "tide_dofile runs the file as a task", a.text);
+  unlink(path);
+  rc = tide_dofile(rt, path, on_done, &b);
+  check(rc == LUA_ERRFILE && b.called == 1 && b.status != LUA_OK,
+        "tide_dofile of a missing file returns LUA_ERRFILE, reported via done",
+        b.text);
+  tide_runtime_close(rt);
+}
+
+static void test_pending_tasks(void) {
+  env e;
+  tide_runtime *rt = new_rt(NULL, &e);
+  result a = {0}, b = {0}, c = {0};
+  check(tide_pending_tasks(rt) == 0, "tide_pending_tasks: 0 at first", NULL);
+  spawn_code(rt, "require('tide').sleep(0.005)", &a);
+  spawn_code(rt, "local tide = require('tide')\n"
+                 "tide.spawn(tide.sleep, 0.1)\n" /* not started from C */
+                 "tide.sleep(0.03)", &b);
+  spawn_code(rt, "error('x')", &c);
+  check(tide_pending_tasks(rt) == 3, "3 after spawning 3", NULL);
+  while (!a.called && tide_loop_run(rt, UV_RUN_ONCE))
+    ;
+  check(c.called && a.called && !b.called && tide_pending_tasks(rt) == 1,
+        "1 once two ended (a failed one included)", NULL);
+  while (!b.called && tide_loop_run(rt, UV_RUN_ONCE))
+    ;
+  check(b.called && tide_pending_tasks(rt) == 0,
+        "0 when all C tasks ended (tasks they spawned do not count)", NULL);
+  tide_loop_run(rt, UV_RUN_DEFAULT);
+  tide_runtime_close(rt);
+}
+
+static void test_runtime_run(void) {
+  env e;
+  tide_runtime *rt = new_rt(NULL, &e);
+  lua_State *L = tide_runtime_L(rt);
+  int n = 0, st;
+  luaL_loadstring(L, "return require('testmod').delay(5, ...)");
+  lua_pushstring(L, "a");
+  lua_pushinteger(L, 2);
+  st = tide_runtime_run(rt, 2, &n);
+  check(st == LUA_OK && n == 2 && lua_type(L, -2) == LUA_TSTRING &&
+          strcmp(lua_tostring(L, -2), "a") == 0 && lua_tointeger(L, -1) == 2,
+        "tide_runtime_run with an async C function", NULL);
+  lua_settop(L, 0);
+  tide_runtime_close(rt);
+}
+
+static void test_two_runtimes(void) {
+  env ea, eb;
+  tide_runtime *a = new_rt(NULL, &ea), *b = new_rt(NULL, &eb);
+  result ra = {0}, rb = {0};
+  spawn_code(a, "shared = 'a' require('tide').sleep(0.005) return shared", &ra);
+  spawn_code(b, "require('tide').sleep(0.01) return tostring(shared)", &rb);
+  tide_loop_run(a, UV_RUN_DEFAULT);
+  tide_loop_run(b, UV_RUN_DEFAULT);
+  check(strcmp(ra.text, "a") == 0 && strcmp(rb.text, "nil") == 0,
+        "two runtimes are isolated (a global set in one)", rb.text);
+  tide_runtime_close(a);
+  tide_runtime_close(b);
+}
+
+static void test_two_runtimes_one_loop(void) {
+  uv_loop_t loop;
+  tide_options opts;
+  env ea, eb;
+  tide_runtime *a, *b;
+  result ra = {0}, rb = {0};
+  uv_loop_init(&loop);
+  memset(&opts, 0, sizeof opts);
+  opts.loop = &loop;
+  a = new_rt(&opts, &ea);
+  b = new_rt(&opts, &eb);
+  spawn_code(a, "shared = 'a' require('tide').sleep(0.01) return shared", &ra);
+  spawn_code(b, "require('tide').sleep(0.005) local v = tostring(shared)\n"
+                "return require('testmod').delay(10, v)", &rb);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  check(strcmp(ra.text, "a") == 0 && strcmp(rb.text, "nil") == 0,
+        "two runtimes on one application loop run together, isolated",
+        rb.text);
+  tide_runtime_close(a);
+  tide_runtime_close(b);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  check(uv_loop_close(&loop) == 0, "the shared loop closes afterwards", NULL);
+}
+
+static void test_memory_limit(void) {
+  env e;
+  tide_options opts;
+  tide_runtime *rt;
+  result hog = {0}, other = {0}, after = {0};
+  memset(&opts, 0, sizeof opts);
+  opts.memory_limit = 2 << 20;
+  rt = new_rt(&opts, &e);
+  spawn_code(rt, "require('tide').sleep(0.005)\n"
+                 "local t = {} for i = 1, 1e8 do t[i] = {i} end",
+             &hog);
+  spawn_code(rt, "local tide = require('tide')\n"
+                 "local s = {} for i = 1, 10 do tide.sleep(0.002)\n"
+                 "s[#s + 1] = ('x'):rep(100) end return #s", &other);
+  tide_loop_run(rt, UV_RUN_DEFAULT);
+  check(hog.called == 1 && hog.status != LUA_OK &&
+          strstr(hog.text, "not enough memory") != NULL,
+        "memory_limit: the task over it fails with \"not enough memory\"",
+        hog.text);
+  check(other.called == 1 && other.status == LUA_OK &&
+          strcmp(other.text, "10") == 0,
+        "memory_limit: another task of the runtime completes", other.text);
+  spawn_code(rt, "collectgarbage() return collectgarbage('count') < 2048",
+             &after);
+  tide_loop_run(rt, UV_RUN_DEFAULT);
+  check(after.status == LUA_OK && strcmp(after.text, "true") == 0,
+        "memory_limit: the runtime goes on once the memory is collected",
+        after.text);
+  tide_runtime_close(rt);
+}
+
+static void test_instruction_limit(void) {
+  env e;
+  tide_options opts;
+  tide_runtime *rt;
+  result spin = {0}, other = {0};
+  memset(&opts, 0, sizeof opts);
+  opts.instruction_limit = 100000;
+  rt = new_rt(&opts, &e);
+  spawn_code(rt, "require('tide').sleep(0.001) while true do end", &spin);
+  /* about 160000 instructions in all, under 10000 per step */
+  spawn_code(rt, "local tide = require('tide') local n = 0\n"
+                 "for i = 1, 20 do for j = 1, 2000 do n = n + 1 end\n"
+                 "tide.sleep(0) end return n", &other);
+  tide_loop_run(rt, UV_RUN_DEFAULT);
+  check(spin.called == 1 && spin.status != LUA_OK &&
+          strcmp(spin.kind, "limit") == 0,
+        "instruction_limit stops `while true do end` with kind \"limit\"",
+        spin.text);
+  check(other.called == 1 && other.status == LUA_OK &&
+          strcmp(other.text, "40000") == 0,
+        "instruction_limit counts per step: another task completes",
+        other.text);
+  tide_runtime_close(rt);
+}
+
+static void test_sandbox(void) {
+  env e;
+  tide_options opts;
+  tide_runtime *rt, *plain;
+  result r = {0}, control = {0};
+  static const char *code =
+    "local tide = require 'tide'\n"
+    "local bad = {}\n"
+    "local function expect(ok, what) if not ok then bad[#bad + 1] = what end "
+    "end\n"
+    "expect(io == nil, 'io')\n"
+    "expect(debug == nil, 'debug')\n"
+    "expect(dofile == nil, 'dofile')\n"
+    "expect(loadfile == nil, 'loadfile')\n"
+    "expect(package == nil or package.loadlib == nil, 'package.loadlib')\n"
+    "expect(os.execute == nil, 'os.execute')\n"
+    "local allowed = {clock = 1, time = 1, date = 1, difftime = 1}\n"
+    "for k in pairs(os) do expect(allowed[k], 'os.' .. k) end\n"
+    "expect(not pcall(require, 'lfs'), 'require of a C module')\n"
+    "expect(string.rep('ab', 2) == 'abab', 'string')\n"
+    "expect(table.concat({1, 2}, ',') == '1,2', 'table')\n"
+    "expect(math.max(1, 3) == 3 and math.floor(2.5) == 2, 'math')\n"
+    "expect(utf8.char(72) == 'H', 'utf8')\n"
+    "expect(coroutine.wrap(function() coroutine.yield(1) end)() == 1, "
+    "'coroutine')\n"
+    "expect(os.time() > 0 and os.clock() >= 0, 'os.time')\n"
+    "local r = tide.gather(function() tide.sleep(0.001) return 1 end,\n"
+    "                      function() return 2 end)\n"
+    "expect(r[1] + r[2] == 3, 'tide')\n"
+    "expect(require('testmod').delay(1, 'v') == 'v', 'preloaded C module')\n"
+    "return table.concat(bad, ' ')";
+  memset(&opts, 0, sizeof opts);
+  opts.sandbox = 1;
+  rt = new_rt(&opts, &e);
+  spawn_code(rt, code, &r);
+  tide_loop_run(rt, UV_RUN_DEFAULT);
+  check(r.called == 1 && r.status == LUA_OK && strcmp(r.text, "") == 0,
+        "sandbox: only the safe libraries, tide and preloaded modules",
+        r.text);
+  tide_runtime_close(rt);
+  plain = new_rt(NULL, &e);
+  spawn_code(plain, "return (pcall(require, 'lfs')), io ~= nil", &control);
+  tide_loop_run(plain, UV_RUN_DEFAULT);
+  check(strcmp(control.text, "true,true") == 0,
+        "control: without the sandbox lfs (a C module) and io load",
+        control.text);
+  tide_runtime_close(plain);
+}
+
+static void test_async_complete_fail(void) {
+  env e;
+  tide_runtime *rt = new_rt(NULL, &e);
+  lua_State *L = tide_runtime_L(rt);
+  result r = {0}, f = {0};
+  spawn_code(rt, "local m = require 'testmod'\n"
+                 "local a, b, c, d = m.delay(5, 1, 'two', nil, true)\n"
+                 "return a, b, c, d, select('#', m.delay(1))", &r);
+  spawn_code(rt, "local tide, m = require 'tide', require 'testmod'\n"
+                 "local ok, e = pcall(m.failwith, 5, tide.error('custom', "
+                 "'went wrong'))\n"
+                 "local ok2, e2 = pcall(m.failwith, 1, 'plain')\n"
+                 "return ok, tide.iserror(e), e.kind, e.message, ok2, e2",
+             &f);
+  tide_loop_run(rt, UV_RUN_DEFAULT);
+  check(r.status == LUA_OK && strcmp(r.text, "1,two,nil,true,0") == 0,
+        "tide_complete delivers several values (and none)", r.text);
+  check(f.status == LUA_OK &&
+          strcmp(f.text, "false,true,custom,went wrong,false,plain") == 0,
+        "tide_fail raises a tide error or a string in the task", f.text);
+  check(e.freed == 4 && e.cancels == 0, "every delay freed its timer", NULL);
+  luaL_loadstring(L, "return pcall(require('testmod').hang)");
+  check(lua_pcall(L, 0, 2, 0) == LUA_OK && !lua_toboolean(L, -2) &&
+          e.hung == NULL,
+        "tide_suspend outside a task raises an error", lua_tostring(L, -1));
+  lua_settop(L, 0);
+  tide_runtime_close(rt);
+}
+
+static void test_cancel_async(void) {
+  env e;
+  tide_runtime *rt = new_rt(NULL, &e);
+  result victim = {0}, killer = {0};
+  spawn_code(rt, "victim = require('tide').current_task()\n"
+                 "return require('testmod').hang()", &victim);
+  spawn_code(rt, "local tide = require 'tide'\n"
+                 "tide.sleep(0.01)\n"
+                 "local ok = victim:cancel()\n"
+                 "pcall(victim.await, victim)\n"
+                 "return ok, victim:cancelled()", &killer);
+  tide_loop_run(rt, UV_RUN_DEFAULT);
+  check(e.cancels == 1 && e.hung == NULL,
+        "cancelling a task suspended in an async C function runs the cancel "
+        "callback once", NULL);
+  check(victim.called == 1 && victim.status != LUA_OK &&
+          strcmp(victim.kind, "cancelled") == 0,
+        "the task ends \"cancelled\"", victim.text);
+  check(killer.status == LUA_OK && strcmp(killer.text, "true,true") == 0,
+        "t:cancel() from another task", killer.text);
+  tide_runtime_close(rt);
+  check(e.cancels == 1, "no second cancel callback at close", NULL);
+}
+
+static void test_preload(void) {
+  env e;
+  tide_runtime *rt = new_rt(NULL, &e);
+  result r = {0};
+  static const char src[] =
+    "local tide = require 'tide'\n"
+    "return {hi = function(n) tide.sleep(0.001) return 'hi ' .. n end}\n"
+    "this is past len and never parsed";
+  tide_preload_lua(rt, "greet.mod", src, strlen(src) - 33);
+  spawn_code(rt, "local g = require 'greet.mod'\n"
+                 "return g.hi('bob'), rawequal(g, require 'greet.mod'),\n"
+                 "  require('testmod').delay(1, 'c')", &r);
+  tide_loop_run(rt, UV_RUN_DEFAULT);
+  check(r.status == LUA_OK && strcmp(r.text, "hi bob,true,c") == 0,
+        "tide_preload_lua (len honoured) and tide_preload", r.text);
+  tide_runtime_close(rt);
+}
+
+static void test_close_pending(void) {
+  env e;
+  tide_runtime *rt = new_rt(NULL, &e);
+  result sleeper = {0}, hung = {0}, cleaner = {0}, delayed = {0};
+  int i;
+  spawn_code(rt, "require('tide').sleep(100)", &sleeper);
+  spawn_code(rt, "return require('testmod').hang()", &hung);
+  spawn_code(rt, "local m = require 'testmod'\n"
+                 "local guard <close> = setmetatable({}, {__close = m.note})\n"
+                 "require('tide').sleep(100)", &cleaner);
+  spawn_code(rt, "return require('testmod').delay(100000, 1)", &delayed);
+  for (i = 0; i < 10 && (e.hung == NULL || e.started < 1); i++)
+    tide_loop_run(rt, UV_RUN_NOWAIT);
+  check(e.hung != NULL && tide_pending_tasks(rt) == 4,
+        "four tasks pending before close", NULL);
+  tide_runtime_close(rt);
+  check(sleeper.called == 1 && strcmp(sleeper.kind, "cancelled") == 0 &&
+          hung.called == 1 && strcmp(hung.kind, "cancelled") == 0 &&
+          cleaner.called == 1 && strcmp(cleaner.kind, "cancelled") == 0 &&
+          delayed.called == 1 && strcmp(delayed.kind, "cancelled") == 0,
+        "close: done callbacks of pending tasks get \"cancelled\"", NULL);
+  check(e.cancels == 2 && e.notes == 1,
+        "close: cancel callbacks ran once each, tasks cleaned up", NULL);
+  check(e.freed == 1,
+        "close: a handle closed by a cancel callback on tide's loop is freed",
+        NULL);
+}
+
+static int ticks;
+static void on_tick(uv_timer_t *t) {
+  (void)t;
+  ticks++;
+}
+
+static void test_app_loop(void) {
+  uv_loop_t loop;
+  uv_timer_t heartbeat;
+  tide_options opts;
+  tide_runtime *rt;
+  env e;
+  result r = {0}, left = {0};
+  int rc, i;
+  uv_loop_init(&loop);
+  uv_timer_init(&loop, &heartbeat);
+  uv_timer_start(&heartbeat, on_tick, 2, 2);
+  memset(&opts, 0, sizeof opts);
+  opts.loop = &loop;
+  rt = new_rt(&opts, &e);
+  tide_dostring(rt, "local tide, m = require 'tide', require 'testmod'\n"
+                    "local r = tide.gather(function() return m.delay(30, 1) "
+                    "end,\n function() return m.delay(30, 2) end,\n"
+                    " function() tide.sleep(0.03) return 3 end)\n"
+                    "return r[1] + r[2] + r[3]", "=app", on_done, &r);
+  while (!r.called && uv_run(&loop, UV_RUN_ONCE))
+    ;
+  check(r.status == LUA_OK && strcmp(r.text, "6") == 0 && ticks >= 5,
+        "tasks run on the application's uv_run, its timer ticking too",
+        r.text);
+  spawn_code(rt, "require('testmod').delay(100000)", &left);
+  for (i = 0; i < 10 && e.started < 3; i++)
+    uv_run(&loop, UV_RUN_NOWAIT);
+  /* the heartbeat stays active: close must not wait for the loop to end */
+  tide_runtime_close(rt);
+  check(left.called == 1 && strcmp(left.kind, "cancelled") == 0 &&
+          e.cancels == 1,
+        "close on the application's loop cancels the pending task", left.text);
+  uv_close((uv_handle_t *)&heartbeat, NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  rc = uv_loop_close(&loop);
+  check(rc == 0 && e.freed == 3,
+        "uv_loop_close on the application's loop succeeds after close",
+        rc ? uv_strerror(rc) : NULL);
+}
+
+static void test_app_loop_idle(void) {
+  uv_loop_t loop;
+  tide_runtime *rt;
+  env e;
+  tide_options opts;
+  result r = {0};
+  uv_loop_init(&loop);
+  memset(&opts, 0, sizeof opts);
+  opts.loop = &loop;
+  rt = new_rt(&opts, &e);
+  spawn_code(rt, "require('tide').sleep(0.005) return 'done'", &r);
+  /* returns once the task ended: tide keeps no active handle when idle */
+  uv_run(&loop, UV_RUN_DEFAULT);
+  check(r.called == 1 && strcmp(r.text, "done") == 0 &&
+          !uv_loop_alive(&loop),
+        "an idle runtime keeps the application's loop from nothing", r.text);
+  tide_runtime_close(rt);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  check(uv_loop_close(&loop) == 0, "and the loop closes", NULL);
+}
+
+static void test_open(void) {
+  lua_State *L = luaL_newstate();
+  tide_runtime *rt;
+  int n = 0, st;
+  luaL_openlibs(L);
+  rt = tide_open(L);
+  check(rt != NULL && tide_open(L) == rt && tide_runtime_L(rt) == L,
+        "tide_open: one runtime per state, kept in it", NULL);
+  luaL_loadstring(L, "local tide = require 'tide'\n"
+                     "return tide.gather(function() tide.sleep(0.001) "
+                     "return 5 end)[1]");
+  st = tide_runtime_run(rt, 0, &n);
+  check(st == LUA_OK && n == 1 && lua_tointeger(L, -1) == 5,
+        "a state opened with tide_open runs tasks", NULL);
+  lua_close(L);
+  L = luaL_newstate();
+  luaL_openlibs(L);
+  lua_pushcfunction(L, luaopen_tide_core);
+  lua_call(L, 0, 1);
+  check(lua_istable(L, -1) && lua_getfield(L, -1, "run") == LUA_TFUNCTION,
+        "luaopen_tide_core returns the C half of the module", NULL);
+  lua_close(L);
+}
+
+int main(void) {
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  test_accessors();
+  test_spawn();
+  test_spawn_error();
+  test_dostring();
+  test_dofile();
+  test_pending_tasks();
+  test_runtime_run();
+  test_two_runtimes();
+  test_two_runtimes_one_loop();
+  test_memory_limit();
+  test_instruction_limit();
+  test_sandbox();
+  test_async_complete_fail();
+  test_cancel_async();
+  test_preload();
+  test_close_pending();
+  test_app_loop();
+  test_app_loop_idle();
+  test_open();
+  printf("%d passed, %d failed\n", count - failures, failures);
+  return failures != 0;
+}
