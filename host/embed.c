@@ -155,6 +155,7 @@ void tide__root_close(tide_runtime *rt) {
     }
   }
   lua_pop(L, 1);
+  tide__abandon_all(s);
   if (rt->sched == s)
     rt->sched = s->outer;
   rt->root = NULL;

@@ -24,10 +24,18 @@
 #define TIDE_ERROR_MT  "tide.Error"
 
 /* A node of the timer heap: embedded in a task (sleep) or a handle. */
+struct tide_waitlist;
+
+/* For a task the node doubles as "where it waits": in the heap (sleeping,
+ * kind TN_TASK) or in a wait list (kind TN_WAITING, wl set), never both,
+ * so a task that ends or is abandoned can always be unlinked. */
 typedef struct tide_tnode {
-  uint64_t seq; /* start order: equal deadlines fire FIFO */
+  union {
+    uint64_t seq;              /* in the heap: start order, for FIFO ties */
+    struct tide_waitlist *wl;  /* TN_WAITING: the list it is in */
+  };
   int idx;      /* position in the heap, -1 when not in it */
-  int kind;     /* TN_TASK or TN_HANDLE */
+  int kind;     /* TN_TASK, TN_HANDLE or TN_WAITING */
 } tide_tnode;
 
 /* A heap slot: the deadline inline (ns on the sched clock), so sifting
@@ -37,7 +45,7 @@ typedef struct tide_hentry {
   tide_tnode *n;
 } tide_hentry;
 
-enum { TN_TASK = 1, TN_HANDLE = 2 };
+enum { TN_TASK = 1, TN_HANDLE = 2, TN_WAITING = 3 };
 
 enum task_state {
   TS_NEW,     /* spawned, first step not run yet */
@@ -54,7 +62,8 @@ enum task_flags {
   TF_RETRIEVED = 8,      /* somebody looked at the error */
   TF_QUEUED = 16,        /* in the ready queue */
   TF_IMMEDIATE = 32,     /* parked only to yield: resume with true */
-  TF_CANCEL_QUEUED = 64  /* the cancel error is pushed on co already */
+  TF_CANCEL_QUEUED = 64, /* the cancel error is pushed on co already */
+  TF_LUA_PARK = 128      /* parked by core.park: core.wake may wake it */
 };
 
 typedef struct tide_sched tide_sched;
@@ -167,6 +176,7 @@ tide_task *tide__check_task(lua_State *L, int idx);
 tide_task *tide__current(lua_State *L);
 tide_task *tide__spawn(lua_State *L, tide_sched *s, int fidx, int nargs);
 void tide__enqueue(tide_sched *s, tide_task *t);
+void tide__abandon_all(tide_sched *s);
 void tide__run_ready(tide_sched *s);
 int tide__park(lua_State *L, tide_task *t, lua_KContext ctx, lua_KFunction k);
 int tide__wake(lua_State *L, tide_task *t, int nvals);
@@ -191,6 +201,7 @@ int tide__wl_wake_one(lua_State *L, tide_waitlist *w);
 int tide__wl_wake_all(lua_State *L, tide_waitlist *w);
 int tide__wl_empty(const tide_waitlist *w);
 void tide__wl_free(tide_waitlist *w);
+void tide__wl_unlink(tide_task *t);
 int tide__open_waitlist(lua_State *L);
 
 /* queue.c */
@@ -198,6 +209,7 @@ int tide__open_queue(lua_State *L);
 
 /* net.c */
 void tide__net_close(uv_handle_t *h);
+void tide__net_close_servers(uv_handle_t *h, void *sched);
 int luaopen_tide_net(lua_State *L);
 
 /* loop.c */

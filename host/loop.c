@@ -174,6 +174,7 @@ int tide__sched_close(tide_sched *s) {
   lua_State *L = s->L;
   int rc = 0, i;
   s->closing = 1;
+  uv_walk(s->loop, tide__net_close_servers, s); /* nobody runs their handler */
   for (i = 0; i < s->nheap; i++) {
     s->heap[i].n->idx = -1;
     if (s->heap[i].n->kind == TN_HANDLE)
@@ -273,6 +274,7 @@ static tide_task *run_main(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
   }
   if (rt->debug)
     list_pending(s);
+  tide__abandon_all(s);
   rt->sched = s->outer;
   rt->current = saved;
   if (tide__sched_close(s) != 0)

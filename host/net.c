@@ -417,7 +417,10 @@ static int write_eof_k(lua_State *L, int status, lua_KContext ctx) {
   int rc = r->status;
   (void)status;
   if (!lua_toboolean(L, 2)) {
-    r->t = NULL; /* the callback frees it */
+    if (lua_toboolean(L, 4))
+      free(r); /* its callback ran already */
+    else
+      r->t = NULL; /* the callback, still to come, frees it */
     lua_pushvalue(L, 3);
     return lua_error(L);
   }
@@ -525,11 +528,17 @@ static void on_uv_resolved(uv_getaddrinfo_t *req, int status,
 static int connect_k(lua_State *L, int status, lua_KContext ctx) {
   conn_req *c = lua_touserdata(L, 4);
   (void)status;
-  if (!lua_toboolean(L, 6)) { /* cancelled: the callback frees c */
-    c->t = NULL;
-    if (ctx == 0)
-      uv_cancel((uv_req_t *)&c->u.gai);
-    stream_close(c->s); /* cancels a connect in progress */
+  if (!lua_toboolean(L, 6)) { /* cancelled */
+    if (lua_toboolean(L, 8)) { /* its callback ran already: c is ours */
+      if (c->ai)
+        uv_freeaddrinfo(c->ai);
+      free(c);
+    } else { /* the callback, still to come, frees c */
+      c->t = NULL;
+      if (ctx == 0)
+        uv_cancel((uv_req_t *)&c->u.gai);
+    }
+    stream_close(((stream_box *)lua_touserdata(L, 5))->s);
     lua_pushvalue(L, 7);
     return lua_error(L);
   }
@@ -632,6 +641,14 @@ static void server_close(lua_State *L, server *sv) {
     luaL_unref(L, LUA_REGISTRYINDEX, sv->handler_ref);
     uv_close((uv_handle_t *)&sv->tcp, on_uv_server_closed);
   }
+}
+
+/* A run's end closes the servers it started (uv_walk on its loop). */
+void tide__net_close_servers(uv_handle_t *h, void *sched) {
+  if (h->type == UV_TCP && h->data && !uv_is_closing(h) &&
+      ((server *)h->data)->kind == NET_SERVER &&
+      ((server *)h->data)->sched == sched)
+    server_close(((server *)h->data)->rt->L, h->data);
 }
 
 /* Loop teardown (loop.c) closes tide's TCP handles through here. */

@@ -372,7 +372,7 @@ static int q_full(lua_State *L) {
 }
 
 static int q_index(lua_State *L) {
-  tqueue *q = lua_touserdata(L, 1);
+  tqueue *q = check_q(L, "__index");
   const char *k = lua_tostring(L, 2);
   if (k && strcmp(k, "maxsize") == 0) {
     lua_pushinteger(L, q->maxsize);
@@ -384,7 +384,7 @@ static int q_index(lua_State *L) {
 }
 
 static int q_tostring(lua_State *L) {
-  tqueue *q = lua_touserdata(L, 1);
+  tqueue *q = check_q(L, "__tostring");
   lua_pushfstring(L, "%s(maxsize=%d, qsize=%d%s)", q_names[q->kind],
                   (int)q->maxsize, (int)q->n,
                   q->shutdown ? ", shut down" : "");
@@ -392,7 +392,7 @@ static int q_tostring(lua_State *L) {
 }
 
 static int q_gc(lua_State *L) {
-  tqueue *q = lua_touserdata(L, 1);
+  tqueue *q = check_q(L, "__gc");
   tide__wl_free(&q->getters);
   tide__wl_free(&q->putters);
   tide__wl_free(&q->joiners);

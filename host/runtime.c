@@ -115,6 +115,15 @@ static void preload(lua_State *L) {
   lua_pop(L, 1);
 }
 
+/* Loads the embedded "tide" module (through its preload entry). */
+static int luaopen_tide_lua(lua_State *L) {
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_getfield(L, -1, "tide");
+  lua_pushliteral(L, "tide");
+  lua_call(L, 1, 1);
+  return 1;
+}
+
 /* Makes (once) the runtime of this state. */
 static tide_runtime *make_rt(lua_State *L) {
   tide_runtime *rt;
@@ -258,10 +267,25 @@ tide_runtime *tide_runtime_new_with(const tide_options *opts) {
   else
     luaL_openlibs(L);
   rt = tide_open(L);
-  if (opts->sandbox) { /* no sockets either */
+  if (opts->sandbox) {
+    /* load tide now, then hide its internals (park, wake...) and sockets */
+    static const char *const hidden[] = {"tide.core", "tide.coroutine",
+                                         "tide.net", "tide.main", NULL};
+    int i;
+    luaL_requiref(L, "tide", luaopen_tide_lua, 0);
+    lua_pop(L, 1);
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    for (i = 0; hidden[i]; i++) {
+      lua_pushnil(L);
+      lua_setfield(L, -3, hidden[i]);
+      lua_pushnil(L);
+      lua_setfield(L, -2, hidden[i]);
+    }
+    lua_pop(L, 2);
+    lua_getglobal(L, "package");
     lua_pushnil(L);
-    lua_setfield(L, -2, "tide.net");
+    lua_setfield(L, -2, "searchpath");
     lua_pop(L, 1);
   }
   rt->loop = opts->loop;

@@ -86,6 +86,9 @@ tide_task *tide__current(lua_State *L) {
                   "(the main chunk under tide, or a function run by "
                   "tide.run or tide.spawn)", fn);
   }
+  if (rt->current->state != TS_RUNNING)
+    luaL_error(L, "the task is not running here (a coroutine of a task "
+                  "resumed outside it?)");
   if (!lua_isyieldable(L))
     luaL_error(L, "cannot suspend the task here: a C function without "
                   "continuation is on the stack (a metamethod such as "
@@ -334,6 +337,8 @@ static void fire_waiter(lua_State *L, int ud, int w) {
 static void finish_common(lua_State *L, tide_task *t, int ud) {
   tide_sched *s = t->s;
   int w;
+  tide__wl_unlink(t); /* its wait was cut short (a closed coroutine...) */
+  tide__heap_remove(s, &t->tn);
   t->state = TS_DONE;
   t->co = NULL;
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->tasks_ref);
@@ -435,6 +440,27 @@ static void finish_ok(lua_State *L, tide_task *t, int ud, int nres) {
   finish_common(L, t, ud);
 }
 
+static int tostring_p(lua_State *L) {
+  luaL_tolstring(L, 1, NULL);
+  return 1;
+}
+
+/* [-0, +1, -] A message for the error value at e: its tostring, run in
+ * protected mode (a __tostring that raises must not unwind the loop). */
+static void push_message(lua_State *L, int e) {
+  if (lua_type(L, e) == LUA_TSTRING || lua_type(L, e) == LUA_TNUMBER) {
+    lua_pushvalue(L, e);
+    lua_tostring(L, -1);
+    return;
+  }
+  lua_pushcfunction(L, tostring_p);
+  lua_pushvalue(L, e);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_type(L, -1) != LUA_TSTRING) {
+    lua_pop(L, 1);
+    lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, e));
+  }
+}
+
 /* A coroutine that died by error has not closed its <close> variables
  * (Lua unwinds only up to a pcall): close them now, in protected mode, so a
  * guard held by a failed or cancelled task is released. An error raised by
@@ -453,10 +479,13 @@ static void close_thread(lua_State *L, tide_task *t, int ud, lua_State *co) {
     lua_xmove(co, L, 1);        /* what the closing left */
     tide__push_error(L, t, ud); /* the task's own error */
     if (!lua_rawequal(L, -1, -2)) {
-      const char *why = luaL_tolstring(L, -2, NULL);
+      const char *why;
+      push_message(L, lua_gettop(L) - 1);
+      why = lua_tostring(L, -1);
       push_name(L, t, ud);
       fprintf(stderr, "tide: error in a __close handler of task '%s' "
                       "while it unwound: %s\n", lua_tostring(L, -1), why);
+      lua_remove(L, -2);
       fflush(stderr);
       lua_pop(L, 2);
     }
@@ -482,16 +511,7 @@ static void finish_err(lua_State *L, tide_task *t, int ud) {
   } else {
     t->flags |= TF_FAILED;
     luaL_checkstack(L, 10, NULL);
-    if (lua_type(L, e) == LUA_TSTRING || lua_type(L, e) == LUA_TNUMBER)
-      lua_pushvalue(L, e);
-    else if (tide__iserror(L, e) ||
-             (luaL_getmetafield(L, e, "__tostring") != LUA_TNIL &&
-              (lua_pop(L, 1), 1)))
-      luaL_tolstring(L, e, NULL);
-    else
-      lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, e));
-    if (lua_type(L, -1) != LUA_TSTRING)
-      lua_tostring(L, -1);
+    push_message(L, e);
     luaL_traceback(L, co ? co : L, lua_tostring(L, -1), co ? 0 : 1);
     lua_remove(L, -2);
     push_name(L, t, ud);
@@ -568,9 +588,12 @@ static void warn_slow(lua_State *L, tide_task *t, int ud, uint64_t ns) {
  * runs that many instructions without suspending fails with kind "limit". */
 static void limit_hook(lua_State *L, lua_Debug *ar) {
   (void)ar;
-  tide__err_raise(L, "limit", "the task ran %d instructions without "
+  /* sticky: from now on every instruction of this step fails, so a pcall
+   * in a loop cannot swallow the limit */
+  lua_sethook(L, limit_hook, LUA_MASKCOUNT, 1);
+  tide__err_raise(L, "limit", "the task ran %I instructions without "
                   "suspending (the runtime's instruction limit)",
-                  (int)tide__rt(L)->instruction_limit);
+                  (LUA_INTEGER)tide__rt(L)->instruction_limit);
 }
 
 static void step(tide_sched *s, tide_task *t) {
@@ -596,6 +619,7 @@ static void step(tide_sched *s, tide_task *t) {
   co = t->co;
   if (t->flags & TF_CANCEL_PENDING) { /* asked while it was running */
     int woken = t->nargs > 0 || (t->flags & TF_IMMEDIATE);
+    tide__heap_remove(s, &t->tn); /* it may have parked in a sleep */
     take_pending(L, s, UD());
     lua_pop(co, t->nargs);
     lua_pushboolean(co, 0);
@@ -606,11 +630,14 @@ static void step(tide_sched *s, tide_task *t) {
     lua_pushboolean(co, 1);
     t->nargs = 1;
   }
-  t->flags &= ~(TF_CANCEL_PENDING | TF_CANCEL_QUEUED | TF_IMMEDIATE);
+  t->flags &= ~(TF_CANCEL_PENDING | TF_CANCEL_QUEUED | TF_IMMEDIATE |
+                TF_LUA_PARK);
   t->state = TS_RUNNING;
   rt->current = t;
   if (rt->instruction_limit) /* counts anew at every step */
-    lua_sethook(co, limit_hook, LUA_MASKCOUNT, (int)rt->instruction_limit);
+    lua_sethook(co, limit_hook, LUA_MASKCOUNT,
+                rt->instruction_limit > 0x7fffffffUL
+                  ? 0x7fffffff : (int)rt->instruction_limit);
   if (rt->debug) {
     UD();
     t0 = uv_hrtime();
@@ -666,6 +693,32 @@ void tide__run_ready(tide_sched *s) {
   }
 }
 
+/* Tasks still there when their run closes (they swallowed cancellation
+ * and wait on something nobody will do) end here as cancelled, without
+ * running again: out of every list, with no pointer left to their sched. */
+void tide__abandon_all(tide_sched *s) {
+  lua_State *L = s->L;
+  luaL_checkstack(L, 6, NULL);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->tasks_ref);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    tide_task *t = lua_touserdata(L, -1);
+    tide__wl_unlink(t);
+    tide__heap_remove(s, &t->tn);
+    t->state = TS_DONE;
+    t->co = NULL;
+    t->ref = 0;
+    t->flags |= TF_CANCELLED | TF_RETRIEVED;
+    t->flags &= ~(TF_FAILED | TF_QUEUED);
+    tide__err_push(L, "cancelled", "abandoned: still waiting when its run ended");
+    lua_setiuservalue(L, -2, TUV_CO);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  s->ntasks = 0;
+  s->rq_len = 0;
+}
+
 /* ---- park / wake / cancel --------------------------------------------- */
 
 /* Suspends the running task (see the file comment). Called as the tail of a
@@ -686,6 +739,10 @@ int tide__park(lua_State *L, tide_task *t, lua_KContext ctx, lua_KFunction k) {
  * t is queued. Returns whether t was woken. */
 int tide__wake(lua_State *L, tide_task *t, int nvals) {
   if (t->state != TS_PARKED) {
+    lua_pop(L, nvals);
+    return 0;
+  }
+  if (!lua_checkstack(t->co, nvals + 3)) { /* too many values to hand over */
     lua_pop(L, nvals);
     return 0;
   }
@@ -721,6 +778,7 @@ int tide__cancel(lua_State *L, int tidx, int erridx) {
       break;
     case TS_PARKED:
     case TS_READY:
+      luaL_checkstack(co, 4, "cancelling a task");
       woken = t->state == TS_READY && (t->nargs > 0 || (t->flags & TF_IMMEDIATE));
       tide__heap_remove(s, &t->tn);
       lua_pop(co, t->nargs);
@@ -975,7 +1033,7 @@ static int t_remove_done_callback(lua_State *L) {
 }
 
 static int t_index(lua_State *L) {
-  tide_task *t = lua_touserdata(L, 1);
+  tide_task *t = tide__check_task(L, 1);
   const char *k;
   lua_pushvalue(L, 2);
   if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL)
@@ -1014,7 +1072,10 @@ static int t_tostring(lua_State *L) {
 
 /* __gc: a failure nobody looked at is reported once, with its traceback. */
 static int t_gc(lua_State *L) {
-  tide_task *t = lua_touserdata(L, 1);
+  tide_task *t;
+  if (!is_task(L, 1))
+    return 0;
+  t = lua_touserdata(L, 1);
   if ((t->flags & TF_FAILED) && !(t->flags & TF_RETRIEVED)) {
     t->flags |= TF_RETRIEVED;
     tide__push_trace(L, t, 1);
@@ -1098,6 +1159,7 @@ static int park_k(lua_State *L, int status, lua_KContext ctx) {
 static int l_park(lua_State *L) {
   tide_task *t = tide__current(L);
   lua_settop(L, 0);
+  t->flags |= TF_LUA_PARK;
   return tide__park(L, t, 0, park_k);
 }
 
@@ -1105,6 +1167,10 @@ static int l_park(lua_State *L) {
 static int l_wake(lua_State *L) {
   tide_task *t = tide__check_task(L, 1);
   int n = lua_gettop(L) - 1;
+  if (!(t->flags & TF_LUA_PARK) || t->state != TS_PARKED) {
+    lua_pushboolean(L, 0); /* only a core.park is woken by core.wake */
+    return 1;
+  }
   lua_pushboolean(L, 1);
   lua_insert(L, 2);
   lua_pushboolean(L, tide__wake(L, t, n + 1));
@@ -1152,8 +1218,10 @@ static int l_outcome(lua_State *L) {
   lua_pushinteger(L, 1);
   if (t->nres == 0)
     return 1;
-  if (lua_getiuservalue(L, 1, TUV_CO) == LUA_TTABLE && t->nres > 1)
+  if (lua_getiuservalue(L, 1, TUV_CO) == LUA_TTABLE && t->nres > 1) {
     lua_rawgeti(L, -1, 1);
+    lua_remove(L, -2);
+  }
   return 2;
 }
 
@@ -1247,17 +1315,26 @@ static int gather_k(lua_State *L, int status, lua_KContext ctx) {
 static int l_gather_wait(lua_State *L) {
   lua_Integer i, n = luaL_checkinteger(L, 2);
   gather_state *gs;
-  tide_task *me;
+  tide_task *me = tide__current(L);
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 3);
+  for (i = 1; i <= n; i++) { /* all checks before registering anywhere */
+    lua_rawgeti(L, 1, i);
+    if (!is_task(L, -1))
+      return luaL_error(L, "gather: item %d is not a task", (int)i);
+    if (((tide_task *)lua_touserdata(L, -1))->s != me->s)
+      return luaL_error(L, "gather: task %d belongs to another tide.run loop",
+                        (int)i);
+    lua_pop(L, 1);
+  }
   gs = lua_newuserdatauv(L, sizeof(*gs), 1); /* index 4 */
   lua_rawgetp(L, LUA_REGISTRYINDEX, &gather_mt_key);
   lua_setmetatable(L, -2);
-  gs->parent = NULL;
+  gs->parent = me;
   gs->remaining = 0;
   gs->return_exceptions = lua_toboolean(L, 3);
   gs->live = 1;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, tide__rt(L)->sched->waiters_ref); /* 5 */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, me->s->waiters_ref); /* 5 */
   for (i = 1; i <= n; i++) {
     tide_task *t;
     lua_rawgeti(L, 1, i);
@@ -1285,7 +1362,6 @@ static int l_gather_wait(lua_State *L) {
     gs->live = 0;
     return gather_finish(L);
   }
-  me = tide__current(L);
   gs->parent = me;
   return tide__park(L, me, 0, gather_k);
 }

@@ -17,6 +17,12 @@ uint64_t tide__now(tide_sched *s) {
   return s->virtual_clock ? s->vnow : uv_hrtime();
 }
 
+/* now + delay, saturating: a deadline never wraps to the past. */
+static uint64_t deadline(tide_sched *s, uint64_t delay) {
+  uint64_t now = tide__now(s);
+  return now + delay < now ? UINT64_MAX : now + delay;
+}
+
 /* Heap entries carry their keys inline, so sifting compares a contiguous
  * array instead of chasing a pointer per comparison (1M sleepers). */
 static int less(const tide_hentry *a, const tide_hentry *b) {
@@ -194,7 +200,7 @@ static int l_sleep(lua_State *L) {
   tide_task *t = tide__current(L);
   int n = lua_gettop(L) - 1;
   if (ns > 0)
-    tide__heap_push(t->s, &t->tn, tide__now(t->s) + ns);
+    tide__heap_push(t->s, &t->tn, deadline(t->s, ns));
   else
     t->flags |= TF_IMMEDIATE; /* sleep(0): park and come straight back */
   return tide__park(L, t, n, sleep_k);
@@ -271,7 +277,7 @@ static int schedule(lua_State *L, uint64_t delay, int fidx) {
   lua_pushvalue(L, -2);
   h->ref = luaL_ref(L, -2);
   lua_pop(L, 1);
-  h->when = tide__now(s) + delay;
+  h->when = deadline(s, delay);
   tide__heap_push(s, &h->tn, h->when);
   tide__sched_update(s);
   return 1;

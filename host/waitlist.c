@@ -49,10 +49,16 @@ void tide__wl_push(lua_State *L, waitlist *w, tide_task *t) {
     }
   }
   w->items[w->last++] = t;
+  t->tn.kind = TN_WAITING;
+  t->tn.wl = w;
 }
 
 void tide__wl_remove(waitlist *w, tide_task *t) {
   int i;
+  if (t->tn.kind == TN_WAITING && t->tn.wl == w) {
+    t->tn.kind = TN_TASK;
+    t->tn.wl = NULL;
+  }
   for (i = w->first; i < w->last; i++) {
     if (w->items[i] == t) {
       w->items[i] = NULL;
@@ -73,6 +79,8 @@ static tide_task *pop(waitlist *w) {
     if (t) {
       if (w->first == w->last)
         w->first = w->last = 0;
+      t->tn.kind = TN_TASK;
+      t->tn.wl = NULL;
       return t;
     }
   }
@@ -119,6 +127,12 @@ int tide__wl_wake_all(lua_State *L, waitlist *w) {
   return n;
 }
 
+/* Takes t out of the list it waits in, if any (it ended, or its run did). */
+void tide__wl_unlink(tide_task *t) {
+  if (t->tn.kind == TN_WAITING)
+    tide__wl_remove(t->tn.wl, t);
+}
+
 int tide__wl_empty(const waitlist *w) {
   int i;
   for (i = w->first; i < w->last; i++)
@@ -128,6 +142,12 @@ int tide__wl_empty(const waitlist *w) {
 }
 
 void tide__wl_free(waitlist *w) {
+  int i;
+  for (i = w->first; i < w->last; i++)
+    if (w->items[i] && w->items[i]->tn.kind == TN_WAITING) {
+      w->items[i]->tn.kind = TN_TASK;
+      w->items[i]->tn.wl = NULL;
+    }
   free(w->items);
   memset(w, 0, sizeof(*w));
 }

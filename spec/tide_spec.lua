@@ -764,3 +764,82 @@ describe("a cancel storm", function()
     assert.is_true(after - before < 512, ("%.0f KB left"):format(after - before))
   end)
 end)
+
+describe("robustness (each of these once corrupted memory)", function()
+  local core = require "tide.core"
+
+  it("metamethods called with the wrong object raise instead of crashing", function()
+    local q, t = tide.Queue(), tide.spawn(function() end)
+    assert.is_false((pcall(getmetatable(q).__index, {}, "maxsize")))
+    assert.is_false((pcall(getmetatable(t).__index, {}, "id")))
+    assert.is_false((pcall(core.gather_wait, { {} }, 1)))
+    t:await()
+  end)
+
+  it("core.wake does not wake a task parked inside a queue", function()
+    local q = tide.Queue()
+    local a = tide.spawn(function() return q:get() end)
+    tide.sleep(0)
+    assert.is_false(core.wake(a))
+    q:put_nowait("item")
+    assert.equals("item", a:await())
+  end)
+
+  it("a task that cancels itself and then sleeps leaves no timer behind", function()
+    local t = tide.spawn(function() tide.current_task():cancel(); tide.sleep(0.05) end)
+    assert.equals("cancelled", (errkind(t.await, t)))
+    t = nil
+    collectgarbage(); collectgarbage()
+    tide.sleep(0.08) -- the dead task's deadline passes harmlessly
+  end)
+
+  it("a task whose coroutine is closed from outside leaves its queue usable", function()
+    local q, co = tide.Queue(), nil
+    local a = tide.spawn(function() co = coroutine.running(); q:get() end)
+    tide.sleep(0)
+    coroutine.close(co)
+    a:cancel()
+    tide.sleep(0)
+    assert.is_true(a:done())
+    assert.is_not_nil(a:error())
+    a = nil
+    collectgarbage(); collectgarbage()
+    q:put_nowait(1)
+    assert.equals(1, q:get_nowait())
+  end)
+
+  it("a task left waiting when its nested run ends is abandoned, not dangling", function()
+    local q, left = tide.Queue(), nil
+    tide.run(function()
+      left = tide.spawn(function()
+        while true do pcall(q.get, q) end -- swallows the run's cancellation
+      end)
+      tide.sleep(0.01)
+    end)
+    assert.is_true(left:cancelled())
+    collectgarbage(); collectgarbage()
+    q:put_nowait(1)
+    assert.equals(1, q:get_nowait())
+  end)
+
+  it("an error object whose __tostring raises is still reported and contained", function()
+    local e = setmetatable({}, { __tostring = function() error("boom") end })
+    local ok, r = pcall(tide.run, function()
+      local t = tide.spawn(function() error(e) end)
+      pcall(t.await, t)
+      return "inner done"
+    end)
+    assert.is_true(ok)
+    assert.equals("inner done", r)
+    assert.is_not_nil(tide.current_task())
+  end)
+
+  it("waking with many values grows the task's stack", function()
+    local t = tide.spawn(function() return select("#", select(2, core.park())) end)
+    tide.sleep(0)
+    local vals = {}
+    for i = 1, 5000 do vals[i] = i end
+    assert.is_true(core.wake(t, table.unpack(vals)))
+    assert.equals(5000, t:await())
+  end)
+end)

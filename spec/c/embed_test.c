@@ -438,7 +438,7 @@ static void test_instruction_limit(void) {
   env e;
   tide_options opts;
   tide_runtime *rt;
-  result spin = {0}, other = {0};
+  result spin = {0}, other = {0}, swallow = {0};
   memset(&opts, 0, sizeof opts);
   opts.instruction_limit = 100000;
   rt = new_rt(&opts, &e);
@@ -447,11 +447,18 @@ static void test_instruction_limit(void) {
   spawn_code(rt, "local tide = require('tide') local n = 0\n"
                  "for i = 1, 20 do for j = 1, 2000 do n = n + 1 end\n"
                  "tide.sleep(0) end return n", &other);
+  spawn_code(rt, "require('tide').sleep(0.001)\n"
+                 "while true do pcall(function() while true do end end) end",
+             &swallow);
   tide_loop_run(rt, UV_RUN_DEFAULT);
   check(spin.called == 1 && spin.status != LUA_OK &&
           strcmp(spin.kind, "limit") == 0,
         "instruction_limit stops `while true do end` with kind \"limit\"",
         spin.text);
+  check(swallow.called == 1 && swallow.status != LUA_OK &&
+          strcmp(swallow.kind, "limit") == 0,
+        "instruction_limit cannot be swallowed by pcall in a loop",
+        swallow.text);
   check(other.called == 1 && other.status == LUA_OK &&
           strcmp(other.text, "40000") == 0,
         "instruction_limit counts per step: another task completes",
@@ -489,6 +496,10 @@ static void test_sandbox(void) {
     "                      function() return 2 end)\n"
     "expect(r[1] + r[2] == 3, 'tide')\n"
     "expect(require('testmod').delay(1, 'v') == 'v', 'preloaded C module')\n"
+    "expect(not pcall(require, 'tide.core'), 'tide internals hidden')\n"
+    "expect(not pcall(require, 'tide.net'), 'no sockets')\n"
+    "expect(package.searchpath == nil, 'package.searchpath')\n"
+    "expect(load(string.dump(function() end)) == nil, 'binary chunks refused')\n"
     "return table.concat(bad, ' ')";
   memset(&opts, 0, sizeof opts);
   opts.sandbox = 1;
