@@ -148,6 +148,7 @@ struct tide_runtime {
   tide_sched *root;      /* where tasks started from C run (embed.c) */
   int cpending;          /* tasks started from C not yet done */
   int incb;              /* inside one of tide's loop callbacks */
+  int in_callback;       /* running a Lua callback (limits apply) */
 };
 
 /* runtime.c */
@@ -176,6 +177,7 @@ tide_task *tide__check_task(lua_State *L, int idx);
 tide_task *tide__current(lua_State *L);
 tide_task *tide__spawn(lua_State *L, tide_sched *s, int fidx, int nargs);
 void tide__enqueue(tide_sched *s, tide_task *t);
+void tide__limit_hook(lua_State *L);
 void tide__abandon_all(tide_sched *s);
 void tide__run_ready(tide_sched *s);
 int tide__park(lua_State *L, tide_task *t, lua_KContext ctx, lua_KFunction k);

@@ -55,10 +55,20 @@ static int msgh(lua_State *L) {
  * protected mode; an error is reported with its traceback and dropped.
  * Returns the pcall status. */
 int tide__call_protected(lua_State *L, int nargs, const char *what) {
+  tide_runtime *rt = tide__rt(L);
   int base = lua_gettop(L) - nargs, st;
+  lua_Hook hook = lua_gethook(L);
+  int mask = lua_gethookmask(L), count = lua_gethookcount(L);
   lua_pushcfunction(L, msgh);
   lua_insert(L, base);
+  /* callbacks are user code too: the runtime's limits apply to them */
+  rt->in_callback++;
+  if (rt->instruction_limit)
+    tide__limit_hook(L);
   st = lua_pcall(L, nargs, 0, base);
+  if (rt->instruction_limit)
+    lua_sethook(L, hook, mask, count);
+  rt->in_callback--;
   if (st != LUA_OK) {
     fprintf(stderr, "tide: error in %s: %s\n", what,
             lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
@@ -151,8 +161,9 @@ tide_runtime *tide_open(lua_State *L) {
 }
 
 /* Allocation accounting for tide_options.memory_limit: the limit applies
- * to allocations made while a task runs, so the scheduler's own work
- * between steps never fails half-way. */
+ * to allocations made while user code runs (a task step, or a callback in
+ * a protected call), so the scheduler's own work between them never fails
+ * half-way. */
 typedef struct tide_mem {
   size_t used, limit;
   tide_runtime *rt;
@@ -167,7 +178,8 @@ static void *mem_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     m->used -= old;
     return NULL;
   }
-  if (nsize > old && m->rt && m->rt->current && m->used + (nsize - old) > m->limit)
+  if (nsize > old && m->rt && (m->rt->current || m->rt->in_callback) &&
+      m->used + (nsize - old) > m->limit)
     return NULL; /* Lua collects and retries, then raises "not enough memory" */
   np = realloc(ptr, nsize);
   if (np)

@@ -596,6 +596,14 @@ static void limit_hook(lua_State *L, lua_Debug *ar) {
                   (LUA_INTEGER)tide__rt(L)->instruction_limit);
 }
 
+/* Arms the instruction cap on L (a callback's state). */
+void tide__limit_hook(lua_State *L) {
+  tide_runtime *rt = tide__rt(L);
+  lua_sethook(L, limit_hook, LUA_MASKCOUNT,
+              rt->instruction_limit > 0x7fffffffUL
+                ? 0x7fffffff : (int)rt->instruction_limit);
+}
+
 static void step(tide_sched *s, tide_task *t) {
   tide_runtime *rt = s->rt;
   lua_State *L = s->L, *co;

@@ -407,7 +407,7 @@ static void test_memory_limit(void) {
   env e;
   tide_options opts;
   tide_runtime *rt;
-  result hog = {0}, other = {0}, after = {0};
+  result hog = {0}, other = {0}, after = {0}, cbhog = {0};
   memset(&opts, 0, sizeof opts);
   opts.memory_limit = 2 << 20;
   rt = new_rt(&opts, &e);
@@ -428,6 +428,15 @@ static void test_memory_limit(void) {
   spawn_code(rt, "collectgarbage() return collectgarbage('count') < 2048",
              &after);
   tide_loop_run(rt, UV_RUN_DEFAULT);
+  spawn_code(rt, "local tide = require('tide')\n"
+                 "tide.call_soon(function() local t = {}\n"
+                 "  for i = 1, 1e8 do t[i] = {i} end end)\n"
+                 "tide.sleep(0.05) collectgarbage()\n"
+                 "return collectgarbage('count') < 2048", &cbhog);
+  tide_loop_run(rt, UV_RUN_DEFAULT);
+  check(cbhog.status == LUA_OK && strcmp(cbhog.text, "true") == 0,
+        "memory_limit: a callback over it fails too, the runtime goes on",
+        cbhog.text);
   check(after.status == LUA_OK && strcmp(after.text, "true") == 0,
         "memory_limit: the runtime goes on once the memory is collected",
         after.text);
@@ -438,7 +447,7 @@ static void test_instruction_limit(void) {
   env e;
   tide_options opts;
   tide_runtime *rt;
-  result spin = {0}, other = {0}, swallow = {0};
+  result spin = {0}, other = {0}, swallow = {0}, cb = {0};
   memset(&opts, 0, sizeof opts);
   opts.instruction_limit = 100000;
   rt = new_rt(&opts, &e);
@@ -450,6 +459,10 @@ static void test_instruction_limit(void) {
   spawn_code(rt, "require('tide').sleep(0.001)\n"
                  "while true do pcall(function() while true do end end) end",
              &swallow);
+  spawn_code(rt, "local tide = require('tide') local n = 0\n"
+                 "tide.call_soon(function() while true do n = n + 1 end end)\n"
+                 "tide.sleep(0.01) return n > 0 and 'callback stopped' or 'no'",
+             &cb);
   tide_loop_run(rt, UV_RUN_DEFAULT);
   check(spin.called == 1 && spin.status != LUA_OK &&
           strcmp(spin.kind, "limit") == 0,
@@ -459,6 +472,9 @@ static void test_instruction_limit(void) {
           strcmp(swallow.kind, "limit") == 0,
         "instruction_limit cannot be swallowed by pcall in a loop",
         swallow.text);
+  check(cb.called == 1 && cb.status == LUA_OK &&
+          strcmp(cb.text, "callback stopped") == 0,
+        "instruction_limit also stops a runaway call_soon callback", cb.text);
   check(other.called == 1 && other.status == LUA_OK &&
           strcmp(other.text, "40000") == 0,
         "instruction_limit counts per step: another task completes",
