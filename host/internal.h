@@ -221,6 +221,7 @@ void tide__sched_update(tide_sched *s);
 int tide__sched_close(tide_sched *s);
 int tide__run(lua_State *L);
 void tide__cancel_all(tide_sched *s, const char *why);
+void tide__walk_close(uv_handle_t *h, void *arg);
 void tide__root_close(tide_runtime *rt);
 int tide__dump_tasks(lua_State *L);
 

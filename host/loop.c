@@ -157,7 +157,8 @@ static void on_uv_close_sched(uv_handle_t *h) {
     free(s);
 }
 
-static void on_uv_walk_close(uv_handle_t *h, void *arg) {
+/* uv_walk callback closing every handle of a loop tide is closing. */
+void tide__walk_close(uv_handle_t *h, void *arg) {
   (void)arg;
   if (uv_is_closing(h))
     return;
@@ -199,7 +200,7 @@ int tide__sched_close(tide_sched *s) {
   uv_close((uv_handle_t *)&s->sigint, on_uv_close_sched);
   uv_close((uv_handle_t *)&s->sigusr1, on_uv_close_sched);
   if (s->own_loop) { /* run it until every handle is closed, then close it */
-    uv_walk(s->loop, on_uv_walk_close, NULL);
+    uv_walk(s->loop, tide__walk_close, NULL);
     uv_run(s->loop, UV_RUN_DEFAULT);
     rc = uv_loop_close(s->loop);
     free(s);

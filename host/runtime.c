@@ -330,20 +330,6 @@ lua_State *tide_runtime_L(tide_runtime *rt) {
   return rt->L;
 }
 
-static void on_uv_close_noop(uv_handle_t *h) {
-  (void)h;
-}
-
-static void on_uv_walk_close(uv_handle_t *h, void *arg) {
-  (void)arg;
-  if (uv_is_closing(h))
-    return;
-  if (h->type == UV_TCP && h->data)
-    tide__net_close(h); /* streams and servers free their own structs */
-  else
-    uv_close(h, on_uv_close_noop);
-}
-
 void tide_runtime_close(tide_runtime *rt) {
   lua_State *L;
   tide_mem *m;
@@ -356,7 +342,7 @@ void tide_runtime_close(tide_runtime *rt) {
   if (rt->root)
     tide__root_close(rt);
   if (own) { /* close whatever is left on it, then the loop */
-    uv_walk(own, on_uv_walk_close, NULL);
+    uv_walk(own, tide__walk_close, NULL);
     uv_run(own, UV_RUN_DEFAULT);
     if (uv_loop_close(own) != 0)
       fprintf(stderr, "tide: warning: the runtime's loop still had handles\n");

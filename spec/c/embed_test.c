@@ -15,19 +15,7 @@
 
 #include "tide.h"
 
-static int failures, count;
-
-static void check(int cond, const char *name, const char *detail) {
-  count++;
-  if (cond) {
-    printf("ok %d - %s\n", count, name);
-  } else {
-    failures++;
-    printf("not ok %d - %s%s%s\n", count, name, detail ? ": " : "",
-           detail ? detail : "");
-  }
-  fflush(stdout);
-}
+#include "check.h"
 
 /* ---- what a done callback saw --------------------------------------- */
 
@@ -746,6 +734,5 @@ int main(void) {
   test_app_loop();
   test_app_loop_idle();
   test_open();
-  printf("%d passed, %d failed\n", count - failures, failures);
-  return failures != 0;
+  return check_summary();
 }

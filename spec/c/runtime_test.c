@@ -10,18 +10,7 @@
 
 #include "tide.h"
 
-static int failures, count;
-
-static void check(int cond, const char *name, const char *detail) {
-  count++;
-  if (cond) {
-    printf("ok %d - %s\n", count, name);
-  } else {
-    failures++;
-    printf("not ok %d - %s%s%s\n", count, name, detail ? ": " : "",
-           detail ? detail : "");
-  }
-}
+#include "check.h"
 
 /* Loads `code` as the function to run (after `nargs` pushed later). */
 static void load(lua_State *L, const char *code) {
@@ -112,6 +101,5 @@ int main(void) {
   test_run_error();
   test_app_loop();
   test_two_runtimes();
-  printf("%d passed, %d failed\n", count - failures, failures);
-  return failures != 0;
+  return check_summary();
 }
