@@ -160,7 +160,8 @@ static void on_uv_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b) {
 
 /* Parks the running task as the stream's reader until data, EOF or an
  * error arrives. Returns via k. */
-static int wait_readable(lua_State *L, stream *s, lua_KFunction k) {
+static int wait_readable(lua_State *L, stream *s, lua_KContext ctx,
+                         lua_KFunction k) {
   tide_task *t = tide__current(L);
   if (s->reader)
     return luaL_error(L, "another task is already reading this stream");
@@ -171,7 +172,7 @@ static int wait_readable(lua_State *L, stream *s, lua_KFunction k) {
     s->reading = 1;
   }
   s->reader = t;
-  return tide__park(L, t, 1, k);
+  return tide__park(L, t, ctx, k);
 }
 
 /* After a park in a stream continuation: on a cancel, leave and raise. */
@@ -212,7 +213,7 @@ static int read_k(lua_State *L, int status, lua_KContext ctx) {
     return raise_uv(L, s->err, "read");
   if (s->eof)
     return 0;
-  return wait_readable(L, s, read_k);
+  return wait_readable(L, s, 1, read_k);
 }
 
 static int st_read(lua_State *L) {
@@ -258,19 +259,7 @@ static int exact_k(lua_State *L, int status, lua_KContext ctx) {
     return tide__err_raise(L, "eof", "the stream ended after %d byte(s), "
                            "before %s", (int)s->len,
                            until ? "the separator" : "the count asked");
-  {
-    tide_task *t = tide__current(L);
-    if (s->reader)
-      return luaL_error(L, "another task is already reading this stream");
-    if (!s->reading) {
-      int rc = uv_read_start((uv_stream_t *)&s->tcp, on_uv_alloc, on_uv_read);
-      if (rc < 0)
-        return raise_uv(L, rc, "read");
-      s->reading = 1;
-    }
-    s->reader = t;
-    return tide__park(L, t, 1 | until, exact_k);
-  }
+  return wait_readable(L, s, 1 | until, exact_k);
 }
 
 /* read_exactly(n) -> exactly n bytes, or kind "eof" */
@@ -322,7 +311,7 @@ static int line_k(lua_State *L, int status, lua_KContext ctx) {
     return raise_uv(L, s->err, "read");
   if (s->eof)
     return 0;
-  return wait_readable(L, s, line_k);
+  return wait_readable(L, s, 1, line_k);
 }
 
 static int st_read_line(lua_State *L) {
