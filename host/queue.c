@@ -372,15 +372,18 @@ static int q_full(lua_State *L) {
 }
 
 static int q_index(lua_State *L) {
-  tqueue *q = check_q(L, "__index");
-  const char *k = lua_tostring(L, 2);
+  tqueue *q;
+  const char *k;
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL)
+    return 1; /* a method: the hot path, no string compare */
+  q = check_q(L, "__index");
+  k = lua_tostring(L, 2);
   if (k && strcmp(k, "maxsize") == 0) {
     lua_pushinteger(L, q->maxsize);
     return 1;
   }
-  lua_pushvalue(L, 2);
-  lua_rawget(L, lua_upvalueindex(1));
-  return 1;
+  return 1; /* nil */
 }
 
 static int q_tostring(lua_State *L) {
