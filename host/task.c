@@ -1324,16 +1324,43 @@ static int l_gather_wait(lua_State *L) {
   lua_Integer i, n = luaL_checkinteger(L, 2);
   gather_state *gs;
   tide_task *me = tide__current(L);
+  int funcs = 0;
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 3);
-  for (i = 1; i <= n; i++) { /* all checks before registering anywhere */
-    lua_rawgeti(L, 1, i);
-    if (!is_task(L, -1))
-      return luaL_error(L, "gather: item %d is not a task", (int)i);
-    if (((tide_task *)lua_touserdata(L, -1))->s != me->s)
-      return luaL_error(L, "gather: task %d belongs to another tide.run loop",
-                        (int)i);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &task_mt_key); /* 4 */
+  for (i = 1; i <= n; i++) { /* all checks before spawning or registering */
+    int ok = 0;
+    switch (lua_rawgeti(L, 1, i)) {
+      case LUA_TFUNCTION:
+        ok = 1;
+        funcs = 1;
+        break;
+      case LUA_TUSERDATA:
+        if (lua_getmetatable(L, -1)) {
+          ok = lua_rawequal(L, -1, 4);
+          lua_pop(L, 1);
+        }
+        if (ok && ((tide_task *)lua_touserdata(L, -1))->s != me->s)
+          return luaL_error(L, "gather: task %d belongs to another tide.run "
+                               "loop", (int)i);
+        break;
+    }
+    if (!ok)
+      return luaL_error(L, "bad argument #%d to 'gather' (task or function "
+                           "expected, got %s)", (int)i, luaL_typename(L, -1));
     lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  if (funcs) { /* functions become tasks, in a list of our own */
+    lua_createtable(L, (int)n, 0);
+    for (i = 1; i <= n; i++) {
+      if (lua_rawgeti(L, 1, i) == LUA_TFUNCTION) {
+        tide__spawn(L, me->s, lua_gettop(L), 0);
+        lua_remove(L, -2);
+      }
+      lua_rawseti(L, -2, i);
+    }
+    lua_replace(L, 1);
   }
   gs = lua_newuserdatauv(L, sizeof(*gs), 1); /* index 4 */
   lua_rawgetp(L, LUA_REGISTRYINDEX, &gather_mt_key);
@@ -1370,7 +1397,6 @@ static int l_gather_wait(lua_State *L) {
     gs->live = 0;
     return gather_finish(L);
   }
-  gs->parent = me;
   return tide__park(L, me, 0, gather_k);
 }
 

@@ -84,24 +84,21 @@ local function as_error(e)
 end
 
 -- tide.gather(t1, t2, ...) | tide.gather({t1, ...} [, {return_exceptions}])
+-- (the checks, spawning of functions and the wait are C: gather_wait)
 function M.gather(...)
   local nargs = select("#", ...)
   local first = ...
-  local list, opts, n, argbase
-  if nargs >= 1 and type(first) == "table" and not istask(first) then
-    list, opts = first, select(2, ...)
-    n, argbase = list.n or #list, 1
-    if opts ~= nil and type(opts) ~= "table" then
-      argerror("gather", 2, "table of options", opts)
-    end
-  else
-    list, n, argbase = { ... }, nargs, 1
-  end
-  local tasks = to_tasks(list, n, "gather", argbase)
   if not current_task() then
     error("tide.gather must be called from inside a task", 2)
   end
-  return gather_wait(tasks, n, opts and opts.return_exceptions)
+  if nargs >= 1 and type(first) == "table" and not istask(first) then
+    local opts = select(2, ...)
+    if opts ~= nil and type(opts) ~= "table" then
+      argerror("gather", 2, "table of options", opts)
+    end
+    return gather_wait(first, first.n or #first, opts and opts.return_exceptions)
+  end
+  return gather_wait({ ... }, nargs, false)
 end
 
 local RETURN_WHEN = { all_completed = true, first_completed = true, first_error = true }
