@@ -186,12 +186,17 @@ static void after_wait(lua_State *L, stream *s, int base, tide_task **slot) {
   lua_settop(L, base - 1);
 }
 
-static void take(lua_State *L, stream *s, size_t n) {
-  lua_pushlstring(L, s->buf + s->off, n);
+/* Pushes the first `keep` of the next n buffered bytes and drops all n. */
+static void take_keep(lua_State *L, stream *s, size_t n, size_t keep) {
+  lua_pushlstring(L, s->buf + s->off, keep);
   s->off += n;
   s->len -= n;
   if (s->len == 0)
     s->off = 0;
+}
+
+static void take(lua_State *L, stream *s, size_t n) {
+  take_keep(L, s, n, n);
 }
 
 /* read([n]) -> up to n bytes (all buffered if no n), or nil at EOF */
@@ -300,11 +305,7 @@ static int line_k(lua_State *L, int status, lua_KContext ctx) {
       if (keep > 0 && s->buf[s->off + keep - 1] == '\r')
         keep--;
     }
-    lua_pushlstring(L, s->buf + s->off, keep);
-    s->off += n;
-    s->len -= n;
-    if (s->len == 0)
-      s->off = 0;
+    take_keep(L, s, n, keep);
     return 1;
   }
   if (s->err)

@@ -878,29 +878,16 @@ static int waiters_remove(lua_State *L, int ud, int v) {
 
 /* Pushes the done task's results, or raises its error as it was raised. */
 static int push_results(lua_State *L, tide_task *t, int ud) {
-  if (t->flags & (TF_FAILED | TF_CANCELLED)) {
-    t->flags |= TF_RETRIEVED;
-    if (t->flags & TF_FAILED) { /* remembered for the awaiter's traceback */
-      tide__push_trace(L, t, ud);
-      lua_rawsetp(L, LUA_REGISTRYINDEX, &reraised_tb_key);
-      tide__push_error(L, t, ud);
-      lua_rawsetp(L, LUA_REGISTRYINDEX, &reraised_key);
-    }
+  int n;
+  if (t->flags & TF_FAILED) { /* remembered for the awaiter's traceback */
+    tide__push_trace(L, t, ud);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &reraised_tb_key);
     tide__push_error(L, t, ud);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &reraised_key);
+  }
+  if (tide__push_outcome(L, t, ud, &n) != LUA_OK)
     return lua_error(L);
-  }
-  if (t->nres == 0)
-    return 0;
-  lua_getiuservalue(L, ud, TUV_CO);
-  if (t->nres == 1)
-    return 1;
-  {
-    int i, tb = lua_gettop(L);
-    luaL_checkstack(L, t->nres, "too many results");
-    for (i = 1; i <= t->nres; i++)
-      lua_rawgeti(L, tb, i);
-    return t->nres;
-  }
+  return n;
 }
 
 /* For C callers: pushes a done task's results (LUA_OK, *n of them) or its
@@ -1208,31 +1195,6 @@ static int l_uncancel(lua_State *L) {
   return 1;
 }
 
-/* core.outcome(task) -> 0 (not done) | 1, first result | 2, error (failed)
- * | 3, error (cancelled): one call where gather and friends would make
- * three method calls per task. */
-static int l_outcome(lua_State *L) {
-  tide_task *t = tide__check_task(L, 1);
-  if (t->state != TS_DONE) {
-    lua_pushinteger(L, 0);
-    return 1;
-  }
-  if (t->flags & (TF_FAILED | TF_CANCELLED)) {
-    t->flags |= TF_RETRIEVED;
-    lua_pushinteger(L, (t->flags & TF_FAILED) ? 2 : 3);
-    tide__push_error(L, t, 1);
-    return 2;
-  }
-  lua_pushinteger(L, 1);
-  if (t->nres == 0)
-    return 1;
-  if (lua_getiuservalue(L, 1, TUV_CO) == LUA_TTABLE && t->nres > 1) {
-    lua_rawgeti(L, -1, 1);
-    lua_remove(L, -2);
-  }
-  return 2;
-}
-
 /* ---- gather ------------------------------------------------------------ */
 
 static void gather_child_done(lua_State *L, int g, int ud) {
@@ -1427,12 +1389,6 @@ static int l_istask(lua_State *L) {
   return 1;
 }
 
-/* core.status(task) -> "new" | "ready" | ... for primitives and dumps */
-static int l_state(lua_State *L) {
-  lua_pushstring(L, state_name(tide__check_task(L, 1)));
-  return 1;
-}
-
 static const luaL_Reg task_methods[] = {
   {"await", t_await}, {"result", t_result}, {"error", t_error},
   {"cancel", t_cancel}, {"done", t_done}, {"cancelled", t_cancelled},
@@ -1443,8 +1399,8 @@ static const luaL_Reg task_methods[] = {
 static const luaL_Reg task_funcs[] = {
   {"spawn", l_spawn}, {"current_task", l_current_task},
   {"all_tasks", l_all_tasks}, {"park", l_park}, {"wake", l_wake},
-  {"task_state", l_state}, {"uncancel", l_uncancel}, {"istask", l_istask},
-  {"outcome", l_outcome}, {"gather_wait", l_gather_wait},
+  {"uncancel", l_uncancel}, {"istask", l_istask},
+  {"gather_wait", l_gather_wait},
   {"task_info", l_task_info},
   {NULL, NULL}};
 

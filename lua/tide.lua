@@ -75,14 +75,6 @@ local function join(t)
   return err
 end
 
--- The value a failed task leaves in a gather slot: always a tide error.
-local function as_error(e)
-  if iserror(e) then
-    return e
-  end
-  return terror("error", tostring(e), { value = e })
-end
-
 -- tide.gather(t1, t2, ...) | tide.gather({t1, ...} [, {return_exceptions}])
 -- (the checks, spawning of functions and the wait are C: gather_wait)
 function M.gather(...)
