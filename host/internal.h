@@ -214,6 +214,10 @@ void tide__net_close(uv_handle_t *h);
 void tide__net_close_servers(uv_handle_t *h, void *sched);
 int luaopen_tide_net(lua_State *L);
 
+/* http.c: the libcurl client core; httpparse.c: the server's parser */
+int luaopen_tide_http_core(lua_State *L);
+int luaopen_tide_http_parser(lua_State *L);
+
 /* loop.c */
 tide_sched *tide__sched_new(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
                             int virtual_clock);

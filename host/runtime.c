@@ -117,6 +117,10 @@ static void preload(lua_State *L) {
   lua_setfield(L, -2, "tide.core");
   lua_pushcfunction(L, luaopen_tide_net);
   lua_setfield(L, -2, "tide.net");
+  lua_pushcfunction(L, luaopen_tide_http_core);
+  lua_setfield(L, -2, "tide.http.core");
+  lua_pushcfunction(L, luaopen_tide_http_parser);
+  lua_setfield(L, -2, "tide.http.parser");
   for (i = 0; tide__lua_modules[i].name; i++) {
     lua_pushinteger(L, i);
     lua_pushcclosure(L, load_embedded, 1);
@@ -282,7 +286,9 @@ tide_runtime *tide_runtime_new_with(const tide_options *opts) {
   if (opts->sandbox) {
     /* load tide now, then hide its internals (park, wake...) and sockets */
     static const char *const hidden[] = {"tide.core", "tide.coroutine",
-                                         "tide.net", "tide.main", NULL};
+                                         "tide.net", "tide.main", "tide.http.core",
+                                         "tide.http.parser", "tide.http",
+                                         "tide.http_server", NULL};
     int i;
     luaL_requiref(L, "tide", luaopen_tide_lua, 0);
     lua_pop(L, 1);
