@@ -1,12 +1,1118 @@
 /*
- * http.c: "tide.http.core", the HTTP client on libcurl's multi socket
- * interface driven by the tide loop. (stub)
+ * http.c: "tide.http.core", the HTTP client engine: libcurl's multi socket
+ * interface driven by the tide loop. Owns the "tide.HttpSession" type (a
+ * curl multi, its connection cache and cookie share) and the
+ * "tide.HttpTransfer" type (one easy handle and its buffers). Building
+ * requests and responses for people is lua/tide/http.lua's job.
+ *
+ * A session binds lazily to the run (tide_sched) of its first request: a
+ * multi, one uv_timer and one uv_idle (curl's "call me now"), and one
+ * uv_poll per socket curl asks about (../shared/NOTES.md section 1 is the
+ * rule book). libcurl callbacks only fill C buffers and mark transfers;
+ * tasks are woken after curl_multi_socket_action returns, never from
+ * inside curl. A task waiting on a transfer parks; if it is cancelled, its
+ * continuation takes the easy handle out of the multi at once (no callback
+ * fires afterwards) and re-raises the cancellation.
+ *
+ * Streamed responses pause the transfer (CURL_WRITEFUNC_PAUSE) while more
+ * than HIGH_WATER bytes wait for the reader; request bodies produced by Lua
+ * pause the upload (CURL_READFUNC_PAUSE) until the task feeds the next chunk.
  */
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
 #include <curl/curl.h>
 
 #include "internal.h"
 
+#define SESSION_MT "tide.HttpSession"
+#define XFER_MT "tide.HttpTransfer"
+#define HIGH_WATER (256 * 1024)
+#define POOL_MAX 128
+
+typedef struct hmulti hmulti;
+typedef struct xfer xfer;
+
+typedef struct buf {
+  char *p;
+  size_t len, cap;
+} buf;
+
+/* One socket curl watches: its poll handle lives until the close callback. */
+typedef struct hsock {
+  uv_poll_t poll;
+  curl_socket_t fd;
+  hmulti *m;
+  struct hsock *next, *prev;
+  int closing;
+} hsock;
+
+typedef struct hsession {
+  hmulti *m;      /* the multi of the run it is bound to, or NULL */
+  CURLSH *share;  /* cookie jar shared by its transfers, or NULL */
+  long max_total, max_host;
+  int closed, is_default;
+} hsession;
+
+struct hmulti {
+  tide_closer closer; /* first: the run's end tears the multi down */
+  CURLM *multi;
+  tide_sched *sched;
+  hsession *sess;
+  uv_timer_t timer;
+  uv_idle_t kick;  /* curl asked for a timeout of 0 */
+  int open;        /* uv handles not closed yet; freed at 0 once dead */
+  int dead;
+  hsock *socks;
+  xfer *xfers;     /* transfers that hold an easy handle of this multi */
+  xfer *dirty;     /* transfers whose waiter may now go on */
+  CURL *pool[POOL_MAX];
+  int npool;
+};
+
+enum { W_NONE, W_HEADERS, W_DONE, W_DATA };
+enum {
+  XF_ATTACHED = 1,   /* in the multi */
+  XF_HDRS = 2,       /* the final response's headers are complete */
+  XF_DONE = 4,       /* finished (result says how) */
+  XF_NEEDBODY = 8,   /* curl wants request body the task has not fed */
+  XF_SENDPAUSED = 16,
+  XF_RECVPAUSED = 32,
+  XF_REQEOF = 64,    /* the request body has ended */
+  XF_TOOLARGE = 128, /* the body went over max_body */
+  XF_CLOSED = 256,   /* its session closed under it */
+  XF_STREAM = 512,
+  XF_FOLLOW = 1024,
+  XF_LOCATION = 2048, /* the response being read has a Location */
+  XF_DIRTY = 4096
+};
+
+struct xfer {
+  CURL *easy;
+  hmulti *m;
+  xfer *next, *prev, *dnext;
+  tide_task *waiter;
+  int want, flags;
+  CURLcode result;
+  long status;
+  curl_off_t max_body, total;
+  buf hdr, body, req;
+  size_t boff, roff;
+  struct curl_slist *hlist;
+  char method[16];
+  char err[CURL_ERROR_SIZE];
+};
+
+/* ---- small helpers ---------------------------------------------------- */
+
+static int buf_add(buf *b, const char *p, size_t n) {
+  if (b->len + n > b->cap) {
+    size_t cap = b->cap ? b->cap : 1024;
+    char *np;
+    while (cap < b->len + n)
+      cap *= 2;
+    if ((np = realloc(b->p, cap)) == NULL)
+      return -1;
+    b->p = np;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->len, p, n);
+  b->len += n;
+  return 0;
+}
+
+static void buf_free(buf *b) {
+  free(b->p);
+  b->p = NULL;
+  b->len = b->cap = 0;
+}
+
+static void on_handle_closed(uv_handle_t *h) {
+  hmulti *m = h->data;
+  if (h->type == UV_POLL)
+    free(h); /* the hsock starts with its poll handle */
+  if (--m->open == 0 && m->dead)
+    free(m);
+}
+
+/* ---- waking tasks --------------------------------------------------- */
+
+static int xfer_ready(const xfer *x) {
+  if (x->flags & (XF_DONE | XF_NEEDBODY))
+    return 1;
+  if (x->want == W_HEADERS)
+    return (x->flags & XF_HDRS) != 0;
+  if (x->want == W_DATA)
+    return x->body.len > x->boff;
+  return 0;
+}
+
+/* From inside curl: remember x; its task is woken after curl returns. */
+static void mark(xfer *x) {
+  if (x->m && x->waiter && !(x->flags & XF_DIRTY) && xfer_ready(x)) {
+    x->flags |= XF_DIRTY;
+    x->dnext = x->m->dirty;
+    x->m->dirty = x;
+  }
+}
+
+static void wake(lua_State *L, xfer *x) {
+  tide_task *t = x->waiter;
+  if (t) {
+    x->waiter = NULL;
+    lua_pushboolean(L, 1);
+    tide__wake(L, t, 1);
+  }
+}
+
+static void wake_dirty(lua_State *L, hmulti *m) {
+  xfer *x;
+  while ((x = m->dirty) != NULL) {
+    m->dirty = x->dnext;
+    x->flags &= ~XF_DIRTY;
+    if (xfer_ready(x))
+      wake(L, x);
+  }
+}
+
+static void detach(xfer *x) {
+  if (x->flags & XF_ATTACHED) {
+    x->flags &= ~XF_ATTACHED;
+    curl_multi_remove_handle(x->m->multi, x->easy);
+    x->m->sched->io_pending--;
+  }
+}
+
+/* Reads what finished after a socket_action and wakes whoever waits. */
+static void after_action(hmulti *m, lua_State *L) {
+  CURLMsg *msg;
+  int left;
+  while (!m->dead && (msg = curl_multi_info_read(m->multi, &left))) {
+    xfer *x = NULL;
+    if (msg->msg != CURLMSG_DONE)
+      continue;
+    curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+    x->result = msg->data.result;
+    x->flags |= XF_DONE;
+    if (!(x->flags & XF_HDRS))
+      curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &x->status);
+    detach(x);
+    mark(x);
+  }
+  if (!m->dead)
+    wake_dirty(L, m);
+}
+
+static void action(hmulti *m, curl_socket_t fd, int flags) {
+  int running;
+  if (m->dead)
+    return;
+  curl_multi_socket_action(m->multi, fd, flags, &running);
+  after_action(m, m->sched->L);
+}
+
+/* ---- curl's socket and timer callbacks -------------------------------- */
+
+static void on_uv_poll(uv_poll_t *h, int status, int events) {
+  hsock *k = (hsock *)h;
+  int flags = 0;
+  if (status < 0)
+    flags = CURL_CSELECT_ERR;
+  else {
+    if (events & UV_READABLE)
+      flags |= CURL_CSELECT_IN;
+    if (events & UV_WRITABLE)
+      flags |= CURL_CSELECT_OUT;
+  }
+  action(k->m, k->fd, flags);
+}
+
+static void sock_close(hsock *k) {
+  hmulti *m = k->m;
+  if (k->closing)
+    return;
+  k->closing = 1;
+  if (k->prev)
+    k->prev->next = k->next;
+  else
+    m->socks = k->next;
+  if (k->next)
+    k->next->prev = k->prev;
+  uv_poll_stop(&k->poll);
+  uv_close((uv_handle_t *)&k->poll, on_handle_closed);
+  curl_multi_assign(m->multi, k->fd, NULL);
+}
+
+static int on_curl_socket(CURL *e, curl_socket_t fd, int what, void *ud,
+                          void *sockp) {
+  hmulti *m = ud;
+  hsock *k = sockp;
+  int events = 0;
+  (void)e;
+  if (what == CURL_POLL_REMOVE) {
+    if (k)
+      sock_close(k);
+    return 0;
+  }
+  if (k == NULL) {
+    if (m->dead || (k = calloc(1, sizeof(*k))) == NULL)
+      return -1;
+    if (uv_poll_init_socket(m->sched->loop, &k->poll, fd) < 0) {
+      free(k);
+      return -1;
+    }
+    k->poll.data = m;
+    k->fd = fd;
+    k->m = m;
+    k->next = m->socks;
+    if (k->next)
+      k->next->prev = k;
+    m->socks = k;
+    m->open++;
+    curl_multi_assign(m->multi, fd, k);
+  }
+  if (what & CURL_POLL_IN)
+    events |= UV_READABLE;
+  if (what & CURL_POLL_OUT)
+    events |= UV_WRITABLE;
+  uv_poll_start(&k->poll, events, on_uv_poll);
+  return 0;
+}
+
+/* The poll handle goes before the fd does (NOTES 1.3). */
+static int on_curl_closesocket(void *ud, curl_socket_t fd) {
+  hmulti *m = ud;
+  hsock *k;
+  for (k = m->socks; k; k = k->next)
+    if (k->fd == fd) {
+      sock_close(k);
+      break;
+    }
+  return close(fd);
+}
+
+static void on_uv_timer(uv_timer_t *h) {
+  action(h->data, CURL_SOCKET_TIMEOUT, 0);
+}
+
+static void on_uv_kick(uv_idle_t *h) {
+  uv_idle_stop(h);
+  action(h->data, CURL_SOCKET_TIMEOUT, 0);
+}
+
+/* -1: stop; 0: next loop turn (an idle kick, not a 0 ms timer: NOTES 43);
+ * otherwise a one-shot timer. */
+static int on_curl_timer(CURLM *multi, long ms, void *ud) {
+  hmulti *m = ud;
+  (void)multi;
+  if (m->dead)
+    return 0;
+  if (ms < 0) {
+    uv_timer_stop(&m->timer);
+    uv_idle_stop(&m->kick);
+  } else if (ms == 0) {
+    uv_timer_stop(&m->timer);
+    uv_idle_start(&m->kick, on_uv_kick);
+  } else {
+    uv_idle_stop(&m->kick);
+    uv_timer_start(&m->timer, on_uv_timer, (uint64_t)ms, 0);
+  }
+  return 0;
+}
+
+/* ---- the multi's life ------------------------------------------------- */
+
+static void pool_put(hmulti *m, CURL *e) {
+  if (m && !m->dead && m->npool < POOL_MAX) {
+    curl_easy_reset(e);
+    m->pool[m->npool++] = e;
+  } else {
+    curl_easy_cleanup(e);
+  }
+}
+
+/* Ends x's hold on its easy handle (the response was taken, or it failed). */
+static void xfer_release(xfer *x) {
+  if (x->easy) {
+    hmulti *m = x->m;
+    detach(x);
+    if (m) {
+      if (x->prev)
+        x->prev->next = x->next;
+      else
+        m->xfers = x->next;
+      if (x->next)
+        x->next->prev = x->prev;
+    }
+    pool_put(m, x->easy);
+    x->easy = NULL;
+    x->m = NULL;
+  }
+  curl_slist_free_all(x->hlist);
+  x->hlist = NULL;
+  buf_free(&x->hdr);
+  buf_free(&x->req);
+}
+
+static int defaults_key;
+
+/* Closes the multi: every transfer ends (their tasks, if L is given, wake
+ * to a "closed" error), then curl, then the uv handles. */
+static void hmulti_close(hmulti *m, lua_State *L) {
+  xfer *x;
+  hsock *k;
+  m->dead = 1;
+  tide__closer_remove(&m->closer);
+  if (m->sess) {
+    if (m->sess->is_default) { /* forget it as this run's default */
+      lua_State *ML = m->sched->L;
+      lua_rawgetp(ML, LUA_REGISTRYINDEX, &defaults_key);
+      if (lua_istable(ML, -1)) {
+        lua_pushnil(ML);
+        lua_rawsetp(ML, -2, m->sched);
+      }
+      lua_pop(ML, 1);
+    }
+    m->sess->m = NULL;
+  }
+  m->sess = NULL;
+  while ((x = m->xfers) != NULL) {
+    m->xfers = x->next;
+    if (x->flags & XF_ATTACHED) {
+      x->flags &= ~XF_ATTACHED;
+      curl_multi_remove_handle(m->multi, x->easy);
+      m->sched->io_pending--;
+    }
+    if (!(x->flags & XF_DONE)) {
+      x->flags |= XF_DONE | XF_CLOSED;
+      x->result = CURLE_ABORTED_BY_CALLBACK;
+    }
+    curl_easy_cleanup(x->easy);
+    x->easy = NULL;
+    x->m = NULL;
+    x->prev = x->next = NULL;
+    if (L)
+      wake(L, x);
+    x->waiter = NULL;
+  }
+  while (m->npool > 0)
+    curl_easy_cleanup(m->pool[--m->npool]);
+  curl_multi_cleanup(m->multi);
+  m->multi = NULL;
+  while ((k = m->socks) != NULL) {
+    m->socks = k->next;
+    k->closing = 1;
+    uv_poll_stop(&k->poll);
+    uv_close((uv_handle_t *)&k->poll, on_handle_closed);
+  }
+  uv_close((uv_handle_t *)&m->timer, on_handle_closed);
+  uv_close((uv_handle_t *)&m->kick, on_handle_closed);
+}
+
+static void on_run_end(tide_closer *c) {
+  hmulti_close((hmulti *)c, NULL);
+}
+
+static hmulti *hmulti_new(lua_State *L, hsession *S, tide_sched *s) {
+  hmulti *m = calloc(1, sizeof(*m));
+  if (m == NULL || (m->multi = curl_multi_init()) == NULL) {
+    free(m);
+    luaL_error(L, "not enough memory");
+    return NULL;
+  }
+  m->sched = s;
+  m->sess = S;
+  uv_timer_init(s->loop, &m->timer);
+  uv_idle_init(s->loop, &m->kick);
+  m->timer.data = m->kick.data = m;
+  m->open = 2;
+  curl_multi_setopt(m->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
+  curl_multi_setopt(m->multi, CURLMOPT_SOCKETDATA, m);
+  curl_multi_setopt(m->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
+  curl_multi_setopt(m->multi, CURLMOPT_TIMERDATA, m);
+  curl_multi_setopt(m->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, S->max_total);
+  curl_multi_setopt(m->multi, CURLMOPT_MAX_HOST_CONNECTIONS, S->max_host);
+  m->closer.close = on_run_end;
+  tide__closer_add(s, &m->closer);
+  return m;
+}
+
+/* ---- transfer callbacks ---------------------------------------------- */
+
+static void headers_done(xfer *x) {
+  curl_off_t cl = -1;
+  x->flags |= XF_HDRS;
+  curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &x->status);
+  curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
+  if (!(x->flags & XF_STREAM) && cl > 0 &&
+      (x->max_body < 0 || cl <= x->max_body) && (size_t)cl > x->body.cap) {
+    char *p = realloc(x->body.p, (size_t)cl);
+    if (p) {
+      x->body.p = p;
+      x->body.cap = (size_t)cl;
+    }
+  }
+  mark(x);
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *ud) {
+  xfer *x = ud;
+  size_t len = size * n;
+  if (x->flags & XF_HDRS)
+    return len; /* trailers */
+  if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) { /* a new response starts */
+    x->hdr.len = 0;
+    x->flags &= ~XF_LOCATION;
+  } else if (len <= 2 && (p[0] == '\r' || p[0] == '\n')) {
+    long code = 0;
+    curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
+    /* final unless informational, or a redirect curl is about to follow */
+    if (!(code >= 100 && code < 200) &&
+        !((x->flags & (XF_FOLLOW | XF_LOCATION)) == (XF_FOLLOW | XF_LOCATION) &&
+          code >= 300 && code < 400))
+      headers_done(x);
+    return len;
+  } else if (len > 9 && strncasecmp(p, "location:", 9) == 0) {
+    x->flags |= XF_LOCATION;
+  }
+  return buf_add(&x->hdr, p, len) == 0 ? len : 0;
+}
+
+static size_t on_write(char *p, size_t size, size_t n, void *ud) {
+  xfer *x = ud;
+  size_t len = size * n;
+  if (!(x->flags & XF_HDRS))
+    headers_done(x);
+  if (x->max_body >= 0 && x->total + (curl_off_t)len > x->max_body) {
+    x->flags |= XF_TOOLARGE;
+    return 0;
+  }
+  if ((x->flags & XF_STREAM) && x->body.len - x->boff >= HIGH_WATER) {
+    x->flags |= XF_RECVPAUSED; /* the reader is behind: hold the peer */
+    return CURL_WRITEFUNC_PAUSE;
+  }
+  if (x->boff > 0 && x->boff == x->body.len)
+    x->body.len = x->boff = 0;
+  if (buf_add(&x->body, p, len) < 0)
+    return 0;
+  x->total += (curl_off_t)len;
+  mark(x);
+  return len;
+}
+
+static size_t on_read(char *p, size_t size, size_t n, void *ud) {
+  xfer *x = ud;
+  size_t room = size * n, have = x->req.len - x->roff;
+  if (have > 0) {
+    size_t k = have < room ? have : room;
+    memcpy(p, x->req.p + x->roff, k);
+    x->roff += k;
+    if (x->roff == x->req.len)
+      x->req.len = x->roff = 0;
+    return k;
+  }
+  if (x->flags & XF_REQEOF)
+    return 0;
+  x->flags |= XF_NEEDBODY | XF_SENDPAUSED;
+  mark(x);
+  return CURL_READFUNC_PAUSE;
+}
+
+/* Lets curl go on after a pause, keeping the direction still paused. */
+static void unpause(lua_State *L, xfer *x) {
+  if ((x->flags & XF_ATTACHED) && !(x->m->dead)) {
+    int mask = (x->flags & XF_SENDPAUSED ? CURLPAUSE_SEND : 0) |
+               (x->flags & XF_RECVPAUSED ? CURLPAUSE_RECV : 0);
+    curl_easy_pause(x->easy, mask);
+    wake_dirty(L, x->m);
+  }
+}
+
+/* ---- errors ----------------------------------------------------------- */
+
+static const char *kind_of(const xfer *x) {
+  if (x->flags & XF_CLOSED)
+    return "closed";
+  if (x->flags & XF_TOOLARGE)
+    return "too_large";
+  switch (x->result) {
+  case CURLE_OPERATION_TIMEDOUT:
+    return "timeout";
+  case CURLE_COULDNT_RESOLVE_HOST:
+  case CURLE_COULDNT_RESOLVE_PROXY:
+    return "dns";
+  case CURLE_COULDNT_CONNECT:
+    return "connect";
+  case CURLE_SSL_CONNECT_ERROR:
+  case CURLE_PEER_FAILED_VERIFICATION:
+  case CURLE_SSL_CERTPROBLEM:
+  case CURLE_SSL_CIPHER:
+  case CURLE_SSL_CACERT_BADFILE:
+  case CURLE_SSL_ISSUER_ERROR:
+  case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+  case CURLE_SSL_INVALIDCERTSTATUS:
+  case CURLE_SSL_CRL_BADFILE:
+  case CURLE_SSL_SHUTDOWN_FAILED:
+  case CURLE_SSL_ENGINE_NOTFOUND:
+  case CURLE_SSL_ENGINE_SETFAILED:
+  case CURLE_SSL_ENGINE_INITFAILED:
+  case CURLE_USE_SSL_FAILED:
+    return "tls";
+  case CURLE_FILESIZE_EXCEEDED:
+    return "too_large";
+  case CURLE_TOO_MANY_REDIRECTS:
+    return "too_many_redirects";
+  case CURLE_URL_MALFORMAT:
+  case CURLE_UNSUPPORTED_PROTOCOL:
+    return "invalid_url";
+  case CURLE_RECV_ERROR:
+  case CURLE_SEND_ERROR:
+  case CURLE_GOT_NOTHING:
+  case CURLE_PARTIAL_FILE:
+  case CURLE_HTTP2:
+  case CURLE_HTTP2_STREAM:
+    return "reset";
+  default:
+    return "http_transfer";
+  }
+}
+
+/* Raises x's failure as a tide error naming the method, URL and reason. */
+static int raise_failure(lua_State *L, xfer *x, const char *url) {
+  const char *kind = kind_of(x);
+  const char *why = curl_easy_strerror(x->result);
+  if (x->flags & XF_CLOSED)
+    why = "the session was closed";
+  else if (x->flags & XF_TOOLARGE || x->result == CURLE_FILESIZE_EXCEEDED)
+    why = lua_pushfstring(L, "the response body is over max_body_size (%I bytes)",
+                          (lua_Integer)x->max_body);
+  else if (x->err[0])
+    why = lua_pushfstring(L, "%s (%s)", why, x->err);
+  tide__err_push(L, kind, "%s %s: %s", x->method, url, why);
+  lua_pushstring(L, url);
+  lua_setfield(L, -2, "url");
+  lua_pushinteger(L, (lua_Integer)x->result);
+  lua_setfield(L, -2, "curl_code");
+  xfer_release(x);
+  return lua_error(L);
+}
+
+/* ---- Lua: sessions ---------------------------------------------------- */
+
+static hsession *check_session(lua_State *L, int idx) {
+  hsession *S = luaL_checkudata(L, idx, SESSION_MT);
+  if (S->closed)
+    luaL_error(L, "attempt to use a closed HTTP session");
+  return S;
+}
+
+static hsession *new_session(lua_State *L, int opts) {
+  hsession *S = lua_newuserdatauv(L, sizeof(*S), 0);
+  memset(S, 0, sizeof(*S));
+  luaL_setmetatable(L, SESSION_MT);
+  if (opts) {
+    lua_getfield(L, opts, "max_connections");
+    S->max_total = (long)lua_tointeger(L, -1);
+    lua_getfield(L, opts, "max_per_host");
+    S->max_host = (long)lua_tointeger(L, -1);
+    lua_getfield(L, opts, "cookies");
+    if (lua_toboolean(L, -1)) {
+      S->share = curl_share_init();
+      if (S->share)
+        curl_share_setopt(S->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_COOKIE);
+    }
+    lua_pop(L, 3);
+  }
+  return S;
+}
+
+/* core.session({max_connections =, max_per_host =, cookies =}) */
+static int l_session(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  new_session(L, 1);
+  return 1;
+}
+
+/* core.default_session() -> the session of module-level calls in this run */
+static int l_default_session(lua_State *L) {
+  tide_task *t = tide__current(L);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &defaults_key);
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &defaults_key);
+  }
+  if (lua_rawgetp(L, -1, t->s) == LUA_TNIL) {
+    lua_pop(L, 1);
+    new_session(L, 0)->is_default = 1;
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, -3, t->s);
+  }
+  return 1;
+}
+
+static int s_close(lua_State *L) {
+  hsession *S = luaL_checkudata(L, 1, SESSION_MT);
+  if (S->m)
+    hmulti_close(S->m, tide__rt(L)->current ? L : NULL);
+  S->closed = 1;
+  return 0;
+}
+
+static int s_gc(lua_State *L) {
+  hsession *S = luaL_checkudata(L, 1, SESSION_MT);
+  if (S->m)
+    hmulti_close(S->m, NULL);
+  if (S->share)
+    curl_share_cleanup(S->share);
+  S->share = NULL;
+  S->closed = 1;
+  return 0;
+}
+
+/* ---- Lua: starting a transfer ------------------------------------------ */
+
+static const char *opt_string(lua_State *L, int spec, const char *k) {
+  const char *v;
+  lua_getfield(L, spec, k);
+  v = lua_tostring(L, -1);
+  lua_pop(L, 1); /* the spec table keeps the string alive */
+  return v;
+}
+
+static lua_Integer opt_int(lua_State *L, int spec, const char *k, lua_Integer d) {
+  lua_Integer v;
+  lua_getfield(L, spec, k);
+  v = lua_isnil(L, -1) ? d : lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+static int opt_bool(lua_State *L, int spec, const char *k, int d) {
+  int v;
+  lua_getfield(L, spec, k);
+  v = lua_isnil(L, -1) ? d : lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+static long http_version(const char *v) {
+  if (v == NULL)
+    return CURL_HTTP_VERSION_2TLS;
+  if (strcmp(v, "1.0") == 0)
+    return CURL_HTTP_VERSION_1_0;
+  if (strcmp(v, "1.1") == 0)
+    return CURL_HTTP_VERSION_1_1;
+  if (strcmp(v, "2") == 0)
+    return CURL_HTTP_VERSION_2TLS;
+  if (strcmp(v, "2-prior-knowledge") == 0)
+    return CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE;
+  return -1;
+}
+
+/* Sets x's easy handle up from the spec table at index spec (built and
+ * checked by http.lua). */
+static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
+  CURL *e = x->easy;
+  const char *method = opt_string(L, spec, "method");
+  const char *s;
+  size_t blen;
+  lua_Integer redirects = opt_int(L, spec, "max_redirects", 10);
+  lua_Integer idle = opt_int(L, spec, "idle_timeout", 0);
+  long version = http_version(opt_string(L, spec, "http_version"));
+  int i, has_body;
+  strncpy(x->method, method ? method : "GET", sizeof(x->method) - 1);
+  curl_easy_setopt(e, CURLOPT_PRIVATE, x);
+  curl_easy_setopt(e, CURLOPT_URL, opt_string(L, spec, "url"));
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_QUICK_EXIT, 1L); /* cancel in DNS: NOTES 12 */
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->err);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_curl_closesocket);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, m);
+  curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
+  curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+  curl_easy_setopt(e, CURLOPT_USERAGENT, "tide/0.1");
+  curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+  if (redirects != 0) {
+    x->flags |= XF_FOLLOW;
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
+    curl_easy_setopt(e, CURLOPT_MAXREDIRS, (long)redirects);
+  }
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)opt_int(L, spec, "timeout", 0));
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+                   (long)opt_int(L, spec, "connect_timeout", 30000));
+  if (idle > 0) { /* no byte for `idle` s (paused transfers do not count) */
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)idle);
+  }
+  if (!opt_bool(L, spec, "verify", 1)) {
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+  }
+  if ((s = opt_string(L, spec, "cafile")) != NULL)
+    curl_easy_setopt(e, CURLOPT_CAINFO, s);
+  if ((s = opt_string(L, spec, "proxy")) != NULL)
+    curl_easy_setopt(e, CURLOPT_PROXY, s);
+  if ((s = opt_string(L, spec, "cookie")) != NULL)
+    curl_easy_setopt(e, CURLOPT_COOKIE, s);
+  if (version >= 0)
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, version);
+  x->max_body = (curl_off_t)opt_int(L, spec, "max_body", -1);
+  if (x->max_body >= 0)
+    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, x->max_body);
+  if (opt_bool(L, spec, "stream", 0))
+    x->flags |= XF_STREAM;
+  if (m->sess->share) {
+    curl_easy_setopt(e, CURLOPT_SHARE, m->sess->share);
+    curl_easy_setopt(e, CURLOPT_COOKIEFILE, "");
+  }
+  /* the body: a string, or chunks the task feeds (chunked upload) */
+  lua_getfield(L, spec, "body");
+  s = lua_tolstring(L, -1, &blen);
+  if (s) {
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
+    curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, s);
+  }
+  lua_pop(L, 1);
+  has_body = s != NULL;
+  if (opt_bool(L, spec, "body_fn", 0)) {
+    has_body = 1;
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
+    curl_easy_setopt(e, CURLOPT_READDATA, x);
+  }
+  if (method && strcmp(method, "HEAD") == 0)
+    curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+  else if (method && strcmp(method, "GET") != 0)
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+  else if (has_body)
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "GET");
+  /* headers: "Name: value" strings; "Expect:" stops curl's 1 s wait */
+  x->hlist = curl_slist_append(NULL, "Expect:");
+  lua_getfield(L, spec, "headers");
+  for (i = 1; lua_istable(L, -1) && lua_rawgeti(L, -1, i) == LUA_TSTRING; i++) {
+    struct curl_slist *l = curl_slist_append(x->hlist, lua_tostring(L, -1));
+    if (l)
+      x->hlist = l;
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 2);
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->hlist);
+}
+
+static int event_k(lua_State *L, int status, lua_KContext ctx);
+
+/* Parks the task (x at index 1, nothing above) until x is ready for `want`. */
+static int wait_for(lua_State *L, xfer *x, int want, lua_KFunction k) {
+  tide_task *t = tide__current(L);
+  x->want = want;
+  x->waiter = t;
+  return tide__park(L, t, 1, k);
+}
+
+/* After a park: a cancelled task aborts the transfer and re-raises. */
+static void resumed(lua_State *L, xfer *x) {
+  x->waiter = NULL;
+  if (!lua_toboolean(L, 2)) {
+    xfer_release(x);
+    lua_pushvalue(L, 3);
+    lua_error(L);
+  }
+  lua_settop(L, 1);
+}
+
+static const char *url_of(lua_State *L, xfer *x) {
+  lua_getiuservalue(L, 1, 2);
+  (void)x;
+  return lua_tostring(L, -1);
+}
+
+/* Returns the next event of x for its task: "body" (feed the request body),
+ * "headers" (streamed response ready), "done"; raises its failure. */
+static int event_k(lua_State *L, int status, lua_KContext ctx) {
+  xfer *x = lua_touserdata(L, 1);
+  (void)status;
+  if (ctx)
+    resumed(L, x);
+  if (x->flags & XF_DONE) {
+    if (x->result != CURLE_OK || (x->flags & XF_CLOSED))
+      return raise_failure(L, x, url_of(L, x));
+    lua_pushliteral(L, "done");
+  } else if (x->flags & XF_NEEDBODY) {
+    lua_pushliteral(L, "body");
+  } else if (x->want == W_HEADERS && (x->flags & XF_HDRS)) {
+    lua_pushliteral(L, "headers");
+  } else {
+    return wait_for(L, x, x->want, event_k);
+  }
+  return 2; /* x, event */
+}
+
+/* session:request(spec) -> transfer, event (see event_k) */
+static int s_request(lua_State *L) {
+  hsession *S = check_session(L, 1);
+  tide_task *t = tide__current(L);
+  hmulti *m;
+  xfer *x;
+  CURLMcode rc;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  if (S->m && S->m->sched != t->s)
+    return luaL_error(L, "this HTTP session belongs to another run "
+                         "(tide.run); make one inside this run");
+  if (S->m == NULL)
+    S->m = hmulti_new(L, S, t->s);
+  m = S->m;
+  x = lua_newuserdatauv(L, sizeof(*x), 2);
+  memset(x, 0, sizeof(*x));
+  luaL_setmetatable(L, XFER_MT);
+  lua_pushvalue(L, 1); /* the session lives as long as its transfers */
+  lua_setiuservalue(L, -2, 1);
+  lua_getfield(L, 2, "url");
+  lua_setiuservalue(L, -2, 2);
+  x->easy = m->npool > 0 ? m->pool[--m->npool] : curl_easy_init();
+  if (x->easy == NULL)
+    return luaL_error(L, "not enough memory");
+  x->m = m;
+  x->next = m->xfers;
+  if (x->next)
+    x->next->prev = x;
+  m->xfers = x;
+  setup(L, x, m, 2);
+  rc = curl_multi_add_handle(m->multi, x->easy);
+  if (rc != CURLM_OK) {
+    xfer_release(x);
+    return luaL_error(L, "cannot start the transfer: %s", curl_multi_strerror(rc));
+  }
+  x->flags |= XF_ATTACHED;
+  m->sched->io_pending++;
+  lua_replace(L, 1);
+  lua_settop(L, 1);
+  x->want = (x->flags & XF_STREAM) ? W_HEADERS : W_DONE;
+  return wait_for(L, x, x->want, event_k);
+}
+
+/* ---- Lua: transfers --------------------------------------------------- */
+
+static xfer *check_xfer(lua_State *L) {
+  return luaL_checkudata(L, 1, XFER_MT);
+}
+
+/* x:feed(chunk | nil) -> x, next event: hands curl the next piece of the
+ * request body (nil ends it). */
+static int x_feed(lua_State *L) {
+  xfer *x = check_xfer(L);
+  size_t len;
+  const char *p = luaL_optlstring(L, 2, NULL, &len);
+  if (!(x->flags & XF_DONE)) {
+    if (p == NULL)
+      x->flags |= XF_REQEOF;
+    else if (buf_add(&x->req, p, len) < 0)
+      return luaL_error(L, "not enough memory");
+    if (p == NULL || len > 0) {
+      x->flags &= ~(XF_NEEDBODY | XF_SENDPAUSED);
+      unpause(L, x);
+    }
+  }
+  lua_settop(L, 1);
+  return event_k(L, LUA_OK, 0);
+}
+
+static const char *version_name(long v) {
+  switch (v) {
+  case CURL_HTTP_VERSION_1_0: return "1.0";
+  case CURL_HTTP_VERSION_1_1: return "1.1";
+  case CURL_HTTP_VERSION_2_0: return "2";
+  case CURL_HTTP_VERSION_3: return "3";
+  default: return "?";
+  }
+}
+
+static void set_time(lua_State *L, CURL *e, CURLINFO what, const char *name) {
+  curl_off_t us = 0;
+  curl_easy_getinfo(e, what, &us);
+  lua_pushnumber(L, (lua_Number)us / 1e6);
+  lua_setfield(L, -2, name);
+}
+
+/* Pushes the flat header list of the final response and sets reason. */
+static void push_headers(lua_State *L, xfer *x, int res) {
+  const char *p = x->hdr.p, *end = p + x->hdr.len;
+  int n = 0, first = 1;
+  lua_createtable(L, 16, 0);
+  while (p && p < end) {
+    const char *eol = memchr(p, '\n', (size_t)(end - p));
+    const char *le = eol ? eol : end, *colon;
+    while (le > p && (le[-1] == '\r' || le[-1] == '\n'))
+      le--;
+    if (first && le - p > 5 && memcmp(p, "HTTP/", 5) == 0) {
+      const char *sp = memchr(p, ' ', (size_t)(le - p));
+      sp = sp ? memchr(sp + 1, ' ', (size_t)(le - sp - 1)) : NULL;
+      lua_pushlstring(L, sp ? sp + 1 : le, sp ? (size_t)(le - sp - 1) : 0);
+      lua_setfield(L, res, "reason");
+    } else if ((colon = memchr(p, ':', (size_t)(le - p))) != NULL) {
+      const char *v = colon + 1;
+      while (v < le && (*v == ' ' || *v == '\t'))
+        v++;
+      lua_pushlstring(L, p, (size_t)(colon - p));
+      lua_rawseti(L, -2, ++n);
+      lua_pushlstring(L, v, (size_t)(le - v));
+      lua_rawseti(L, -2, ++n);
+    }
+    first = 0;
+    p = eol ? eol + 1 : end;
+  }
+}
+
+/* x:response() -> {status, reason, headers (flat list), body, url,
+ * http_version, redirects, timings}; the body only when not streamed. */
+static int x_response(lua_State *L) {
+  xfer *x = check_xfer(L);
+  char *url = NULL;
+  long v = 0, redirects = 0;
+  int res;
+  if (x->easy == NULL)
+    return luaL_error(L, "the response was taken already");
+  lua_createtable(L, 0, 10);
+  res = lua_gettop(L);
+  lua_pushinteger(L, x->status);
+  lua_setfield(L, res, "status");
+  push_headers(L, x, res);
+  lua_setfield(L, res, "headers");
+  curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &url);
+  lua_pushstring(L, url);
+  lua_setfield(L, res, "url");
+  curl_easy_getinfo(x->easy, CURLINFO_HTTP_VERSION, &v);
+  lua_pushstring(L, version_name(v));
+  lua_setfield(L, res, "http_version");
+  curl_easy_getinfo(x->easy, CURLINFO_REDIRECT_COUNT, &redirects);
+  lua_pushinteger(L, redirects);
+  lua_setfield(L, res, "redirects");
+  lua_createtable(L, 0, 7);
+  set_time(L, x->easy, CURLINFO_NAMELOOKUP_TIME_T, "dns");
+  set_time(L, x->easy, CURLINFO_CONNECT_TIME_T, "connect");
+  set_time(L, x->easy, CURLINFO_APPCONNECT_TIME_T, "tls");
+  set_time(L, x->easy, CURLINFO_PRETRANSFER_TIME_T, "pretransfer");
+  set_time(L, x->easy, CURLINFO_STARTTRANSFER_TIME_T, "first_byte");
+  set_time(L, x->easy, CURLINFO_TOTAL_TIME_T, "total");
+  set_time(L, x->easy, CURLINFO_REDIRECT_TIME_T, "redirect");
+  lua_setfield(L, res, "timings");
+  if (!(x->flags & XF_STREAM)) {
+    lua_pushlstring(L, x->body.p ? x->body.p : "", x->body.len);
+    lua_setfield(L, res, "body");
+    buf_free(&x->body);
+    xfer_release(x);
+  }
+  return 1;
+}
+
+/* Takes up to n buffered bytes (all when n is 0) and resumes a paused
+ * transfer once the reader has caught up. */
+static void take(lua_State *L, xfer *x, size_t n) {
+  size_t have = x->body.len - x->boff;
+  if (n == 0 || n > have)
+    n = have;
+  lua_pushlstring(L, x->body.p + x->boff, n);
+  x->boff += n;
+  if (x->boff == x->body.len)
+    x->boff = x->body.len = 0;
+  if ((x->flags & XF_RECVPAUSED) && x->body.len - x->boff < HIGH_WATER / 2) {
+    x->flags &= ~XF_RECVPAUSED;
+    unpause(L, x);
+  }
+}
+
+static int read_k(lua_State *L, int status, lua_KContext ctx) {
+  xfer *x = lua_touserdata(L, 1);
+  lua_Integer n;
+  (void)status;
+  if (ctx) {
+    n = (lua_Integer)(ctx >> 1);
+    resumed(L, x);
+  } else {
+    n = luaL_optinteger(L, 2, 0);
+    lua_settop(L, 1);
+  }
+  if (x->body.len > x->boff) {
+    take(L, x, (size_t)n);
+    return 1;
+  }
+  if (x->flags & XF_DONE) {
+    if (x->result != CURLE_OK || (x->flags & XF_CLOSED))
+      return raise_failure(L, x, url_of(L, x));
+    xfer_release(x);
+    return 0; /* the end */
+  }
+  x->want = W_DATA;
+  x->waiter = tide__current(L);
+  return tide__park(L, x->waiter, ((lua_KContext)n << 1) | 1, read_k);
+}
+
+/* x:read([n]) -> up to n bytes of the streamed body (what is there when n
+ * is absent), or nil at its end */
+static int x_read(lua_State *L) {
+  check_xfer(L);
+  luaL_argcheck(L, lua_isnoneornil(L, 2) || luaL_checkinteger(L, 2) > 0, 2,
+                "positive byte count expected");
+  lua_settop(L, 2);
+  return read_k(L, LUA_OK, 0);
+}
+
+/* x:close(): aborts the transfer if it is still going */
+static int x_close(lua_State *L) {
+  xfer *x = check_xfer(L);
+  xfer_release(x);
+  buf_free(&x->body);
+  x->boff = 0;
+  return 0;
+}
+
+static int x_done(lua_State *L) {
+  xfer *x = check_xfer(L);
+  lua_pushboolean(L, (x->flags & XF_DONE) && x->body.len == x->boff);
+  return 1;
+}
+
+static const luaL_Reg session_methods[] = {
+  {"request", s_request}, {"close", s_close}, {NULL, NULL}};
+
+static const luaL_Reg xfer_methods[] = {
+  {"feed", x_feed}, {"response", x_response}, {"read", x_read},
+  {"close", x_close}, {"done", x_done}, {NULL, NULL}};
+
+static const luaL_Reg core_funcs[] = {
+  {"session", l_session}, {"default_session", l_default_session},
+  {NULL, NULL}};
+
+static void new_type(lua_State *L, const char *name, const luaL_Reg *methods,
+                     lua_CFunction gc) {
+  if (luaL_newmetatable(L, name)) {
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, gc);
+    lua_setfield(L, -2, "__close");
+  }
+  lua_pop(L, 1);
+}
+
 int luaopen_tide_http_core(lua_State *L) {
-  lua_newtable(L);
+  tide_open(L);
+  curl_global_init(CURL_GLOBAL_DEFAULT); /* reference-counted; thread-safe */
+  new_type(L, SESSION_MT, session_methods, s_gc);
+  new_type(L, XFER_MT, xfer_methods, x_close);
+  luaL_newlib(L, core_funcs);
+  lua_pushstring(L, curl_version());
+  lua_setfield(L, -2, "curl_version");
   return 1;
 }

@@ -68,6 +68,13 @@ enum task_flags {
 
 typedef struct tide_sched tide_sched;
 
+/* Something bound to one run that must be torn down before the run closes
+ * its handles (the HTTP client's curl multi, http.c). */
+typedef struct tide_closer {
+  struct tide_closer *next, *prev;
+  void (*close)(struct tide_closer *c);
+} tide_closer;
+
 typedef struct tide_task {
   lua_State *co;          /* the coroutine; NULL once done */
   tide_sched *s;          /* the sched the task runs on */
@@ -129,6 +136,7 @@ struct tide_sched {
   int maxref;         /* highest slot used in the task table */
   int *free, nfree, capfree; /* free slots of the task table */
   tide_task *main;
+  tide_closer closers; /* list head: torn down first at the run's end */
 };
 
 struct tide_runtime {
@@ -228,6 +236,8 @@ void tide__cancel_all(tide_sched *s, const char *why);
 void tide__walk_close(uv_handle_t *h, void *arg);
 void tide__root_close(tide_runtime *rt);
 int tide__dump_tasks(lua_State *L);
+void tide__closer_add(tide_sched *s, tide_closer *c);
+void tide__closer_remove(tide_closer *c);
 
 /* embedded Lua sources, generated at build time */
 typedef struct tide_embedded {

@@ -119,6 +119,7 @@ tide_sched *tide__sched_new(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
     s->own_loop = 1;
   }
   s->loop = loop;
+  s->closers.next = s->closers.prev = &s->closers;
   s->virtual_clock = virtual_clock;
   s->vnow = uv_hrtime();
   uv_prepare_init(loop, &s->prepare);
@@ -175,6 +176,11 @@ int tide__sched_close(tide_sched *s) {
   lua_State *L = s->L;
   int rc = 0, i;
   s->closing = 1;
+  while (s->closers.next != &s->closers) {
+    tide_closer *c = s->closers.next;
+    tide__closer_remove(c);
+    c->close(c);
+  }
   uv_walk(s->loop, tide__net_close_servers, s); /* nobody runs their handler */
   for (i = 0; i < s->nheap; i++) {
     s->heap[i].n->idx = -1;
@@ -208,6 +214,21 @@ int tide__sched_close(tide_sched *s) {
   /* On a loop handed in, the application's next uv_run delivers the close
    * callbacks; the last one frees s. */
   return rc;
+}
+
+void tide__closer_add(tide_sched *s, tide_closer *c) {
+  c->next = s->closers.next;
+  c->prev = &s->closers;
+  c->next->prev = c;
+  s->closers.next = c;
+}
+
+void tide__closer_remove(tide_closer *c) {
+  if (c->next) {
+    c->next->prev = c->prev;
+    c->prev->next = c->next;
+    c->next = c->prev = NULL;
+  }
 }
 
 /* Cancels every task of s but the main one. */

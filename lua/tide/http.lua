@@ -1,0 +1,372 @@
+-- tide.http: the HTTP client (and, through tide.http_server, the server).
+--
+--   local http = require "tide.http"
+--   local res = http.get(url, {query = {n = 1}, timeout = 5})
+--   print(res.status, res.headers["content-type"], #res.body)
+--
+-- Requests suspend the calling task only; the engine is libcurl's multi
+-- interface on the tide loop (host/http.c). This file turns options into
+-- the engine's request spec and its answers into Response objects.
+local tide = require "tide"
+local core = require "tide.http.core"
+local Headers = require "tide.http_headers"
+
+local M = {}
+
+-- Safe defaults rather than infinite ones.
+local DEFAULTS = {
+  timeout = 300,          -- s, a whole buffered request
+  connect_timeout = 30,   -- s
+  idle_timeout = 60,      -- s without a byte, for streamed bodies
+  max_body_size = 64 * 1024 * 1024, -- bytes of a buffered body
+  max_redirects = 10,
+}
+
+local cjson
+local function json()
+  cjson = cjson or require "cjson"
+  return cjson
+end
+
+---------------------------------------------------------------------------
+-- URL encoding
+
+local function escape(s)
+  return (tostring(s):gsub("[^%w%-%._~]", function(c)
+    return ("%%%02X"):format(c:byte())
+  end))
+end
+
+-- urlencode({a = 1, b = {"x", "y"}}) -> "a=1&b=x&b=y" (keys sorted)
+function M.urlencode(t)
+  local keys, out = {}, {}
+  for k in pairs(t) do keys[#keys + 1] = tostring(k) end
+  table.sort(keys)
+  for _, k in ipairs(keys) do
+    local v = t[k]
+    if v == nil then v = t[tonumber(k)] end
+    if type(v) == "table" then
+      for _, item in ipairs(v) do out[#out + 1] = escape(k) .. "=" .. escape(item) end
+    else
+      out[#out + 1] = escape(k) .. "=" .. escape(v)
+    end
+  end
+  return table.concat(out, "&")
+end
+
+function M.urldecode(s)
+  return (s:gsub("+", " "):gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+---------------------------------------------------------------------------
+-- Argument checks: errors name the function, the argument and the option.
+
+local THIS = debug.getinfo(1, "S").source
+
+-- Raises at the first caller outside this file, as luaL_argerror would.
+local function argerror(fname, argn, msg)
+  local level = 2
+  while (debug.getinfo(level, "S") or {}).source == THIS do level = level + 1 end
+  error(("bad argument #%d to '%s' (%s)"):format(argn, fname, msg), level)
+end
+
+local OPTION_TYPES = {
+  headers = "table", query = "table|string", body = "string|function|table",
+  json = "any", form = "table", timeout = "number|boolean",
+  connect_timeout = "number", idle_timeout = "number", max_redirects = "number",
+  verify = "boolean", cafile = "string", proxy = "string",
+  max_body_size = "number|boolean", http_version = "string", stream = "boolean",
+}
+
+local function check_opts(fname, argn, opts)
+  if opts == nil then return {} end
+  if type(opts) ~= "table" then
+    argerror(fname, argn, "table of options expected, got " .. type(opts))
+  end
+  for k, v in pairs(opts) do
+    local want = OPTION_TYPES[k]
+    if not want then
+      argerror(fname, argn, ("unknown option '%s'"):format(tostring(k)))
+    end
+    if want ~= "any" and not ("|" .. want .. "|"):find("|" .. type(v) .. "|", 1, true) then
+      argerror(fname, argn, ("opts.%s: %s expected, got %s"):format(k, want:gsub("|", " or "), type(v)))
+    end
+  end
+  return opts
+end
+
+local VERSIONS = { ["1.0"] = true, ["1.1"] = true, ["2"] = true, ["2-prior-knowledge"] = true }
+
+local function header_lines(fname, argn, list, seen, ...)
+  for _, hs in ipairs({ ... }) do
+    for name, value in pairs(hs) do
+      if type(name) ~= "string" or name == "" or name:find("[%c :]") then
+        argerror(fname, argn, ("opts.headers: bad header name %q"):format(tostring(name)))
+      end
+      local lname = name:lower()
+      if not seen[lname] then
+        seen[lname] = true
+        local values = type(value) == "table" and value or { value }
+        for _, v in ipairs(values) do
+          if type(v) ~= "string" and type(v) ~= "number" then
+            argerror(fname, argn, ("opts.headers: value of '%s' must be a string, got %s"):format(name, type(v)))
+          end
+          v = tostring(v)
+          if v:find("[\r\n]") then
+            argerror(fname, argn, ("opts.headers: value of '%s' contains a line break"):format(name))
+          end
+          list[#list + 1] = v == "" and name .. ";" or name .. ": " .. v
+        end
+      end
+    end
+  end
+  return list
+end
+
+local function seconds(v, default)
+  if v == nil then v = default end
+  if v == false or v == nil then return 0 end
+  return math.max(1, math.ceil(v * 1000))
+end
+
+-- A body given as a function (called until it returns nil) or as an array
+-- of strings, as a function.
+local function body_source(body)
+  if type(body) == "function" then return body end
+  local i = 0
+  return function() i = i + 1; return body[i] end
+end
+
+---------------------------------------------------------------------------
+-- Responses
+
+local Response = {}
+Response.__index = Response
+Response.__name = "tide.http.Response"
+
+function Response:json()
+  local body = self.body
+  if body == nil then body = self:read_all() end
+  local ok, v = pcall(json().decode, body)
+  if not ok then
+    error(tide.error("json", ("%s: the body is not JSON (%s)"):format(self.url, tostring(v)), { url = self.url }), 2)
+  end
+  return v
+end
+
+function Response:raise_for_status()
+  if self.status >= 400 then
+    error(tide.error("http", ("%d %s for %s"):format(self.status, self.reason or "", self.url),
+      { status = self.status, url = self.url, response = self }), 2)
+  end
+  return self
+end
+
+function Response:ok() return self.status < 400 end
+
+-- Streamed bodies (opts.stream = true): read([n]) -> up to n bytes, or nil
+-- at the end; the transfer pauses while the reader is behind.
+function Response:read(n)
+  local x = rawget(self, "_x")
+  if not x then
+    if n ~= nil then error("bad argument #1 to 'read' (not a streamed response)", 2) end
+    local b = self.body
+    self.body = nil
+    return b ~= "" and b or nil
+  end
+  return x:read(n)
+end
+
+-- for chunk in res:chunks([size]) do ... end
+function Response:chunks(size)
+  return function() return self:read(size) end
+end
+
+function Response:read_all()
+  local parts = {}
+  for chunk in self:chunks() do parts[#parts + 1] = chunk end
+  return table.concat(parts)
+end
+
+-- Ends a streamed transfer early (also what <close> and the collector do).
+function Response:close()
+  local x = rawget(self, "_x")
+  if x then x:close() end
+end
+Response.__close = Response.close
+
+function Response:__tostring()
+  return ("<Response %d %s>"):format(self.status, self.url)
+end
+
+---------------------------------------------------------------------------
+-- Requests
+
+local function join(base, url)
+  if base == nil or url:find("^%a[%w+.-]*://") then return url end
+  return (base:gsub("/+$", "")) .. "/" .. (url:gsub("^/+", ""))
+end
+
+local function perform(sess, fname, argbase, method, url, opts)
+  if type(url) ~= "string" then
+    argerror(fname, argbase, "URL string expected, got " .. type(url))
+  end
+  opts = check_opts(fname, argbase + 1, opts)
+  local d = sess.defaults
+  local o = function(k) local v = opts[k]; if v == nil then v = d[k] end; return v end
+  url = join(sess.base_url, url)
+  local q = opts.query
+  if q then
+    q = type(q) == "table" and M.urlencode(q) or q
+    if q ~= "" then url = url .. (url:find("?", 1, true) and "&" or "?") .. q end
+  end
+  local headers, seen = {}, {}
+  local body, body_fn = opts.body, nil
+  local extra = {}
+  if opts.json ~= nil then
+    body = json().encode(opts.json)
+    extra["Content-Type"] = "application/json"
+  elseif opts.form then
+    body = M.urlencode(opts.form)
+    extra["Content-Type"] = "application/x-www-form-urlencoded"
+  end
+  if type(body) ~= "string" and body ~= nil then body_fn, body = body_source(body), nil end
+  header_lines(fname, argbase + 1, headers, seen, opts.headers or {}, d.headers or {}, extra)
+  local stream = opts.stream or false
+  local version = o("http_version")
+  if version and not VERSIONS[version] then
+    argerror(fname, argbase + 1, ("opts.http_version: one of 1.0, 1.1, 2, 2-prior-knowledge expected, got %q"):format(version))
+  end
+  local max_body = o("max_body_size")
+  if max_body == nil then max_body = not stream and DEFAULTS.max_body_size end
+  local timeout = o("timeout")
+  if timeout == nil and not stream then timeout = DEFAULTS.timeout end
+  local spec = {
+    method = method, url = url, headers = headers, body = body, body_fn = body_fn ~= nil,
+    timeout = seconds(timeout), connect_timeout = seconds(o("connect_timeout"), DEFAULTS.connect_timeout),
+    idle_timeout = stream and math.ceil(o("idle_timeout") or DEFAULTS.idle_timeout) or 0,
+    max_redirects = o("max_redirects") or DEFAULTS.max_redirects,
+    verify = o("verify"), cafile = o("cafile"), proxy = o("proxy"),
+    max_body = max_body or -1, http_version = version, stream = stream,
+    cookie = sess.cookie,
+  }
+  local cs = sess.core
+  if cs == "default" then cs = core.default_session() end
+  local x, ev = cs:request(spec)
+  if body_fn then
+    local ok, e = pcall(function()
+      while ev == "body" do
+        local chunk = body_fn()
+        if chunk ~= nil and type(chunk) ~= "string" then
+          error(("%s %s: the body function gave a %s (strings expected)"):format(method, url, type(chunk)), 0)
+        end
+        _, ev = x:feed(chunk)
+      end
+    end)
+    if not ok then x:close(); error(e, 0) end
+  end
+  local r = x:response()
+  r.headers = Headers.new(r.headers)
+  r.method = method
+  if stream then r._x = x end
+  return setmetatable(r, Response)
+end
+
+---------------------------------------------------------------------------
+-- Sessions
+
+local Session = {}
+Session.__index = Session
+Session.__name = "tide.http.Session"
+
+local METHODS = { "get", "post", "put", "patch", "delete", "head", "options" }
+
+function Session:request(method, url, opts)
+  if type(method) ~= "string" or method == "" or method:find("[^%w%-_]") then
+    error(("bad argument #1 to 'request' (HTTP method expected, got %s)"):format(
+      type(method) == "string" and ("%q"):format(method) or type(method)), 2)
+  end
+  return perform(self, "request", 2, method:upper(), url, opts)
+end
+
+for _, name in ipairs(METHODS) do
+  local method = name:upper()
+  Session[name] = function(self, url, opts)
+    return perform(self, name, 1, method, url, opts)
+  end
+end
+
+function Session:close()
+  if self.core ~= "default" then self.core:close() end
+end
+Session.__close = Session.close
+
+local SESSION_OPTIONS = {
+  base_url = "string", headers = "table", timeout = "number|boolean",
+  connect_timeout = "number", max_connections = "number", max_per_host = "number",
+  cookies = "boolean|table", verify = "boolean", cafile = "string", proxy = "string",
+  max_body_size = "number|boolean", http_version = "string", max_redirects = "number",
+  idle_timeout = "number",
+}
+
+-- http.session{base_url =, headers =, timeout =, max_connections =,
+--   max_per_host =, cookies = true | false | {name = value}, ...} -> session
+-- with the module's request functions as methods; it keeps connections
+-- alive between requests and (by default) a cookie jar.
+function M.session(opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then
+    error("bad argument #1 to 'session' (table of options expected, got " .. type(opts) .. ")", 2)
+  end
+  for k, v in pairs(opts) do
+    local want = SESSION_OPTIONS[k]
+    if not want then
+      error(("bad argument #1 to 'session' (unknown option '%s')"):format(tostring(k)), 2)
+    end
+    if not ("|" .. want .. "|"):find("|" .. type(v) .. "|", 1, true) then
+      error(("bad argument #1 to 'session' (opts.%s: %s expected, got %s)"):format(k, want:gsub("|", " or "), type(v)), 2)
+    end
+  end
+  local defaults = {}
+  for k in pairs(OPTION_TYPES) do defaults[k] = opts[k] end
+  local cookie
+  if type(opts.cookies) == "table" then
+    local parts = {}
+    for k, v in pairs(opts.cookies) do parts[#parts + 1] = k .. "=" .. tostring(v) end
+    table.sort(parts)
+    cookie = table.concat(parts, "; ")
+  end
+  return setmetatable({
+    core = core.session({
+      max_connections = opts.max_connections, max_per_host = opts.max_per_host,
+      cookies = opts.cookies ~= false,
+    }),
+    base_url = opts.base_url, defaults = defaults, cookie = cookie,
+  }, Session)
+end
+
+-- Module-level calls share one session per run (no cookie jar).
+local default = setmetatable({ core = "default", defaults = {} }, Session)
+
+function M.request(method, url, opts)
+  if type(method) ~= "string" or method == "" or method:find("[^%w%-_]") then
+    error(("bad argument #1 to 'request' (HTTP method expected, got %s)"):format(
+      type(method) == "string" and ("%q"):format(method) or type(method)), 2)
+  end
+  return perform(default, "request", 2, method:upper(), url, opts)
+end
+
+for _, name in ipairs(METHODS) do
+  local method = name:upper()
+  M[name] = function(url, opts) return perform(default, name, 1, method, url, opts) end
+end
+
+-- http.serve(host, port, handler, opts): the small HTTP/1.1 server.
+function M.serve(...)
+  return require("tide.http_server").serve(...)
+end
+
+M.Response = Response
+M.curl_version = core.curl_version
+
+return M

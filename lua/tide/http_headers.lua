@@ -1,0 +1,48 @@
+-- tide.http_headers: HTTP header maps, shared by the client's responses and
+-- the server's requests. A map answers h[name] with the first value of that
+-- name in any letter case; h:get_all(name) gives every value in order and
+-- h:list() every (name, value) pair as received. pairs(h) walks lower-case
+-- names to first values.
+local M = {}
+
+local lists = setmetatable({}, { __mode = "k" }) -- map -> {name, value, ...}
+
+local methods = {}
+
+function methods.get_all(h, name)
+  local out, l, want = {}, lists[h], name:lower()
+  for i = 1, #l, 2 do
+    if l[i]:lower() == want then out[#out + 1] = l[i + 1] end
+  end
+  return out
+end
+
+function methods.list(h)
+  local out, l = {}, lists[h]
+  for i = 1, #l, 2 do out[#out + 1] = { l[i], l[i + 1] } end
+  return out
+end
+
+local mt = {
+  __index = function(h, k)
+    local m = methods[k]
+    if m then return m end
+    if type(k) == "string" then return rawget(h, k:lower()) end
+  end,
+  __newindex = function() error("headers are read-only", 2) end,
+  __name = "tide.Headers",
+}
+
+-- Builds a map from a flat list {name1, value1, name2, value2, ...}.
+function M.new(list)
+  local h = {}
+  for i = #list - 1, 1, -2 do -- backwards, so the first value wins
+    rawset(h, list[i]:lower(), list[i + 1])
+  end
+  lists[h] = list
+  return setmetatable(h, mt)
+end
+
+function M.is(v) return getmetatable(v) == mt end
+
+return M
