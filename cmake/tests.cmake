@@ -4,8 +4,11 @@ find_program(LUA54 lua5.4)
 add_test(NAME specs
   COMMAND $<TARGET_FILE:tide> ${BUSTED} --no-auto-insulate -o utfTerminal spec/
   WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-set_tests_properties(specs PROPERTIES TIMEOUT 600
-  ENVIRONMENT "TIDE_BIN=$<TARGET_FILE:tide>")
+# A getaddrinfo that stalls on "*.slow" names (LD_PRELOAD by http_spec).
+add_library(slowdns MODULE spec/c/slowdns.c)
+target_link_libraries(slowdns PRIVATE dl)
+set(TIDE_SPEC_ENV "TIDE_BIN=$<TARGET_FILE:tide>" "TIDE_SLOWDNS=$<TARGET_FILE:slowdns>")
+set_tests_properties(specs PROPERTIES TIMEOUT 600 ENVIRONMENT "${TIDE_SPEC_ENV}")
 file(GLOB TIDE_EXAMPLES ${CMAKE_SOURCE_DIR}/scripts/examples/expected/*.txt)
 foreach(f IN LISTS TIDE_EXAMPLES)
   get_filename_component(name ${f} NAME_WE)
@@ -47,8 +50,7 @@ endforeach()
 add_test(NAME specs_lua54
   COMMAND ${CMAKE_BINARY_DIR}/lua54-tide ${BUSTED} --no-auto-insulate -o utfTerminal spec/
   WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
-set_tests_properties(specs_lua54 PROPERTIES TIMEOUT 600
-  ENVIRONMENT "TIDE_BIN=$<TARGET_FILE:tide>")
+set_tests_properties(specs_lua54 PROPERTIES TIMEOUT 600 ENVIRONMENT "${TIDE_SPEC_ENV}")
 
 # The embedding API (tide.h): an application that owns its loop, and the
 # C tests of every function. Both also run under the sanitizer build.

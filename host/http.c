@@ -18,6 +18,7 @@
  * than HIGH_WATER bytes wait for the reader; request bodies produced by Lua
  * pause the upload (CURL_READFUNC_PAUSE) until the task feeds the next chunk.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -63,6 +64,8 @@ struct hmulti {
   hsession *sess;
   uv_timer_t timer;
   uv_idle_t kick;  /* curl asked for a timeout of 0 */
+  uv_timer_t sweep; /* checks idle timeouts while nidle > 0 */
+  int nidle;       /* attached transfers with an idle timeout */
   int open;        /* uv handles not closed yet; freed at 0 once dead */
   int dead;
   hsock *socks;
@@ -98,6 +101,7 @@ struct xfer {
   CURLcode result;
   long status;
   curl_off_t max_body, total;
+  uint64_t idle_ms, last; /* idle timeout; when a byte last came (uv_now) */
   buf hdr, body, req;
   size_t boff, roff;
   struct curl_slist *hlist;
@@ -182,7 +186,28 @@ static void detach(xfer *x) {
     x->flags &= ~XF_ATTACHED;
     curl_multi_remove_handle(x->m->multi, x->easy);
     x->m->sched->io_pending--;
+    if (x->idle_ms && --x->m->nidle == 0)
+      uv_timer_stop(&x->m->sweep);
   }
+}
+
+/* Fails streamed transfers that got no byte for their idle timeout. Time
+ * spent paused because the reader is behind does not count. */
+static void on_uv_sweep(uv_timer_t *h) {
+  hmulti *m = h->data;
+  uint64_t now = uv_now(m->sched->loop);
+  xfer *x;
+  for (x = m->xfers; x; x = x->next)
+    if ((x->flags & XF_ATTACHED) && x->idle_ms && !(x->flags & XF_RECVPAUSED) &&
+        now - x->last >= x->idle_ms) {
+      snprintf(x->err, sizeof(x->err), "no data for %.1f s (idle_timeout)",
+               (double)x->idle_ms / 1000);
+      x->result = CURLE_OPERATION_TIMEDOUT;
+      x->flags |= XF_DONE;
+      detach(x);
+      mark(x);
+    }
+  wake_dirty(m->sched->L, m);
 }
 
 /* Reads what finished after a socket_action and wakes whoever waits. */
@@ -409,6 +434,7 @@ static void hmulti_close(hmulti *m, lua_State *L) {
   }
   uv_close((uv_handle_t *)&m->timer, on_handle_closed);
   uv_close((uv_handle_t *)&m->kick, on_handle_closed);
+  uv_close((uv_handle_t *)&m->sweep, on_handle_closed);
 }
 
 static void on_run_end(tide_closer *c) {
@@ -426,8 +452,9 @@ static hmulti *hmulti_new(lua_State *L, hsession *S, tide_sched *s) {
   m->sess = S;
   uv_timer_init(s->loop, &m->timer);
   uv_idle_init(s->loop, &m->kick);
-  m->timer.data = m->kick.data = m;
-  m->open = 2;
+  uv_timer_init(s->loop, &m->sweep);
+  m->timer.data = m->kick.data = m->sweep.data = m;
+  m->open = 3;
   curl_multi_setopt(m->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
   curl_multi_setopt(m->multi, CURLMOPT_SOCKETDATA, m);
   curl_multi_setopt(m->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
@@ -497,6 +524,8 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud) {
     x->body.len = x->boff = 0;
   if (buf_add(&x->body, p, len) < 0)
     return 0;
+  if (x->idle_ms)
+    x->last = uv_now(x->m->sched->loop);
   x->total += (curl_off_t)len;
   mark(x);
   return len;
@@ -718,6 +747,7 @@ static long http_version(const char *v) {
 static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
   CURL *e = x->easy;
   const char *method = opt_string(L, spec, "method");
+  const char *url = opt_string(L, spec, "url");
   const char *s;
   size_t blen;
   lua_Integer redirects = opt_int(L, spec, "max_redirects", 10);
@@ -726,7 +756,7 @@ static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
   int i, has_body;
   strncpy(x->method, method ? method : "GET", sizeof(x->method) - 1);
   curl_easy_setopt(e, CURLOPT_PRIVATE, x);
-  curl_easy_setopt(e, CURLOPT_URL, opt_string(L, spec, "url"));
+  curl_easy_setopt(e, CURLOPT_URL, url);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
@@ -739,7 +769,6 @@ static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_curl_closesocket);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, m);
   curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
-  curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
   curl_easy_setopt(e, CURLOPT_USERAGENT, "tide/0.1");
   curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
   if (redirects != 0) {
@@ -750,10 +779,7 @@ static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)opt_int(L, spec, "timeout", 0));
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
                    (long)opt_int(L, spec, "connect_timeout", 30000));
-  if (idle > 0) { /* no byte for `idle` s (paused transfers do not count) */
-    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)idle);
-  }
+  x->idle_ms = idle > 0 ? (uint64_t)idle : 0;
   if (!opt_bool(L, spec, "verify", 1)) {
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
@@ -766,6 +792,12 @@ static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
     curl_easy_setopt(e, CURLOPT_COOKIE, s);
   if (version >= 0)
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, version);
+  /* Prefer an HTTP/2 connection being set up over opening more, where h2
+   * is possible; for plain http the wait would last until the first
+   * response (curl learns "no multiplexing" only then). */
+  if ((url && strncasecmp(url, "https:", 6) == 0) ||
+      version == CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE)
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
   x->max_body = (curl_off_t)opt_int(L, spec, "max_body", -1);
   if (x->max_body >= 0)
     curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, x->max_body);
@@ -894,6 +926,11 @@ static int s_request(lua_State *L) {
   }
   x->flags |= XF_ATTACHED;
   m->sched->io_pending++;
+  if (x->idle_ms) {
+    x->last = uv_now(m->sched->loop);
+    if (m->nidle++ == 0)
+      uv_timer_start(&m->sweep, on_uv_sweep, 100, 100);
+  }
   lua_replace(L, 1);
   lua_settop(L, 1);
   x->want = (x->flags & XF_STREAM) ? W_HEADERS : W_DONE;
@@ -1026,6 +1063,8 @@ static void take(lua_State *L, xfer *x, size_t n) {
     x->boff = x->body.len = 0;
   if ((x->flags & XF_RECVPAUSED) && x->body.len - x->boff < HIGH_WATER / 2) {
     x->flags &= ~XF_RECVPAUSED;
+    if (x->m)
+      x->last = uv_now(x->m->sched->loop);
     unpause(L, x);
   }
 }

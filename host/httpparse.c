@@ -1,12 +1,378 @@
 /*
- * httpparse.c: "tide.http.parser", the HTTP/1.1 request parser of
- * http.serve, a binding of Debian's libhttp-parser. (stub)
+ * httpparse.c: "tide.http.parser", the HTTP/1.1 request parser behind
+ * tide.http_server, a binding of Debian's libhttp-parser (HTTP_REQUEST mode).
+ * Owns the "tide.HttpParser" userdata: the http_parser state and the C
+ * buffers of the request being read (URL, header names and values, body).
+ * The callbacks only append to those buffers and count bytes against the
+ * limits; at headers-complete and message-complete they pause the parser,
+ * so feed() builds the Lua tables outside http_parser_execute.
+ *
+ *   parser.new([{max_header_size =, max_body_size =}]) -> p
+ *   p:feed(data) -> list of events, in order (pipelined requests included):
+ *     {type = "headers", request = req}   the head is complete, body to come
+ *     {type = "request", request = req}   the same req, with its body
+ *     {type = "error", status = 400 | 413 | 431, errno =, message =}
+ *   After an error or an upgrade the parser takes no more data (feed -> {}).
+ *   p:pending() -> true while a request has begun and is not complete
+ *   parser.reason(status) -> "OK", "Not Found", ... ("<unknown>" if unknown)
+ *
+ *   req = {method =, url =, path =, query = raw query or nil, version = "1.1",
+ *          headers = {name1, value1, ...}, keep_alive =, upgrade =,
+ *          content_length = n or nil, chunked =, body = string (at the end)}
  */
+#include <stdlib.h>
+#include <string.h>
 #include <http_parser.h>
 
 #include "internal.h"
 
+#define PARSER_MT "tide.HttpParser"
+
+typedef struct buf {
+  char *p;
+  size_t n, cap;
+} buf;
+
+enum { EV_NONE, EV_HEADERS, EV_MESSAGE };
+enum { FAIL_NONE, FAIL_HEADER, FAIL_BODY, FAIL_MEMORY };
+
+typedef struct hparser {
+  http_parser hp;
+  buf url, hdr, body;   /* hdr: header names and values back to back */
+  size_t *spans;        /* where each name and each value starts in hdr */
+  int nspans, capspans;
+  int last;             /* 1: appending to a name, 2: to a value */
+  size_t header_bytes, max_header, max_body;
+  int event;            /* the event a callback paused for */
+  int fail;             /* why a callback stopped the parser */
+  int in_message, done; /* done: after an error or an upgrade */
+} hparser;
+
+static int buf_add(buf *b, const char *s, size_t n) {
+  if (n == 0)
+    return 0;
+  if (b->n + n > b->cap) {
+    size_t cap = b->cap ? b->cap : 256;
+    char *np;
+    while (cap < b->n + n)
+      cap *= 2;
+    np = realloc(b->p, cap);
+    if (np == NULL)
+      return -1;
+    b->p = np;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->n, s, n);
+  b->n += n;
+  return 0;
+}
+
+/* ---- callbacks: C buffers only --------------------------------------- */
+
+static int count_header(hparser *p, size_t n) {
+  p->header_bytes += n;
+  if (p->header_bytes > p->max_header) {
+    p->fail = FAIL_HEADER;
+    return 1;
+  }
+  return 0;
+}
+
+static int on_message_begin(http_parser *hp) {
+  hparser *p = hp->data;
+  p->url.n = p->hdr.n = p->body.n = 0;
+  p->nspans = p->last = 0;
+  p->header_bytes = 0;
+  p->in_message = 1;
+  return 0;
+}
+
+static int on_url(http_parser *hp, const char *at, size_t n) {
+  hparser *p = hp->data;
+  if (count_header(p, n))
+    return 1;
+  if (buf_add(&p->url, at, n) < 0) {
+    p->fail = FAIL_MEMORY;
+    return 1;
+  }
+  return 0;
+}
+
+/* A name or value may come in pieces: a new span starts when the kind
+ * changes (name -> value -> name ...). */
+static int header_piece(hparser *p, int kind, const char *at, size_t n) {
+  if (count_header(p, n + (p->last != kind ? 2 : 0))) /* ": " or CRLF */
+    return 1;
+  if (p->last != kind) {
+    if (p->nspans == p->capspans) {
+      int cap = p->capspans ? p->capspans * 2 : 32;
+      size_t *ns = realloc(p->spans, (size_t)cap * sizeof(*ns));
+      if (ns == NULL) {
+        p->fail = FAIL_MEMORY;
+        return 1;
+      }
+      p->spans = ns;
+      p->capspans = cap;
+    }
+    p->spans[p->nspans++] = p->hdr.n;
+    p->last = kind;
+  }
+  if (buf_add(&p->hdr, at, n) < 0) {
+    p->fail = FAIL_MEMORY;
+    return 1;
+  }
+  return 0;
+}
+
+static int on_header_field(http_parser *hp, const char *at, size_t n) {
+  return header_piece(hp->data, 1, at, n);
+}
+
+static int on_header_value(http_parser *hp, const char *at, size_t n) {
+  return header_piece(hp->data, 2, at, n);
+}
+
+static int on_headers_complete(http_parser *hp) {
+  hparser *p = hp->data;
+  if ((hp->flags & F_CONTENTLENGTH) && hp->content_length > p->max_body) {
+    p->fail = FAIL_BODY;
+    return -1;
+  }
+  p->event = EV_HEADERS;
+  http_parser_pause(hp, 1);
+  return 0;
+}
+
+static int on_body(http_parser *hp, const char *at, size_t n) {
+  hparser *p = hp->data;
+  if (p->body.n + n > p->max_body) {
+    p->fail = FAIL_BODY;
+    return 1;
+  }
+  if (buf_add(&p->body, at, n) < 0) {
+    p->fail = FAIL_MEMORY;
+    return 1;
+  }
+  return 0;
+}
+
+static int on_message_complete(http_parser *hp) {
+  hparser *p = hp->data;
+  p->in_message = 0;
+  p->event = EV_MESSAGE;
+  http_parser_pause(hp, 1);
+  return 0;
+}
+
+static const http_parser_settings settings = {
+  .on_message_begin = on_message_begin,
+  .on_url = on_url,
+  .on_header_field = on_header_field,
+  .on_header_value = on_header_value,
+  .on_headers_complete = on_headers_complete,
+  .on_body = on_body,
+  .on_message_complete = on_message_complete,
+};
+
+/* ---- Lua side -------------------------------------------------------- */
+
+static hparser *check_parser(lua_State *L) {
+  return luaL_checkudata(L, 1, PARSER_MT);
+}
+
+static void set_str(lua_State *L, const char *k, const char *s, size_t n) {
+  lua_pushlstring(L, s, n);
+  lua_setfield(L, -2, k);
+}
+
+static void set_bool(lua_State *L, const char *k, int v) {
+  lua_pushboolean(L, v);
+  lua_setfield(L, -2, k);
+}
+
+/* [-0, +1] The request table of the head just parsed. */
+static void push_request(lua_State *L, hparser *p) {
+  http_parser *hp = &p->hp;
+  struct http_parser_url u;
+  int i;
+  lua_createtable(L, 0, 12);
+  lua_pushstring(L, http_method_str((enum http_method)hp->method));
+  lua_setfield(L, -2, "method");
+  set_str(L, "url", p->url.p ? p->url.p : "", p->url.n);
+  http_parser_url_init(&u);
+  if (p->url.n < 65535 &&
+      http_parser_parse_url(p->url.p, p->url.n, hp->method == HTTP_CONNECT, &u) == 0) {
+    if (u.field_set & (1 << UF_PATH))
+      set_str(L, "path", p->url.p + u.field_data[UF_PATH].off, u.field_data[UF_PATH].len);
+    else
+      set_str(L, "path", "/", 1);
+    if (u.field_set & (1 << UF_QUERY))
+      set_str(L, "query", p->url.p + u.field_data[UF_QUERY].off, u.field_data[UF_QUERY].len);
+  } else {
+    set_str(L, "path", p->url.p ? p->url.p : "", p->url.n);
+  }
+  lua_pushfstring(L, "%d.%d", (int)hp->http_major, (int)hp->http_minor);
+  lua_setfield(L, -2, "version");
+  lua_createtable(L, p->nspans + 1, 0);
+  for (i = 0; i < p->nspans; i++) {
+    size_t end = i + 1 < p->nspans ? p->spans[i + 1] : p->hdr.n;
+    lua_pushlstring(L, p->hdr.p + p->spans[i], end - p->spans[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  if (p->nspans % 2) { /* a name without a value: never seen, but keep pairs */
+    lua_pushliteral(L, "");
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_setfield(L, -2, "headers");
+  set_bool(L, "keep_alive", http_should_keep_alive(hp));
+  set_bool(L, "upgrade", hp->upgrade);
+  set_bool(L, "chunked", (hp->flags & F_CHUNKED) != 0);
+  if (hp->flags & F_CONTENTLENGTH) {
+    lua_pushinteger(L, (lua_Integer)hp->content_length);
+    lua_setfield(L, -2, "content_length");
+  }
+}
+
+/* [-0, +1] {type = what, request = req}; req from the parser's user value. */
+static void push_event(lua_State *L, const char *what) {
+  lua_createtable(L, 0, 2);
+  lua_pushstring(L, what);
+  lua_setfield(L, -2, "type");
+  lua_getiuservalue(L, 1, 1);
+  lua_setfield(L, -2, "request");
+}
+
+static void push_error(lua_State *L, hparser *p, enum http_errno e) {
+  int status = 400;
+  lua_createtable(L, 0, 4);
+  set_str(L, "type", "error", 5);
+  if (p->fail == FAIL_HEADER || e == HPE_HEADER_OVERFLOW) {
+    status = 431;
+    lua_pushfstring(L, "request header too large (limit %I bytes)",
+                    (lua_Integer)p->max_header);
+  } else if (p->fail == FAIL_BODY) {
+    status = 413;
+    lua_pushfstring(L, "request body too large (limit %I bytes)",
+                    (lua_Integer)p->max_body);
+  } else {
+    lua_pushstring(L, http_errno_description(e));
+  }
+  lua_setfield(L, -2, "message");
+  lua_pushstring(L, http_errno_name(e));
+  lua_setfield(L, -2, "errno");
+  lua_pushinteger(L, status);
+  lua_setfield(L, -2, "status");
+}
+
+/* p:feed(data) -> list of events (see the top of the file) */
+static int p_feed(lua_State *L) {
+  hparser *p = check_parser(L);
+  size_t len, off = 0;
+  const char *data = luaL_checklstring(L, 2, &len);
+  int n = 0;
+  lua_settop(L, 2);
+  lua_newtable(L); /* 3: the events */
+  while (off < len && !p->done) {
+    size_t used = http_parser_execute(&p->hp, &settings, data + off, len - off);
+    enum http_errno e = HTTP_PARSER_ERRNO(&p->hp);
+    off += used;
+    if (p->fail == FAIL_MEMORY) {
+      p->done = 1;
+      return luaL_error(L, "not enough memory");
+    }
+    if (e == HPE_PAUSED) {
+      int ev = p->event;
+      p->event = EV_NONE;
+      http_parser_pause(&p->hp, 0);
+      if (ev == EV_HEADERS) {
+        push_request(L, p);
+        lua_setiuservalue(L, 1, 1);
+        push_event(L, "headers");
+      } else {
+        lua_getiuservalue(L, 1, 1);
+        set_str(L, "body", p->body.p ? p->body.p : "", p->body.n);
+        lua_pop(L, 1);
+        push_event(L, "request");
+        lua_pushnil(L);
+        lua_setiuservalue(L, 1, 1);
+        if (p->hp.upgrade) /* the rest is another protocol */
+          p->done = 1;
+      }
+      lua_rawseti(L, 3, ++n);
+    } else if (e != HPE_OK) {
+      push_error(L, p, e);
+      lua_rawseti(L, 3, ++n);
+      p->done = 1;
+    } else if (p->hp.upgrade || used == 0) {
+      p->done = 1;
+    }
+  }
+  return 1;
+}
+
+static int p_pending(lua_State *L) {
+  hparser *p = check_parser(L);
+  lua_pushboolean(L, p->in_message);
+  return 1;
+}
+
+static int p_gc(lua_State *L) {
+  hparser *p = check_parser(L);
+  free(p->url.p);
+  free(p->hdr.p);
+  free(p->body.p);
+  free(p->spans);
+  memset(p, 0, sizeof(*p));
+  p->done = 1;
+  return 0;
+}
+
+static size_t opt_size(lua_State *L, const char *k, size_t dflt) {
+  lua_Integer v;
+  if (!lua_istable(L, 1))
+    return dflt;
+  lua_getfield(L, 1, k);
+  v = luaL_optinteger(L, -1, (lua_Integer)dflt);
+  lua_pop(L, 1);
+  if (v < 0)
+    luaL_error(L, "parser.new: %s must not be negative", k);
+  return (size_t)v;
+}
+
+/* parser.new([{max_header_size =, max_body_size =}]) -> parser */
+static int l_new(lua_State *L) {
+  size_t max_header = opt_size(L, "max_header_size", 16 * 1024);
+  size_t max_body = opt_size(L, "max_body_size", 16 * 1024 * 1024);
+  hparser *p = lua_newuserdatauv(L, sizeof(*p), 1);
+  memset(p, 0, sizeof(*p));
+  http_parser_init(&p->hp, HTTP_REQUEST);
+  p->hp.data = p;
+  p->max_header = max_header;
+  p->max_body = max_body;
+  luaL_setmetatable(L, PARSER_MT);
+  return 1;
+}
+
+/* parser.reason(status) -> the reason phrase */
+static int l_reason(lua_State *L) {
+  lua_pushstring(L, http_status_str((enum http_status)luaL_checkinteger(L, 1)));
+  return 1;
+}
+
+static const luaL_Reg parser_methods[] = {
+  {"feed", p_feed}, {"pending", p_pending}, {NULL, NULL}};
+
+static const luaL_Reg parser_funcs[] = {
+  {"new", l_new}, {"reason", l_reason}, {NULL, NULL}};
+
 int luaopen_tide_http_parser(lua_State *L) {
-  lua_newtable(L);
+  if (luaL_newmetatable(L, PARSER_MT)) {
+    luaL_newlib(L, parser_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, p_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
+  luaL_newlib(L, parser_funcs);
   return 1;
 }

@@ -7,6 +7,7 @@
  * stderr), 130 after Ctrl-C.
  */
 #include <stdio.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -210,6 +211,17 @@ static int collect_steps(lua_State *L, char **argv, int argc, int script,
   return 0;
 }
 
+/* An event loop holds many sockets at once: lift the soft limit on open
+ * files to the hard one, as Go's runtime does (the command only; an
+ * application embedding tide decides for itself). */
+static void raise_fd_limit(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+}
+
 int main(int argc, char **argv) {
   tide_runtime *rt;
   lua_State *L;
@@ -223,6 +235,7 @@ int main(int argc, char **argv) {
   }
   if (flags & HAS_V)
     print_version();
+  raise_fd_limit();
   rt = tide_runtime_new(NULL);
   if (rt == NULL) {
     fprintf(stderr, "%s: cannot create state: not enough memory\n", progname);

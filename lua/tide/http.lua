@@ -244,7 +244,7 @@ local function perform(sess, fname, argbase, method, url, opts)
   local spec = {
     method = method, url = url, headers = headers, body = body, body_fn = body_fn ~= nil,
     timeout = seconds(timeout), connect_timeout = seconds(o("connect_timeout"), DEFAULTS.connect_timeout),
-    idle_timeout = stream and math.ceil(o("idle_timeout") or DEFAULTS.idle_timeout) or 0,
+    idle_timeout = stream and seconds(o("idle_timeout"), DEFAULTS.idle_timeout) or 0,
     max_redirects = o("max_redirects") or DEFAULTS.max_redirects,
     verify = o("verify"), cafile = o("cafile"), proxy = o("proxy"),
     max_body = max_body or -1, http_version = version, stream = stream,

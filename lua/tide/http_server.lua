@@ -1,0 +1,331 @@
+-- tide.http_server: a small HTTP/1.1 server on tide.net. Parsing is C
+-- (tide.http.parser, libhttp-parser); this module runs one loop per
+-- connection (in the connection's task): read, feed the parser, call the
+-- handler for each complete request, write the response.
+--
+--   local srv <close> = serve(host, port, handler [, opts])
+--   handler(req) -> {status =, headers = {name = value | {values}}, body =}
+--                   or a string (200, text/plain)
+--   req: method, url, path, query (decoded, last value wins), raw_query,
+--        headers (tide.http_headers map), body, version, keep_alive
+--   opts: max_header_size (16 KiB, else 431), max_body_size (16 MiB, else
+--         413), idle_timeout (60 s per read), shutdown_timeout (5 s), log
+--   srv:port(), srv:url(path), srv:close() / <close>
+--
+-- A body that is a function is called until it returns nil and sent as it
+-- comes (chunked for HTTP/1.1, until the close for HTTP/1.0). close() stops
+-- listening, closes idle keep-alive connections, lets requests in progress
+-- finish (cancelled after shutdown_timeout) and, inside a task, waits for
+-- every connection task to end.
+local tide = require "tide"
+local net = require "tide.net"
+local parser = require "tide.http.parser"
+local Headers = require "tide.http_headers"
+
+local M = {}
+
+local DEFAULTS = {
+  max_header_size = 16 * 1024,
+  max_body_size = 16 * 1024 * 1024,
+  idle_timeout = 60,
+  shutdown_timeout = 5,
+  linger = 1, -- seconds to drain a peer's leftover bytes before closing
+}
+
+local function decode(s)
+  return (s:gsub("%+", " "):gsub("%%(%x%x)", function(h)
+    return string.char(tonumber(h, 16))
+  end))
+end
+
+local function parse_query(raw)
+  local q = {}
+  for pair in raw:gmatch("[^&;]+") do
+    local k, v = pair:match("^([^=]*)=?(.*)$")
+    q[decode(k)] = decode(v)
+  end
+  return q
+end
+
+local function iscancel(e)
+  return tide.iserror(e) and e.kind == "cancelled"
+end
+
+local function http_date()
+  return os.date("!%a, %d %b %Y %H:%M:%S GMT")
+end
+
+-- The head of a response: status line, the handler's headers (framing
+-- headers are ours), then ours. extra is a flat list {name, value, ...}.
+local FRAMING = { ["content-length"] = true, ["transfer-encoding"] = true,
+  connection = true }
+
+local function reason(status)
+  local r = parser.reason(status)
+  return r == "<unknown>" and "Unknown" or r
+end
+
+local function head(status, user, extra)
+  local out = { ("HTTP/1.1 %d %s\r\n"):format(status, reason(status)) }
+  local seen = {}
+  for name, v in pairs(user or {}) do
+    local lname = tostring(name):lower()
+    seen[lname] = true
+    if not FRAMING[lname] then
+      for _, one in ipairs(type(v) == "table" and v or { v }) do
+        out[#out + 1] = ("%s: %s\r\n"):format(name, tostring(one))
+      end
+    end
+  end
+  for i = 1, #extra, 2 do
+    if not seen[extra[i]:lower()] or FRAMING[extra[i]:lower()] then
+      out[#out + 1] = ("%s: %s\r\n"):format(extra[i], extra[i + 1])
+    end
+  end
+  out[#out + 1] = "\r\n"
+  return table.concat(out)
+end
+
+-- Writes what is still queued, then drains what the peer may still send
+-- (so closing does not reset the connection under the response), closes.
+local function finish(srv, s, linger)
+  pcall(s.write_eof, s)
+  if linger then
+    pcall(tide.timeout, srv.opts.linger, function()
+      while s:read() do end
+    end)
+  end
+  s:close()
+end
+
+local function error_response(s, status)
+  local text = reason(status) .. "\n"
+  pcall(s.write, s, head(status, nil, { "Content-Type", "text/plain; charset=utf-8",
+    "Content-Length", #text, "Connection", "close" }) .. text)
+end
+
+local function report(srv, msg)
+  if srv.opts.log ~= false then
+    io.stderr:write("tide.http_server: ", msg, "\n")
+  end
+end
+
+-- Calls fn(...) like pcall, a traceback added to errors; cancellation
+-- passes through.
+local function call(what, fn, ...)
+  local ok, res = xpcall(fn, function(e)
+    if iscancel(e) then return e end
+    return debug.traceback(what .. " error: " .. tostring(e), 2)
+  end, ...)
+  if not ok and iscancel(res) then error(res, 0) end
+  return ok, res
+end
+
+-- Runs the handler; returns its response as a table and the status (500
+-- for an error).
+local function call_handler(srv, req)
+  local ok, res = call("handler", srv.handler, req)
+  if not ok then
+    report(srv, res)
+    return { body = "Internal Server Error\n" }, 500
+  end
+  if type(res) == "string" then
+    return { headers = { ["Content-Type"] = "text/plain; charset=utf-8" }, body = res }, 200
+  end
+  if type(res) ~= "table" then
+    report(srv, ("handler for %s %s returned %s, not a response table or a string")
+      :format(req.method, req.url, type(res)))
+    return { body = "Internal Server Error\n" }, 500
+  end
+  local status = res.status == nil and 200 or math.tointeger(res.status)
+  local bad = not (status and status >= 200 and status <= 999)
+    and ("bad status %s"):format(tostring(res.status))
+  for name, v in pairs(res.headers or {}) do
+    for _, one in ipairs(type(v) == "table" and v or { v }) do
+      if not tostring(name):match("^[%w!#$%%&'*+.^_`|~-]+$") or tostring(one):find("[\r\n]") then
+        bad = ("bad header %q: %q"):format(tostring(name), tostring(one))
+      end
+    end
+  end
+  if bad then
+    report(srv, ("handler for %s %s: %s"):format(req.method, req.url, bad))
+    return { body = "Internal Server Error\n" }, 500
+  end
+  return res, status
+end
+
+-- Answers one request; returns true to keep the connection open.
+local function respond(srv, s, raw)
+  local req = {
+    method = raw.method, url = raw.url, path = raw.path, raw_query = raw.query or "",
+    query = parse_query(raw.query or ""), headers = Headers.new(raw.headers),
+    body = raw.body, version = raw.version, keep_alive = raw.keep_alive,
+  }
+  local res, status = call_handler(srv, req)
+  local body = res.body or ""
+  local keep = raw.keep_alive and not raw.upgrade and not srv.closed
+  for name, v in pairs(res.headers or {}) do
+    if tostring(name):lower() == "connection" and tostring(v):lower() == "close" then
+      keep = false
+    end
+  end
+  local is_head = req.method == "HEAD"
+  local no_body = is_head or status == 204 or status == 304
+  local streamed = type(body) == "function"
+  local extra = { "Date", http_date(), "Server", "tide" }
+  if not streamed then
+    body = tostring(body)
+    if status ~= 204 and status ~= 304 then
+      extra[#extra + 1], extra[#extra + 2] = "Content-Length", #body
+    end
+  elseif not no_body then
+    if req.version == "1.1" then
+      extra[#extra + 1], extra[#extra + 2] = "Transfer-Encoding", "chunked"
+    else
+      keep = false -- HTTP/1.0: the end of the body is the close
+    end
+  end
+  if not keep then
+    extra[#extra + 1], extra[#extra + 2] = "Connection", "close"
+  elseif req.version == "1.0" then
+    extra[#extra + 1], extra[#extra + 2] = "Connection", "keep-alive"
+  end
+  local h = head(status, res.headers, extra)
+  if no_body or not streamed then
+    if no_body or #body == 0 then
+      s:write(h)
+    elseif #body < 65536 then
+      s:write(h .. body) -- one write: no Nagle delay between head and body
+    else
+      s:write(h)
+      s:write(body)
+    end
+    return keep
+  end
+  s:write(h)
+  local chunked = req.version == "1.1"
+  while true do
+    local ok, chunk = call("body function", body)
+    if not ok then
+      report(srv, chunk)
+      return false -- the head is out: closing is the only way to tell
+    end
+    if chunk == nil then break end
+    chunk = tostring(chunk)
+    if #chunk > 0 then
+      s:write(chunked and ("%x\r\n%s\r\n"):format(#chunk, chunk) or chunk)
+    end
+  end
+  if chunked then s:write("0\r\n\r\n") end
+  return keep
+end
+
+-- One connection: requests in order until the peer or we close.
+local function serve_conn(srv, conn)
+  local s, p = conn.stream, parser.new(srv.opts)
+  while true do
+    conn.idle = not p:pending()
+    if srv.closed and conn.idle then return s:close() end
+    local ok, data = pcall(tide.timeout, srv.opts.idle_timeout, s.read, s)
+    conn.idle = false
+    if not ok then
+      if iscancel(data) then error(data, 0) end
+      return s:close() -- idle timeout, reset, or closed by srv:close()
+    end
+    if not data then return s:close() end
+    local events = p:feed(data)
+    for i, ev in ipairs(events) do
+      if ev.type == "headers" then
+        local expect = Headers.new(ev.request.headers).expect
+        local next_ev = events[i + 1]
+        if expect and expect:lower() == "100-continue" and ev.request.version == "1.1"
+            and not (next_ev and next_ev.request == ev.request) then
+          s:write("HTTP/1.1 100 Continue\r\n\r\n")
+        end
+      elseif ev.type == "request" then
+        if not respond(srv, s, ev.request) then return finish(srv, s, true) end
+      else
+        error_response(s, ev.status)
+        return finish(srv, s, true)
+      end
+    end
+  end
+end
+
+local Server = {}
+Server.__index = Server
+Server.__name = "tide.HttpServer"
+
+function Server:port() return self._port end
+
+function Server:url(path)
+  local host = self._host
+  if host == "0.0.0.0" then host = "127.0.0.1"
+  elseif host == "::" then host = "::1" end
+  if host:find(":", 1, true) then host = "[" .. host .. "]" end
+  return ("http://%s:%d%s"):format(host, self._port, path or "/")
+end
+
+-- Stops listening and closes idle connections; inside a task, waits until
+-- every connection task has ended (requests in progress get
+-- shutdown_timeout seconds, then are cancelled).
+function Server:close()
+  if not self.closed then
+    self.closed = true
+    self._net:close()
+  end
+  for conn in pairs(self._conns) do
+    if conn.idle then conn.stream:close() end -- its task wakes and ends
+  end
+  local me = tide.current_task()
+  if not me then return end
+  tide.sleep(0) -- connections accepted just before the close start first
+  local tasks = {}
+  for conn in pairs(self._conns) do
+    if conn.task ~= me and not conn.task:done() then tasks[#tasks + 1] = conn.task end
+  end
+  if #tasks == 0 then return end
+  local _, pending = tide.wait(tasks, { timeout = self.opts.shutdown_timeout })
+  for _, t in ipairs(pending) do t:cancel("the HTTP server is closing") end
+  if #pending > 0 then tide.wait(pending) end
+end
+
+Server.__close = Server.close
+
+-- serve(host, port, handler [, opts]) -> server
+function M.serve(host, port, handler, opts)
+  if type(handler) ~= "function" then
+    error(("bad argument #3 to 'serve' (function expected, got %s)"):format(type(handler)), 2)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    error(("bad argument #4 to 'serve' (table expected, got %s)"):format(type(opts)), 2)
+  end
+  local o = {}
+  for k, v in pairs(DEFAULTS) do o[k] = v end
+  for k, v in pairs(opts or {}) do o[k] = v end
+  local srv = setmetatable({ handler = handler, opts = o, _conns = {}, _host = host,
+    closed = false }, Server)
+  srv._net = net.serve(host, port, function(stream)
+    local conn = { stream = stream, task = tide.current_task(), idle = true }
+    if srv.closed then return stream:close() end
+    srv._conns[conn] = true
+    -- lost peers (reset, a stream closed by srv:close()) end it quietly
+    local ok, err = xpcall(serve_conn, function(e)
+      if tide.iserror(e) or tostring(e):find("closed stream", 1, true) then return e end
+      return debug.traceback(tostring(e), 2)
+    end, srv, conn)
+    srv._conns[conn] = nil
+    stream:close()
+    if not ok then
+      if iscancel(err) then error(err, 0) end
+      if not (tide.iserror(err) and (err.kind == "reset" or err.kind == "net"))
+          and not tostring(err):find("closed stream", 1, true) then
+        report(srv, tostring(err))
+      end
+    end
+  end, o.backlog and { backlog = o.backlog } or nil)
+  srv._port = srv._net:port()
+  return srv
+end
+
+return M

@@ -1,0 +1,483 @@
+-- Specs for tide.http (the client), against servers this spec starts on
+-- 127.0.0.1: an httpbin-like server in Python's standard library and nginx
+-- (TLS, HTTP/2), both independent of tide (spec/servers.lua), and tide's
+-- own http.serve.
+local tide = require "tide"
+local http = require "tide.http"
+local servers = require "spec.servers"
+local cjson = require "cjson"
+local lfs = require "lfs"
+local S = require "spec.support"
+local errkind = S.errkind
+
+local function fds()
+  local n = 0
+  for _ in lfs.dir("/proc/self/fd") do n = n + 1 end
+  return n
+end
+
+-- Expects the fd count back at `base` (closing is asynchronous: a few turns).
+local function fds_back(base)
+  for _ = 1, 50 do
+    if fds() <= base then return end
+    tide.sleep(0.01)
+  end
+  assert.equals(base, fds(), "file descriptors leaked")
+end
+
+local hb
+local function url(path) hb = hb or servers.httpbin(); return hb.url(path) end
+local function echo(res) return cjson.decode(res.body) end
+
+describe("tide.http", function()
+  describe("get", function()
+    it("returns status, headers, body, final url and timings", function()
+      local res = http.get(url("/get"), { query = { n = 1, q = "a b&c" }, timeout = 5 })
+      assert.equals(200, res.status)
+      assert.equals("OK", res.reason)
+      assert.equals("application/json", res.headers["content-type"])
+      assert.equals("application/json", res.headers["Content-Type"])
+      assert.equals(#res.body, tonumber(res.headers["content-length"]))
+      local e = echo(res)
+      assert.equals("GET", e.method)
+      assert.same({ "1" }, e.query.n)
+      assert.same({ "a b&c" }, e.query.q) -- encoded, then decoded by the server
+      assert.equals(url("/get") .. "?n=1&q=a%20b%26c", res.url)
+      assert.equals("1.1", res.http_version)
+      assert.is_number(res.timings.total)
+      assert.is_true(res.timings.total >= res.timings.connect)
+    end)
+
+    it("treats a 404 as a response, and raise_for_status makes it an error", function()
+      local res = http.get(url("/status/404"))
+      assert.equals(404, res.status)
+      assert.is_false(res:ok())
+      local kind, e = errkind(res.raise_for_status, res)
+      assert.equals("http", kind)
+      assert.equals(404, e.status)
+      assert.truthy(e.message:find(url("/status/404"), 1, true))
+      local ok204 = http.get(url("/status/204"))
+      assert.equals(ok204, ok204:raise_for_status())
+    end)
+
+    it("keeps repeated headers and looks names up in any case", function()
+      local res = http.get(url("/headers-repeat"))
+      assert.same({ "one", "two" }, res.headers:get_all("x-multi"))
+      assert.same({ "one", "two" }, res.headers:get_all("X-MULTI"))
+      assert.equals("one", res.headers["X-Multi"])
+      local n = 0
+      for _, pair in ipairs(res.headers:list()) do
+        if pair[1]:lower() == "set-cookie" then n = n + 1 end
+      end
+      assert.equals(2, n)
+    end)
+
+    it("sends headers and decodes compressed bodies", function()
+      local e = echo(http.get(url("/get"), { headers = { ["X-Token"] = "abc", Accept = "text/plain" } }))
+      assert.equals("abc", e.headers["x-token"])
+      assert.equals("text/plain", e.headers["accept"])
+      local g = http.get(url("/gzip"))
+      assert.equals("gzip", g.headers["content-encoding"])
+      assert.is_true(g:json().gzipped)
+    end)
+
+    it("decodes JSON with res:json() and reports a body that is not JSON", function()
+      assert.equals("GET", http.get(url("/get")):json().method)
+      local kind = errkind(function() return http.get(url("/bytes/10")):json() end)
+      assert.equals("json", kind)
+    end)
+
+    it("runs thousands of requests concurrently in one loop", function()
+      local s <close> = http.session()
+      local tasks = {}
+      for i = 1, 300 do tasks[i] = tide.spawn(s.get, s, url("/get?i=" .. i)) end
+      local results = tide.gather(tasks)
+      for i = 1, 300 do assert.same({ tostring(i) }, echo(results[i]).query.i) end
+    end)
+  end)
+
+  describe("request", function()
+    it("sends string, JSON, form and streamed bodies with any method", function()
+      local e = echo(http.post(url("/anything"), { body = "raw body" }))
+      assert.equals("POST", e.method)
+      assert.equals("raw body", e.body)
+      e = echo(http.put(url("/anything"), { json = { a = 1, list = { 1, 2 } } }))
+      assert.equals("PUT", e.method)
+      assert.equals("application/json", e.headers["content-type"])
+      assert.same({ a = 1, list = { 1, 2 } }, e.json)
+      e = echo(http.patch(url("/anything"), { form = { x = "1 2", y = "&" } }))
+      assert.equals("PATCH", e.method)
+      assert.same({ x = { "1 2" }, y = { "&" } }, e.form)
+      local i = 0
+      e = echo(http.post(url("/anything"), { body = function()
+        i = i + 1
+        tide.sleep(0.01) -- a producer that suspends
+        if i <= 3 then return "part" .. i .. ";" end
+      end }))
+      assert.equals("part1;part2;part3;", e.body)
+      assert.equals("chunked", e.headers["transfer-encoding"])
+      e = echo(http.request("delete", url("/anything"), { body = { "a", "b", "c" } }))
+      assert.equals("DELETE", e.method)
+      assert.equals("abc", e.body)
+    end)
+
+    it("sends a large body without waiting for 100-continue", function()
+      local big = ("x"):rep(3 * 1024 * 1024)
+      local t0 = tide.time()
+      local e = echo(http.post(url("/anything"), { body = big }))
+      assert.equals(#big, e.body_length)
+      assert.is_nil(e.headers.expect)
+      assert.is_true(tide.time() - t0 < 0.9, "waited for 100-continue")
+    end)
+
+    it("sends HEAD without a body and OPTIONS as asked", function()
+      local res = http.head(url("/bytes/1000"))
+      assert.equals(200, res.status)
+      assert.equals("", res.body)
+      assert.equals("1000", res.headers["content-length"])
+      assert.equals("OPTIONS", echo(http.options(url("/anything"))).method)
+    end)
+
+    it("fails when the body function fails, and aborts the transfer", function()
+      local base = fds()
+      do
+        local s <close> = http.session()
+        local ok, e = pcall(s.post, s, url("/anything"), { body = function() error("no more data") end })
+        assert.is_false(ok)
+        assert.truthy(tostring(e):find("no more data"))
+        local ok2, e2 = pcall(s.post, s, url("/anything"), { body = function() return 42 end })
+        assert.is_false(ok2)
+        assert.truthy(tostring(e2):find("strings expected"))
+        assert.equals(200, s:get(url("/get")).status) -- still usable
+      end
+      fds_back(base)
+    end)
+  end)
+
+  describe("redirects", function()
+    it("follows them by default and reports the final URL", function()
+      local res = http.get(url("/redirect/3"))
+      assert.equals(200, res.status)
+      assert.equals(url("/get"), res.url)
+      assert.equals(3, res.redirects)
+    end)
+
+    it("returns the redirect itself with max_redirects = 0", function()
+      local res = http.get(url("/redirect/1"), { max_redirects = 0 })
+      assert.equals(302, res.status)
+      assert.truthy(res.headers.location)
+    end)
+
+    it("stops a redirect loop with kind too_many_redirects", function()
+      local kind, e = errkind(http.get, url("/loop"), { max_redirects = 5 })
+      assert.equals("too_many_redirects", kind)
+      assert.truthy(e.message:find("/loop", 1, true))
+    end)
+  end)
+
+  describe("errors", function()
+    local refused
+    before_each(function() refused = "http://127.0.0.1:" .. servers.free_port() .. "/" end)
+
+    it("gives each fault its kind, names the URL, and leaves no fd behind", function()
+      local base = fds()
+      do
+        local s <close> = http.session()
+        local function get(u, opts) return s:get(u, opts) end
+        local cases = {
+          { "connect", function() return get(refused) end },
+          { "dns", function() return get("http://no-such-host.invalid/") end },
+          { "reset", function() return get(url("/reset?after=1000&delay=0.1")) end },
+          { "timeout", function() return get(url("/hang"), { timeout = 0.3 }) end },
+          { "too_large", function() return get(url("/bytes/100000"), { max_body_size = 1000 }) end },
+          { "too_large", function() return get(url("/stream-bytes/100000"), { max_body_size = 1000 }) end },
+          { "too_many_redirects", function() return get(url("/loop")) end },
+          { "invalid_url", function() return get("http://exa mple.com:99999999/") end },
+          { "invalid_url", function() return get("ftp://127.0.0.1/file") end },
+          { "invalid_url", function() return get("not a url") end },
+        }
+        for _, c in ipairs(cases) do
+          local kind, e = errkind(c[2])
+          assert.equals(c[1], kind, tostring(e))
+          assert.is_string(e.url)
+          assert.truthy(e.message:find(e.url, 1, true))
+        end
+      end
+      fds_back(base)
+    end)
+
+    it("rejects bad arguments naming the argument", function()
+      S.raises_matching("bad argument #1 to 'get' (URL string expected, got nil)", http.get)
+      S.raises_matching("bad argument #2 to 'get' (unknown option 'timout')", http.get, url("/get"), { timout = 1 })
+      S.raises_matching("bad argument #2 to 'post' (opts.timeout: number or boolean expected, got string)",
+        http.post, url("/get"), { timeout = "5" })
+      S.raises_matching("bad argument #2 to 'get' (table of options expected, got string)", http.get, url("/get"), "x")
+      S.raises_matching("bad argument #1 to 'request' (HTTP method expected, got \"GE T\")", http.request, "GE T", url("/get"))
+      S.raises_matching("contains a line break", http.get, url("/get"), { headers = { X = "a\r\nInjected: 1" } })
+      S.raises_matching("bad argument #1 to 'session' (unknown option 'max_per_hots')", http.session, { max_per_hots = 1 })
+      S.raises_matching("opts.http_version", http.get, url("/get"), { http_version = "9" })
+    end)
+
+    it("has fds back at baseline after 10,000 faulted requests", function()
+      local base = fds()
+      local session <close> = http.session()
+      local n, kinds = 0, {}
+      local function worker()
+        while n < 10000 do
+          n = n + 1
+          local target = n % 2 == 0 and refused or "bad://x"
+          local ok, e = pcall(session.get, session, target)
+          assert.is_false(ok)
+          kinds[e.kind] = (kinds[e.kind] or 0) + 1
+        end
+      end
+      local ws = {}
+      for i = 1, 50 do ws[i] = tide.spawn(worker) end
+      tide.gather(ws)
+      assert.same({ connect = 5000, invalid_url = 5000 }, kinds)
+      session:close()
+      fds_back(base)
+    end)
+  end)
+
+  describe("session", function()
+    it("reuses connections (keep-alive)", function()
+      servers.httpbin().reset_stats()
+      local s <close> = http.session()
+      for i = 1, 10 do assert.equals(200, s:get(url("/get?i=" .. i)).status) end
+      assert.equals(1, hb.stats().connections_total)
+    end)
+
+    it("caps connections per host with max_per_host (counted by the server)", function()
+      local open = servers.httpbin().reset_stats().connections_open -- other sessions' idle ones
+      local s <close> = http.session { max_per_host = 3 }
+      local tasks = {}
+      for i = 1, 12 do tasks[i] = tide.spawn(s.get, s, url("/delay/0.1")) end
+      tide.gather(tasks)
+      local st = hb.stats()
+      assert.equals(3, st.connections_total)
+      assert.is_true(st.max_connections_open <= open + 3)
+    end)
+
+    it("joins base_url, merges default headers and keeps a cookie jar", function()
+      local s <close> = http.session { base_url = url("/"), headers = { ["X-App"] = "tide" }, timeout = 5 }
+      local e = echo(s:get("/get", { headers = { ["X-Req"] = "1" } }))
+      assert.equals("tide", e.headers["x-app"])
+      assert.equals("1", e.headers["x-req"])
+      local over = echo(s:get("get", { headers = { ["x-app"] = "mine" } }))
+      assert.equals("mine", over.headers["x-app"]) -- the request's own value wins
+      s:get("/cookies/set?flavour=oat")
+      assert.same({ flavour = "oat" }, s:get("/cookies"):json().cookies)
+      -- module-level calls have no jar
+      assert.same({}, http.get(url("/cookies")):json().cookies)
+    end)
+
+    it("sends fixed cookies given as a table", function()
+      local s <close> = http.session { cookies = { a = "1" } }
+      assert.same({ a = "1" }, s:get(url("/cookies")):json().cookies)
+    end)
+
+    it("refuses use after close and closes with <close>", function()
+      local s = http.session()
+      do
+        local scoped <close> = s
+        assert.equals(200, s:get(url("/get")).status)
+      end
+      S.raises_matching("closed HTTP session", s.get, s, url("/get"))
+    end)
+
+    it("fails a request in flight when its session is closed", function()
+      local s = http.session()
+      local t = tide.spawn(s.get, s, url("/delay/5"))
+      tide.sleep(0.1)
+      s:close()
+      local ok, e = pcall(t.await, t)
+      assert.is_false(ok)
+      assert.equals("closed", e.kind)
+    end)
+  end)
+
+  describe("stream", function()
+    it("returns at the headers and reads the body in chunks", function()
+      local t0 = tide.time()
+      local res <close> = http.get(url("/stream-bytes/300000?chunk=10000&delay=0.01"), { stream = true })
+      assert.equals(200, res.status)
+      assert.is_nil(res.body)
+      assert.is_true(tide.time() - t0 < 0.2, "waited for the whole body")
+      local parts = {}
+      for chunk in res:chunks() do parts[#parts + 1] = chunk end
+      assert.equals(servers.pattern(300000), table.concat(parts))
+      assert.is_nil(res:read())
+    end)
+
+    it("reads at most n bytes with read(n)", function()
+      local res <close> = http.get(url("/bytes/5000"), { stream = true })
+      local a = res:read(100)
+      assert.equals(100, #a)
+      assert.equals(servers.pattern(5000), a .. res:read_all())
+    end)
+
+    it("pauses the transfer while the reader is slow (backpressure)", function()
+      local produced, total = 0, 400
+      local server <close> = http.serve("127.0.0.1", 0, function()
+        return { status = 200, body = function()
+          if produced < total then produced = produced + 1; return ("z"):rep(65536) end
+        end }
+      end)
+      local res <close> = http.get(server:url("/big"), { stream = true })
+      assert.equals(1, #res:read(1))
+      tide.sleep(0.3) -- a slow consumer
+      assert.is_true(produced < total / 2, "the producer was not held back: " .. produced)
+      local got = 1
+      for chunk in res:chunks() do got = got + #chunk end
+      assert.equals(total * 65536, got)
+    end)
+
+    it("gives up on a stalled stream after idle_timeout", function()
+      local res <close> = http.get(url("/stream-bytes/100?chunk=10&delay=3"), { stream = true, idle_timeout = 1 })
+      local kind = errkind(res.read_all, res)
+      assert.equals("timeout", kind)
+    end)
+
+    it("aborts an unfinished stream on close", function()
+      local open = servers.httpbin().reset_stats().connections_open
+      local s <close> = http.session()
+      s:get(url("/get")) -- the session's own fds (curl's wakeup pair), and one connection
+      local base = fds()
+      local res = s:get(url("/stream-bytes/1000000?chunk=1000&delay=0.01"), { stream = true })
+      res:read()
+      assert.equals(open + 1, hb.stats().connections_open)
+      res:close()
+      hb.wait_stats(function(st) return st.connections_open <= open end)
+      fds_back(base - 1) -- the aborted transfer's connection is gone too
+    end)
+  end)
+
+  describe("cancellation", function()
+    it("cancels 1,000 requests in flight at once: tasks cancelled, connections closed, fds back", function()
+      local open = servers.httpbin().reset_stats().connections_open
+      local base = fds()
+      local s = http.session()
+      local tasks = {}
+      for i = 1, 1000 do tasks[i] = tide.spawn(s.get, s, url("/hang")) end
+      hb.wait_stats(function(st) return st.connections_open >= open + 1000 end, 20)
+      for _, t in ipairs(tasks) do t:cancel() end
+      local results = tide.gather(tasks, { return_exceptions = true })
+      for _, r in ipairs(results) do assert.equals("cancelled", r.kind) end
+      hb.wait_stats(function(st) return st.connections_open <= open end, 20)
+      s:close()
+      fds_back(base)
+    end)
+
+    it("wait_for and timeout abort the transfer and the session stays usable", function()
+      local s <close> = http.session { max_per_host = 1 }
+      local kind = errkind(tide.wait_for, function() return s:get(url("/delay/2?tag=a")) end, 0.2)
+      assert.equals("timeout", kind)
+      kind = errkind(tide.timeout, 0.2, function() return s:get(url("/delay/2?tag=b")) end)
+      assert.equals("timeout", kind)
+      local t0 = tide.time()
+      local e = echo(s:get(url("/get?tag=c")))
+      assert.same({ "c" }, e.query.tag) -- its own response, not a leftover
+      assert.is_true(tide.time() - t0 < 1, "waited for the aborted transfer")
+    end)
+
+    it("does not stall the loop when cancelled during name resolution", function()
+      local so = os.getenv("TIDE_SLOWDNS")
+      local bin = os.getenv("TIDE_BIN")
+      if not so or not bin then pending("run through ctest (needs TIDE_SLOWDNS, TIDE_BIN)") return end
+      local script = os.tmpname()
+      local f = assert(io.open(script, "w"))
+      f:write([[
+        local tide = require "tide"
+        local http = require "tide.http"
+        local max_gap, last, running = 0, tide.time(), true
+        local ticker = tide.spawn(function()
+          while running do
+            tide.sleep(0.01)
+            local now = tide.time(); max_gap = math.max(max_gap, now - last); last = now
+          end
+        end)
+        local t = tide.spawn(http.get, "http://stalled.slow/")
+        tide.sleep(0.1)
+        t:cancel()
+        pcall(t.await, t)
+        tide.sleep(0.1)
+        running = false
+        ticker:await()
+        print(t:cancelled(), max_gap)
+      ]])
+      f:close()
+      local p = io.popen(("LD_PRELOAD=%s ASAN_OPTIONS=verify_asan_link_order=0 %s %s 2>&1"):format(so, bin, script))
+      local out = p:read("a")
+      p:close()
+      os.remove(script)
+      local cancelled, gap = out:match("^(%a+)%s+([%d.e-]+)")
+      assert.equals("true", cancelled, out)
+      assert.is_true(tonumber(gap) < 0.5, "the loop stalled for " .. tostring(gap) .. " s")
+    end)
+  end)
+
+  describe("TLS and HTTP/2", function()
+    local ng
+    setup(function() ng = servers.nginx { tls = true, h2 = true } end)
+    teardown(function() ng.close() end)
+
+    it("fails verification of a self-signed certificate with kind tls", function()
+      local kind, e = errkind(http.get, ng.url("/"))
+      assert.equals("tls", kind)
+      assert.truthy(e.message:find(ng.url("/"), 1, true))
+    end)
+
+    it("succeeds with cafile, or with verify = false", function()
+      local res = http.get(ng.url("/"), { cafile = ng.cafile })
+      assert.equals(200, res.status)
+      assert.equals("ok", res.body)
+      assert.equals(200, http.get(ng.url("/"), { verify = false }).status)
+    end)
+
+    it("multiplexes concurrent requests over one HTTP/2 connection", function()
+      local before = ng.connections()
+      local s <close> = http.session { cafile = ng.cafile }
+      assert.equals("2", s:get(ng.url("/")).http_version)
+      local tasks = {}
+      for i = 1, 50 do tasks[i] = tide.spawn(s.get, s, ng.url("/big?i=" .. i)) end
+      for _, r in ipairs(tide.gather(tasks)) do
+        assert.equals("2", r.http_version)
+        assert.equals(ng.big_size, #r.body)
+      end
+      tide.sleep(0.05) -- the access log is written after the response
+      assert.equals(before + 1, ng.connections())
+    end)
+
+    it("streams over HTTP/2 with pauses", function()
+      local res <close> = http.get(ng.url("/big"), { cafile = ng.cafile, stream = true })
+      assert.equals("2", res.http_version)
+      local got = 0
+      for chunk in res:chunks(4096) do
+        got = got + #chunk
+        if got % (256 * 1024) < 4096 then tide.sleep(0.01) end
+      end
+      assert.equals(ng.big_size, got)
+    end)
+  end)
+
+  describe("with tide's own server", function()
+    it("round-trips query, headers, bodies and a streamed response", function()
+      local server <close> = http.serve("127.0.0.1", 0, function(req)
+        if req.path == "/echo" then
+          return { status = 201, headers = { ["X-Method"] = req.method }, body = req.query.n .. ":" .. req.body }
+        end
+        local i = 0
+        return { status = 200, body = function() i = i + 1; if i <= 5 then return "c" .. i end end }
+      end)
+      local sent
+      local res = http.post(server:url("/echo"), { query = { n = 7 }, body = function()
+        if not sent then sent = true; return "payload" end
+      end })
+      assert.equals(201, res.status)
+      assert.equals("POST", res.headers["x-method"])
+      assert.equals("7:payload", res.body)
+      assert.equals("c1c2c3c4c5", http.get(server:url("/stream")).body)
+    end)
+  end)
+end)
