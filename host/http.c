@@ -349,8 +349,10 @@ static int on_curl_timer(CURLM *multi, long ms, void *ud) {
 
 /* ---- the multi's life ------------------------------------------------- */
 
+/* Keeps e for the next request. Not with a cookie jar: 7.88 leaks the
+ * COOKIEFILE list of a handle that is reset rather than cleaned up. */
 static void pool_put(hmulti *m, CURL *e) {
-  if (m && !m->dead && m->npool < POOL_MAX) {
+  if (m && !m->dead && m->npool < POOL_MAX && !(m->sess && m->sess->share)) {
     curl_easy_reset(e);
     m->pool[m->npool++] = e;
   } else {
@@ -803,7 +805,7 @@ static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
     curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, x->max_body);
   if (opt_bool(L, spec, "stream", 0))
     x->flags |= XF_STREAM;
-  if (m->sess->share) {
+  if (m->sess->share) { /* the session's cookie jar */
     curl_easy_setopt(e, CURLOPT_SHARE, m->sess->share);
     curl_easy_setopt(e, CURLOPT_COOKIEFILE, "");
   }
@@ -1145,9 +1147,29 @@ static void new_type(lua_State *L, const char *name, const luaL_Reg *methods,
   lua_pop(L, 1);
 }
 
+static int global_gc(lua_State *L) {
+  (void)L;
+  curl_global_cleanup();
+  return 0;
+}
+
+static int global_key;
+
 int luaopen_tide_http_core(lua_State *L) {
   tide_open(L);
-  curl_global_init(CURL_GLOBAL_DEFAULT); /* reference-counted; thread-safe */
+  /* curl_global_init once per state, undone when the state closes (the
+   * last of its finalizers: made before any session), so that a module
+   * unloaded with the state (lua5.4 + tide.so) leaves nothing behind. */
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &global_key) == LUA_TNIL) {
+    curl_global_init(CURL_GLOBAL_DEFAULT); /* reference-counted; thread-safe */
+    lua_newuserdatauv(L, 1, 0);
+    lua_newtable(L);
+    lua_pushcfunction(L, global_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &global_key);
+  }
+  lua_pop(L, 1);
   new_type(L, SESSION_MT, session_methods, s_gc);
   new_type(L, XFER_MT, xfer_methods, x_close);
   luaL_newlib(L, core_funcs);

@@ -130,6 +130,13 @@ describe("tide.http", function()
       assert.is_true(tide.time() - t0 < 0.9, "waited for 100-continue")
     end)
 
+    it("goes through a proxy and speaks the HTTP version asked", function()
+      local e = echo(http.get("http://example.invalid/get?x=1", { proxy = servers.httpbin().base }))
+      assert.equals("example.invalid", e.headers.host) -- the proxy got the absolute URL
+      assert.same({ "1" }, e.query.x)
+      assert.equals("HTTP/1.0", echo(http.get(url("/get"), { http_version = "1.0" })).http_version)
+    end)
+
     it("sends HEAD without a body and OPTIONS as asked", function()
       local res = http.head(url("/bytes/1000"))
       assert.equals(200, res.status)
