@@ -226,6 +226,12 @@ int luaopen_tide_net(lua_State *L);
 int luaopen_tide_http_core(lua_State *L);
 int luaopen_tide_http_parser(lua_State *L);
 
+/* issue 5: fs.c, process.c, thread.c (to_thread), signal.c */
+int luaopen_tide_fs(lua_State *L);
+int luaopen_tide_process(lua_State *L);
+int luaopen_tide_thread(lua_State *L);
+int luaopen_tide_signal(lua_State *L);
+
 /* loop.c */
 tide_sched *tide__sched_new(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
                             int virtual_clock);

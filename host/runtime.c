@@ -121,6 +121,14 @@ static void preload(lua_State *L) {
   lua_setfield(L, -2, "tide.http.core");
   lua_pushcfunction(L, luaopen_tide_http_parser);
   lua_setfield(L, -2, "tide.http.parser");
+  lua_pushcfunction(L, luaopen_tide_fs);
+  lua_setfield(L, -2, "tide.fs");
+  lua_pushcfunction(L, luaopen_tide_process);
+  lua_setfield(L, -2, "tide.process");
+  lua_pushcfunction(L, luaopen_tide_thread);
+  lua_setfield(L, -2, "tide.thread");
+  lua_pushcfunction(L, luaopen_tide_signal);
+  lua_setfield(L, -2, "tide.signal");
   for (i = 0; tide__lua_modules[i].name; i++) {
     lua_pushinteger(L, i);
     lua_pushcclosure(L, load_embedded, 1);
@@ -288,7 +296,9 @@ tide_runtime *tide_runtime_new_with(const tide_options *opts) {
     static const char *const hidden[] = {"tide.core", "tide.coroutine",
                                          "tide.net", "tide.main", "tide.http.core",
                                          "tide.http.parser", "tide.http",
-                                         "tide.http_server", NULL};
+                                         "tide.http_server", "tide.fs",
+                                         "tide.process", "tide.thread",
+                                         "tide.signal", NULL};
     int i;
     luaL_requiref(L, "tide", luaopen_tide_lua, 0);
     lua_pop(L, 1);

@@ -422,4 +422,8 @@ local sync = require "tide.sync"
 M.Semaphore, M.BoundedSemaphore, M.Lock = sync.Semaphore, sync.BoundedSemaphore, sync.Lock
 M.Event, M.Condition = sync.Event, sync.Condition
 
+-- Off the loop (issue 5): loaded on first use.
+function M.to_thread(...) return require("tide.thread").to_thread(...) end
+function M.signal(...) return require("tide.signal").signal(...) end
+
 return M
