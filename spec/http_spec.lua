@@ -255,6 +255,16 @@ describe("tide.http", function()
       assert.equals(1, hb.stats().connections_total)
     end)
 
+    it("keeps connections alive under concurrency (no cache churn)", function()
+      servers.httpbin().reset_stats()
+      local s <close> = http.session()
+      local function worker() for _ = 1, 20 do s:get(url("/get")) end end
+      local ws = {}
+      for i = 1, 40 do ws[i] = tide.spawn(worker) end
+      tide.gather(ws)
+      assert.is_true(hb.stats().connections_total <= 40, "connections opened: " .. hb.stats().connections_total)
+    end)
+
     it("caps connections per host with max_per_host (counted by the server)", function()
       local open = servers.httpbin().reset_stats().connections_open -- other sessions' idle ones
       local s <close> = http.session { max_per_host = 3 }
