@@ -284,7 +284,12 @@ describe("tide.http", function()
       local over = echo(s:get("get", { headers = { ["x-app"] = "mine" } }))
       assert.equals("mine", over.headers["x-app"]) -- the request's own value wins
       s:get("/cookies/set?flavour=oat")
-      assert.same({ flavour = "oat" }, s:get("/cookies"):json().cookies)
+      for _ = 1, 3 do -- handles are reused: the jar must stay on
+        assert.same({ flavour = "oat" }, s:get("/cookies"):json().cookies)
+      end
+      local both = tide.gather({ tide.spawn(s.get, s, "/cookies/set?x=1"), tide.spawn(s.get, s, "/cookies") })
+      assert.equals("oat", both[2]:json().cookies.flavour)
+      assert.same({ flavour = "oat", x = "1" }, s:get("/cookies"):json().cookies)
       -- module-level calls have no jar
       assert.same({}, http.get(url("/cookies")):json().cookies)
     end)
