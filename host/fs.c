@@ -1,9 +1,697 @@
 /*
- * fs.c: "tide.fs", files without blocking, on libuv fs requests. (stub)
+ * fs.c: "tide.fs", files without blocking. Owns the "tide.File" type and
+ * the filesystem primitives: each call is a libuv fs request (a read or a
+ * write: as many as it takes), run in libuv's thread pool while the calling
+ * task is suspended (tide_suspend) and completed from the request's
+ * callback on the task's loop. The calls made of several requests
+ * (read_file, write_file and its atomic form, append_file, mkdir with
+ * parents, recursive remove, list_dir) are in lua/tide/fs_lua.lua, which
+ * this module loads with the primitives.
+ *
+ * A cancelled call cannot stop a request the pool has started: the request
+ * is abandoned and its callback only cleans up (frees its buffers, closes a
+ * file opened meanwhile, removes one that an exclusive open made). A File
+ * is a box pointing at a malloc'd struct, so a request in flight never sees
+ * it freed: closing or collecting a File while a request uses it hands the
+ * fd to that request to close.
+ *
+ * Errors are tide errors of kind "fs": "<op> <path>: <reason> (<ENAME>)",
+ * fields code (the errno name, e.g. "ENOENT") and path.
  */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include "internal.h"
 
+#define FILE_MT "tide.File"
+#define CHUNK (64 * 1024) /* first read buffer; it doubles as needed */
+#define MAXIO (1u << 30)  /* at most this much per read or write request */
+
+enum { FS_AGAIN = -1, FS_FAILED = -2 }; /* besides a count of results */
+
+typedef struct file {
+  uv_file fd;
+  int64_t pos;  /* where the next read or write goes */
+  int append;   /* opened with "a": writes go to the end */
+  int busy;     /* a request on fd is in flight */
+  int detached; /* let go of while busy: that request closes fd, frees this */
+  char path[];  /* for messages */
+} file;
+
+typedef struct file_box {
+  file *f; /* NULL once closed */
+} file_box;
+
+typedef struct fsreq fsreq;
+/* Called when a request of a waiting task is done: pushes its results and
+ * returns their count, or pushes an error (FS_FAILED), or starts the next
+ * request of the call (FS_AGAIN). */
+typedef int (*fs_then)(fsreq *r, lua_State *L);
+
+struct fsreq {
+  uv_fs_t req;      /* first: the callback's uv_fs_t * is the fsreq */
+  tide_pending *p;  /* NULL once the task stopped waiting */
+  tide_sched *s;
+  fs_then then;
+  const char *op;   /* for messages */
+  file *f;          /* the File a method works on (busy meanwhile) */
+  int ref;          /* registry ref of the File box (write returns it) */
+  int flags;        /* open: the flags */
+  char *buf;        /* read: what was read; write: the data */
+  size_t len, size; /* bytes done; size of buf */
+  size_t want;      /* read: at most this many bytes */
+  int64_t off;      /* seek "end": offset from the end */
+  char *to;         /* rename: the second path */
+  char path[];
+};
+
+/* ---- errors ---------------------------------------------------------- */
+
+/* [-0, +1, m] Pushes the "fs" error for libuv error rc. */
+static void push_err(lua_State *L, const char *op, const char *path,
+                     const char *to, int rc) {
+  if (to)
+    tide__err_push(L, "fs", "%s %s -> %s: %s (%s)", op, path, to,
+                   uv_strerror(rc), uv_err_name(rc));
+  else
+    tide__err_push(L, "fs", "%s %s: %s (%s)", op, path, uv_strerror(rc),
+                   uv_err_name(rc));
+  lua_pushstring(L, uv_err_name(rc));
+  lua_setfield(L, -2, "code");
+  lua_pushstring(L, path);
+  lua_setfield(L, -2, "path");
+}
+
+static int fail(fsreq *r, lua_State *L, int rc) {
+  push_err(L, r->op, r->path, r->to, rc);
+  return FS_FAILED;
+}
+
+/* ---- requests nobody waits for --------------------------------------- */
+
+static void on_forgotten(uv_fs_t *req) {
+  uv_fs_req_cleanup(req);
+  free(req);
+}
+
+/* Closes fd without waiting: a request nobody awaits on loop, or close(2)
+ * at once when no loop runs any more (the Lua state is closing). */
+static void close_fd(uv_loop_t *loop, uv_file fd) {
+  uv_fs_t *req = loop ? malloc(sizeof(*req)) : NULL;
+  if (req && uv_fs_close(loop, req, fd, on_forgotten) == 0)
+    return;
+  free(req);
+  close(fd);
+}
+
+/* Removes the file made by an exclusive open whose caller left: it never
+ * saw the file, and nobody else could have opened that name. */
+static void unlink_made(uv_loop_t *loop, const char *path) {
+  uv_fs_t *req = malloc(sizeof(*req));
+  if (req && uv_fs_unlink(loop, req, path, on_forgotten) != 0)
+    free(req);
+}
+
+/* The loop of the running task, or of the innermost run, or NULL. */
+static uv_loop_t *live_loop(lua_State *L) {
+  tide_runtime *rt = tide__rt(L);
+  if (rt->current)
+    return rt->current->s->loop;
+  return rt->sched ? rt->sched->loop : NULL;
+}
+
+/* ---- requests -------------------------------------------------------- */
+
+static void req_free(fsreq *r, lua_State *L) {
+  file *f = r->f;
+  if (f) {
+    f->busy = 0;
+    if (f->detached) {
+      close_fd(r->req.loop, f->fd);
+      free(f);
+    }
+  }
+  if (L && r->ref != LUA_NOREF)
+    luaL_unref(L, LUA_REGISTRYINDEX, r->ref);
+  uv_fs_req_cleanup(&r->req);
+  free(r->buf);
+  free(r);
+}
+
+static void on_fs(uv_fs_t *req) {
+  fsreq *r = (fsreq *)req;
+  tide_pending *p = r->p;
+  lua_State *L;
+  int n;
+  if (p == NULL) { /* the task left: clean up only */
+    if (req->fs_type == UV_FS_OPEN && req->result >= 0) {
+      close_fd(req->loop, (uv_file)req->result);
+      if (r->flags & UV_FS_O_EXCL)
+        unlink_made(req->loop, r->path);
+    }
+    req_free(r, NULL);
+    return;
+  }
+  L = tide_pending_L(p);
+  n = r->then(r, L);
+  if (n == FS_AGAIN)
+    return;
+  r->s->io_pending--;
+  req_free(r, L);
+  if (n == FS_FAILED)
+    tide_fail(p);
+  else
+    tide_complete(p, n);
+}
+
+static void on_cancel(tide_pending *p, void *data) {
+  fsreq *r = data;
+  if (r->ref != LUA_NOREF)
+    luaL_unref(tide_pending_L(p), LUA_REGISTRYINDEX, r->ref);
+  r->ref = LUA_NOREF;
+  r->p = NULL;
+  r->s->io_pending--;
+  if (r->req.fs_type != UV_FS_CLOSE) /* a close must run: nobody else will */
+    uv_cancel((uv_req_t *)&r->req);
+}
+
+/* Starts the next request of a call from its then (rc: its submission). */
+static int again(fsreq *r, lua_State *L, int rc) {
+  return rc < 0 ? fail(r, L, rc) : FS_AGAIN;
+}
+
+/* [-0, +0, e] A request of the running task (raises outside a task). */
+static fsreq *new_req(lua_State *L, const char *op, const char *path,
+                      const char *to, fs_then then) {
+  tide_task *t = tide__current(L);
+  size_t n = strlen(path) + 1, m = to ? strlen(to) + 1 : 0;
+  fsreq *r = calloc(1, sizeof(*r) + n + m);
+  if (r == NULL) {
+    luaL_error(L, "not enough memory");
+    return NULL;
+  }
+  memcpy(r->path, path, n);
+  if (to)
+    r->to = memcpy(r->path + n, to, m);
+  r->s = t->s;
+  r->op = op;
+  r->then = then;
+  r->ref = LUA_NOREF;
+  return r;
+}
+
+/* Suspends the task until r is done; rc is the request's submission. Use
+ * as the C function's return. */
+static int start(lua_State *L, fsreq *r, int rc) {
+  if (rc < 0) {
+    push_err(L, r->op, r->path, r->to, rc);
+    req_free(r, L);
+    return lua_error(L);
+  }
+  r->s->io_pending++; /* a virtual clock waits for it */
+  return tide_suspend(L, on_cancel, r, &r->p);
+}
+
+static const char *check_path(lua_State *L, int i) {
+  size_t len;
+  const char *path = luaL_checklstring(L, i, &len);
+  luaL_argcheck(L, strlen(path) == len, i, "path contains a zero byte");
+  return path;
+}
+
+static fsreq *path_req(lua_State *L, const char *op, fs_then then) {
+  return new_req(L, op, check_path(L, 1), NULL, then);
+}
+
+/* ---- results --------------------------------------------------------- */
+
+static int then_none(fsreq *r, lua_State *L) {
+  return r->req.result < 0 ? fail(r, L, (int)r->req.result) : 0;
+}
+
+static const char *mode_type(uint64_t mode) {
+  switch (mode & S_IFMT) {
+    case S_IFREG: return "file";
+    case S_IFDIR: return "directory";
+    case S_IFLNK: return "link";
+    case S_IFIFO: return "fifo";
+    case S_IFSOCK: return "socket";
+    case S_IFCHR: return "char";
+    case S_IFBLK: return "block";
+    default: return "unknown";
+  }
+}
+
+static const char *dirent_type(uv_dirent_type_t t) {
+  switch (t) {
+    case UV_DIRENT_FILE: return "file";
+    case UV_DIRENT_DIR: return "directory";
+    case UV_DIRENT_LINK: return "link";
+    case UV_DIRENT_FIFO: return "fifo";
+    case UV_DIRENT_SOCKET: return "socket";
+    case UV_DIRENT_CHAR: return "char";
+    case UV_DIRENT_BLOCK: return "block";
+    default: return "unknown";
+  }
+}
+
+static void set_time(lua_State *L, const char *name, uv_timespec_t ts) {
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+  lua_setfield(L, -2, name);
+}
+
+static void set_int(lua_State *L, const char *name, uint64_t v) {
+  lua_pushinteger(L, (lua_Integer)v);
+  lua_setfield(L, -2, name);
+}
+
+static int then_stat(fsreq *r, lua_State *L) {
+  const uv_stat_t *st = &r->req.statbuf;
+  if (r->req.result < 0)
+    return fail(r, L, (int)r->req.result);
+  lua_createtable(L, 0, 12);
+  lua_pushstring(L, mode_type(st->st_mode));
+  lua_setfield(L, -2, "type");
+  set_int(L, "size", st->st_size);
+  set_int(L, "mode", st->st_mode & 07777);
+  set_time(L, "mtime", st->st_mtim);
+  set_time(L, "atime", st->st_atim);
+  set_time(L, "ctime", st->st_ctim);
+  set_int(L, "uid", st->st_uid);
+  set_int(L, "gid", st->st_gid);
+  set_int(L, "nlink", st->st_nlink);
+  set_int(L, "ino", st->st_ino);
+  set_int(L, "dev", st->st_dev);
+  return 1;
+}
+
+static int then_exists(fsreq *r, lua_State *L) {
+  int rc = (int)r->req.result;
+  if (rc < 0 && rc != UV_ENOENT && rc != UV_ENOTDIR)
+    return fail(r, L, rc);
+  lua_pushboolean(L, rc >= 0);
+  return 1;
+}
+
+static int then_scandir(fsreq *r, lua_State *L) {
+  uv_dirent_t ent;
+  int i = 0;
+  if (r->req.result < 0)
+    return fail(r, L, (int)r->req.result);
+  lua_createtable(L, (int)r->req.result, 0);
+  lua_createtable(L, (int)r->req.result, 0);
+  while (uv_fs_scandir_next(&r->req, &ent) != UV_EOF) {
+    lua_pushstring(L, ent.name);
+    lua_rawseti(L, -3, ++i);
+    lua_pushstring(L, dirent_type(ent.type));
+    lua_rawseti(L, -2, i);
+  }
+  return 2;
+}
+
+/* ---- path functions (fs.stat, fs.exists...; the rest for fs_lua) ------ */
+
+static int l_stat(lua_State *L) {
+  fsreq *r = path_req(L, "stat", then_stat);
+  return start(L, r, uv_fs_stat(r->s->loop, &r->req, r->path, on_fs));
+}
+
+static int l_lstat(lua_State *L) {
+  fsreq *r = path_req(L, "lstat", then_stat);
+  return start(L, r, uv_fs_lstat(r->s->loop, &r->req, r->path, on_fs));
+}
+
+static int l_exists(lua_State *L) {
+  fsreq *r = path_req(L, "stat", then_exists);
+  return start(L, r, uv_fs_stat(r->s->loop, &r->req, r->path, on_fs));
+}
+
+static int l_unlink(lua_State *L) {
+  fsreq *r = path_req(L, "unlink", then_none);
+  return start(L, r, uv_fs_unlink(r->s->loop, &r->req, r->path, on_fs));
+}
+
+static int l_rmdir(lua_State *L) {
+  fsreq *r = path_req(L, "rmdir", then_none);
+  return start(L, r, uv_fs_rmdir(r->s->loop, &r->req, r->path, on_fs));
+}
+
+static int l_scandir(lua_State *L) {
+  fsreq *r = path_req(L, "scandir", then_scandir);
+  return start(L, r, uv_fs_scandir(r->s->loop, &r->req, r->path, 0, on_fs));
+}
+
+static int check_perm(lua_State *L, int i, lua_Integer dflt) {
+  lua_Integer perm = luaL_optinteger(L, i, dflt);
+  luaL_argcheck(L, perm >= 0 && perm <= 07777, i, "permission bits expected");
+  return (int)perm;
+}
+
+/* mkdir(path [, perm]): one directory (parents: fs_lua) */
+static int l_mkdir(lua_State *L) {
+  int perm = check_perm(L, 2, 0777);
+  fsreq *r = path_req(L, "mkdir", then_none);
+  return start(L, r, uv_fs_mkdir(r->s->loop, &r->req, r->path, perm, on_fs));
+}
+
+static int l_rename(lua_State *L) {
+  const char *from = check_path(L, 1), *to = check_path(L, 2);
+  fsreq *r = new_req(L, "rename", from, to, then_none);
+  return start(L, r, uv_fs_rename(r->s->loop, &r->req, r->path, r->to, on_fs));
+}
+
+/* temp_name(path) -> a fresh name in path's directory, for an atomic
+ * write: "<dir>/.<base>.<pid>-<n>.tmp" (fs_lua retries on EEXIST). */
+static int l_temp_name(lua_State *L) {
+  static unsigned counter;
+  const char *path = check_path(L, 1), *slash = strrchr(path, '/');
+  char suffix[64];
+  snprintf(suffix, sizeof suffix, ".%d-%u%04x.tmp", (int)uv_os_getpid(),
+           ++counter, (unsigned)(uv_hrtime() & 0xffff));
+  lua_pushlstring(L, path, slash ? (size_t)(slash - path) + 1 : 0);
+  lua_pushfstring(L, "%s.%s%s", lua_tostring(L, -1), slash ? slash + 1 : path,
+                  suffix);
+  return 1;
+}
+
+/* ---- files ----------------------------------------------------------- */
+
+/* Flags for an io.open mode: r, w or a, then any of "+" (read and write),
+ * "b" (ignored) and, after w, "x" (fail if the file exists; C11). */
+static int open_flags(const char *m) {
+  int create = 0, plus = 0, excl = 0;
+  switch (*m++) {
+    case 'r': break;
+    case 'w': create = UV_FS_O_CREAT | UV_FS_O_TRUNC; break;
+    case 'a': create = UV_FS_O_CREAT | UV_FS_O_APPEND; break;
+    default: return -1;
+  }
+  for (; *m; m++) {
+    if (*m == '+' && !plus)
+      plus = UV_FS_O_RDWR;
+    else if (*m == 'x' && !excl && (create & UV_FS_O_TRUNC))
+      excl = UV_FS_O_EXCL;
+    else if (*m != 'b')
+      return -1;
+  }
+  return create | excl |
+         (plus ? plus : create ? UV_FS_O_WRONLY : UV_FS_O_RDONLY);
+}
+
+static int then_open(fsreq *r, lua_State *L) {
+  uv_file fd = (uv_file)r->req.result;
+  size_t n = strlen(r->path) + 1;
+  file_box *b;
+  file *f;
+  if (fd < 0)
+    return fail(r, L, fd);
+  b = lua_newuserdatauv(L, sizeof(*b), 0);
+  b->f = NULL;
+  luaL_setmetatable(L, FILE_MT);
+  f = malloc(sizeof(*f) + n);
+  if (f == NULL) {
+    lua_pop(L, 1);
+    close_fd(r->req.loop, fd);
+    return fail(r, L, UV_ENOMEM);
+  }
+  f->fd = fd;
+  f->pos = 0;
+  f->append = (r->flags & UV_FS_O_APPEND) != 0;
+  f->busy = f->detached = 0;
+  memcpy(f->path, r->path, n);
+  b->f = f;
+  return 1;
+}
+
+/* open(path [, mode [, perm]]) -> File; mode as io.open's (default "r"),
+ * perm for a file it creates (default 0666, less the umask) */
+static int l_open(lua_State *L) {
+  const char *path = check_path(L, 1);
+  int flags = open_flags(luaL_optstring(L, 2, "r"));
+  int perm = check_perm(L, 3, 0666);
+  fsreq *r;
+  luaL_argcheck(L, flags >= 0, 2, "invalid mode");
+  r = new_req(L, "open", path, NULL, then_open);
+  r->flags = flags;
+  return start(L, r, uv_fs_open(r->s->loop, &r->req, r->path, flags, perm,
+                                on_fs));
+}
+
+static file *check_file(lua_State *L) {
+  file_box *b = luaL_checkudata(L, 1, FILE_MT);
+  if (b->f == NULL)
+    luaL_error(L, "attempt to use a closed file");
+  if (b->f->busy)
+    luaL_error(L, "file %s is busy: another call on it has not finished "
+                  "(from another task, or a cancelled one)", b->f->path);
+  return b->f;
+}
+
+/* A request on f; f is busy until the request is freed. */
+static fsreq *file_req(lua_State *L, file *f, const char *op, fs_then then) {
+  fsreq *r = new_req(L, op, f->path, NULL, then);
+  r->f = f;
+  f->busy = 1;
+  return r;
+}
+
+/* pos + off, or -1 past the range of an offset */
+static int64_t add_pos(int64_t pos, int64_t off) {
+  if ((off > 0 && pos > INT64_MAX - off) || pos + off < 0)
+    return -1;
+  return pos + off;
+}
+
+/* Reads into buf[len..size) at the file's position plus len. */
+static int submit_read(fsreq *r) {
+  size_t n = r->size - r->len;
+  uv_buf_t b = uv_buf_init(r->buf + r->len, (unsigned)(n < MAXIO ? n : MAXIO));
+  return uv_fs_read(r->s->loop, &r->req, r->f->fd, &b, 1,
+                    r->f->pos + (int64_t)r->len, on_fs);
+}
+
+static int then_read(fsreq *r, lua_State *L) {
+  ssize_t n = r->req.result;
+  if (n < 0)
+    return fail(r, L, (int)n);
+  r->len += (size_t)n;
+  if (n > 0 && r->len < r->want) { /* more wanted and maybe more there */
+    if (r->len == r->size) {
+      size_t size = r->size <= r->want / 2 ? r->size * 2 : r->want;
+      char *buf = realloc(r->buf, size);
+      if (buf == NULL)
+        return fail(r, L, UV_ENOMEM);
+      r->buf = buf;
+      r->size = size;
+    }
+    uv_fs_req_cleanup(&r->req);
+    return again(r, L, submit_read(r));
+  }
+  r->f->pos += (int64_t)r->len;
+  if (r->len == 0 && r->want != SIZE_MAX)
+    lua_pushnil(L); /* read(n) at the end */
+  else
+    lua_pushlstring(L, r->buf, r->len);
+  return 1;
+}
+
+/* file:read([n]) -> up to n bytes, nil at the end; without n, the rest
+ * ("" at the end), like io's read(n) and read("a") */
+static int f_read(lua_State *L) {
+  file *f = check_file(L);
+  size_t want = SIZE_MAX;
+  fsreq *r;
+  if (!lua_isnoneornil(L, 2)) {
+    lua_Integer n = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, n > 0, 2, "positive byte count expected");
+    want = (size_t)n;
+  }
+  r = file_req(L, f, "read", then_read);
+  r->want = want;
+  r->size = want < CHUNK ? want : CHUNK;
+  r->buf = malloc(r->size);
+  if (r->buf == NULL) {
+    req_free(r, L);
+    return luaL_error(L, "not enough memory");
+  }
+  return start(L, r, submit_read(r));
+}
+
+/* After an fstat: pos = size + off. Seek returns pos; a write (in append
+ * mode, which fstats to learn where it ended) returns the File. */
+static int then_at_end(fsreq *r, lua_State *L) {
+  int64_t pos;
+  if (r->req.result < 0)
+    return fail(r, L, (int)r->req.result);
+  pos = add_pos((int64_t)r->req.statbuf.st_size, r->off);
+  if (pos < 0)
+    return fail(r, L, UV_EINVAL);
+  r->f->pos = pos;
+  if (r->ref != LUA_NOREF)
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
+  else
+    lua_pushinteger(L, pos);
+  return 1;
+}
+
+static int submit_write(fsreq *r) {
+  size_t n = r->size - r->len;
+  uv_buf_t b = uv_buf_init(r->buf + r->len, (unsigned)(n < MAXIO ? n : MAXIO));
+  return uv_fs_write(r->s->loop, &r->req, r->f->fd, &b, 1,
+                     r->f->append ? -1 : r->f->pos + (int64_t)r->len, on_fs);
+}
+
+static int then_write(fsreq *r, lua_State *L) {
+  ssize_t n = r->req.result;
+  if (n < 0)
+    return fail(r, L, (int)n);
+  r->len += (size_t)n;
+  uv_fs_req_cleanup(&r->req);
+  if (r->len < r->size) /* a short write: the rest */
+    return again(r, L, n > 0 ? submit_write(r) : UV_EIO);
+  if (r->f->append) {
+    r->then = then_at_end;
+    return again(r, L, uv_fs_fstat(r->s->loop, &r->req, r->f->fd, on_fs));
+  }
+  r->f->pos += (int64_t)r->len;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
+  return 1;
+}
+
+/* file:write(data) -> the file */
+static int f_write(lua_State *L) {
+  file *f = check_file(L);
+  size_t len;
+  const char *data = luaL_checklstring(L, 2, &len);
+  fsreq *r;
+  lua_settop(L, 1);
+  if (len == 0)
+    return 1;
+  r = file_req(L, f, "write", then_write);
+  r->buf = malloc(len); /* the pool may read it after a cancel */
+  if (r->buf == NULL) {
+    req_free(r, L);
+    return luaL_error(L, "not enough memory");
+  }
+  memcpy(r->buf, data, len);
+  r->size = len;
+  lua_pushvalue(L, 1);
+  r->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return start(L, r, submit_write(r));
+}
+
+/* file:seek([whence [, offset]]) -> the new position; whence "set", "cur"
+ * (default) or "end", like io's seek */
+static int f_seek(lua_State *L) {
+  static const char *const whences[] = {"set", "cur", "end", NULL};
+  file *f = check_file(L);
+  int whence = luaL_checkoption(L, 2, "cur", whences);
+  lua_Integer off = luaL_optinteger(L, 3, 0);
+  int64_t pos;
+  if (whence == 2) {
+    fsreq *r = file_req(L, f, "seek", then_at_end);
+    r->off = off;
+    return start(L, r, uv_fs_fstat(r->s->loop, &r->req, f->fd, on_fs));
+  }
+  pos = add_pos(whence == 0 ? 0 : f->pos, off);
+  if (pos < 0) {
+    push_err(L, "seek", f->path, NULL, UV_EINVAL);
+    return lua_error(L);
+  }
+  f->pos = pos;
+  lua_pushinteger(L, pos);
+  return 1;
+}
+
+/* file:sync(): flushes the file's data and metadata to the disk (fsync) */
+static int f_sync(lua_State *L) {
+  file *f = check_file(L);
+  fsreq *r = file_req(L, f, "fsync", then_none);
+  return start(L, r, uv_fs_fsync(r->s->loop, &r->req, f->fd, on_fs));
+}
+
+/* __gc and __close: closes without waiting; a file in use by a request is
+ * closed when that request ends. */
+static int f_gc(lua_State *L) {
+  file_box *b = luaL_checkudata(L, 1, FILE_MT);
+  file *f = b->f;
+  if (f) {
+    b->f = NULL;
+    if (f->busy) {
+      f->detached = 1;
+    } else {
+      close_fd(live_loop(L), f->fd);
+      free(f);
+    }
+  }
+  return 0;
+}
+
+/* file:close(): waits for the close and raises its error; a file still in
+ * use by a request (of a cancelled call) is closed when that ends. */
+static int f_close(lua_State *L) {
+  file_box *b = luaL_checkudata(L, 1, FILE_MT);
+  file *f = b->f;
+  fsreq *r;
+  uv_file fd;
+  if (f == NULL)
+    return luaL_error(L, "attempt to use a closed file");
+  if (f->busy)
+    return f_gc(L);
+  r = new_req(L, "close", f->path, NULL, then_none);
+  fd = f->fd;
+  b->f = NULL;
+  free(f);
+  return start(L, r, uv_fs_close(r->s->loop, &r->req, fd, on_fs));
+}
+
+static int f_tostring(lua_State *L) {
+  file_box *b = luaL_checkudata(L, 1, FILE_MT);
+  if (b->f)
+    lua_pushfstring(L, "tide.File (%s)", b->f->path);
+  else
+    lua_pushliteral(L, "tide.File (closed)");
+  return 1;
+}
+
+/* ---- module ---------------------------------------------------------- */
+
+static const luaL_Reg file_methods[] = {
+  {"read", f_read}, {"write", f_write}, {"seek", f_seek}, {"sync", f_sync},
+  {"close", f_close}, {NULL, NULL}};
+
+/* The primitives; fs_lua.lua makes the module of them. */
+static const luaL_Reg fs_funcs[] = {
+  {"open", l_open}, {"stat", l_stat}, {"lstat", l_lstat},
+  {"exists", l_exists}, {"rename", l_rename}, {"mkdir", l_mkdir},
+  {"rmdir", l_rmdir}, {"unlink", l_unlink}, {"scandir", l_scandir},
+  {"temp_name", l_temp_name}, {NULL, NULL}};
+
 int luaopen_tide_fs(lua_State *L) {
-  lua_newtable(L);
+  const tide_embedded *m = tide__lua_modules;
+  tide_open(L);
+  if (luaL_newmetatable(L, FILE_MT)) {
+    luaL_newlib(L, file_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, f_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, f_gc);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, f_tostring);
+    lua_setfield(L, -2, "__tostring");
+  }
+  lua_pop(L, 1);
+  while (m->name && strcmp(m->name, "tide.fs_lua") != 0)
+    m++;
+  if (m->name == NULL)
+    return luaL_error(L, "tide.fs: lua/tide/fs_lua.lua is not embedded");
+  if (luaL_loadbuffer(L, m->src, m->len, m->chunkname) != LUA_OK)
+    return lua_error(L);
+  luaL_newlib(L, fs_funcs);
+  lua_call(L, 1, 1);
   return 1;
 }

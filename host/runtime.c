@@ -298,7 +298,7 @@ tide_runtime *tide_runtime_new_with(const tide_options *opts) {
                                          "tide.http.parser", "tide.http",
                                          "tide.http_server", "tide.fs",
                                          "tide.process", "tide.thread",
-                                         "tide.signal", NULL};
+                                         "tide.signal", "tide.fs_lua", NULL};
     int i;
     luaL_requiref(L, "tide", luaopen_tide_lua, 0);
     lua_pop(L, 1);

@@ -1,0 +1,169 @@
+-- tide/fs_lua.lua: the Lua half of "tide.fs". host/fs.c loads this chunk
+-- with its primitives (one libuv request each) and returns what it builds:
+-- the calls made of several requests, read_file, write_file (atomic: a temp
+-- file in the same directory, written, synced, renamed over the target;
+-- removed again on any failure), append_file, mkdir with parents,
+-- recursive remove and list_dir. Not a module of its own.
+local C = ...
+if type(C) ~= "table" then
+  error('tide.fs_lua is the Lua half of tide.fs: require "tide.fs"', 2)
+end
+
+local fs = {
+  open = C.open, stat = C.stat, lstat = C.lstat, exists = C.exists,
+  rename = C.rename,
+}
+
+local function bad(fname, i, msg)
+  return ("bad argument #%d to '%s' (%s)"):format(i, fname, msg)
+end
+
+-- Raises a luaL_checkstring-style error at the caller's caller.
+local function check_string(fname, i, v)
+  local t = type(v)
+  if t ~= "string" and t ~= "number" then
+    error(bad(fname, i, "string expected, got " .. (v == nil and "no value" or t)), 3)
+  end
+end
+
+-- The options table (or {}); unknown names and wrong types are errors.
+local function options(fname, i, opts, types)
+  if opts == nil then return {} end
+  if type(opts) ~= "table" then
+    error(bad(fname, i, "table expected, got " .. type(opts)), 3)
+  end
+  for k, v in pairs(opts) do
+    if types[k] == nil then
+      error(bad(fname, i, ("unknown option '%s'"):format(tostring(k))), 3)
+    elseif type(v) ~= types[k] then
+      error(bad(fname, i, ("option '%s' must be a %s"):format(k, types[k])), 3)
+    end
+  end
+  return opts
+end
+
+-- Calls fn; returns its result, or nil and the error for an "fs" error.
+-- Anything else (a cancellation) goes on up.
+local function try(fn, ...)
+  local ok, r = pcall(fn, ...)
+  if ok then return r end
+  if type(r) == "table" and r.kind == "fs" then return nil, r end
+  error(r, 0)
+end
+
+function fs.read_file(path)
+  check_string("read_file", 1, path)
+  local f <close> = C.open(path, "r")
+  local data = f:read()
+  f:close()
+  return data
+end
+
+local function write(path, data, mode, perm)
+  local f <close> = C.open(path, mode, perm)
+  f:write(data)
+  f:close()
+end
+
+-- Creates a new temp file next to path (O_EXCL; a fresh name per try).
+local function open_temp(path, perm)
+  local err
+  for _ = 1, 100 do
+    local tmp = C.temp_name(path)
+    local ok, f = pcall(C.open, tmp, "wx", perm)
+    if ok then return f, tmp end
+    if type(f) ~= "table" or f.kind ~= "fs" then
+      -- cancelled: an open that ended meanwhile made the file all the same
+      -- (one still running is undone by fs.c)
+      pcall(C.unlink, tmp)
+      error(f, 0)
+    elseif f.code ~= "EEXIST" then
+      error(f, 0)
+    end
+    err = f
+  end
+  error(err, 0)
+end
+
+local function write_atomic(path, data, perm)
+  local f <close>, tmp = open_temp(path, perm)
+  local ok, e = pcall(function()
+    f:write(data)
+    f:sync()
+    f:close()
+    C.rename(tmp, path)
+  end)
+  if not ok then
+    pcall(C.unlink, tmp)
+    error(e, 0)
+  end
+end
+
+function fs.write_file(path, data, opts)
+  check_string("write_file", 1, path)
+  check_string("write_file", 2, data)
+  opts = options("write_file", 3, opts, { atomic = "boolean", mode = "number" })
+  if opts.atomic then
+    return write_atomic(path, data, opts.mode)
+  end
+  return write(path, data, "w", opts.mode)
+end
+
+function fs.append_file(path, data)
+  check_string("append_file", 1, path)
+  check_string("append_file", 2, data)
+  return write(path, data, "a")
+end
+
+local function isdir(path)
+  local st = try(C.stat, path)
+  return st ~= nil and st.type == "directory"
+end
+
+function fs.mkdir(path, opts)
+  check_string("mkdir", 1, path)
+  opts = options("mkdir", 2, opts, { parents = "boolean", mode = "number" })
+  if not opts.parents then
+    return C.mkdir(path, opts.mode)
+  end
+  local _, e = try(C.mkdir, path, opts.mode)
+  if e and e.code == "ENOENT" then -- a parent is missing: make it, retry
+    local parent = path:match("^(.*[^/])/+[^/]+/*$")
+    if parent then
+      fs.mkdir(parent, opts)
+      _, e = try(C.mkdir, path, opts.mode)
+    end
+  end
+  if e and not (e.code == "EEXIST" and isdir(path)) then
+    error(e, 0)
+  end
+end
+
+function fs.list_dir(path)
+  check_string("list_dir", 1, path)
+  local names, types = C.scandir(path)
+  local i = 0
+  return function()
+    i = i + 1
+    return names[i], types[i]
+  end
+end
+
+function fs.remove(path, opts)
+  check_string("remove", 1, path)
+  opts = options("remove", 2, opts, { recursive = "boolean" })
+  local _, e = try(C.unlink, path)
+  if not e then return end
+  -- unlink(2) says EISDIR (Linux) or EPERM (POSIX) for a directory
+  if (e.code ~= "EISDIR" and e.code ~= "EPERM") or C.lstat(path).type ~= "directory" then
+    error(e, 0)
+  end
+  if opts.recursive then
+    for name in fs.list_dir(path) do
+      fs.remove(path .. "/" .. name, opts)
+    end
+  end
+  C.rmdir(path)
+end
+
+return fs

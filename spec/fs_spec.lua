@@ -1,0 +1,529 @@
+-- Specs for tide.fs: files on libuv's fs requests. Fixtures are made and
+-- checked with plain io/os where that keeps a spec independent of the code
+-- under test; each spec works in a fresh directory under /tmp.
+local tide = require "tide"
+local fs = require "tide.fs"
+local S = require "spec.support"
+local errkind, raises_matching = S.errkind, S.raises_matching
+
+local TIDE = os.getenv("TIDE_BIN") or (arg and arg[-1] or ""):match("^.*tide$")
+  or "build-fs/tide"
+
+-- A fresh empty directory, removed after the test.
+local function tmpdir()
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(os.execute("mkdir " .. dir))
+  finally(function() os.execute("rm -rf '" .. dir .. "'") end)
+  return dir
+end
+
+local function put(path, data)
+  local f = assert(io.open(path, "wb"))
+  f:write(data)
+  f:close()
+end
+
+local function get(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local data = f:read("a")
+  f:close()
+  return data
+end
+
+local function entries(dir)
+  local p = io.popen("ls -A '" .. dir .. "'")
+  local names = {}
+  for line in p:lines() do names[#names + 1] = line end
+  p:close()
+  return names
+end
+
+-- Expects fn(...) to raise an "fs" error with code; returns the error.
+local function fs_error(code, fn, ...)
+  local kind, e = errkind(fn, ...)
+  assert.equals("fs", kind)
+  assert.equals(code, e.code)
+  return e
+end
+
+local function fd_count()
+  local n = 0
+  for _ in fs.list_dir("/proc/self/fd") do n = n + 1 end
+  return n
+end
+
+-- Waits (up to 2 s) until the directory holds exactly `want` entries.
+local function settles(dir, want)
+  local deadline = tide.time() + 2
+  while #entries(dir) ~= want and tide.time() < deadline do tide.sleep(0.01) end
+  return entries(dir)
+end
+
+-- Runs a child tide on a script; returns how it ended ("exit"/"signal"),
+-- the code and its output.
+local function child(script, args, prefix)
+  local name = os.tmpname()
+  put(name, script)
+  local out = os.tmpname()
+  local ok, how, code = os.execute((prefix or "") .. TIDE .. " " .. name .. " " .. args
+    .. " >" .. out .. " 2>&1")
+  local text = get(out)
+  os.remove(name)
+  os.remove(out)
+  return ok, how, code, text
+end
+
+describe("fs.read_file", function()
+  it("returns the whole content, binary and empty files included", function()
+    local dir = tmpdir()
+    local bin = "a\0b\r\n\255" .. string.rep("xyz", 100000) -- several reads
+    put(dir .. "/bin", bin)
+    put(dir .. "/empty", "")
+    assert.equals(bin, fs.read_file(dir .. "/bin"))
+    assert.equals("", fs.read_file(dir .. "/empty"))
+  end)
+
+  it("a missing file's error: kind fs, the errno name, the path", function()
+    local dir = tmpdir()
+    local e = fs_error("ENOENT", fs.read_file, dir .. "/missing.txt")
+    assert.equals(dir .. "/missing.txt", e.path)
+    assert.equals("open " .. dir .. "/missing.txt: no such file or directory (ENOENT)", e.message)
+    assert.equals("fs: " .. e.message, tostring(e))
+  end)
+
+  it("a directory's error is EISDIR", function()
+    local dir = tmpdir()
+    assert.equals(dir, fs_error("EISDIR", fs.read_file, dir).path)
+  end)
+
+  it("suspends only its task: others run while it waits", function()
+    local dir = tmpdir()
+    put(dir .. "/f", string.rep("x", 1 << 20))
+    local ticks = 0
+    local ticker = tide.spawn(function() while true do tide.sleep(0); ticks = ticks + 1 end end)
+    assert.equals(1 << 20, #fs.read_file(dir .. "/f"))
+    ticker:cancel()
+    errkind(ticker.await, ticker)
+    assert.is_true(ticks > 0)
+  end)
+
+  it("keeps a virtual clock still while the request runs", function()
+    local dir = tmpdir()
+    put(dir .. "/f", "data")
+    local r = S.virtual(function()
+      return tide.wait_for(function() return fs.read_file(dir .. "/f") end, 0.5)
+    end)
+    assert.equals("data", r)
+  end)
+
+  it("checks its argument", function()
+    raises_matching("bad argument #1 to 'read_file' (string expected, got no value)", fs.read_file)
+    raises_matching("bad argument #1 to 'read_file' (string expected, got table)", fs.read_file, {})
+  end)
+end)
+
+describe("fs.write_file", function()
+  it("creates or truncates the file", function()
+    local dir = tmpdir()
+    fs.write_file(dir .. "/f", "first version, long")
+    fs.write_file(dir .. "/f", "second")
+    assert.equals("second", get(dir .. "/f"))
+    fs.write_file(dir .. "/big", string.rep("\0\1", 1 << 20))
+    assert.equals(2 << 20, #get(dir .. "/big"))
+  end)
+
+  it("gives a created file the mode asked", function()
+    local dir = tmpdir()
+    fs.write_file(dir .. "/secret", "s", { mode = tonumber("600", 8) })
+    fs.write_file(dir .. "/secret2", "s", { mode = tonumber("600", 8), atomic = true })
+    assert.equals(tonumber("600", 8), fs.stat(dir .. "/secret").mode)
+    assert.equals(tonumber("600", 8), fs.stat(dir .. "/secret2").mode)
+  end)
+
+  it("atomic: replaces the content and leaves no temp file", function()
+    local dir = tmpdir()
+    put(dir .. "/f", "old")
+    fs.write_file(dir .. "/f", "new content", { atomic = true })
+    assert.equals("new content", get(dir .. "/f"))
+    assert.same({ "f" }, entries(dir))
+    fs.write_file(dir .. "/g", "made", { atomic = true })
+    assert.equals("made", get(dir .. "/g"))
+    assert.same({ "f", "g" }, entries(dir))
+  end)
+
+  it("atomic: a missing directory's error names the temp file and cleans up", function()
+    local dir = tmpdir()
+    local e = fs_error("ENOENT", fs.write_file, dir .. "/no/f", "x", { atomic = true })
+    assert.truthy(e.path:find(dir .. "/no/.f.", 1, true))
+    assert.same({}, entries(dir))
+  end)
+
+  it("atomic: killed with SIGKILL midway, the old content is intact", function()
+    local dir = tmpdir()
+    local target = dir .. "/data"
+    put(target, "old content")
+    -- The child dies by SIGKILL once half the new data is in the temp file.
+    local ok, how, code, out = child([[
+      local tide = require "tide"
+      local fs = require "tide.fs"
+      local target = ...
+      local probe = fs.open(target)
+      local methods = getmetatable(probe).__index
+      probe:close()
+      local write = methods.write
+      methods.write = function(self, data)
+        write(self, data:sub(1, #data // 2))
+        os.execute("kill -KILL $PPID")
+        tide.sleep(10)
+      end
+      fs.write_file(target, string.rep("new ", 1 << 20), { atomic = true })
+      print("not killed")
+    ]], target)
+    assert.is_nil(ok, out)
+    assert.is_true((how == "signal" and code == 9) or (how == "exit" and code == 137), out)
+    assert.equals("old content", get(target))
+    local names = entries(dir)
+    assert.equals(2, #names, table.concat(names, " "))
+    local tmp = names[1] == "data" and names[2] or names[1]
+    assert.matches("^%.data%..*%.tmp$", tmp)
+    assert.equals(2 << 20, #get(dir .. "/" .. tmp)) -- it was killed midway
+  end)
+
+  it("atomic: a write that fails leaves the old content and no temp file", function()
+    local dir = tmpdir()
+    local target = dir .. "/data"
+    put(target, "old content")
+    -- A file size limit makes the write fail with EFBIG part of the way.
+    local ok, _, _, out = child([[
+      local fs = require "tide.fs"
+      local ok, e = pcall(fs.write_file, ..., string.rep("n", 8 << 20), { atomic = true })
+      print(ok, e.code, e.message)
+    ]], target, "trap '' XFSZ; ulimit -f 1024; ")
+    assert.is_true(ok, out)
+    assert.matches("^false\tEFBIG\twrite " .. dir:gsub("%p", "%%%0") .. "/%.data%.", out)
+    assert.equals("old content", get(target))
+    assert.same({ "data" }, entries(dir))
+  end)
+
+  it("atomic: cancelled at any point, the old content is intact and the temp goes", function()
+    local dir = tmpdir()
+    local target = dir .. "/data"
+    put(target, "old")
+    local big = string.rep("x", 16 << 20)
+    for wait = 0, 0.03, 0.002 do
+      local t = tide.spawn(fs.write_file, target, big, { atomic = true })
+      tide.sleep(wait)
+      if t:done() then -- finished before the cancel: start again from "old"
+        t:await()
+        put(target, "old")
+      else
+        t:cancel()
+        assert.equals("cancelled", (errkind(t.await, t)))
+        assert.equals("old", get(target))
+        assert.same({ "data" }, settles(dir, 1))
+      end
+    end
+  end)
+
+  it("checks its arguments", function()
+    raises_matching("bad argument #2 to 'write_file' (string expected, got no value)",
+      fs.write_file, "/tmp/x")
+    raises_matching("bad argument #3 to 'write_file' (unknown option 'atomc')",
+      fs.write_file, "/tmp/x", "", { atomc = true })
+    raises_matching("bad argument #3 to 'write_file' (option 'mode' must be a number)",
+      fs.write_file, "/tmp/x", "", { mode = "644" })
+  end)
+end)
+
+describe("fs.append_file", function()
+  it("appends, creating the file when missing", function()
+    local dir = tmpdir()
+    fs.append_file(dir .. "/log", "one\n")
+    fs.append_file(dir .. "/log", "two\n")
+    assert.equals("one\ntwo\n", get(dir .. "/log"))
+  end)
+
+  it("into a missing directory: ENOENT", function()
+    local dir = tmpdir()
+    fs_error("ENOENT", fs.append_file, dir .. "/no/log", "x")
+  end)
+end)
+
+describe("fs.open", function()
+  it("reads in pieces: read(n) gives nil at the end, read() the rest", function()
+    local dir = tmpdir()
+    put(dir .. "/f", "hello world")
+    local f <close> = fs.open(dir .. "/f")
+    assert.equals("hello", f:read(5))
+    assert.equals(" world", f:read())
+    assert.equals("", f:read())
+    assert.is_nil(f:read(1))
+    assert.equals(0, f:seek("set"))
+    assert.equals("hello world", f:read(100))
+  end)
+
+  it("writes (chaining), seeks like io and reads back with w+", function()
+    local dir = tmpdir()
+    local f = fs.open(dir .. "/f", "w+")
+    assert.equals(f, f:write("abc"):write("def"))
+    assert.equals(6, f:seek())
+    assert.equals(1, f:seek("set", 1))
+    assert.equals("bc", f:read(2))
+    assert.equals(4, f:seek("cur", 1))
+    assert.equals("ef", f:read())
+    assert.equals(4, f:seek("end", -2))
+    f:write("XY")
+    assert.equals(8, f:seek("end", 2))
+    f:write("!")
+    f:close()
+    assert.equals("abcdXY\0\0!", get(dir .. "/f"))
+  end)
+
+  it("r+ overwrites in place; a and a+ write at the end", function()
+    local dir = tmpdir()
+    put(dir .. "/f", "0123456789")
+    local f = fs.open(dir .. "/f", "r+")
+    f:seek("set", 2)
+    f:write("ab")
+    f:close()
+    assert.equals("01ab456789", get(dir .. "/f"))
+    f = fs.open(dir .. "/f", "a+")
+    assert.equals("01", f:read(2))
+    f:write("Z")
+    assert.equals(11, f:seek())
+    f:seek("set", 0)
+    f:write("W") -- still at the end
+    f:close()
+    assert.equals("01ab456789ZW", get(dir .. "/f"))
+  end)
+
+  it("modes: w truncates, wx fails on an existing file", function()
+    local dir = tmpdir()
+    put(dir .. "/f", "old")
+    fs.open(dir .. "/f", "wb"):close()
+    assert.equals("", get(dir .. "/f"))
+    fs_error("EEXIST", fs.open, dir .. "/f", "wx")
+    fs.open(dir .. "/new", "w+x"):write("n"):close()
+    assert.equals("n", get(dir .. "/new"))
+  end)
+
+  it("errors carry the file's path: reading a write-only file is EBADF", function()
+    local dir = tmpdir()
+    local f <close> = fs.open(dir .. "/f", "w")
+    local e = fs_error("EBADF", f.read, f)
+    assert.equals(dir .. "/f", e.path)
+    assert.equals("read " .. dir .. "/f: bad file descriptor (EBADF)", e.message)
+    e = fs_error("EINVAL", f.seek, f, "set", -1)
+    assert.equals(dir .. "/f", e.path)
+  end)
+
+  it("<close> closes; a closed file says so; tostring shows the path", function()
+    local dir = tmpdir()
+    local keep
+    do
+      local f <close> = fs.open(dir .. "/f", "w")
+      keep = f
+      assert.equals("tide.File (" .. dir .. "/f)", tostring(f))
+    end
+    assert.equals("tide.File (closed)", tostring(keep))
+    raises_matching("attempt to use a closed file", keep.read, keep)
+    raises_matching("attempt to use a closed file", keep.close, keep)
+  end)
+
+  it("files dropped without close are closed by the collector", function()
+    local dir = tmpdir()
+    put(dir .. "/f", "x")
+    collectgarbage()
+    tide.sleep(0.01)
+    local before = fd_count()
+    local files = {}
+    for i = 1, 50 do files[i] = fs.open(dir .. "/f") end
+    assert.is_true(fd_count() >= before + 50)
+    files = nil
+    collectgarbage()
+    collectgarbage()
+    local deadline = tide.time() + 2
+    while fd_count() > before and tide.time() < deadline do tide.sleep(0.01) end
+    assert.is_true(fd_count() <= before)
+  end)
+
+  it("a call while another is in flight says busy; close() after a cancelled read works", function()
+    local dir = tmpdir()
+    put(dir .. "/f", string.rep("x", 4 << 20))
+    local f = fs.open(dir .. "/f")
+    local t = tide.spawn(f.read, f)
+    tide.sleep(0)
+    raises_matching("is busy", f.read, f, 1)
+    t:cancel()
+    assert.equals("cancelled", (errkind(t.await, t)))
+    f:close() -- closes once the pool's read is over
+    raises_matching("attempt to use a closed file", f.read, f)
+  end)
+
+  it("a cancelled open leaves no fd open and no file made by wx", function()
+    local dir = tmpdir()
+    collectgarbage()
+    tide.sleep(0.01)
+    local before = fd_count()
+    for i = 1, 20 do
+      local t = tide.spawn(fs.open, dir .. "/f" .. i, "wx")
+      tide.sleep(0)
+      t:cancel()
+      pcall(t.await, t)
+    end
+    collectgarbage()
+    local left = settles(dir, 0)
+    assert.same({}, left)
+    local deadline = tide.time() + 2
+    while fd_count() > before and tide.time() < deadline do tide.sleep(0.01) end
+    assert.is_true(fd_count() <= before)
+  end)
+
+  it("checks its arguments", function()
+    raises_matching("bad argument #2 to 'open' (invalid mode)", function() return fs.open("/tmp/x", "rw") end)
+    raises_matching("bad argument #2 to 'open' (invalid mode)", function() return fs.open("/tmp/x", "rx") end)
+    raises_matching("bad argument #1 to 'open' (path contains a zero byte)",
+      function() return fs.open("/tmp/x\0y") end)
+    raises_matching("bad argument #1 to 'read' (positive byte count expected)", function()
+      local f <close> = fs.open("/dev/null")
+      return f:read(0)
+    end)
+  end)
+end)
+
+describe("fs.stat", function()
+  it("size, mode, mtime and type of a file and a directory", function()
+    local dir = tmpdir()
+    put(dir .. "/f", "12345")
+    assert(os.execute("chmod 640 " .. dir .. "/f"))
+    local st = fs.stat(dir .. "/f")
+    assert.equals("file", st.type)
+    assert.equals(5, st.size)
+    assert.equals(tonumber("640", 8), st.mode)
+    assert.is_true(math.abs(st.mtime - os.time()) < 5)
+    assert.equals(1, st.nlink)
+    assert.equals("directory", fs.stat(dir).type)
+  end)
+
+  it("follows links; lstat does not", function()
+    local dir = tmpdir()
+    put(dir .. "/f", "x")
+    assert(os.execute("ln -s f " .. dir .. "/l"))
+    assert.equals("file", fs.stat(dir .. "/l").type)
+    assert.equals("link", fs.lstat(dir .. "/l").type)
+  end)
+
+  it("a missing path: ENOENT with the path", function()
+    local dir = tmpdir()
+    local e = fs_error("ENOENT", fs.stat, dir .. "/none")
+    assert.equals(dir .. "/none", e.path)
+  end)
+end)
+
+describe("fs.exists", function()
+  it("true for files and directories, false (no error) for missing paths", function()
+    local dir = tmpdir()
+    put(dir .. "/f", "x")
+    assert.is_true(fs.exists(dir .. "/f"))
+    assert.is_true(fs.exists(dir))
+    assert.is_false(fs.exists(dir .. "/none"))
+    assert.is_false(fs.exists(dir .. "/f/below-a-file"))
+  end)
+
+  it("other errors are raised", function()
+    fs_error("ENAMETOOLONG", fs.exists, "/" .. string.rep("n", 5000))
+  end)
+end)
+
+describe("fs.list_dir", function()
+  it("iterates name, type in name order", function()
+    local dir = tmpdir()
+    put(dir .. "/b", "")
+    assert(os.execute("mkdir " .. dir .. "/a && ln -s b " .. dir .. "/c"))
+    local got = {}
+    for name, type in fs.list_dir(dir) do got[#got + 1] = name .. "=" .. type end
+    assert.same({ "a=directory", "b=file", "c=link" }, got)
+  end)
+
+  it("an empty directory yields nothing; a missing one raises", function()
+    local dir = tmpdir()
+    for _ in fs.list_dir(dir) do error("not empty") end
+    fs_error("ENOENT", fs.list_dir, dir .. "/none")
+    fs_error("ENOTDIR", fs.list_dir, "/dev/null")
+  end)
+end)
+
+describe("fs.mkdir", function()
+  it("makes one directory; an existing one is EEXIST", function()
+    local dir = tmpdir()
+    fs.mkdir(dir .. "/d")
+    assert.equals("directory", fs.stat(dir .. "/d").type)
+    fs_error("EEXIST", fs.mkdir, dir .. "/d")
+    fs_error("ENOENT", fs.mkdir, dir .. "/x/y")
+  end)
+
+  it("parents = true makes the missing parents, and is fine if it exists", function()
+    local dir = tmpdir()
+    fs.mkdir(dir .. "/a/b//c/", { parents = true })
+    assert.equals("directory", fs.stat(dir .. "/a/b/c").type)
+    fs.mkdir(dir .. "/a/b/c", { parents = true })
+    put(dir .. "/file", "")
+    fs_error("EEXIST", fs.mkdir, dir .. "/file", { parents = true })
+    fs_error("ENOTDIR", fs.mkdir, dir .. "/file/x/y", { parents = true })
+  end)
+
+  it("mode applies (less the umask)", function()
+    local dir = tmpdir()
+    fs.mkdir(dir .. "/d", { mode = tonumber("700", 8) })
+    assert.equals(tonumber("700", 8), fs.stat(dir .. "/d").mode)
+  end)
+end)
+
+describe("fs.remove", function()
+  it("removes a file and an empty directory", function()
+    local dir = tmpdir()
+    put(dir .. "/f", "")
+    assert(os.execute("mkdir " .. dir .. "/d"))
+    fs.remove(dir .. "/f")
+    fs.remove(dir .. "/d")
+    assert.same({}, entries(dir))
+    fs_error("ENOENT", fs.remove, dir .. "/f")
+  end)
+
+  it("a non-empty directory needs recursive = true", function()
+    local dir = tmpdir()
+    assert(os.execute("mkdir -p " .. dir .. "/d/e/f && touch " .. dir .. "/d/e/f/x " .. dir .. "/d/y"))
+    fs_error("ENOTEMPTY", fs.remove, dir .. "/d")
+    fs.remove(dir .. "/d", { recursive = true })
+    assert.same({}, entries(dir))
+  end)
+
+  it("recursive removes links, not what they point to", function()
+    local dir = tmpdir()
+    assert(os.execute("mkdir " .. dir .. "/keep " .. dir .. "/d && touch " .. dir .. "/keep/x && ln -s ../keep "
+      .. dir .. "/d/link"))
+    fs.remove(dir .. "/d", { recursive = true })
+    assert.same({ "keep" }, entries(dir))
+    assert.same({ "x" }, entries(dir .. "/keep"))
+  end)
+end)
+
+describe("fs.rename", function()
+  it("moves and replaces", function()
+    local dir = tmpdir()
+    put(dir .. "/a", "A")
+    put(dir .. "/b", "B")
+    fs.rename(dir .. "/a", dir .. "/b")
+    assert.same({ "b" }, entries(dir))
+    assert.equals("A", get(dir .. "/b"))
+  end)
+
+  it("a missing source: ENOENT naming both paths", function()
+    local dir = tmpdir()
+    local e = fs_error("ENOENT", fs.rename, dir .. "/a", dir .. "/b")
+    assert.equals(dir .. "/a", e.path)
+    assert.equals("rename " .. dir .. "/a -> " .. dir .. "/b: no such file or directory (ENOENT)", e.message)
+  end)
+end)
