@@ -2,15 +2,17 @@
  * loop.c: one tide.run on one libuv loop. Owns the tide_sched: its handles
  * (a prepare and a check that run due timers and the ready queue, an idle
  * that keeps the poll from blocking while tasks are ready, the heap's timer,
- * SIGINT/SIGUSR1 watchers), the run itself (main task, then a shutdown that
- * cancels the tasks left and lets them clean up) and the teardown that
- * closes every handle it opened, leaving a loop it was handed usable.
+ * the SIGINT/SIGTERM/SIGUSR1 defaults), the run itself (main task, then a
+ * shutdown that cancels the tasks left and lets them clean up) and the
+ * teardown that closes every handle it opened, leaving a loop it was
+ * handed usable.
  *
  * Loop turn: timers -> idle -> prepare: due timers, virtual clock ->
  * poll (non-blocking while tasks are ready) -> check: due timers, run the
  * ready queue. Tasks woken by I/O callbacks run in the same turn's check.
  */
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,22 +72,87 @@ static void cancel_main(tide_sched *s, const char *kind, const char *msg) {
   tide__sched_update(s);
 }
 
-static void on_uv_sigint(uv_signal_t *h, int signum) {
+/* ---- default signal handling -------------------------------------------
+ * Only on loops tide owns (not on an application's loop):
+ *   SIGINT, SIGTERM  the first cancels the main task (kind "cancelled",
+ *                    message "interrupted (SIGINT)" / "terminated
+ *                    (SIGTERM)") so pcall and <close> clean-up runs; the
+ *                    `tide` command then exits 130 (main.c), whichever it
+ *                    was. A second one, of either, exits at once, also 130.
+ *   SIGUSR1          prints the task tree.
+ * While another watcher of the signal is open on the loop (a tide.signal
+ * object, signal.c), the default stands aside: the script handles it, and
+ * deliveries it takes do not count toward "a second one". */
+static void on_uv_interrupt(uv_signal_t *h, int signum);
+static void on_uv_sigusr1(uv_signal_t *h, int signum);
+
+typedef struct sigquery {
+  int signum, found;
+} sigquery;
+
+static void find_watcher(uv_handle_t *h, void *arg) {
+  sigquery *q = arg;
+  uv_signal_t *w = (uv_signal_t *)h;
+  if (h->type == UV_SIGNAL && !uv_is_closing(h) && w->signum == q->signum &&
+      w->signal_cb != on_uv_interrupt && w->signal_cb != on_uv_sigusr1)
+    q->found = 1;
+}
+
+static int script_handles(uv_signal_t *h, int signum) {
+  sigquery q = {signum, 0};
+  uv_walk(h->loop, find_watcher, &q);
+  return q.found;
+}
+
+static void on_uv_interrupt(uv_signal_t *h, int signum) {
   tide_sched *s = h->data;
-  (void)signum;
+  if (script_handles(h, signum))
+    return;
   if (++s->rt->sigints >= 2) {
-    fputs("\ntide: interrupted twice, exiting now\n", stderr);
+    fprintf(stderr, "\ntide: %s twice, exiting now\n",
+            signum == SIGINT ? "interrupted" : "terminated");
     _exit(130);
   }
+  lua_pushinteger(s->L, signum); /* tide.run tells main.c (tide.interrupted) */
+  lua_setfield(s->L, LUA_REGISTRYINDEX, "tide.interrupt_signal");
   if (s->rt->sched == s)
-    cancel_main(s, "cancelled", "interrupted (SIGINT)");
+    cancel_main(s, "cancelled", signum == SIGINT ? "interrupted (SIGINT)"
+                                                 : "terminated (SIGTERM)");
 }
 
 static void on_uv_sigusr1(uv_signal_t *h, int signum) {
   tide_sched *s = h->data;
-  (void)signum;
+  if (script_handles(h, signum))
+    return;
   lua_pushcfunction(s->L, tide__dump_tasks);
   tide__call_protected(s->L, 0, "dump_tasks");
+}
+
+/* SIGTERM's watcher is not in tide_sched: it hangs on the run's closers,
+ * which close it (and the close callback frees it) at the run's end. */
+typedef struct sigterm_watch {
+  tide_closer closer;
+  uv_signal_t h;
+} sigterm_watch;
+
+static void on_uv_close_sigterm(uv_handle_t *h) {
+  free((char *)h - offsetof(sigterm_watch, h));
+}
+
+static void close_sigterm(tide_closer *c) {
+  uv_close((uv_handle_t *)&((sigterm_watch *)c)->h, on_uv_close_sigterm);
+}
+
+static void start_sigterm(tide_sched *s) {
+  sigterm_watch *w = calloc(1, sizeof(*w));
+  if (w == NULL)
+    return; /* SIGTERM then just kills the process, as by default */
+  uv_signal_init(s->loop, &w->h);
+  w->h.data = s;
+  uv_signal_start(&w->h, on_uv_interrupt, SIGTERM);
+  uv_unref((uv_handle_t *)&w->h);
+  w->closer.close = close_sigterm;
+  tide__closer_add(s, &w->closer);
 }
 
 static int new_table_ref(lua_State *L, const char *mode) {
@@ -135,8 +202,9 @@ tide_sched *tide__sched_new(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
   uv_unref((uv_handle_t *)&s->prepare);
   uv_unref((uv_handle_t *)&s->check);
   if (s->own_loop || loop == rt->owned_loop) { /* not on an app's loop */
-    uv_signal_start(&s->sigint, on_uv_sigint, SIGINT);
+    uv_signal_start(&s->sigint, on_uv_interrupt, SIGINT);
     uv_unref((uv_handle_t *)&s->sigint);
+    start_sigterm(s);
     uv_signal_start(&s->sigusr1, on_uv_sigusr1, SIGUSR1);
     uv_unref((uv_handle_t *)&s->sigusr1);
   }
@@ -334,7 +402,8 @@ int tide__run(lua_State *L) {
       tide__push_trace(L, main, ud);
       lua_setfield(L, LUA_REGISTRYINDEX, "tide.main_traceback");
     } else if ((main->flags & TF_CANCELLED) && rt->sigints > 0) {
-      lua_pushboolean(L, 1);
+      /* the signal's number: main.c exits 130 after any */
+      lua_getfield(L, LUA_REGISTRYINDEX, "tide.interrupt_signal");
       lua_setfield(L, LUA_REGISTRYINDEX, "tide.interrupted");
     }
     if (main->state != TS_DONE)

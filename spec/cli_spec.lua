@@ -2,7 +2,16 @@
 -- runs as a task. Each spec runs the real binary in a child process.
 local tide = require "tide"
 
-local TIDE = os.getenv("TIDE_BIN") or "./build/tide"
+-- The binary under test: TIDE_BIN (ctest sets it), else the tide running
+-- these specs (so build-*/tide busted tests itself), else ./build/tide.
+local function own_binary()
+  local pid = assert(io.open("/proc/self/stat")):read("a"):match("^%d+")
+  local p = io.popen("readlink /proc/" .. pid .. "/exe")
+  local exe = p:read("l")
+  p:close()
+  return exe and exe:match("/tide$") and exe
+end
+local TIDE = os.getenv("TIDE_BIN") or own_binary() or "./build/tide"
 
 local function tmpfile(content)
   local name = os.tmpname()
@@ -67,6 +76,29 @@ describe("tide command", function()
     local out, err, rc = sh("echo 'print(1 + 1, ...)' | " .. TIDE .. " - x")
     assert.equals(0, rc, err)
     assert.equals("2\tx\n", out)
+  end)
+
+  it("with no script and stdin not a terminal, runs stdin as the program (no REPL)", function()
+    local out, err, rc = sh("printf 'print(1 + 1)\\n=3\\n' | " .. TIDE)
+    assert.equals(1, rc) -- "=3" is no statement: a syntax error, not a REPL line
+    assert.equals("", out)
+    assert.matches("stdin:2:", err)
+    out, err, rc = sh("echo 'print(1 + 1)' | " .. TIDE)
+    assert.equals(0, rc, err)
+    assert.equals("2\n", out)
+  end)
+
+  it("-i is an option (usage lists it); an error in the script ends before the REPL", function()
+    local _, err, rc = sh(TIDE .. " -x")
+    assert.equals(1, rc)
+    assert.matches("%-i%s+enter interactive mode", err)
+    local name = tmpfile("error('early')")
+    local out
+    out, err, rc = sh("echo '=1' | " .. TIDE .. " -i " .. name)
+    os.remove(name)
+    assert.equals(1, rc)
+    assert.matches("early", err)
+    assert.matches("^tide %d[^\n]*\n$", out) -- the banner (-i implies -v), no prompt
   end)
 
   it("finds Debian's packaged Lua modules", function()
@@ -204,5 +236,120 @@ describe("tide.dump_tasks", function()
     tide.dump_tasks()
     assert.is_false(t:done())
     t:await()
+  end)
+end)
+
+-- Starts script in a child tide process, then runs steps in order: "wait X"
+-- polls the child's stdout (unbuffered there) until it holds X, anything
+-- else is a shell command where $pid is the child. A child still running
+-- after 20 s is killed (status 137). Returns its stdout, stderr, exit status
+-- and how long the whole took, in seconds.
+local function child(script, steps)
+  local name, out, err = tmpfile(script), os.tmpname(), os.tmpname()
+  local cmd = { TIDE .. " " .. name .. " >" .. out .. " 2>" .. err .. " & pid=$!",
+    "(sleep 20; kill -KILL $pid) >/dev/null 2>&1 & dog=$!" }
+  for _, step in ipairs(steps) do
+    local text = step:match("^wait (.*)")
+    cmd[#cmd + 1] = text and ("for i in $(seq 200); do grep -q '%s' %s && break; sleep 0.05; done")
+      :format(text, out) or step
+  end
+  cmd[#cmd + 1] = "wait $pid; rc=$?; kill $dog; (exit $rc)"
+  local t0 = tide.time()
+  local _, _, rc = sh(table.concat(cmd, "; "))
+  local elapsed = tide.time() - t0
+  local function slurp(f)
+    local h = assert(io.open(f))
+    local s = h:read("a")
+    h:close()
+    os.remove(f)
+    return s
+  end
+  os.remove(name)
+  return slurp(out), slurp(err), rc, elapsed
+end
+
+describe("tide command and signals", function()
+  it("SIGTERM cancels the main task so pcall and <close> clean-up run, then exits 130", function()
+    local out, err, rc = child([[
+      local tide = require "tide"
+      io.stdout:setvbuf("no")
+      local res <close> = setmetatable({}, { __close = function() print("closed") end })
+      print("ready")
+      local ok, e = pcall(tide.sleep, 30)
+      print("cleanup", e.kind, e.message)
+      error(e, 0)
+    ]], { "wait ready", "kill -TERM $pid" })
+    assert.equals(130, rc, err)
+    assert.equals("ready\ncleanup\tcancelled\tterminated (SIGTERM)\nclosed\n", out)
+    assert.matches("interrupted", err)
+  end)
+
+  it("a second SIGTERM exits at once, 130", function()
+    local out, err, rc, elapsed = child([[
+      local tide = require "tide"
+      io.stdout:setvbuf("no")
+      print("ready")
+      pcall(tide.sleep, 30)
+      print("cleaning")
+      tide.sleep(10)
+      print("never")
+    ]], { "wait ready", "kill -TERM $pid", "wait cleaning", "kill -TERM $pid" })
+    assert.equals(130, rc, err)
+    assert.equals("ready\ncleaning\n", out)
+    assert.matches("terminated twice, exiting now", err)
+    assert.is_true(elapsed < 5, "took " .. elapsed .. " s")
+  end)
+
+  it("a tide.signal watcher replaces the default; closing it restores it", function()
+    local out, err, rc = child([[
+      local tide = require "tide"
+      io.stdout:setvbuf("no")
+      local term = tide.signal("SIGTERM")
+      print("ready")
+      print(term:wait())
+      term:close()
+      print("closed")
+      local ok, e = pcall(tide.sleep, 30)
+      print("cleanup", e.message)
+      error(e, 0)
+    ]], { "wait ready", "kill -TERM $pid", "wait closed", "kill -TERM $pid" })
+    assert.equals(130, rc, err)
+    assert.equals("ready\nSIGTERM\nclosed\ncleanup\tterminated (SIGTERM)\n", out)
+  end)
+
+  it("watchers take Ctrl-C and SIGUSR1 from their defaults too", function()
+    local out, err, rc = child([[
+      local tide = require "tide"
+      io.stdout:setvbuf("no")
+      local int <close> = tide.signal("INT")
+      local usr1 <close> = tide.signal("USR1")
+      print("ready")
+      print(int:wait())
+      print(usr1:wait())
+      print(int:wait())
+    ]], { "wait ready", "kill -INT $pid", "kill -USR1 $pid", "wait SIGUSR1", "kill -INT $pid" })
+    assert.equals(0, rc, err)
+    assert.equals("ready\nSIGINT\nSIGUSR1\nSIGINT\n", out)
+    assert.equals("", err) -- no task dump, no "interrupted"
+  end)
+
+  it("a task waiting for a signal keeps the process alive; an idle watcher does not", function()
+    local out, err, rc = child([[
+      local tide = require "tide"
+      io.stdout:setvbuf("no")
+      local idle = tide.signal("SIGUSR2")
+      local s = tide.signal("SIGUSR1")
+      print("ready")
+      print(s:wait())
+    ]], { "wait ready", "sleep 0.2", "kill -USR1 $pid" })
+    assert.equals(0, rc, err)
+    assert.equals("ready\nSIGUSR1\n", out)
+    local _, err2, rc2 = child([[
+      local tide = require "tide"
+      local idle = tide.signal("SIGUSR2")
+      tide.Event():wait()
+    ]], {})
+    assert.equals(1, rc2)
+    assert.matches("deadlock", err2)
   end)
 end)
