@@ -220,6 +220,8 @@ int tide__open_queue(lua_State *L);
 /* net.c */
 void tide__net_close(uv_handle_t *h);
 void tide__net_close_servers(uv_handle_t *h, void *sched);
+uv_stream_t *tide__stream_new_pipe(lua_State *L, tide_sched *sched);
+void tide__stream_close(lua_State *L, int idx);
 int luaopen_tide_net(lua_State *L);
 
 /* http.c: the libcurl client core; httpparse.c: the server's parser */

@@ -5,6 +5,12 @@
  * userdata until its close callback (the luv pattern). The struct is freed
  * in the close callback; a collected box closes its handle.
  *
+ * A stream wraps a TCP socket or a pipe (a child's stdin, stdout or stderr:
+ * tide__stream_new_pipe, for process.c); both have the same methods. TCP
+ * handles left open are closed by the loop's teardown (tide__net_close);
+ * a pipe stream is on its run's closer list instead and closes when the
+ * run ends.
+ *
  * Reading fills a C buffer while a task wants data and stops the socket
  * when the buffer passes a high-water mark (backpressure toward the peer);
  * writing suspends the writer while libuv's write queue is over the mark.
@@ -16,6 +22,7 @@
  * kind "net"; resolving is kind "dns"; a refused connection is "connect".
  */
 #define _GNU_SOURCE /* memmem */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,12 +36,19 @@
 typedef struct stream_box stream_box;
 typedef struct server_box server_box;
 
-/* Streams and servers start alike, so loop teardown can close either. */
+/* Streams and servers start with their kind, so loop teardown can close
+ * either. */
 enum { NET_STREAM = 1, NET_SERVER = 2 };
 
 typedef struct stream {
-  uv_tcp_t tcp;
   int kind;
+  union {
+    uv_handle_t handle;
+    uv_stream_t stream;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+  } h;
+  tide_closer closer; /* pipes: on their run's list until closed */
   stream_box *box; /* the Lua box pointing here, NULL once collected */
   tide_runtime *rt;
   char *buf; /* bytes read and not yet taken: buf[off .. off + len) */
@@ -47,8 +61,8 @@ typedef struct stream {
 struct stream_box { stream *s; };
 
 typedef struct server {
-  uv_tcp_t tcp;
   int kind;
+  uv_tcp_t tcp;
   server_box *box;
   tide_runtime *rt;
   tide_sched *sched;
@@ -101,9 +115,10 @@ static void stream_close(stream *s) {
     if (s->box)
       s->box->s = NULL;
     s->box = NULL;
+    tide__closer_remove(&s->closer);
     wake_task(&s->reader);
     wake_task(&s->writer);
-    uv_close((uv_handle_t *)&s->tcp, on_uv_stream_closed);
+    uv_close(&s->h.handle, on_uv_stream_closed);
   }
 }
 
@@ -166,7 +181,7 @@ static int wait_readable(lua_State *L, stream *s, lua_KContext ctx,
   if (s->reader)
     return luaL_error(L, "another task is already reading this stream");
   if (!s->reading && !s->eof && !s->err) {
-    int rc = uv_read_start((uv_stream_t *)&s->tcp, on_uv_alloc, on_uv_read);
+    int rc = uv_read_start(&s->h.stream, on_uv_alloc, on_uv_read);
     if (rc < 0)
       return raise_uv(L, rc, "read");
     s->reading = 1;
@@ -334,7 +349,7 @@ static void on_uv_write(uv_write_t *req, int status) {
   stream *s = w->s;
   if (status < 0 && status != UV_ECANCELED && !s->err)
     s->err = status;
-  if (!s->closed && uv_stream_get_write_queue_size((uv_stream_t *)&s->tcp) < HIGH_WATER)
+  if (!s->closed && uv_stream_get_write_queue_size(&s->h.stream) < HIGH_WATER)
     wake_task(&s->writer);
   free(w);
 }
@@ -372,12 +387,12 @@ static int st_write(lua_State *L) {
   memcpy(w->data, data, len);
   w->s = s;
   buf = uv_buf_init(w->data, (unsigned)len);
-  rc = uv_write(&w->req, (uv_stream_t *)&s->tcp, &buf, 1, on_uv_write);
+  rc = uv_write(&w->req, &s->h.stream, &buf, 1, on_uv_write);
   if (rc < 0) {
     free(w);
     return raise_uv(L, rc, "write");
   }
-  if (uv_stream_get_write_queue_size((uv_stream_t *)&s->tcp) >= HIGH_WATER) {
+  if (uv_stream_get_write_queue_size(&s->h.stream) >= HIGH_WATER) {
     tide_task *t = tide__current(L);
     s->writer = t;
     return tide__park(L, t, 0, write_k);
@@ -431,7 +446,7 @@ static int st_write_eof(lua_State *L) {
   if (r == NULL)
     return luaL_error(L, "not enough memory");
   r->t = t;
-  rc = uv_shutdown(&r->req, (uv_stream_t *)&s->tcp, on_uv_shutdown);
+  rc = uv_shutdown(&r->req, &s->h.stream, on_uv_shutdown);
   if (rc < 0) {
     free(r);
     return raise_uv(L, rc, "write_eof");
@@ -459,21 +474,47 @@ static int st_tostring(lua_State *L) {
   return 1;
 }
 
-/* [-0, +1, m] A new stream box over a fresh tcp handle on loop. */
-static stream *new_stream(lua_State *L, tide_runtime *rt, uv_loop_t *loop) {
+/* [-0, +1, m] A new stream box over a fresh tcp handle on loop, or a pipe
+ * handle if pipe is set. */
+static stream *new_stream(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
+                          int pipe) {
   stream_box *b = lua_newuserdatauv(L, sizeof(*b), 0);
   stream *s = calloc(1, sizeof(*s));
   b->s = NULL;
   luaL_setmetatable(L, STREAM_MT);
   if (s == NULL)
     luaL_error(L, "not enough memory");
-  uv_tcp_init(loop, &s->tcp);
-  s->tcp.data = s;
+  if (pipe)
+    uv_pipe_init(loop, &s->h.pipe, 0);
+  else
+    uv_tcp_init(loop, &s->h.tcp);
+  s->h.handle.data = s;
   s->kind = NET_STREAM;
   s->rt = rt;
   s->box = b;
   b->s = s;
   return s;
+}
+
+static void on_run_end(tide_closer *c) {
+  stream_close((stream *)((char *)c - offsetof(stream, closer)));
+}
+
+/* [-0, +1, m] Pushes a new tide.Stream over an unopened pipe on sched's
+ * loop (for uv_spawn to connect) and returns the pipe. The stream closes,
+ * at the latest, when that run ends. */
+uv_stream_t *tide__stream_new_pipe(lua_State *L, tide_sched *sched) {
+  stream *s = new_stream(L, tide__rt(L), sched->loop, 1);
+  s->closer.close = on_run_end;
+  tide__closer_add(sched, &s->closer);
+  return &s->h.stream;
+}
+
+/* Closes the tide.Stream at idx, if it is an open one. */
+void tide__stream_close(lua_State *L, int idx) {
+  stream_box *b = luaL_testudata(L, idx, STREAM_MT);
+  if (b)
+    stream_close(b->s);
 }
 
 /* ---- connect --------------------------------------------------------- */
@@ -540,7 +581,7 @@ static int connect_k(lua_State *L, int status, lua_KContext ctx) {
       stream_close(lua_touserdata(L, 5) ? ((stream_box *)lua_touserdata(L, 5))->s : NULL);
       return raise_uv(L, rc, lua_pushfstring(L, "resolving %s", lua_tostring(L, 1)));
     }
-    rc = uv_tcp_connect(&c->u.connect, &c->s->tcp, c->ai->ai_addr, on_uv_connect);
+    rc = uv_tcp_connect(&c->u.connect, &c->s->h.tcp, c->ai->ai_addr, on_uv_connect);
     uv_freeaddrinfo(c->ai);
     c->ai = NULL;
     if (rc < 0) {
@@ -578,7 +619,7 @@ static int l_connect(lua_State *L) {
     return luaL_error(L, "not enough memory");
   lua_pushlightuserdata(L, c);
   c->t = t;
-  c->s = new_stream(L, rt, t->s->loop);
+  c->s = new_stream(L, rt, t->s->loop, 0);
   memset(&hints, 0, sizeof(hints));
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -606,8 +647,8 @@ static void on_uv_connection(uv_stream_t *h, int status) {
   if (status < 0 || sv->closed)
     return;
   lua_rawgeti(L, LUA_REGISTRYINDEX, sv->handler_ref);
-  s = new_stream(L, sv->rt, h->loop);
-  if (uv_accept(h, (uv_stream_t *)&s->tcp) < 0) {
+  s = new_stream(L, sv->rt, h->loop, 0);
+  if (uv_accept(h, &s->h.stream) < 0) {
     lua_pop(L, 2);
     return;
   }
@@ -643,7 +684,7 @@ void tide__net_close_servers(uv_handle_t *h, void *sched) {
 
 /* Loop teardown (loop.c) closes tide's TCP handles through here. */
 void tide__net_close(uv_handle_t *h) {
-  int kind = ((stream *)h->data)->kind; /* both structs start alike */
+  int kind = *(int *)h->data; /* both structs start with it */
   if (kind == NET_STREAM)
     stream_close(h->data);
   else if (kind == NET_SERVER)

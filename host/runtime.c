@@ -167,6 +167,12 @@ static tide_runtime *make_rt(lua_State *L) {
 
 tide_runtime *tide_open(lua_State *L) {
   tide_runtime *rt = make_rt(L);
+  struct sigaction sa;
+  /* A write to a closed peer (socket, pipe) must be an EPIPE error, not the
+   * end of the process: also under plain lua5.4 with tide.so. A handler
+   * the application installed stays. */
+  if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL)
+    signal(SIGPIPE, SIG_IGN);
   luaL_requiref(L, "tide.core", luaopen_tide_core, 0);
   lua_pop(L, 1);
   return rt;
@@ -298,7 +304,8 @@ tide_runtime *tide_runtime_new_with(const tide_options *opts) {
                                          "tide.http.parser", "tide.http",
                                          "tide.http_server", "tide.fs",
                                          "tide.process", "tide.thread",
-                                         "tide.signal", "tide.fs_lua", NULL};
+                                         "tide.signal", "tide.fs_lua",
+                                         "tide.process_lua", NULL};
     int i;
     luaL_requiref(L, "tide", luaopen_tide_lua, 0);
     lua_pop(L, 1);
