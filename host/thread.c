@@ -1,9 +1,805 @@
 /*
- * thread.c: "tide.thread", tide.to_thread: functions run on libuv's thread pool in worker Lua states. (stub)
+ * thread.c: "tide.thread", tide.to_thread(fn, ...): runs fn(...) on libuv's
+ * thread pool in a worker Lua state while the calling task is suspended.
+ *
+ * Owns the worker states and the copying of values between states; it does
+ * not own the thread pool (libuv's, process-wide, shared with fs and DNS).
+ *
+ * - The function travels as bytecode (lua_dump with debug info, so worker
+ *   tracebacks name the original file and lines). Its upvalues may only be
+ *   _ENV (bound to the worker's globals) or the function itself (a local
+ *   recursive function); anything else is refused at the call.
+ * - Values are serialised into a C buffer on the loop thread (arguments
+ *   before queueing, results in the after-work callback decoded into the
+ *   main state) and rebuilt in the worker state on the worker thread: the
+ *   main lua_State is never touched off the loop thread. nil, booleans,
+ *   integers, floats, strings and tables (nested; shared subtables and
+ *   cycles preserved; metatables dropped) travel; functions, userdata and
+ *   threads are refused with the argument position and the path inside the
+ *   table.
+ * - Worker states (standard libraries, the caller's package.path/cpath) are
+ *   made lazily on the worker thread and kept in a mutex-protected pool of
+ *   at most the thread-pool size (UV_THREADPOOL_SIZE, default 4, max 1024).
+ *   The pool hangs off the runtime's registry in a userdata; its __gc closes
+ *   the idle states and marks the pool closed. The pool struct is counted:
+ *   one reference for that userdata and one per job in flight, so a job that
+ *   outlives lua_close (an application's loop run after tide_runtime_close)
+ *   still finds its pool; it then touches no Lua state of the runtime, closes
+ *   its worker state and frees itself.
+ * - Cancellation resumes the caller at once (a "cancelled" error); the job
+ *   is uv_cancel'led if not started, otherwise it runs to its end in the
+ *   background and its results are dropped (threads cannot be killed). A
+ *   job still running keeps its loop alive: the end of a tide.run (and of
+ *   the `tide` command) waits for it, as asyncio.run waits for its executor.
+ *   While a job runs it counts as real I/O for a virtual clock.
+ * - A failure inside the worker comes back as a tide error of kind
+ *   "thread" (always, whatever was raised) with message (a string error as
+ *   is, else __tostring, else a string field `message`), traceback (the
+ *   worker's) and value (a copy of the raised value, when it can travel).
+ *   Results that cannot travel fail the same way, without traceback.
+ * - stats() reports the pool (states alive, idle, cap), for tests.
  */
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lualib.h>
+
 #include "internal.h"
 
-int luaopen_tide_thread(lua_State *L) {
+#define MAX_DEPTH 100        /* table nesting copied, both ways */
+#define BOX_MT    "tide.thread.job"
+#define POOL_MT   "tide.thread.pool"
+#define TB_KEY    "tide.thread.traceback" /* worker registry: last traceback */
+
+/* ---- byte buffers and the value encoding ------------------------------ */
+
+typedef struct buf {
+  char *p;
+  size_t n, cap;
+} buf;
+
+static int buf_add(buf *b, const void *src, size_t len) {
+  if (b->cap - b->n < len) {
+    size_t cap = b->cap ? b->cap : 256;
+    char *np;
+    while (cap - b->n < len)
+      cap *= 2;
+    np = realloc(b->p, cap);
+    if (np == NULL)
+      return -1;
+    b->p = np;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->n, src, len);
+  b->n += len;
+  return 0;
+}
+
+/* Tags of the encoding: one byte, then the payload. */
+enum { V_NIL = 'n', V_FALSE = 'f', V_TRUE = 't', V_INT = 'i', V_FLT = 'd',
+       V_STR = 's', V_TABLE = 'T', V_END = 'e', V_REF = 'r' };
+
+/* The encoder raises on memory errors: the buffers belong to a job, which
+ * frees them whatever happens. Refusals are returned, to be explained. */
+typedef struct enc {
+  lua_State *L;
+  buf *b;
+  int seen;          /* stack index: table -> its id */
+  lua_Integer ntab;  /* tables numbered so far */
+  const char *why;   /* what could not be sent */
+} enc;
+
+static int put(enc *e, char tag, const void *payload, size_t len) {
+  if (buf_add(e->b, &tag, 1) < 0 || (len && buf_add(e->b, payload, len) < 0))
+    luaL_error(e->L, "not enough memory");
+  return 0;
+}
+
+/* [-0, +1, m] Pushes how a key reads in a path: .name or [key]. */
+static void push_key(lua_State *L, int k) {
+  const char *s;
+  size_t i, n;
+  switch (lua_type(L, k)) {
+    case LUA_TSTRING:
+      s = lua_tolstring(L, k, &n);
+      for (i = 0; i < n && (s[i] == '_' || (s[i] >= 'a' && s[i] <= 'z') ||
+                            (s[i] >= 'A' && s[i] <= 'Z') ||
+                            (i > 0 && s[i] >= '0' && s[i] <= '9'));
+           i++)
+        ;
+      if (n > 0 && i == n)
+        lua_pushfstring(L, ".%s", s);
+      else
+        lua_pushfstring(L, "[\"%s\"]", s);
+      break;
+    case LUA_TNUMBER:
+      if (lua_isinteger(L, k))
+        lua_pushfstring(L, "[%I]", (LUAI_UACINT)lua_tointeger(L, k));
+      else
+        lua_pushfstring(L, "[%f]", (LUAI_UACNUMBER)lua_tonumber(L, k));
+      break;
+    default:
+      lua_pushfstring(L, "[%s]", luaL_typename(L, k));
+  }
+}
+
+static int enc_value(enc *e, int idx, int depth);
+
+/* Encodes the table at idx. On failure the path below it is on top. */
+static int enc_table(enc *e, int idx, int depth) {
+  lua_State *L = e->L;
+  lua_Integer id;
+  lua_pushvalue(L, idx);
+  if (lua_rawget(L, e->seen) == LUA_TNUMBER) {
+    id = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    return put(e, V_REF, &id, sizeof(id));
+  }
+  lua_pop(L, 1);
+  if (depth >= MAX_DEPTH) {
+    e->why = "table nested too deeply";
+    lua_pushliteral(L, "");
+    return -1;
+  }
+  luaL_checkstack(L, 8, NULL);
+  id = ++e->ntab;
+  lua_pushvalue(L, idx);
+  lua_pushinteger(L, id);
+  lua_rawset(L, e->seen);
+  put(e, V_TABLE, NULL, 0);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    int k = lua_gettop(L) - 1;
+    if (enc_value(e, k, depth + 1) < 0) { /* the key itself */
+      lua_pop(L, 1);
+      e->why = lua_pushfstring(L, "%s key", e->why); /* stays anchored */
+      lua_pushliteral(L, "");
+      return -1;
+    }
+    if (enc_value(e, k + 1, depth + 1) < 0) {
+      push_key(L, k);
+      lua_insert(L, -2);
+      lua_concat(L, 2);
+      return -1;
+    }
+    lua_pop(L, 1);
+  }
+  return put(e, V_END, NULL, 0);
+}
+
+/* Appends the value at idx. Returns 0, or -1 with e->why naming what
+ * cannot be sent and its path ("" or ".a[2]") pushed. */
+static int enc_value(enc *e, int idx, int depth) {
+  lua_State *L = e->L;
+  switch (lua_type(L, idx)) {
+    case LUA_TNIL:
+      return put(e, V_NIL, NULL, 0);
+    case LUA_TBOOLEAN:
+      return put(e, lua_toboolean(L, idx) ? V_TRUE : V_FALSE, NULL, 0);
+    case LUA_TNUMBER:
+      if (lua_isinteger(L, idx)) {
+        lua_Integer i = lua_tointeger(L, idx);
+        return put(e, V_INT, &i, sizeof(i));
+      } else {
+        lua_Number d = lua_tonumber(L, idx);
+        return put(e, V_FLT, &d, sizeof(d));
+      }
+    case LUA_TSTRING: {
+      size_t len;
+      const char *s = lua_tolstring(L, idx, &len);
+      put(e, V_STR, &len, sizeof(len));
+      if (buf_add(e->b, s, len) < 0)
+        luaL_error(L, "not enough memory");
+      return 0;
+    }
+    case LUA_TTABLE:
+      return enc_table(e, lua_absindex(L, idx), depth);
+    default: /* function, userdata, thread */
+      e->why = lua_typename(L, lua_type(L, idx));
+      lua_pushliteral(L, "");
+      return -1;
+  }
+}
+
+/* [-0, +0, m] Appends the n values from `first` to b: a count, then each.
+ * On a refusal calls fail(L, pos, "cannot send a function[ at a.b[2]]"),
+ * which raises; pos is the refused value's index in the list plus `pos0`. */
+static void enc_list(lua_State *L, buf *b, int first, int n, int pos0,
+                     void (*fail)(lua_State *L, int pos, const char *msg)) {
+  enc e;
+  int i, count = n;
+  memset(&e, 0, sizeof(e));
+  e.L = L;
+  e.b = b;
+  luaL_checkstack(L, 8, NULL);
   lua_newtable(L);
+  e.seen = lua_gettop(L);
+  if (buf_add(b, &count, sizeof(count)) < 0)
+    luaL_error(L, "not enough memory");
+  for (i = 0; i < n; i++) {
+    if (enc_value(&e, first + i, 0) < 0) {
+      const char *path = lua_tostring(L, -1);
+      if (*path == '.')
+        path++;
+      fail(L, pos0 + i, lua_pushfstring(L, "cannot send a %s%s%s", e.why,
+                                        *path ? " at " : "", path));
+    }
+  }
+  lua_settop(L, e.seen - 1);
+}
+
+typedef struct dec {
+  const char *p, *end;
+  int refs;          /* stack index: id -> table */
+  lua_Integer ntab;
+} dec;
+
+static void dec_take(lua_State *L, dec *d, void *dst, size_t len) {
+  if ((size_t)(d->end - d->p) < len)
+    luaL_error(L, "to_thread: corrupt value encoding");
+  memcpy(dst, d->p, len);
+  d->p += len;
+}
+
+/* [-0, +1, m] Decodes one value. */
+static void dec_value(lua_State *L, dec *d, int depth) {
+  char tag;
+  lua_Integer i;
+  lua_Number n;
+  size_t len;
+  dec_take(L, d, &tag, 1);
+  switch (tag) {
+    case V_NIL: lua_pushnil(L); break;
+    case V_FALSE: lua_pushboolean(L, 0); break;
+    case V_TRUE: lua_pushboolean(L, 1); break;
+    case V_INT: dec_take(L, d, &i, sizeof(i)); lua_pushinteger(L, i); break;
+    case V_FLT: dec_take(L, d, &n, sizeof(n)); lua_pushnumber(L, n); break;
+    case V_STR:
+      dec_take(L, d, &len, sizeof(len));
+      if ((size_t)(d->end - d->p) < len)
+        luaL_error(L, "to_thread: corrupt value encoding");
+      lua_pushlstring(L, d->p, len);
+      d->p += len;
+      break;
+    case V_REF:
+      dec_take(L, d, &i, sizeof(i));
+      lua_rawgeti(L, d->refs, i);
+      break;
+    case V_TABLE:
+      if (depth >= MAX_DEPTH)
+        luaL_error(L, "to_thread: corrupt value encoding");
+      luaL_checkstack(L, 6, NULL);
+      lua_newtable(L);
+      lua_pushvalue(L, -1);
+      lua_rawseti(L, d->refs, ++d->ntab);
+      while (d->p < d->end && *d->p != V_END) {
+        dec_value(L, d, depth + 1);
+        dec_value(L, d, depth + 1);
+        lua_rawset(L, -3);
+      }
+      dec_take(L, d, &tag, 1);
+      break;
+    default:
+      luaL_error(L, "to_thread: corrupt value encoding");
+  }
+}
+
+/* [-0, +n, m] Decodes a list made by enc_list; returns its length n. */
+static int dec_list(lua_State *L, const buf *b) {
+  dec d;
+  int count, i;
+  d.p = b->p;
+  d.end = b->p + b->n;
+  d.ntab = 0;
+  lua_newtable(L);
+  d.refs = lua_gettop(L);
+  dec_take(L, &d, &count, sizeof(count));
+  luaL_checkstack(L, count + 4, "too many values for to_thread");
+  for (i = 0; i < count; i++)
+    dec_value(L, &d, 0);
+  lua_remove(L, d.refs);
+  return count;
+}
+
+/* ---- the pool of worker states ---------------------------------------- */
+
+typedef struct pool {
+  uv_mutex_t mu;         /* guards idle, nidle, nstates, closed */
+  lua_State **idle;      /* states waiting for a job, at most cap */
+  int nidle, nstates, cap;
+  int closed;            /* the runtime's state is gone */
+  int refs;              /* the registry userdata + jobs in flight (loop thread) */
+  lua_State *L;          /* the runtime's main state, while not closed */
+} pool;
+
+static void pool_unref(pool *pl) {
+  if (--pl->refs == 0) {
+    uv_mutex_destroy(&pl->mu);
+    free(pl->idle);
+    free(pl);
+  }
+}
+
+static int open_worker(lua_State *W) {
+  luaL_openlibs(W);
+  return 0;
+}
+
+/* Worker thread: an idle state, or a new one (NULL when out of memory). */
+static lua_State *pool_get(pool *pl) {
+  lua_State *W = NULL;
+  uv_mutex_lock(&pl->mu);
+  if (pl->nidle > 0)
+    W = pl->idle[--pl->nidle];
+  uv_mutex_unlock(&pl->mu);
+  if (W)
+    return W;
+  W = luaL_newstate();
+  if (W == NULL)
+    return NULL;
+  lua_pushcfunction(W, open_worker);
+  if (lua_pcall(W, 0, 0, 0) != LUA_OK) {
+    lua_close(W);
+    return NULL;
+  }
+  uv_mutex_lock(&pl->mu);
+  pl->nstates++;
+  uv_mutex_unlock(&pl->mu);
+  return W;
+}
+
+/* Worker thread: keeps W for the next job, or closes it when the pool is
+ * full or closed. */
+static void pool_put(pool *pl, lua_State *W) {
+  int keep;
+  lua_settop(W, 0);
+  lua_gc(W, LUA_GCCOLLECT); /* don't keep a job's garbage while idle */
+  uv_mutex_lock(&pl->mu);
+  keep = !pl->closed && pl->nidle < pl->cap;
+  if (keep)
+    pl->idle[pl->nidle++] = W;
+  else
+    pl->nstates--;
+  uv_mutex_unlock(&pl->mu);
+  if (!keep)
+    lua_close(W);
+}
+
+/* __gc of the registry userdata: the runtime's state is closing. */
+static int pool_gc(lua_State *L) {
+  pool **box = luaL_checkudata(L, 1, POOL_MT);
+  pool *pl = *box;
+  int i, n;
+  lua_State **idle;
+  if (pl == NULL)
+    return 0;
+  *box = NULL;
+  uv_mutex_lock(&pl->mu); /* running jobs close their states themselves */
+  pl->closed = 1;
+  pl->L = NULL;
+  idle = pl->idle;
+  n = pl->nidle;
+  pl->nstates -= n;
+  pl->nidle = 0;
+  uv_mutex_unlock(&pl->mu);
+  for (i = 0; i < n; i++) /* nobody else sees them now */
+    lua_close(idle[i]);
+  pool_unref(pl);
+  return 0;
+}
+
+/* The size of libuv's thread pool, read as libuv 1.44 reads it. */
+static int threadpool_size(void) {
+  const char *v = getenv("UV_THREADPOOL_SIZE");
+  long n = v ? strtol(v, NULL, 10) : 4;
+  if (n == 0)
+    n = 1;
+  if (n < 0 || n > 1024)
+    n = 1024;
+  return (int)n;
+}
+
+static char pool_key;
+
+/* The runtime's pool, made on first use. */
+static pool *get_pool(lua_State *L) {
+  pool **box, *pl;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &pool_key) == LUA_TUSERDATA) {
+    pl = *(pool **)lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    return pl;
+  }
+  lua_pop(L, 1);
+  box = lua_newuserdatauv(L, sizeof(*box), 0);
+  *box = NULL;
+  luaL_setmetatable(L, POOL_MT);
+  pl = calloc(1, sizeof(*pl));
+  if (pl == NULL)
+    luaL_error(L, "not enough memory");
+  pl->cap = threadpool_size();
+  pl->idle = calloc((size_t)pl->cap, sizeof(*pl->idle));
+  if (pl->idle == NULL || uv_mutex_init(&pl->mu) != 0) {
+    free(pl->idle);
+    free(pl);
+    luaL_error(L, "cannot create the worker pool");
+  }
+  pl->refs = 1;
+  pl->L = tide__rt(L)->L;
+  *box = pl;
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &pool_key);
+  return pl;
+}
+
+/* ---- jobs --------------------------------------------------------------- */
+
+typedef struct job {
+  uv_work_t req;
+  pool *pl;          /* set once queued */
+  tide_pending *p;   /* NULL once cancelled (or never suspended) */
+  tide_task *t;      /* the caller, counted in t->s->io_pending while p */
+  int task_ref;      /* keeps t alive until after_work */
+  buf in;            /* package.path, package.cpath, upvalue kinds, code, args */
+  buf out;           /* true, results... | false, message, traceback, value */
+  const char *fatal; /* the worker could not even report (no state) */
+} job;
+
+static void job_free(job *j) {
+  free(j->in.p);
+  free(j->out.p);
+  free(j);
+}
+
+/* __gc of the box that owns a job until it is queued (errors while
+ * encoding the arguments free it). */
+static int box_gc(lua_State *L) {
+  job **box = lua_touserdata(L, 1);
+  if (*box)
+    job_free(*box);
+  *box = NULL;
+  return 0;
+}
+
+/* Message handler in the worker: keeps the traceback aside, passes the
+ * error value through unchanged. */
+static void push_message(lua_State *W, int e);
+
+static int w_msgh(lua_State *W) {
+  luaL_checkstack(W, 10, NULL);
+  push_message(W, 1);
+  luaL_traceback(W, W, lua_tostring(W, -1), 1);
+  lua_setfield(W, LUA_REGISTRYINDEX, TB_KEY);
+  lua_settop(W, 1);
+  return 1;
+}
+
+/* [-0, +1, m] The text of an error value: a string or number as is, then
+ * __tostring, then a string field `message`. */
+static void push_message(lua_State *W, int e) {
+  int top = lua_gettop(W);
+  e = lua_absindex(W, e);
+  if (lua_type(W, e) == LUA_TSTRING || lua_type(W, e) == LUA_TNUMBER) {
+    lua_pushstring(W, lua_tostring(W, e)); /* a copy: e stays a number */
+    return;
+  }
+  if (luaL_callmeta(W, e, "__tostring") && lua_type(W, -1) == LUA_TSTRING)
+    return;
+  lua_settop(W, top);
+  if (lua_type(W, e) == LUA_TTABLE) {
+    if (lua_getfield(W, e, "message") == LUA_TSTRING)
+      return;
+    lua_settop(W, top);
+  }
+  lua_pushfstring(W, "(error object is a %s value)", luaL_typename(W, e));
+}
+
+static void result_fail(lua_State *W, int pos, const char *msg) {
+  luaL_error(W, "cannot return result #%d from to_thread: %s", pos, msg);
+}
+
+/* Worker thread, protected: (j, values...) -> j->out holds the values. */
+static int w_encode(lua_State *W) {
+  job *j = lua_touserdata(W, 1);
+  j->out.n = 0;
+  enc_list(W, &j->out, 2, lua_gettop(W) - 1, 0, result_fail);
+  return 0;
+}
+
+/* Worker thread, in protected mode on W: loads the function, rebuilds the
+ * arguments, calls it, and encodes in j->out its results (true, ...) or its
+ * failure (false, message, traceback, value; the value nil when it cannot
+ * travel). */
+static int w_run(lua_State *W) {
+  job *j = lua_touserdata(W, 1);
+  size_t nups, len;
+  const char *ups, *code;
+  int n, i, st;
+  lua_settop(W, 0);
+  n = dec_list(W, &j->in); /* 1 path, 2 cpath, 3 ups, 4 code, 5.. args */
+  lua_getglobal(W, "package");
+  if (lua_istable(W, -1)) {
+    lua_pushvalue(W, 1);
+    lua_setfield(W, -2, "path");
+    lua_pushvalue(W, 2);
+    lua_setfield(W, -2, "cpath");
+  }
+  lua_pop(W, 1);
+  ups = lua_tolstring(W, 3, &nups);
+  code = lua_tolstring(W, 4, &len);
+  if (luaL_loadbufferx(W, code, len, "=to_thread", "b") != LUA_OK)
+    return lua_error(W);
+  for (i = 0; i < (int)nups; i++) {
+    if (ups[i] == 'S')
+      lua_pushvalue(W, -1);
+    else
+      lua_pushglobaltable(W);
+    lua_setupvalue(W, -2, i + 1);
+  }
+  lua_replace(W, 2); /* msgh fn args... */
+  lua_pushcfunction(W, w_msgh);
+  lua_replace(W, 1);
+  lua_remove(W, 3);
+  lua_remove(W, 3);
+  lua_pushnil(W);
+  lua_setfield(W, LUA_REGISTRYINDEX, TB_KEY);
+  st = lua_pcall(W, n - 4, LUA_MULTRET, 1);
+  j->out.n = 0;
+  if (st == LUA_OK) {
+    lua_pushboolean(W, 1);
+    lua_replace(W, 1); /* true r1 r2 ... */
+    enc_list(W, &j->out, 1, lua_gettop(W), 0, result_fail);
+    return 0;
+  }
+  lua_settop(W, 2); /* msgh err */
+  lua_pushcfunction(W, w_encode);
+  lua_pushlightuserdata(W, j);
+  lua_pushboolean(W, 0);
+  push_message(W, 2);
+  lua_getfield(W, LUA_REGISTRYINDEX, TB_KEY);
+  lua_pushvalue(W, 2);
+  if (lua_pcall(W, 5, 0, 0) != LUA_OK) { /* the value cannot travel */
+    lua_settop(W, 2);
+    lua_pushboolean(W, 0);
+    push_message(W, 2);
+    lua_getfield(W, LUA_REGISTRYINDEX, TB_KEY);
+    j->out.n = 0;
+    enc_list(W, &j->out, 3, 3, 0, result_fail);
+  }
+  return 0;
+}
+
+/* Worker thread, protected: reports a failure outside the function (its
+ * results could not be sent, or the worker ran out of memory). */
+static int w_fail(lua_State *W) {
+  job *j = lua_touserdata(W, 2);
+  j->out.n = 0;
+  lua_pushboolean(W, 0);
+  lua_insert(W, 1); /* false message */
+  lua_settop(W, 2);
+  enc_list(W, &j->out, 1, 2, 0, result_fail);
+  return 0;
+}
+
+static void on_uv_work(uv_work_t *req) {
+  job *j = req->data;
+  lua_State *W = pool_get(j->pl);
+  if (W == NULL) {
+    j->fatal = "cannot create a worker Lua state (not enough memory)";
+    return;
+  }
+  lua_pushcfunction(W, w_run);
+  lua_pushlightuserdata(W, j);
+  if (lua_pcall(W, 1, 0, 0) != LUA_OK) {
+    lua_pushcfunction(W, w_fail);
+    lua_insert(W, -2);
+    lua_pushlightuserdata(W, j);
+    if (lua_pcall(W, 2, 0, 0) != LUA_OK)
+      j->fatal = "the worker failed and could not say why (not enough memory)";
+  }
+  pool_put(j->pl, W);
+}
+
+/* Loop thread, protected on the main state: pushes the results, or the
+ * tide error (upvalue-less; returns it with a false first). */
+static int deliver(lua_State *L) {
+  job *j = lua_touserdata(L, 1);
+  int n, base = 1;
+  if (j->fatal) {
+    lua_pushboolean(L, 0);
+    tide__err_push(L, "thread", "%s", j->fatal);
+    return 2;
+  }
+  n = dec_list(L, &j->out);
+  if (lua_toboolean(L, base + 1))
+    return n;
+  tide__err_push(L, "thread", "%s", luaL_optstring(L, base + 2, "?"));
+  lua_pushvalue(L, base + 3);
+  lua_setfield(L, -2, "traceback");
+  if (n > 3) {
+    lua_pushvalue(L, base + 4);
+    lua_setfield(L, -2, "value");
+  }
+  lua_replace(L, base + 2);
+  lua_settop(L, base + 2);
+  return 2;
+}
+
+static void on_uv_after_work(uv_work_t *req, int status) {
+  job *j = req->data;
+  pool *pl = j->pl;
+  lua_State *L = pl->L;
+  /* Once the runtime's state is closed (pl->closed) nothing of it is
+   * touched. A task abandoned by its run (TS_DONE, never resumed, so
+   * on_cancel never ran) has a sched that may be gone: left alone too. */
+  if (!pl->closed) {
+    if (j->p && j->t->state != TS_DONE && status == 0) {
+      int top = lua_gettop(L), n;
+      j->t->s->io_pending--;
+      lua_pushcfunction(L, deliver);
+      lua_pushlightuserdata(L, j);
+      if (lua_pcall(L, 1, LUA_MULTRET, 0) != LUA_OK) {
+        tide_fail(j->p);
+      } else {
+        n = lua_gettop(L) - top;
+        if (lua_toboolean(L, top + 1)) {
+          lua_remove(L, top + 1);
+          tide_complete(j->p, n - 1);
+        } else {
+          lua_remove(L, top + 1);
+          tide_fail(j->p);
+        }
+      }
+      lua_settop(L, top);
+    }
+    luaL_unref(L, LUA_REGISTRYINDEX, j->task_ref);
+  }
+  job_free(j);
+  pool_unref(pl);
+}
+
+/* The task was cancelled: the caller resumes now; the job ends alone. */
+static void on_cancel(tide_pending *p, void *data) {
+  job *j = data;
+  (void)p;
+  j->p = NULL;
+  j->t->s->io_pending--;
+  uv_cancel((uv_req_t *)&j->req);
+}
+
+static int writer(lua_State *L, const void *p, size_t sz, void *ud) {
+  (void)L;
+  return buf_add(ud, p, sz);
+}
+
+/* Raises "bad argument #pos to 'to_thread' (<fmt>)". By hand: called
+ * through tide.to_thread, Lua would name the wrapper's line, not the
+ * caller's, so no position (like tide.sleep's argument errors). */
+static int arg_error(lua_State *L, int pos, const char *fmt, ...) {
+  va_list ap;
+  lua_pushfstring(L, "bad argument #%d to 'to_thread' (", pos);
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lua_pushliteral(L, ")");
+  lua_concat(L, 3);
+  return lua_error(L);
+}
+
+static void arg_fail(lua_State *L, int pos, const char *msg) {
+  arg_error(L, pos, "%s", msg);
+}
+
+/* tide.to_thread(fn, ...) -> fn's results, computed on a worker thread */
+static int l_to_thread(lua_State *L) {
+  tide_task *t = tide__current(L);
+  int nargs = lua_gettop(L) - 1, i, top;
+  const char *name;
+  job **box, *j;
+  pool *pl;
+  char ups[256];
+  if (lua_type(L, 1) != LUA_TFUNCTION || lua_iscfunction(L, 1))
+    return arg_error(L, 1, "Lua function expected, got %s",
+                     lua_iscfunction(L, 1) ? "C function"
+                                           : luaL_typename(L, 1));
+  pl = get_pool(L);
+  luaL_checkstack(L, 10, NULL);
+  box = lua_newuserdatauv(L, sizeof(*box), 0);
+  *box = NULL;
+  luaL_setmetatable(L, BOX_MT);
+  lua_insert(L, 2); /* fn box args... */
+  top = lua_gettop(L);
+  *box = j = calloc(1, sizeof(*j));
+  if (j == NULL)
+    return luaL_error(L, "not enough memory");
+  /* package.path, package.cpath */
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_getfield(L, -1, "package");
+  if (lua_istable(L, -1)) {
+    lua_getfield(L, -1, "path");
+    lua_getfield(L, -2, "cpath");
+  } else {
+    lua_pushnil(L);
+    lua_pushnil(L);
+  }
+  lua_rotate(L, -4, 2);
+  lua_pop(L, 2);
+  /* upvalues: _ENV or the function itself */
+  for (i = 1; (name = lua_getupvalue(L, 1, i)) != NULL; i++) {
+    int self = lua_rawequal(L, -1, 1);
+    lua_pop(L, 1);
+    if (strcmp(name, "_ENV") != 0 && !self)
+      return arg_error(L, 1, "the function uses upvalue '%s'; only "
+                       "globals and the function itself can be used in a "
+                       "worker: pass values as arguments", name);
+    ups[i - 1] = self ? 'S' : 'E';
+  }
+  lua_pushlstring(L, ups, (size_t)(i - 1));
+  /* the code */
+  {
+    buf code = {NULL, 0, 0};
+    lua_pushvalue(L, 1);
+    if (lua_dump(L, writer, &code, 0) != 0) {
+      free(code.p);
+      return luaL_error(L, "not enough memory");
+    }
+    lua_pop(L, 1);
+    lua_pushlstring(L, code.p ? code.p : "", code.n);
+    free(code.p);
+  }
+  /* path cpath ups code, then the arguments */
+  for (i = 0; i < nargs; i++)
+    lua_pushvalue(L, top - nargs + 1 + i);
+  /* path is "argument -2", so the arguments count from 2 */
+  enc_list(L, &j->in, top + 1, lua_gettop(L) - top, -2, arg_fail);
+  lua_settop(L, top);
+  tide__push_task(L, t);
+  j->task_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  j->req.data = j;
+  j->pl = pl;
+  if ((i = uv_queue_work(t->s->loop, &j->req, on_uv_work, on_uv_after_work))
+      != 0) {
+    luaL_unref(L, LUA_REGISTRYINDEX, j->task_ref);
+    return luaL_error(L, "to_thread: cannot queue the job: %s",
+                      uv_strerror(i));
+  }
+  pl->refs++;
+  *box = NULL; /* the job is libuv's now; on_uv_after_work frees it */
+  j->t = t;
+  t->s->io_pending++; /* a virtual clock waits for it */
+  return tide_suspend(L, on_cancel, j, &j->p);
+}
+
+/* stats() -> {states =, idle =, cap =}: worker states alive, idle, max */
+static int l_stats(lua_State *L) {
+  pool *pl = get_pool(L);
+  int states, idle;
+  uv_mutex_lock(&pl->mu);
+  states = pl->nstates;
+  idle = pl->nidle;
+  uv_mutex_unlock(&pl->mu);
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, states);
+  lua_setfield(L, -2, "states");
+  lua_pushinteger(L, idle);
+  lua_setfield(L, -2, "idle");
+  lua_pushinteger(L, pl->cap);
+  lua_setfield(L, -2, "cap");
+  return 1;
+}
+
+static const luaL_Reg funcs[] = {
+  {"to_thread", l_to_thread}, {"stats", l_stats}, {NULL, NULL}};
+
+int luaopen_tide_thread(lua_State *L) {
+  if (luaL_newmetatable(L, BOX_MT)) {
+    lua_pushcfunction(L, box_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  if (luaL_newmetatable(L, POOL_MT)) {
+    lua_pushcfunction(L, pool_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 2);
+  luaL_newlib(L, funcs);
   return 1;
 }

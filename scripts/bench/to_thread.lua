@@ -1,0 +1,64 @@
+-- to_thread: J CPU-bound jobs (a prime sieve up to N each) run serially on the loop
+-- thread, then through tide.to_thread on libuv's thread pool, while a ticker task
+-- sleeps 1 ms at a time and records how late it woke (the loop's responsiveness).
+-- Run: build/tide scripts/bench/to_thread.lua [J=4] [N=4000000]
+-- Prints RESULT with the threaded time in seconds=, the serial time, the speedup
+-- (bounded by the core count and UV_THREADPOOL_SIZE) and the ticker's worst and
+-- 99th-percentile delay, next to its worst delay with nothing else running (the
+-- machine's noise floor).
+local tide = require "tide"
+local J = math.tointeger(tonumber(arg[1] or 4))
+local N = math.tointeger(tonumber(arg[2] or 4000000))
+
+-- Counts the primes up to n (no upvalues: it travels to the workers as bytecode).
+local function sieve(n)
+  local composite, count = {}, 0
+  for i = 2, n do
+    if not composite[i] then
+      count = count + 1
+      for k = i * i, n, i do composite[k] = true end
+    end
+  end
+  return count
+end
+
+-- Runs fn while a ticker sleeps 1 ms in a loop; returns fn's wall time (s), the
+-- worst lateness of a wake-up (s), the number of ticks and the 99th percentile.
+local function with_ticker(fn)
+  local stop, late = false, {}
+  local ticker = tide.spawn(function()
+    while not stop do
+      local due = tide.time() + 0.001
+      tide.sleep(0.001)
+      late[#late + 1] = tide.time() - due
+    end
+  end)
+  tide.sleep(0.01) -- the ticker is running
+  local t0 = tide.time()
+  fn()
+  local dt = tide.time() - t0
+  stop = true
+  ticker:await()
+  table.sort(late)
+  return dt, late[#late], #late, late[math.ceil(#late * 0.99)]
+end
+
+local expect = sieve(N)
+local _, idle_worst = with_ticker(function() tide.sleep(0.5) end)
+
+local serial, serial_worst = with_ticker(function()
+  for _ = 1, J do assert(sieve(N) == expect) end
+end)
+
+local threaded, worst, ticks, p99 = with_ticker(function()
+  local jobs = {}
+  for i = 1, J do jobs[i] = function() return tide.to_thread(sieve, N) end end
+  for _, c in ipairs(tide.gather(jobs)) do assert(c == expect) end
+end)
+
+print(("serial: %.3f s (loop blocked up to %.0f ms); to_thread: %.3f s, %d ticks, "
+  .. "tick delay worst %.2f ms, p99 %.2f ms (worst %.2f ms with the loop idle)")
+  :format(serial, serial_worst * 1e3, threaded, ticks, worst * 1e3, p99 * 1e3, idle_worst * 1e3))
+print(("RESULT name=to_thread impl=tide n=%d seconds=%.3f serial_seconds=%.3f speedup=%.2f "
+  .. "worst_tick_ms=%.2f p99_tick_ms=%.2f idle_tick_ms=%.2f")
+  :format(J, threaded, serial, serial / threaded, worst * 1e3, p99 * 1e3, idle_worst * 1e3))
