@@ -3,19 +3,53 @@
  * builds `arg` exactly as lua5.4 does, loads -e chunks and the script in C
  * (so syntax errors read as lua5.4's do), then runs them in order inside
  * one main task (lua/tide/main.lua), so top-level code may suspend.
+ * With -i, or with no script while stdin is a terminal, the last step is
+ * the REPL (lua/tide/repl.lua), whose line reader is below:
+ * "tide.repl.core", preloaded by the command only.
  * Exit status: 0 on success, 1 on an error (message and traceback on
  * stderr), 130 after Ctrl-C.
+ *
+ * The line reader never blocks the loop: core.readline(prompt) suspends
+ * the main task (tide_suspend) and a uv_poll on fd 0 completes it when a
+ * line is there, so other tasks run while the prompt waits.
+ *   - stdin a terminal: libedit's callback interface. The handler is
+ *     installed (terminal in edit mode) only while a read is pending and
+ *     removed (terminal back to normal) while a line runs. libedit's own
+ *     signal handlers are off (rl_catch_signals = 0): Ctrl-C reaches tide's
+ *     SIGINT watcher, which cancels the main task; a read pending then is
+ *     dropped by its cancel callback and the REPL catches the "cancelled"
+ *     error (lua/tide/repl.lua). End of file: Ctrl-D on an empty line, or
+ *     a hang-up (readable with nothing to read).
+ *   - otherwise: lua.c's non-readline behaviour (prompt on stdout, no
+ *     echo); lines are read with read(2) when uv_poll says fd 0 is
+ *     readable, or at once when fd 0 cannot be polled (a regular file,
+ *     /dev/null), since reading those never waits.
+ * uv_poll_init makes fd 0 non-blocking, which would leak into io.read and
+ * into the shell's terminal; its flags are put back at once (we only read
+ * after readiness). On a terminal LC_CTYPE is set from the environment
+ * (C.UTF-8 if that is single-byte) so that libedit takes UTF-8 input.
+ * TIDE_HISTORY=path loads the history from that file at start and writes
+ * it back at exit (also after os.exit); without it nothing is written.
+ * The only internal reached into: rt->sigints, reset at each prompt so
+ * that an interrupt the REPL handled does not make the next Ctrl-C the
+ * "second one" that exits at once.
  */
+#include <errno.h>
+#include <fcntl.h>
+#include <locale.h>
 #include <stdio.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include <editline/readline.h>
 #include <lauxlib.h>
 #include <lualib.h>
 
 #include "tide.h"
+#include "internal.h" /* rt->sigints: a Ctrl-C the REPL handled is forgotten */
 
 static const char *progname = "tide";
 
@@ -28,6 +62,7 @@ static void usage(const char *badoption) {
           "usage: %s [options] [script [args]]\n"
           "Available options are:\n"
           "  -e stat   execute string 'stat'\n"
+          "  -i        enter interactive mode after executing 'script'\n"
           "  -l mod    require library 'mod' into global 'mod'\n"
           "  -l g=mod  require library 'mod' into global 'g'\n"
           "  -v        show version information\n"
@@ -43,7 +78,7 @@ static void print_version(void) {
   fflush(stdout);
 }
 
-enum { HAS_ERROR = 1, HAS_V = 2, HAS_E = 4, HAS_BIGE = 8 };
+enum { HAS_ERROR = 1, HAS_V = 2, HAS_E = 4, HAS_BIGE = 8, HAS_I = 16 };
 
 /* Returns the flags; *script is the index of the script (or argc). */
 static int collectargs(char **argv, int *script) {
@@ -69,6 +104,9 @@ static int collectargs(char **argv, int *script) {
         if (argv[i][2] != '\0')
           return HAS_ERROR;
         break;
+      case 'i':
+        flags |= HAS_I; /* -i implies -v, as in lua.c */
+        /* FALLTHROUGH */
       case 'v':
         if (argv[i][2] != '\0')
           return HAS_ERROR;
@@ -198,17 +236,235 @@ static int collect_steps(lua_State *L, char **argv, int argc, int script,
       return 1;
     add_step(L, steps, NULL, NULL, argv + script + 1, argc - script - 1);
   } else if (!(flags & (HAS_E | HAS_V))) {
-    if (isatty(0)) {
+    if (isatty(0)) { /* interactive, as lua5.4 */
       print_version();
-      fprintf(stderr, "%s: no script given; usage: %s script.lua [args] "
-                      "(or -e CODE, or - to read stdin)\n", progname, progname);
-      return 1;
+      flags |= HAS_I;
+    } else {
+      if (report_load(L, luaL_loadfile(L, NULL)) != LUA_OK)
+        return 1;
+      add_step(L, steps, NULL, NULL, NULL, 0);
     }
-    if (report_load(L, luaL_loadfile(L, NULL)) != LUA_OK)
-      return 1;
-    add_step(L, steps, NULL, NULL, NULL, 0);
+  }
+  if (flags & HAS_I) { /* the REPL comes last: {repl = true, progname = ...} */
+    lua_createtable(L, 0, 2);
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "repl");
+    lua_pushstring(L, progname);
+    lua_setfield(L, -2, "progname");
+    lua_rawseti(L, steps, luaL_len(L, steps) + 1);
   }
   return 0;
+}
+
+/* ---- the REPL's line reader: "tide.repl.core" ----------------------- */
+
+static struct {
+  tide_runtime *rt;
+  int ready;             /* init ran */
+  int edit;              /* libedit on fd 0 (a terminal) */
+  int installed;         /* libedit's handler is in: terminal in edit mode */
+  int pollable;          /* fd 0 can be watched with uv_poll */
+  int polling;
+  uv_poll_t poll;
+  tide_pending *pending; /* the main task, waiting for a line */
+  int got;               /* libedit delivered: line, or NULL at end of file */
+  char *line;
+  char *buf;             /* without libedit: bytes read and not yet taken */
+  size_t len, cap;
+  int eof;
+  const char *histfile;  /* TIDE_HISTORY */
+} repl;
+
+static void on_line(char *line) {
+  repl.got = 1;
+  repl.line = line;
+}
+
+static void stop_reading(void) {
+  if (repl.polling) {
+    uv_poll_stop(&repl.poll);
+    repl.polling = 0;
+  }
+  if (repl.installed) {
+    rl_callback_handler_remove();
+    repl.installed = 0;
+  }
+}
+
+/* Pushes the next buffered line (without its newline; the rest at end of
+ * file; nil once nothing is left) and returns 1, or 0 if it needs input. */
+static int take_line(lua_State *L) {
+  char *nl = repl.len ? memchr(repl.buf, '\n', repl.len) : NULL;
+  size_t n;
+  if (nl == NULL && !repl.eof)
+    return 0;
+  if (nl == NULL && repl.len == 0) {
+    lua_pushnil(L);
+    return 1;
+  }
+  n = nl ? (size_t)(nl - repl.buf) : repl.len;
+  lua_pushlstring(L, repl.buf, n);
+  if (nl)
+    n++;
+  memmove(repl.buf, repl.buf + n, repl.len - n);
+  repl.len -= n;
+  return 1;
+}
+
+/* One read(2) of fd 0 into the buffer. */
+static void fill(void) {
+  ssize_t n;
+  if (repl.cap - repl.len < 4096) {
+    char *b = realloc(repl.buf, repl.cap * 2 + 4096);
+    if (b == NULL) {
+      repl.eof = 1;
+      return;
+    }
+    repl.buf = b;
+    repl.cap = repl.cap * 2 + 4096;
+  }
+  do
+    n = read(0, repl.buf + repl.len, repl.cap - repl.len);
+  while (n < 0 && errno == EINTR);
+  if (n > 0)
+    repl.len += (size_t)n;
+  else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+    repl.eof = 1;
+}
+
+static void on_readable(uv_poll_t *h, int status, int events) {
+  tide_pending *p = repl.pending;
+  lua_State *L;
+  (void)h;
+  (void)events;
+  if (p == NULL)
+    return;
+  L = tide_pending_L(p);
+  if (repl.edit) {
+    int avail = 0;
+    /* readable with nothing to read: the terminal hung up */
+    if (status < 0 || ioctl(0, FIONREAD, &avail) < 0 || avail <= 0)
+      on_line(NULL);
+    else
+      rl_callback_read_char();
+    if (!repl.got)
+      return;
+    stop_reading();
+    if (repl.line)
+      lua_pushstring(L, repl.line);
+    else
+      lua_pushnil(L);
+    free(repl.line);
+    repl.line = NULL;
+    repl.got = 0;
+  } else {
+    if (status < 0)
+      repl.eof = 1;
+    else
+      fill();
+    if (!take_line(L))
+      return;
+    stop_reading();
+  }
+  repl.pending = NULL;
+  tide_complete(p, 1);
+}
+
+/* The main task was cancelled (Ctrl-C) while it waited for a line: drop
+ * the line being edited; the next readline starts afresh. */
+static void on_cancel(tide_pending *p, void *data) {
+  (void)p;
+  (void)data;
+  stop_reading();
+  repl.pending = NULL;
+}
+
+static void repl_atexit(void) {
+  if (repl.installed) /* os.exit at the prompt: give the terminal back */
+    rl_callback_handler_remove();
+  if (repl.histfile)
+    write_history(repl.histfile);
+  free(repl.buf);
+  repl.buf = NULL;
+}
+
+/* core.init() -> true if lines are edited with libedit (a terminal) */
+static int l_init(lua_State *L) {
+  if (!repl.ready) {
+    int fl = fcntl(0, F_GETFL);
+    repl.ready = 1;
+    repl.pollable =
+        uv_poll_init(tide_runtime_loop(repl.rt), &repl.poll, 0) == 0;
+    if (fl != -1) /* uv_poll_init made fd 0 non-blocking: undo it */
+      fcntl(0, F_SETFL, fl);
+    repl.edit = repl.pollable && isatty(0);
+    if (repl.edit) {
+      const char *hf = getenv("TIDE_HISTORY");
+      rl_catch_signals = 0;     /* Ctrl-C goes to tide's SIGINT watcher */
+      rl_inhibit_completion = 1; /* Tab inserts a tab (pasted code) */
+      rl_readline_name = "tide";
+      /* libedit decodes keys with the C library: without a UTF-8 LC_CTYPE
+       * it drops non-ASCII input (Lua's own code ignores the locale) */
+      if (setlocale(LC_CTYPE, "") == NULL || MB_CUR_MAX == 1)
+        setlocale(LC_CTYPE, "C.UTF-8");
+      rl_initialize();
+      stifle_history(1000);
+      if (hf && *hf) {
+        repl.histfile = hf;
+        read_history(hf);
+      }
+    }
+    atexit(repl_atexit);
+  }
+  lua_pushboolean(L, repl.edit);
+  return 1;
+}
+
+/* core.readline(prompt) -> line without its newline, or nil at end of
+ * file. Suspends the calling task (the main task) until a line is there;
+ * cancelling it (Ctrl-C) drops the partial line. */
+static int l_readline(lua_State *L) {
+  const char *prompt = luaL_checkstring(L, 1);
+  if (!repl.ready)
+    return luaL_error(L, "tide.repl.core: init() first");
+  if (repl.pending)
+    return luaL_error(L, "tide.repl.core: a line is being read already");
+  repl.rt->sigints = 0; /* a Ctrl-C handled so far no longer counts */
+  fflush(stdout);
+  if (repl.edit) {
+    rl_callback_handler_install(prompt, on_line); /* prints the prompt */
+    repl.installed = 1;
+  } else {
+    fputs(prompt, stdout);
+    fflush(stdout);
+    if (take_line(L))
+      return 1;
+    if (!repl.pollable) { /* a file: reading it never waits */
+      while (!take_line(L))
+        fill();
+      return 1;
+    }
+  }
+  uv_poll_start(&repl.poll, UV_READABLE, on_readable);
+  repl.polling = 1;
+  return tide_suspend(L, on_cancel, NULL, &repl.pending);
+}
+
+/* core.add_history(line): for the arrow keys (and TIDE_HISTORY) */
+static int l_add_history(lua_State *L) {
+  const char *line = luaL_checkstring(L, 1);
+  if (repl.edit && *line)
+    add_history(line);
+  return 0;
+}
+
+static int luaopen_repl_core(lua_State *L) {
+  static const luaL_Reg fns[] = {{"init", l_init},
+                                 {"readline", l_readline},
+                                 {"add_history", l_add_history},
+                                 {NULL, NULL}};
+  luaL_newlib(L, fns);
+  return 1;
 }
 
 /* An event loop holds many sockets at once: lift the soft limit on open
@@ -241,6 +497,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "%s: cannot create state: not enough memory\n", progname);
     return 1;
   }
+  repl.rt = rt;
+  tide_preload(rt, "tide.repl.core", luaopen_repl_core);
   L = tide_runtime_L(rt);
   if (flags & HAS_BIGE) {
     lua_pushboolean(L, 1);

@@ -1,10 +1,13 @@
 -- tide.main: the body of the `tide` command's main task. Runs the steps
 -- main.c prepared (LUA_INIT, -e chunks, -l libraries, the script with its
--- arguments) in order, so every one of them may suspend.
+-- arguments, then the REPL for -i or a bare `tide` on a terminal) in
+-- order, so every one of them may suspend.
 return function(steps)
   for _, step in ipairs(steps) do
     if step.lib then
       _G[step.global] = require(step.lib)
+    elseif step.repl then
+      require("tide.repl").run(step)
     else
       -- called through select so that tracebacks say "in main chunk", as
       -- lua5.4's do, rather than naming this table field
