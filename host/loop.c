@@ -77,8 +77,9 @@ static void cancel_main(tide_sched *s, const char *kind, const char *msg) {
  *   SIGINT, SIGTERM  the first cancels the main task (kind "cancelled",
  *                    message "interrupted (SIGINT)" / "terminated
  *                    (SIGTERM)") so pcall and <close> clean-up runs; the
- *                    `tide` command then exits 130 (main.c), whichever it
- *                    was. A second one, of either, exits at once, also 130.
+ *                    `tide` command then exits 128 + the signal (130 for
+ *                    SIGINT, 143 for SIGTERM). A second one, of either,
+ *                    exits at once, with the same code.
  *   SIGUSR1          prints the task tree.
  * While another watcher of the signal is open on the loop (a tide.signal
  * object, signal.c), the default stands aside: the script handles it, and
@@ -111,7 +112,7 @@ static void on_uv_interrupt(uv_signal_t *h, int signum) {
   if (++s->rt->sigints >= 2) {
     fprintf(stderr, "\ntide: %s twice, exiting now\n",
             signum == SIGINT ? "interrupted" : "terminated");
-    _exit(130);
+    _exit(128 + signum); /* the shell's convention: 130, 143 */
   }
   lua_pushinteger(s->L, signum); /* tide.run tells main.c (tide.interrupted) */
   lua_setfield(s->L, LUA_REGISTRYINDEX, "tide.interrupt_signal");
@@ -402,7 +403,7 @@ int tide__run(lua_State *L) {
       tide__push_trace(L, main, ud);
       lua_setfield(L, LUA_REGISTRYINDEX, "tide.main_traceback");
     } else if ((main->flags & TF_CANCELLED) && rt->sigints > 0) {
-      /* the signal's number: main.c exits 130 after any */
+      /* the signal's number: main.c exits 128 + it */
       lua_getfield(L, LUA_REGISTRYINDEX, "tide.interrupt_signal");
       lua_setfield(L, LUA_REGISTRYINDEX, "tide.interrupted");
     }

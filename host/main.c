@@ -7,7 +7,7 @@
  * the REPL (lua/tide/repl.lua), whose line reader is below:
  * "tide.repl.core", preloaded by the command only.
  * Exit status: 0 on success, 1 on an error (message and traceback on
- * stderr), 130 after Ctrl-C.
+ * stderr), 130 after Ctrl-C, 143 after SIGTERM.
  *
  * The line reader never blocks the loop: core.readline(prompt) suspends
  * the main task (tide_suspend) and a uv_poll on fd 0 completes it when a
@@ -37,6 +37,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <locale.h>
+#include <signal.h>
 #include <stdio.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
@@ -518,8 +519,9 @@ int main(int argc, char **argv) {
   if (st != LUA_OK) {
     lua_getfield(L, LUA_REGISTRYINDEX, "tide.interrupted");
     if (lua_toboolean(L, -1)) {
-      fprintf(stderr, "%s: interrupted\n", progname);
-      code = 130;
+      int sig = (int)lua_tointeger(L, -1);
+      fprintf(stderr, "%s: %s\n", progname, sig == SIGTERM ? "terminated" : "interrupted");
+      code = 128 + (sig > 0 ? sig : SIGINT); /* 130 after Ctrl-C, 143 after SIGTERM */
     } else {
       lua_getfield(L, LUA_REGISTRYINDEX, "tide.main_traceback");
       if (lua_type(L, -1) == LUA_TSTRING)

@@ -269,7 +269,7 @@ local function child(script, steps)
 end
 
 describe("tide command and signals", function()
-  it("SIGTERM cancels the main task so pcall and <close> clean-up run, then exits 130", function()
+  it("SIGTERM cancels the main task so pcall and <close> clean-up run, then exits 143", function()
     local out, err, rc = child([[
       local tide = require "tide"
       io.stdout:setvbuf("no")
@@ -279,12 +279,12 @@ describe("tide command and signals", function()
       print("cleanup", e.kind, e.message)
       error(e, 0)
     ]], { "wait ready", "kill -TERM $pid" })
-    assert.equals(130, rc, err)
+    assert.equals(143, rc, err)
     assert.equals("ready\ncleanup\tcancelled\tterminated (SIGTERM)\nclosed\n", out)
-    assert.matches("interrupted", err)
+    assert.matches("terminated", err)
   end)
 
-  it("a second SIGTERM exits at once, 130", function()
+  it("a second SIGTERM exits at once, 143", function()
     local out, err, rc, elapsed = child([[
       local tide = require "tide"
       io.stdout:setvbuf("no")
@@ -294,7 +294,7 @@ describe("tide command and signals", function()
       tide.sleep(10)
       print("never")
     ]], { "wait ready", "kill -TERM $pid", "wait cleaning", "kill -TERM $pid" })
-    assert.equals(130, rc, err)
+    assert.equals(143, rc, err)
     assert.equals("ready\ncleaning\n", out)
     assert.matches("terminated twice, exiting now", err)
     assert.is_true(elapsed < 5, "took " .. elapsed .. " s")
@@ -313,7 +313,7 @@ describe("tide command and signals", function()
       print("cleanup", e.message)
       error(e, 0)
     ]], { "wait ready", "kill -TERM $pid", "wait closed", "kill -TERM $pid" })
-    assert.equals(130, rc, err)
+    assert.equals(143, rc, err)
     assert.equals("ready\nSIGTERM\nclosed\ncleanup\tterminated (SIGTERM)\n", out)
   end)
 
