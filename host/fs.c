@@ -674,17 +674,7 @@ static const luaL_Reg fs_funcs[] = {
 int luaopen_tide_fs(lua_State *L) {
   const tide_embedded *m = tide__lua_modules;
   tide_open(L);
-  if (luaL_newmetatable(L, FILE_MT)) {
-    luaL_newlib(L, file_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, f_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, f_gc);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, f_tostring);
-    lua_setfield(L, -2, "__tostring");
-  }
-  lua_pop(L, 1);
+  tide__new_type(L, FILE_MT, file_methods, f_gc, NULL, f_tostring);
   while (m->name && strcmp(m->name, "tide.fs_lua") != 0)
     m++;
   if (m->name == NULL)

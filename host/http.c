@@ -36,10 +36,7 @@
 typedef struct hmulti hmulti;
 typedef struct xfer xfer;
 
-typedef struct buf {
-  char *p;
-  size_t len, cap;
-} buf;
+typedef tide_buf buf;
 
 /* One socket curl watches: its poll handle lives until the close callback. */
 typedef struct hsock {
@@ -112,28 +109,6 @@ struct xfer {
 
 /* ---- small helpers ---------------------------------------------------- */
 
-static int buf_add(buf *b, const char *p, size_t n) {
-  if (b->len + n > b->cap) {
-    size_t cap = b->cap ? b->cap : 1024;
-    char *np;
-    while (cap < b->len + n)
-      cap *= 2;
-    if ((np = realloc(b->p, cap)) == NULL)
-      return -1;
-    b->p = np;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->len, p, n);
-  b->len += n;
-  return 0;
-}
-
-static void buf_free(buf *b) {
-  free(b->p);
-  b->p = NULL;
-  b->len = b->cap = 0;
-}
-
 static void on_handle_closed(uv_handle_t *h) {
   hmulti *m = h->data;
   if (h->type == UV_POLL)
@@ -150,7 +125,7 @@ static int xfer_ready(const xfer *x) {
   if (x->want == W_HEADERS)
     return (x->flags & XF_HDRS) != 0;
   if (x->want == W_DATA)
-    return x->body.len > x->boff;
+    return x->body.n > x->boff;
   return 0;
 }
 
@@ -381,8 +356,8 @@ static void xfer_release(xfer *x) {
   }
   curl_slist_free_all(x->hlist);
   x->hlist = NULL;
-  buf_free(&x->hdr);
-  buf_free(&x->req);
+  tide__buf_free(&x->hdr);
+  tide__buf_free(&x->req);
 }
 
 static int defaults_key;
@@ -494,7 +469,7 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
   if (x->flags & XF_HDRS)
     return len; /* trailers */
   if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) { /* a new response starts */
-    x->hdr.len = 0;
+    x->hdr.n = 0;
     x->flags &= ~XF_LOCATION;
   } else if (len <= 2 && (p[0] == '\r' || p[0] == '\n')) {
     long code = 0;
@@ -508,7 +483,7 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
   } else if (len > 9 && strncasecmp(p, "location:", 9) == 0) {
     x->flags |= XF_LOCATION;
   }
-  return buf_add(&x->hdr, p, len) == 0 ? len : 0;
+  return tide__buf_add(&x->hdr, p, len) == 0 ? len : 0;
 }
 
 static size_t on_write(char *p, size_t size, size_t n, void *ud) {
@@ -520,13 +495,13 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud) {
     x->flags |= XF_TOOLARGE;
     return 0;
   }
-  if ((x->flags & XF_STREAM) && x->body.len - x->boff >= HIGH_WATER) {
+  if ((x->flags & XF_STREAM) && x->body.n - x->boff >= HIGH_WATER) {
     x->flags |= XF_RECVPAUSED; /* the reader is behind: hold the peer */
     return CURL_WRITEFUNC_PAUSE;
   }
-  if (x->boff > 0 && x->boff == x->body.len)
-    x->body.len = x->boff = 0;
-  if (buf_add(&x->body, p, len) < 0)
+  if (x->boff > 0 && x->boff == x->body.n)
+    x->body.n = x->boff = 0;
+  if (tide__buf_add(&x->body, p, len) < 0)
     return 0;
   if (x->idle_ms)
     x->last = uv_now(x->m->sched->loop);
@@ -537,13 +512,13 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud) {
 
 static size_t on_read(char *p, size_t size, size_t n, void *ud) {
   xfer *x = ud;
-  size_t room = size * n, have = x->req.len - x->roff;
+  size_t room = size * n, have = x->req.n - x->roff;
   if (have > 0) {
     size_t k = have < room ? have : room;
     memcpy(p, x->req.p + x->roff, k);
     x->roff += k;
-    if (x->roff == x->req.len)
-      x->req.len = x->roff = 0;
+    if (x->roff == x->req.n)
+      x->req.n = x->roff = 0;
     return k;
   }
   if (x->flags & XF_REQEOF)
@@ -967,7 +942,7 @@ static int x_feed(lua_State *L) {
   if (!(x->flags & XF_DONE)) {
     if (p == NULL)
       x->flags |= XF_REQEOF;
-    else if (buf_add(&x->req, p, len) < 0)
+    else if (tide__buf_add(&x->req, p, len) < 0)
       return luaL_error(L, "not enough memory");
     if (p == NULL || len > 0) {
       x->flags &= ~(XF_NEEDBODY | XF_SENDPAUSED);
@@ -997,7 +972,7 @@ static void set_time(lua_State *L, CURL *e, CURLINFO what, const char *name) {
 
 /* Pushes the flat header list of the final response and sets reason. */
 static void push_headers(lua_State *L, xfer *x, int res) {
-  const char *p = x->hdr.p, *end = p + x->hdr.len;
+  const char *p = x->hdr.p, *end = p + x->hdr.n;
   int n = 0, first = 1;
   lua_createtable(L, 16, 0);
   while (p && p < end) {
@@ -1058,9 +1033,9 @@ static int x_response(lua_State *L) {
   set_time(L, x->easy, CURLINFO_REDIRECT_TIME_T, "redirect");
   lua_setfield(L, res, "timings");
   if (!(x->flags & XF_STREAM)) {
-    lua_pushlstring(L, x->body.p ? x->body.p : "", x->body.len);
+    lua_pushlstring(L, x->body.p ? x->body.p : "", x->body.n);
     lua_setfield(L, res, "body");
-    buf_free(&x->body);
+    tide__buf_free(&x->body);
     xfer_release(x);
   }
   return 1;
@@ -1069,14 +1044,14 @@ static int x_response(lua_State *L) {
 /* Takes up to n buffered bytes (all when n is 0) and resumes a paused
  * transfer once the reader has caught up. */
 static void take(lua_State *L, xfer *x, size_t n) {
-  size_t have = x->body.len - x->boff;
+  size_t have = x->body.n - x->boff;
   if (n == 0 || n > have)
     n = have;
   lua_pushlstring(L, x->body.p + x->boff, n);
   x->boff += n;
-  if (x->boff == x->body.len)
-    x->boff = x->body.len = 0;
-  if ((x->flags & XF_RECVPAUSED) && x->body.len - x->boff < HIGH_WATER / 2) {
+  if (x->boff == x->body.n)
+    x->boff = x->body.n = 0;
+  if ((x->flags & XF_RECVPAUSED) && x->body.n - x->boff < HIGH_WATER / 2) {
     x->flags &= ~XF_RECVPAUSED;
     if (x->m)
       x->last = uv_now(x->m->sched->loop);
@@ -1095,7 +1070,7 @@ static int read_k(lua_State *L, int status, lua_KContext ctx) {
     n = luaL_optinteger(L, 2, 0);
     lua_settop(L, 1);
   }
-  if (x->body.len > x->boff) {
+  if (x->body.n > x->boff) {
     take(L, x, (size_t)n);
     return 1;
   }
@@ -1124,14 +1099,14 @@ static int x_read(lua_State *L) {
 static int x_close(lua_State *L) {
   xfer *x = check_xfer(L);
   xfer_release(x);
-  buf_free(&x->body);
+  tide__buf_free(&x->body);
   x->boff = 0;
   return 0;
 }
 
 static int x_done(lua_State *L) {
   xfer *x = check_xfer(L);
-  lua_pushboolean(L, (x->flags & XF_DONE) && x->body.len == x->boff);
+  lua_pushboolean(L, (x->flags & XF_DONE) && x->body.n == x->boff);
   return 1;
 }
 
@@ -1145,20 +1120,6 @@ static const luaL_Reg xfer_methods[] = {
 static const luaL_Reg core_funcs[] = {
   {"session", l_session}, {"default_session", l_default_session},
   {NULL, NULL}};
-
-static void new_type(lua_State *L, const char *name, const luaL_Reg *methods,
-                     lua_CFunction gc) {
-  if (luaL_newmetatable(L, name)) {
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, gc);
-    lua_setfield(L, -2, "__close");
-  }
-  lua_pop(L, 1);
-}
 
 static int global_gc(lua_State *L) {
   (void)L;
@@ -1183,8 +1144,8 @@ int luaopen_tide_http_core(lua_State *L) {
     lua_rawsetp(L, LUA_REGISTRYINDEX, &global_key);
   }
   lua_pop(L, 1);
-  new_type(L, SESSION_MT, session_methods, s_gc);
-  new_type(L, XFER_MT, xfer_methods, x_close);
+  tide__new_type(L, SESSION_MT, session_methods, s_gc, NULL, NULL);
+  tide__new_type(L, XFER_MT, xfer_methods, x_close, NULL, NULL);
   luaL_newlib(L, core_funcs);
   lua_pushstring(L, curl_version());
   lua_setfield(L, -2, "curl_version");

@@ -28,10 +28,7 @@
 
 #define PARSER_MT "tide.HttpParser"
 
-typedef struct buf {
-  char *p;
-  size_t n, cap;
-} buf;
+typedef tide_buf buf;
 
 enum { EV_NONE, EV_HEADERS, EV_MESSAGE };
 enum { FAIL_NONE, FAIL_HEADER, FAIL_BODY, FAIL_MEMORY };
@@ -48,24 +45,6 @@ typedef struct hparser {
   int in_message, done; /* done: after an error or an upgrade */
 } hparser;
 
-static int buf_add(buf *b, const char *s, size_t n) {
-  if (n == 0)
-    return 0;
-  if (b->n + n > b->cap) {
-    size_t cap = b->cap ? b->cap : 256;
-    char *np;
-    while (cap < b->n + n)
-      cap *= 2;
-    np = realloc(b->p, cap);
-    if (np == NULL)
-      return -1;
-    b->p = np;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->n, s, n);
-  b->n += n;
-  return 0;
-}
 
 /* ---- callbacks: C buffers only --------------------------------------- */
 
@@ -91,7 +70,7 @@ static int on_url(http_parser *hp, const char *at, size_t n) {
   hparser *p = hp->data;
   if (count_header(p, n))
     return 1;
-  if (buf_add(&p->url, at, n) < 0) {
+  if (tide__buf_add(&p->url, at, n) < 0) {
     p->fail = FAIL_MEMORY;
     return 1;
   }
@@ -117,7 +96,7 @@ static int header_piece(hparser *p, int kind, const char *at, size_t n) {
     p->spans[p->nspans++] = p->hdr.n;
     p->last = kind;
   }
-  if (buf_add(&p->hdr, at, n) < 0) {
+  if (tide__buf_add(&p->hdr, at, n) < 0) {
     p->fail = FAIL_MEMORY;
     return 1;
   }
@@ -149,7 +128,7 @@ static int on_body(http_parser *hp, const char *at, size_t n) {
     p->fail = FAIL_BODY;
     return 1;
   }
-  if (buf_add(&p->body, at, n) < 0) {
+  if (tide__buf_add(&p->body, at, n) < 0) {
     p->fail = FAIL_MEMORY;
     return 1;
   }

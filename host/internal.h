@@ -161,6 +161,20 @@ struct tide_runtime {
 
 /* runtime.c */
 tide_runtime *tide__rt(lua_State *L);
+
+/* A growable byte buffer (C side of streams, parsers, encoders). */
+typedef struct tide_buf {
+  char *p;
+  size_t n, cap;
+} tide_buf;
+int tide__buf_add(tide_buf *b, const void *p, size_t n); /* 0, or -1: no memory */
+void tide__buf_free(tide_buf *b);
+
+/* Makes (once) the metatable `name` of a userdata type: __index = methods,
+ * __gc = gc, __close = close (gc when NULL), __tostring when given. */
+void tide__new_type(lua_State *L, const char *name, const luaL_Reg *methods,
+                    lua_CFunction gc, lua_CFunction close,
+                    lua_CFunction tostring);
 void tide__report(lua_State *L, const char *what, int idx);
 int tide__call_protected(lua_State *L, int nargs, const char *what);
 

@@ -778,26 +778,8 @@ static const luaL_Reg net_funcs[] = {
 
 int luaopen_tide_net(lua_State *L) {
   tide_open(L);
-  if (luaL_newmetatable(L, STREAM_MT)) {
-    luaL_newlib(L, stream_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, st_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, st_gc);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, st_tostring);
-    lua_setfield(L, -2, "__tostring");
-  }
-  lua_pop(L, 1);
-  if (luaL_newmetatable(L, SERVER_MT)) {
-    luaL_newlib(L, server_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, sv_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, sv_gc);
-    lua_setfield(L, -2, "__close");
-  }
-  lua_pop(L, 1);
+  tide__new_type(L, STREAM_MT, stream_methods, st_gc, NULL, st_tostring);
+  tide__new_type(L, SERVER_MT, server_methods, sv_gc, NULL, NULL);
   luaL_newlib(L, net_funcs);
   return 1;
 }

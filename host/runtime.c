@@ -98,6 +98,51 @@ int luaopen_tide_core(lua_State *L) {
   return 1;
 }
 
+/* ---- helpers shared by the C modules ----------------------------------- */
+
+int tide__buf_add(tide_buf *b, const void *p, size_t n) {
+  if (n == 0)
+    return 0;
+  if (b->cap - b->n < n) {
+    size_t cap = b->cap ? b->cap : 256;
+    char *np;
+    while (cap - b->n < n)
+      cap *= 2;
+    if ((np = realloc(b->p, cap)) == NULL)
+      return -1;
+    b->p = np;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->n, p, n);
+  b->n += n;
+  return 0;
+}
+
+void tide__buf_free(tide_buf *b) {
+  free(b->p);
+  b->p = NULL;
+  b->n = b->cap = 0;
+}
+
+void tide__new_type(lua_State *L, const char *name, const luaL_Reg *methods,
+                    lua_CFunction gc, lua_CFunction close,
+                    lua_CFunction tostring) {
+  if (luaL_newmetatable(L, name)) {
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, close ? close : gc);
+    lua_setfield(L, -2, "__close");
+    if (tostring) {
+      lua_pushcfunction(L, tostring);
+      lua_setfield(L, -2, "__tostring");
+    }
+  }
+  lua_pop(L, 1);
+}
+
 /* package.preload loader for an embedded module (upvalue: its index). */
 static int load_embedded(lua_State *L) {
   const tide_embedded *m = &tide__lua_modules[lua_tointeger(L,

@@ -260,17 +260,7 @@ int luaopen_tide_signal(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"wait", l_wait}, {"close", l_close}, {NULL, NULL}};
   tide_open(L);
-  if (luaL_newmetatable(L, SIGNAL_MT)) {
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, l_close);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, l_tostring);
-    lua_setfield(L, -2, "__tostring");
-  }
-  lua_pop(L, 1);
+  tide__new_type(L, SIGNAL_MT, methods, l_gc, l_close, l_tostring);
   lua_newtable(L);
   lua_pushcfunction(L, l_signal);
   lua_setfield(L, -2, "signal");

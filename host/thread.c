@@ -54,27 +54,8 @@
 
 /* ---- byte buffers and the value encoding ------------------------------ */
 
-typedef struct buf {
-  char *p;
-  size_t n, cap;
-} buf;
+typedef tide_buf buf;
 
-static int buf_add(buf *b, const void *src, size_t len) {
-  if (b->cap - b->n < len) {
-    size_t cap = b->cap ? b->cap : 256;
-    char *np;
-    while (cap - b->n < len)
-      cap *= 2;
-    np = realloc(b->p, cap);
-    if (np == NULL)
-      return -1;
-    b->p = np;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->n, src, len);
-  b->n += len;
-  return 0;
-}
 
 /* Tags of the encoding: one byte, then the payload. */
 enum { V_NIL = 'n', V_FALSE = 'f', V_TRUE = 't', V_INT = 'i', V_FLT = 'd',
@@ -91,7 +72,7 @@ typedef struct enc {
 } enc;
 
 static int put(enc *e, char tag, const void *payload, size_t len) {
-  if (buf_add(e->b, &tag, 1) < 0 || (len && buf_add(e->b, payload, len) < 0))
+  if (tide__buf_add(e->b, &tag, 1) < 0 || (len && tide__buf_add(e->b, payload, len) < 0))
     luaL_error(e->L, "not enough memory");
   return 0;
 }
@@ -189,7 +170,7 @@ static int enc_value(enc *e, int idx, int depth) {
       size_t len;
       const char *s = lua_tolstring(L, idx, &len);
       put(e, V_STR, &len, sizeof(len));
-      if (buf_add(e->b, s, len) < 0)
+      if (tide__buf_add(e->b, s, len) < 0)
         luaL_error(L, "not enough memory");
       return 0;
     }
@@ -215,7 +196,7 @@ static void enc_list(lua_State *L, buf *b, int first, int n, int pos0,
   luaL_checkstack(L, 8, NULL);
   lua_newtable(L);
   e.seen = lua_gettop(L);
-  if (buf_add(b, &count, sizeof(count)) < 0)
+  if (tide__buf_add(b, &count, sizeof(count)) < 0)
     luaL_error(L, "not enough memory");
   for (i = 0; i < n; i++) {
     if (enc_value(&e, first + i, 0) < 0) {
@@ -668,7 +649,7 @@ static void on_cancel(tide_pending *p, void *data) {
 
 static int writer(lua_State *L, const void *p, size_t sz, void *ud) {
   (void)L;
-  return buf_add(ud, p, sz);
+  return tide__buf_add(ud, p, sz);
 }
 
 /* Raises "bad argument #pos to 'to_thread' (<fmt>)". By hand: called

@@ -281,12 +281,16 @@ Session.__name = "tide.http.Session"
 
 local METHODS = { "get", "post", "put", "patch", "delete", "head", "options" }
 
-function Session:request(method, url, opts)
+local function check_method(method)
   if type(method) ~= "string" or method == "" or method:find("[^%w%-_]") then
-    error(("bad argument #1 to 'request' (HTTP method expected, got %s)"):format(
-      type(method) == "string" and ("%q"):format(method) or type(method)), 2)
+    argerror("request", 1, ("HTTP method expected, got %s"):format(
+      type(method) == "string" and ("%q"):format(method) or type(method)))
   end
-  return perform(self, "request", 2, method:upper(), url, opts)
+  return method:upper()
+end
+
+function Session:request(method, url, opts)
+  return perform(self, "request", 2, check_method(method), url, opts)
 end
 
 for _, name in ipairs(METHODS) do
@@ -349,11 +353,7 @@ end
 local default = setmetatable({ core = "default", defaults = {} }, Session)
 
 function M.request(method, url, opts)
-  if type(method) ~= "string" or method == "" or method:find("[^%w%-_]") then
-    error(("bad argument #1 to 'request' (HTTP method expected, got %s)"):format(
-      type(method) == "string" and ("%q"):format(method) or type(method)), 2)
-  end
-  return perform(default, "request", 2, method:upper(), url, opts)
+  return perform(default, "request", 2, check_method(method), url, opts)
 end
 
 for _, name in ipairs(METHODS) do
