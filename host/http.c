@@ -326,10 +326,13 @@ static int on_curl_timer(CURLM *multi, long ms, void *ud) {
 
 /* ---- the multi's life ------------------------------------------------- */
 
-/* Keeps e for the next request. Not with a cookie jar: 7.88 leaks the
- * COOKIEFILE list of a handle that is reset rather than cleaned up. */
+/* Keeps e for the next request. */
 static void pool_put(hmulti *m, CURL *e) {
-  if (m && !m->dead && m->npool < POOL_MAX && !(m->sess && m->sess->share)) {
+  if (m && !m->dead && m->npool < POOL_MAX) {
+    /* curl_easy_reset forgets, without freeing, the COOKIEFILE list (7.88);
+     * NULL frees it (a shared jar is kept). */
+    if (m->sess && m->sess->share)
+      curl_easy_setopt(e, CURLOPT_COOKIEFILE, NULL);
     curl_easy_reset(e);
     m->pool[m->npool++] = e;
   } else {
@@ -970,11 +973,13 @@ static void set_time(lua_State *L, CURL *e, CURLINFO what, const char *name) {
   lua_setfield(L, -2, name);
 }
 
-/* Pushes the flat header list of the final response and sets reason. */
-static void push_headers(lua_State *L, xfer *x, int res) {
+/* Sets res.headers (lower-case name -> first value) and res.header_list
+ * (name1, value1, ... as received) from the final response; res.reason. */
+static void set_headers(lua_State *L, xfer *x, int res) {
   const char *p = x->hdr.p, *end = p + x->hdr.n;
   int n = 0, first = 1;
-  lua_createtable(L, 16, 0);
+  lua_createtable(L, 0, 16); /* the map */
+  lua_createtable(L, 16, 0); /* the list */
   while (p && p < end) {
     const char *eol = memchr(p, '\n', (size_t)(end - p));
     const char *le = eol ? eol : end, *colon;
@@ -987,16 +992,31 @@ static void push_headers(lua_State *L, xfer *x, int res) {
       lua_setfield(L, res, "reason");
     } else if ((colon = memchr(p, ':', (size_t)(le - p))) != NULL) {
       const char *v = colon + 1;
+      char lower[128];
+      size_t k, nl = (size_t)(colon - p);
       while (v < le && (*v == ' ' || *v == '\t'))
         v++;
-      lua_pushlstring(L, p, (size_t)(colon - p));
+      lua_pushlstring(L, p, nl);
       lua_rawseti(L, -2, ++n);
       lua_pushlstring(L, v, (size_t)(le - v));
       lua_rawseti(L, -2, ++n);
+      if (nl < sizeof(lower)) {
+        for (k = 0; k < nl; k++)
+          lower[k] = (char)((p[k] >= 'A' && p[k] <= 'Z') ? p[k] + 32 : p[k]);
+        lua_pushlstring(L, lower, nl);
+        if (lua_rawget(L, -3) == LUA_TNIL) { /* the first value wins */
+          lua_pushlstring(L, lower, nl);
+          lua_pushlstring(L, v, (size_t)(le - v));
+          lua_rawset(L, -5);
+        }
+        lua_pop(L, 1);
+      }
     }
     first = 0;
     p = eol ? eol + 1 : end;
   }
+  lua_setfield(L, res, "header_list");
+  lua_setfield(L, res, "headers");
 }
 
 /* x:response() -> {status, reason, headers (flat list), body, url,
@@ -1012,8 +1032,7 @@ static int x_response(lua_State *L) {
   res = lua_gettop(L);
   lua_pushinteger(L, x->status);
   lua_setfield(L, res, "status");
-  push_headers(L, x, res);
-  lua_setfield(L, res, "headers");
+  set_headers(L, x, res);
   curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &url);
   lua_pushstring(L, url);
   lua_setfield(L, res, "url");

@@ -207,52 +207,61 @@ local function join(base, url)
   return (base:gsub("/+$", "")) .. "/" .. (url:gsub("^/+", ""))
 end
 
+local EMPTY = setmetatable({}, { __newindex = function() error("read-only", 2) end })
+
+-- The spec handed to the engine: one table, refilled by every request (the
+-- engine reads it before the request suspends, so tasks never share it).
+local spec = {}
+
 local function perform(sess, fname, argbase, method, url, opts)
   if type(url) ~= "string" then
     argerror(fname, argbase, "URL string expected, got " .. type(url))
   end
-  opts = check_opts(fname, argbase + 1, opts)
+  if opts == nil then opts = EMPTY else check_opts(fname, argbase + 1, opts) end
   local d = sess.defaults
-  local o = function(k) local v = opts[k]; if v == nil then v = d[k] end; return v end
-  url = join(sess.base_url, url)
+  if sess.base_url then url = join(sess.base_url, url) end
   local q = opts.query
   if q then
     q = type(q) == "table" and M.urlencode(q) or q
     if q ~= "" then url = url .. (url:find("?", 1, true) and "&" or "?") .. q end
   end
-  local headers, seen = {}, {}
-  local body, body_fn = opts.body, nil
-  local extra = {}
+  local body, body_fn, ctype = opts.body, nil, nil
   if opts.json ~= nil then
-    body = json().encode(opts.json)
-    extra["Content-Type"] = "application/json"
+    body, ctype = json().encode(opts.json), "application/json"
   elseif opts.form then
-    body = M.urlencode(opts.form)
-    extra["Content-Type"] = "application/x-www-form-urlencoded"
+    body, ctype = M.urlencode(opts.form), "application/x-www-form-urlencoded"
   end
   if type(body) ~= "string" and body ~= nil then body_fn, body = body_source(body), nil end
-  header_lines(fname, argbase + 1, headers, seen, opts.headers or {}, d.headers or {}, extra)
+  local headers = {}
+  if opts.headers or d.headers or ctype then
+    header_lines(fname, argbase + 1, headers, {}, opts.headers or EMPTY, d.headers or EMPTY,
+      ctype and { ["Content-Type"] = ctype } or EMPTY)
+  end
   local stream = opts.stream or false
-  local version = o("http_version")
+  local version = opts.http_version or d.http_version
   if version and not VERSIONS[version] then
     argerror(fname, argbase + 1, ("opts.http_version: one of 1.0, 1.1, 2, 2-prior-knowledge expected, got %q"):format(version))
   end
-  local max_body = o("max_body_size")
+  local max_body = opts.max_body_size
+  if max_body == nil then max_body = d.max_body_size end
   if max_body == nil then max_body = not stream and DEFAULTS.max_body_size end
-  local timeout = o("timeout")
+  local timeout = opts.timeout
+  if timeout == nil then timeout = d.timeout end
   if timeout == nil and not stream then timeout = DEFAULTS.timeout end
-  local spec = {
-    method = method, url = url, headers = headers, body = body, body_fn = body_fn ~= nil,
-    timeout = seconds(timeout), connect_timeout = seconds(o("connect_timeout"), DEFAULTS.connect_timeout),
-    idle_timeout = stream and seconds(o("idle_timeout"), DEFAULTS.idle_timeout) or 0,
-    max_redirects = o("max_redirects") or DEFAULTS.max_redirects,
-    verify = o("verify"), cafile = o("cafile"), proxy = o("proxy"),
-    max_body = max_body or -1, http_version = version, stream = stream,
-    cookie = sess.cookie,
-  }
+  local verify = opts.verify
+  if verify == nil then verify = d.verify end
+  spec.method, spec.url, spec.headers, spec.body, spec.body_fn = method, url, headers, body, body_fn ~= nil
+  spec.timeout = seconds(timeout)
+  spec.connect_timeout = seconds(opts.connect_timeout or d.connect_timeout, DEFAULTS.connect_timeout)
+  spec.idle_timeout = stream and seconds(opts.idle_timeout or d.idle_timeout, DEFAULTS.idle_timeout) or 0
+  spec.max_redirects = opts.max_redirects or d.max_redirects or DEFAULTS.max_redirects
+  spec.verify, spec.cafile, spec.proxy = verify, opts.cafile or d.cafile, opts.proxy or d.proxy
+  spec.max_body, spec.http_version, spec.stream = max_body or -1, version, stream
+  spec.cookie = sess.cookie
   local cs = sess.core
   if cs == "default" then cs = core.default_session() end
   local x, ev = cs:request(spec)
+  spec.body, spec.headers = nil, nil -- nothing kept alive by the shared table
   if body_fn then
     local ok, e = pcall(function()
       while ev == "body" do
@@ -266,7 +275,8 @@ local function perform(sess, fname, argbase, method, url, opts)
     if not ok then x:close(); error(e, 0) end
   end
   local r = x:response()
-  r.headers = Headers.new(r.headers)
+  Headers.wrap(r.headers, r.header_list)
+  r.header_list = nil
   r.method = method
   if stream then r._x = x end
   return setmetatable(r, Response)

@@ -43,6 +43,12 @@ function M.new(list)
   return setmetatable(h, mt)
 end
 
+-- Makes a map of h (already {lower-case name = first value}) and its list.
+function M.wrap(h, list)
+  lists[h] = list
+  return setmetatable(h, mt)
+end
+
 function M.is(v) return getmetatable(v) == mt end
 
 return M
