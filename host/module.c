@@ -4,6 +4,8 @@
  * that lua_State (once) and returns the tide module. Outside a task there
  * is no loop running; tide.run(main) starts one, as in asyncio.run.
  */
+#include <stdlib.h>
+
 #include <lauxlib.h>
 
 #include "tide.h"
@@ -11,6 +13,12 @@
 int luaopen_tide(lua_State *L);
 
 int luaopen_tide(lua_State *L) {
+#ifdef TIDE_SANITIZE_BUILD
+  /* The sanitizer test build starts lua5.4 with the sanitizer runtimes in
+   * LD_PRELOAD (cmake/tests.cmake); the programs the specs start (curl,
+   * python3, sh) must not inherit them. */
+  unsetenv("LD_PRELOAD");
+#endif
   tide_open(L);
   /* the embedded Lua half of the module, from package.preload */
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);

@@ -39,9 +39,13 @@
  *   Results that cannot travel fail the same way, without traceback.
  * - stats() reports the pool (states alive, idle, cap), for tests.
  */
+#define _GNU_SOURCE /* gettid */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <lualib.h>
 
@@ -561,8 +565,18 @@ static int w_fail(lua_State *W) {
   return 0;
 }
 
-static void on_uv_work(uv_work_t *req) {
-  job *j = req->data;
+/* A job runs at a lower CPU priority than the loop (nice + WORKER_NICE,
+ * this thread only), so CPU-bound jobs on every core do not starve the loop
+ * thread: a ticking task stays on time. The pool thread gets its priority
+ * back after the job where the system lets it (raising it again needs
+ * privilege; an unprivileged pool thread then stays a background thread). */
+#define WORKER_NICE 5
+
+static int set_nice(int nice) {
+  return setpriority(PRIO_PROCESS, (id_t)gettid(), nice);
+}
+
+static void run_job(job *j) {
   lua_State *W = pool_get(j->pl);
   if (W == NULL) {
     j->fatal = "cannot create a worker Lua state (not enough memory)";
@@ -578,6 +592,18 @@ static void on_uv_work(uv_work_t *req) {
       j->fatal = "the worker failed and could not say why (not enough memory)";
   }
   pool_put(j->pl, W);
+}
+
+static void on_uv_work(uv_work_t *req) {
+  int before, base, lowered = 0;
+  errno = 0;
+  before = getpriority(PRIO_PROCESS, (id_t)gettid());
+  base = getpriority(PRIO_PROCESS, (id_t)getpid()); /* the main thread's */
+  if (errno == 0 && before < base + WORKER_NICE)
+    lowered = set_nice(base + WORKER_NICE) == 0;
+  run_job(req->data);
+  if (lowered)
+    set_nice(before);
 }
 
 /* Loop thread, protected on the main state: pushes the results, or the

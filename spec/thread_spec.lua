@@ -176,6 +176,23 @@ describe("tide.to_thread", function()
   end)
 
   describe("scheduling", function()
+    -- field 19 of /proc/<task>/stat is the nice value (fields counted after
+    -- the command name, which may hold spaces)
+    local function nice_of(stat) return tonumber(select(17, stat:match("%) (.*)$"):match(("(%S+) "):rep(17)))) end
+
+    it("runs jobs at a lower CPU priority than the loop, and gives it back", function()
+      local function thread_stat()
+        local f = assert(io.open("/proc/thread-self/stat"))
+        local st = f:read("a")
+        f:close()
+        return st
+      end
+      local loop_nice = nice_of(thread_stat())
+      local worker_nice = nice_of(tide.to_thread(thread_stat))
+      assert.equals(math.min(19, loop_nice + 5), worker_nice)
+      assert.equals(loop_nice, nice_of(thread_stat()))
+    end)
+
     it("keeps the loop running while a worker blocks", function()
       local ticks, stop = 0, false
       local ticker = tide.spawn(function()
