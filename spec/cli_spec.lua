@@ -2,16 +2,7 @@
 -- runs as a task. Each spec runs the real binary in a child process.
 local tide = require "tide"
 
--- The binary under test: TIDE_BIN (ctest sets it), else the tide running
--- these specs (so build-*/tide busted tests itself), else ./build/tide.
-local function own_binary()
-  local pid = assert(io.open("/proc/self/stat")):read("a"):match("^%d+")
-  local p = io.popen("readlink /proc/" .. pid .. "/exe")
-  local exe = p:read("l")
-  p:close()
-  return exe and exe:match("/tide$") and exe
-end
-local TIDE = os.getenv("TIDE_BIN") or own_binary() or "./build/tide"
+local TIDE = require("spec.support").tide_bin()
 
 local function tmpfile(content)
   local name = os.tmpname()
@@ -21,19 +12,7 @@ local function tmpfile(content)
   return name
 end
 
--- Runs a shell command line; returns stdout, stderr, exit code.
-local function sh(cmd)
-  local errname = os.tmpname()
-  local p = io.popen("{ " .. cmd .. "; } 2>" .. errname .. "; echo \"rc=$?\"")
-  local out = p:read("a")
-  p:close()
-  local f = io.open(errname)
-  local err = f:read("a")
-  f:close()
-  os.remove(errname)
-  local rc = tonumber(out:match("rc=(%d+)\n$"))
-  return out:gsub("rc=%d+\n$", ""), err, rc
-end
+local sh = require("spec.support").sh
 
 local function run(script, args, env)
   local name = tmpfile(script)

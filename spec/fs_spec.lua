@@ -6,8 +6,7 @@ local fs = require "tide.fs"
 local S = require "spec.support"
 local errkind, raises_matching = S.errkind, S.raises_matching
 
-local TIDE = os.getenv("TIDE_BIN") or (arg and arg[-1] or ""):match("^.*tide$")
-  or "build-fs/tide"
+local TIDE = S.tide_bin()
 
 -- A fresh empty directory, removed after the test.
 local function tmpdir()

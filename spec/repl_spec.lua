@@ -4,27 +4,13 @@
 -- reaches the REPL while it waits at the prompt (Ctrl-C and Ctrl-D are
 -- only keys there). The transcript holds the terminal's echo of the input
 -- too; "\r" is removed. TIDE_HISTORY is unset unless a spec sets it.
-local TIDE = os.getenv("TIDE_BIN") or "./build-repl/tide"
+local TIDE = require("spec.support").tide_bin()
 
 local CTRL_C, CTRL_D, UP = "\3", "\4", "\27[A"
 
-local function q(s)
-  return "'" .. s:gsub("'", "'\\''") .. "'"
-end
+local q = require("spec.support").shell_quote
 
--- Runs a shell command line; returns stdout, stderr, exit code.
-local function sh(cmd)
-  local errname = os.tmpname()
-  local p = io.popen("{ " .. cmd .. "; } 2>" .. errname .. "; echo \"rc=$?\"")
-  local out = p:read("a")
-  p:close()
-  local f = io.open(errname)
-  local err = f:read("a")
-  f:close()
-  os.remove(errname)
-  local rc = tonumber(out:match("rc=(%d+)\n$"))
-  return out:gsub("rc=%d+\n$", ""), err, rc
-end
+local sh = require("spec.support").sh
 
 -- steps: { {pause_seconds, text}, ... }. Returns transcript, exit code,
 -- seconds the session took.

@@ -41,4 +41,36 @@ function S.raises_matching(text, fn, ...)
   return e
 end
 
+-- The tide binary under test: TIDE_BIN (ctest sets it), else the tide
+-- running these specs (so build-*/tide busted tests itself), else
+-- ./build/tide.
+function S.tide_bin()
+  local bin = os.getenv("TIDE_BIN")
+  if bin then return bin end
+  local pid = assert(io.open("/proc/self/stat")):read("a"):match("^%d+")
+  local p = io.popen("readlink /proc/" .. pid .. "/exe")
+  local exe = p:read("l")
+  p:close()
+  return exe and exe:match("/tide$") and exe or "./build/tide"
+end
+
+-- Quotes s for the shell.
+function S.shell_quote(s)
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+-- Runs a shell command line (blocking); returns stdout, stderr, exit code.
+function S.sh(cmd)
+  local errname = os.tmpname()
+  local p = io.popen("{ " .. cmd .. "; } 2>" .. errname .. "; echo \"rc=$?\"")
+  local out = p:read("a")
+  p:close()
+  local f = io.open(errname)
+  local err = f:read("a")
+  f:close()
+  os.remove(errname)
+  local rc = tonumber(out:match("rc=(%d+)\n$"))
+  return out:gsub("rc=%d+\n$", ""), err, rc
+end
+
 return S
