@@ -741,15 +741,29 @@ static int l_serve(lua_State *L) {
   return 1;
 }
 
+/* Pushes the address of sa as ip, port. */
+static int push_addr(lua_State *L, const struct sockaddr_storage *sa) {
+  char ip[64] = "";
+  int port;
+  if (sa->ss_family == AF_INET6) {
+    uv_ip6_name((const struct sockaddr_in6 *)sa, ip, sizeof(ip));
+    port = ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+  } else {
+    uv_ip4_name((const struct sockaddr_in *)sa, ip, sizeof(ip));
+    port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
+  }
+  lua_pushstring(L, ip);
+  lua_pushinteger(L, port);
+  return 2;
+}
+
 static int sv_port(lua_State *L) {
   server *sv = check_server(L, 1);
   struct sockaddr_storage addr;
   int len = sizeof(addr);
   uv_tcp_getsockname(&sv->tcp, (struct sockaddr *)&addr, &len);
-  lua_pushinteger(L, ntohs(addr.ss_family == AF_INET6
-                             ? ((struct sockaddr_in6 *)&addr)->sin6_port
-                             : ((struct sockaddr_in *)&addr)->sin_port));
-  return 1;
+  push_addr(L, &addr);
+  return 1; /* the port */
 }
 
 static int sv_close(lua_State *L) {
@@ -764,7 +778,19 @@ static int sv_gc(lua_State *L) {
   return 0;
 }
 
+/* stream:peer() -> ip, port of the other end (nil for a pipe) */
+static int st_peer(lua_State *L) {
+  stream *s = check_stream(L, 1);
+  struct sockaddr_storage addr;
+  int len = sizeof(addr);
+  if (s->h.handle.type != UV_TCP ||
+      uv_tcp_getpeername(&s->h.tcp, (struct sockaddr *)&addr, &len) != 0)
+    return 0;
+  return push_addr(L, &addr);
+}
+
 static const luaL_Reg stream_methods[] = {
+  {"peer", st_peer},
   {"read", st_read}, {"read_line", st_read_line},
   {"read_exactly", st_read_exactly}, {"read_until", st_read_until},
   {"write", st_write}, {"write_eof", st_write_eof}, {"close", st_close},

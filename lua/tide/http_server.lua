@@ -161,6 +161,7 @@ local function respond(srv, s, raw)
     query = parse_query(raw.query or ""), headers = Headers.new(raw.headers),
     body = raw.body, version = raw.version, keep_alive = raw.keep_alive,
   }
+  req.remote, req.remote_port = s:peer()
   local res, status = call_handler(srv, req)
   local body = res.body or ""
   local keep = raw.keep_alive and not raw.upgrade and not srv.closed
