@@ -791,9 +791,17 @@ static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
     curl_easy_setopt(e, CURLOPT_SHARE, m->sess->share);
     curl_easy_setopt(e, CURLOPT_COOKIEFILE, "");
   }
-  /* the body: a string, or chunks the task feeds (chunked upload) */
+  /* the body: a string, or chunks the task feeds (chunked upload); POST,
+   * PUT and PATCH without one send an empty one (Content-Length: 0, which
+   * servers such as nginx want), as aiohttp and requests do */
   lua_getfield(L, spec, "body");
   s = lua_tolstring(L, -1, &blen);
+  if (s == NULL && method && !opt_bool(L, spec, "body_fn", 0) &&
+      (strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
+       strcmp(method, "PATCH") == 0)) {
+    s = "";
+    blen = 0;
+  }
   if (s) {
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
     curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, s);

@@ -121,6 +121,14 @@ describe("tide.http", function()
       assert.equals("abc", e.body)
     end)
 
+    it("sends Content-Length: 0 for POST, PUT and PATCH without a body", function()
+      for _, f in ipairs { http.post, http.put, http.patch } do
+        local e = echo(f(url("/anything")))
+        assert.equals("0", e.headers["content-length"])
+      end
+      assert.is_nil(echo(http.delete(url("/anything"))).headers["content-length"])
+    end)
+
     it("sends a large body without waiting for 100-continue", function()
       local big = ("x"):rep(3 * 1024 * 1024)
       local t0 = tide.time()
