@@ -44,6 +44,8 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -312,6 +314,63 @@ static int open_worker(lua_State *W) {
 }
 
 /* Worker thread: an idle state, or a new one (NULL when out of memory). */
+/* The worker states' allocator. Blocks of BIG_BLOCK bytes or more (the
+ * array of a table with millions of entries) get their own mapping and go
+ * back to the system a megabyte at a time: one munmap of 64 MB holds the
+ * process's memory-map lock for ~10 ms, and the loop thread, if it takes a
+ * page fault meanwhile, waits that long (a ticking task was 10-30 ms late
+ * while sieves ran). Smaller blocks are malloc's. */
+#define BIG_BLOCK ((size_t)1 << 20)
+
+static size_t page_round(size_t n) {
+  size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+  return (n + pg - 1) / pg * pg;
+}
+
+static void big_free(void *p, size_t n) {
+  size_t len = page_round(n), off;
+  for (off = 0; off < len; off += BIG_BLOCK)
+    munmap((char *)p + off, len - off < BIG_BLOCK ? len - off : BIG_BLOCK);
+}
+
+static void *big_alloc(size_t n) {
+  void *p = mmap(NULL, page_round(n), PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  return p == MAP_FAILED ? NULL : p;
+}
+
+static void *w_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  void *np;
+  (void)ud;
+  if (ptr == NULL)
+    osize = 0; /* then osize tells the type of object, not a size */
+  if (nsize == 0) {
+    if (osize >= BIG_BLOCK)
+      big_free(ptr, osize);
+    else
+      free(ptr);
+    return NULL;
+  }
+  if (osize < BIG_BLOCK && nsize < BIG_BLOCK)
+    return realloc(ptr, nsize);
+  np = nsize >= BIG_BLOCK ? big_alloc(nsize) : malloc(nsize);
+  if (np == NULL)
+    return NULL;
+  if (ptr) {
+    memcpy(np, ptr, osize < nsize ? osize : nsize);
+    if (osize >= BIG_BLOCK)
+      big_free(ptr, osize);
+    else
+      free(ptr);
+  }
+  return np;
+}
+
+static int w_panic(lua_State *W) {
+  fprintf(stderr, "tide: worker state panic: %s\n", lua_tostring(W, -1));
+  return 0; /* then abort, as lua.c's */
+}
+
 static lua_State *pool_get(pool *pl) {
   lua_State *W = NULL;
   uv_mutex_lock(&pl->mu);
@@ -320,9 +379,10 @@ static lua_State *pool_get(pool *pl) {
   uv_mutex_unlock(&pl->mu);
   if (W)
     return W;
-  W = luaL_newstate();
+  W = lua_newstate(w_alloc, NULL);
   if (W == NULL)
     return NULL;
+  lua_atpanic(W, w_panic);
   lua_pushcfunction(W, open_worker);
   if (lua_pcall(W, 0, 0, 0) != LUA_OK) {
     lua_close(W);

@@ -180,6 +180,25 @@ describe("tide.to_thread", function()
     -- the command name, which may hold spaces)
     local function nice_of(stat) return tonumber(select(17, stat:match("%) (.*)$"):match(("(%S+) "):rep(17)))) end
 
+    it("handles big blocks in workers (tables and strings of megabytes)", function()
+      local function big(n)
+        local t = {}
+        for i = 1, n do t[i] = i end -- the array part grows past 1 MB, block by block
+        local sum = 0
+        for i = 1, n do sum = sum + t[i] end
+        t = nil
+        collectgarbage()
+        local small = {}
+        for i = 1, 10 do small[i] = i end
+        return sum, ("x"):rep(3 * 1024 * 1024), #small
+      end
+      local sum, str, n = tide.to_thread(big, 300000)
+      assert.equals(300000 * 300001 // 2, sum)
+      assert.equals(3 * 1024 * 1024, #str)
+      assert.equals(10, n)
+      assert.equals(300000 * 300001 // 2, (tide.to_thread(big, 300000))) -- a reused state
+    end)
+
     it("runs jobs at a lower CPU priority than the loop, and gives it back", function()
       local function thread_stat()
         local f = assert(io.open("/proc/thread-self/stat"))
