@@ -87,7 +87,8 @@ enum {
   XF_STREAM = 512,
   XF_FOLLOW = 1024,
   XF_LOCATION = 2048, /* the response being read has a Location */
-  XF_DIRTY = 4096
+  XF_DIRTY = 4096,
+  XF_ABORTED = 8192  /* its response was closed before the end */
 };
 
 struct xfer {
@@ -175,7 +176,8 @@ static void on_uv_sweep(uv_timer_t *h) {
   uint64_t now = uv_now(m->sched->loop);
   xfer *x;
   for (x = m->xfers; x; x = x->next)
-    if ((x->flags & XF_ATTACHED) && x->idle_ms && !(x->flags & XF_RECVPAUSED) &&
+    if ((x->flags & XF_ATTACHED) && x->idle_ms &&
+        !(x->flags & (XF_RECVPAUSED | XF_SENDPAUSED | XF_NEEDBODY)) &&
         now - x->last >= x->idle_ms) {
       snprintf(x->err, sizeof(x->err), "no data for %.1f s (idle_timeout)",
                (double)x->idle_ms / 1000);
@@ -395,9 +397,9 @@ static void hmulti_close(hmulti *m, lua_State *L) {
     if (!(x->flags & XF_DONE)) {
       x->flags |= XF_DONE | XF_CLOSED;
       x->result = CURLE_ABORTED_BY_CALLBACK;
-    }
-    curl_easy_cleanup(x->easy);
-    x->easy = NULL;
+      curl_easy_cleanup(x->easy);
+      x->easy = NULL;
+    } /* a finished one keeps its handle (no connection) for its response */
     x->m = NULL;
     x->prev = x->next = NULL;
     if (L)
@@ -520,6 +522,8 @@ static size_t on_read(char *p, size_t size, size_t n, void *ud) {
     size_t k = have < room ? have : room;
     memcpy(p, x->req.p + x->roff, k);
     x->roff += k;
+    if (x->idle_ms) /* the upload moving counts as activity */
+      x->last = uv_now(x->m->sched->loop);
     if (x->roff == x->req.n)
       x->req.n = x->roff = 0;
     return k;
@@ -544,7 +548,7 @@ static void unpause(lua_State *L, xfer *x) {
 /* ---- errors ----------------------------------------------------------- */
 
 static const char *kind_of(const xfer *x) {
-  if (x->flags & XF_CLOSED)
+  if (x->flags & (XF_CLOSED | XF_ABORTED))
     return "closed";
   if (x->flags & XF_TOOLARGE)
     return "too_large";
@@ -596,6 +600,8 @@ static int raise_failure(lua_State *L, xfer *x, const char *url) {
   const char *why = curl_easy_strerror(x->result);
   if (x->flags & XF_CLOSED)
     why = "the session was closed";
+  else if (x->flags & XF_ABORTED)
+    why = "the response was closed";
   else if (x->flags & XF_TOOLARGE || x->result == CURLE_FILESIZE_EXCEEDED)
     why = lua_pushfstring(L, "the response body is over max_body_size (%I bytes)",
                           (lua_Integer)x->max_body);
@@ -668,7 +674,7 @@ static int l_default_session(lua_State *L) {
 static int s_close(lua_State *L) {
   hsession *S = luaL_checkudata(L, 1, SESSION_MT);
   if (S->m)
-    hmulti_close(S->m, tide__rt(L)->current ? L : NULL);
+    hmulti_close(S->m, L); /* any running thread can carry the wakes */
   S->closed = 1;
   return 0;
 }
@@ -868,7 +874,7 @@ static int event_k(lua_State *L, int status, lua_KContext ctx) {
   if (ctx)
     resumed(L, x);
   if (x->flags & XF_DONE) {
-    if (x->result != CURLE_OK || (x->flags & XF_CLOSED))
+    if (x->result != CURLE_OK || (x->flags & (XF_CLOSED | XF_ABORTED)))
       return raise_failure(L, x, url_of(L, x));
     lua_pushliteral(L, "done");
   } else if (x->flags & XF_NEEDBODY) {
@@ -1102,11 +1108,13 @@ static int read_k(lua_State *L, int status, lua_KContext ctx) {
     return 1;
   }
   if (x->flags & XF_DONE) {
-    if (x->result != CURLE_OK || (x->flags & XF_CLOSED))
+    if (x->result != CURLE_OK || (x->flags & (XF_CLOSED | XF_ABORTED)))
       return raise_failure(L, x, url_of(L, x));
     xfer_release(x);
     return 0; /* the end */
   }
+  if (x->waiter && x->waiter != tide__current(L))
+    return luaL_error(L, "another task is reading this response");
   x->want = W_DATA;
   x->waiter = tide__current(L);
   return tide__park(L, x->waiter, ((lua_KContext)n << 1) | 1, read_k);
@@ -1125,9 +1133,14 @@ static int x_read(lua_State *L) {
 /* x:close(): aborts the transfer if it is still going */
 static int x_close(lua_State *L) {
   xfer *x = check_xfer(L);
+  if (!(x->flags & XF_DONE)) {
+    x->flags |= XF_DONE | XF_ABORTED;
+    x->result = CURLE_ABORTED_BY_CALLBACK;
+  }
   xfer_release(x);
   tide__buf_free(&x->body);
   x->boff = 0;
+  wake(L, x); /* a reader in another task gets "closed" */
   return 0;
 }
 

@@ -129,6 +129,20 @@ describe("tide.http", function()
       assert.is_nil(echo(http.delete(url("/anything"))).headers["content-length"])
     end)
 
+    it("lets the loop run while a body function has nothing yet", function()
+      local ticks, calls = 0, 0
+      local ticker = tide.spawn(function() for _ = 1, 5 do tide.sleep(0.01); ticks = ticks + 1 end end)
+      local t0 = tide.time()
+      local e = echo(http.post(url("/anything"), { body = function()
+        calls = calls + 1
+        if tide.time() - t0 < 0.1 then return "" end
+        if calls < 1e9 then calls = 1e9; return "late data" end
+      end }))
+      assert.equals("late data", e.body)
+      ticker:await()
+      assert.equals(5, ticks)
+    end)
+
     it("sends a large body without waiting for 100-continue", function()
       local big = ("x"):rep(3 * 1024 * 1024)
       local t0 = tide.time()
@@ -224,13 +238,18 @@ describe("tide.http", function()
     it("rejects bad arguments naming the argument", function()
       S.raises_matching("bad argument #1 to 'get' (URL string expected, got nil)", http.get)
       S.raises_matching("bad argument #2 to 'get' (unknown option 'timout')", http.get, url("/get"), { timout = 1 })
-      S.raises_matching("bad argument #2 to 'post' (opts.timeout: number or boolean expected, got string)",
+      S.raises_matching("bad argument #2 to 'post' (opts.timeout: number or false expected, got string)",
         http.post, url("/get"), { timeout = "5" })
       S.raises_matching("bad argument #2 to 'get' (table of options expected, got string)", http.get, url("/get"), "x")
       S.raises_matching("bad argument #1 to 'request' (HTTP method expected, got \"GE T\")", http.request, "GE T", url("/get"))
       S.raises_matching("contains a line break", http.get, url("/get"), { headers = { X = "a\r\nInjected: 1" } })
       S.raises_matching("bad argument #1 to 'session' (unknown option 'max_per_hots')", http.session, { max_per_hots = 1 })
       S.raises_matching("opts.http_version", http.get, url("/get"), { http_version = "9" })
+      S.raises_matching("(opts.timeout: number or false expected, got true)", http.get, url("/get"), { timeout = true })
+      S.raises_matching("(opts.max_body_size: number or false expected, got true)", http.get, url("/get"), { max_body_size = true })
+      S.raises_matching("(opts.timeout: a positive number expected, got 0)", http.get, url("/get"), { timeout = 0 })
+      S.raises_matching("(opts.connect_timeout: a positive number expected, got -1)", http.get, url("/get"), { connect_timeout = -1 })
+      S.raises_matching("bad argument #1 to 'session' (opts.max_per_host: a non-negative number expected, got -2)", http.session, { max_per_host = -2 })
     end)
 
     it("has fds back at baseline after 10,000 faulted requests", function()
@@ -316,6 +335,23 @@ describe("tide.http", function()
       S.raises_matching("closed HTTP session", s.get, s, url("/get"))
     end)
 
+    it("fails requests in flight when closed from a callback, keeps finished ones", function()
+      local s = http.session()
+      local t = tide.spawn(s.get, s, url("/delay/5"))
+      tide.call_later(0.1, function() s:close() end)
+      local ok, e = pcall(S.await, t)
+      assert.is_false(ok)
+      assert.equals("closed", e.kind)
+      for _ = 1, 10 do -- B closes the session while A's finished response waits for A
+        local s2 = http.session()
+        local a = tide.spawn(s2.get, s2, url("/get"))
+        local b = tide.spawn(function() local r = s2:get(url("/get")); s2:close(); return r end)
+        local rs = tide.gather({ a, b }, { return_exceptions = true })
+        assert.equals(200, rs[2].status)
+        assert.is_true(rs[1].status == 200 or rs[1].kind == "closed", tostring(rs[1]))
+      end
+    end)
+
     it("fails a request in flight when its session is closed", function()
       local s = http.session()
       local t = tide.spawn(s.get, s, url("/delay/5"))
@@ -361,6 +397,29 @@ describe("tide.http", function()
       local got = 1
       for chunk in res:chunks() do got = got + #chunk end
       assert.equals(total * 65536, got)
+    end)
+
+    it("wakes a reader in another task when the response is closed, and refuses a second reader", function()
+      local res = http.get(url("/stream-bytes/100000?chunk=10&delay=1"), { stream = true })
+      local reader = tide.spawn(function()
+        while res:read() do end
+      end)
+      tide.sleep(0.05)
+      S.raises_matching("another task is reading this response", res.read, res)
+      res:close()
+      local ok, e = pcall(S.await, reader)
+      assert.is_false(ok)
+      assert.equals("closed", e.kind)
+      assert.equals("closed", errkind(res.read, res))
+    end)
+
+    it("counts an upload still moving as activity for idle_timeout", function()
+      local n = 0
+      local res <close> = http.post(url("/anything"), { stream = true, idle_timeout = 0.5, body = function()
+        n = n + 1
+        if n <= 12 then tide.sleep(0.1); return "chunk;" end
+      end })
+      assert.equals(("chunk;"):rep(12), cjson.decode(res:read_all()).body)
     end)
 
     it("gives up on a stalled stream after idle_timeout", function()

@@ -72,27 +72,44 @@ end
 
 local OPTION_TYPES = {
   headers = "table", query = "table|string", body = "string|function|table",
-  json = "any", form = "table", timeout = "number|boolean",
+  json = "any", form = "table", timeout = "number|false",
   connect_timeout = "number", idle_timeout = "number", max_redirects = "number",
   verify = "boolean", cafile = "string", proxy = "string",
-  max_body_size = "number|boolean", http_version = "string", stream = "boolean",
+  max_body_size = "number|false", http_version = "string", stream = "boolean",
 }
 
-local function check_opts(fname, argn, opts)
-  if opts == nil then return {} end
+-- Numbers that must be positive (> 0) or at least 0.
+local POSITIVE = { timeout = true, connect_timeout = true, idle_timeout = true }
+local NONNEGATIVE = { max_body_size = true, max_redirects = true, max_connections = true,
+  max_per_host = true }
+
+-- Checks an options table against types ({name = "number|false", ...}).
+local function check_table(fname, argn, opts, types)
   if type(opts) ~= "table" then
     argerror(fname, argn, "table of options expected, got " .. type(opts))
   end
   for k, v in pairs(opts) do
-    local want = OPTION_TYPES[k]
+    local want = types[k]
     if not want then
       argerror(fname, argn, ("unknown option '%s'"):format(tostring(k)))
     end
-    if want ~= "any" and not ("|" .. want .. "|"):find("|" .. type(v) .. "|", 1, true) then
-      argerror(fname, argn, ("opts.%s: %s expected, got %s"):format(k, want:gsub("|", " or "), type(v)))
+    local bar = "|" .. want .. "|"
+    if want ~= "any" and not bar:find("|" .. type(v) .. "|", 1, true)
+        and not (v == false and bar:find("|false|", 1, true)) then
+      argerror(fname, argn, ("opts.%s: %s expected, got %s"):format(k, want:gsub("|", " or "),
+        v == true and "true" or type(v)))
+    end
+    if type(v) == "number" and ((POSITIVE[k] and not (v > 0)) or (NONNEGATIVE[k] and not (v >= 0))) then
+      argerror(fname, argn, ("opts.%s: %s number expected, got %s"):format(k,
+        POSITIVE[k] and "a positive" or "a non-negative", tostring(v)))
     end
   end
   return opts
+end
+
+local function check_opts(fname, argn, opts)
+  if opts == nil then return {} end
+  return check_table(fname, argn, opts, OPTION_TYPES)
 end
 
 local VERSIONS = { ["1.0"] = true, ["1.1"] = true, ["2"] = true, ["2-prior-knowledge"] = true }
@@ -269,7 +286,11 @@ local function perform(sess, fname, argbase, method, url, opts)
         if chunk ~= nil and type(chunk) ~= "string" then
           error(("%s %s: the body function gave a %s (strings expected)"):format(method, url, type(chunk)), 0)
         end
-        _, ev = x:feed(chunk)
+        if chunk == "" then
+          tide.sleep(0) -- "nothing yet": let the loop (and timeouts) run
+        else
+          _, ev = x:feed(chunk)
+        end
       end
     end)
     if not ok then x:close(); error(e, 0) end
@@ -316,10 +337,10 @@ end
 Session.__close = Session.close
 
 local SESSION_OPTIONS = {
-  base_url = "string", headers = "table", timeout = "number|boolean",
+  base_url = "string", headers = "table", timeout = "number|false",
   connect_timeout = "number", max_connections = "number", max_per_host = "number",
   cookies = "boolean|table", verify = "boolean", cafile = "string", proxy = "string",
-  max_body_size = "number|boolean", http_version = "string", max_redirects = "number",
+  max_body_size = "number|false", http_version = "string", max_redirects = "number",
   idle_timeout = "number",
 }
 
@@ -328,19 +349,8 @@ local SESSION_OPTIONS = {
 -- with the module's request functions as methods; it keeps connections
 -- alive between requests and (by default) a cookie jar.
 function M.session(opts)
+  check_table("session", 1, opts or {}, SESSION_OPTIONS)
   opts = opts or {}
-  if type(opts) ~= "table" then
-    error("bad argument #1 to 'session' (table of options expected, got " .. type(opts) .. ")", 2)
-  end
-  for k, v in pairs(opts) do
-    local want = SESSION_OPTIONS[k]
-    if not want then
-      error(("bad argument #1 to 'session' (unknown option '%s')"):format(tostring(k)), 2)
-    end
-    if not ("|" .. want .. "|"):find("|" .. type(v) .. "|", 1, true) then
-      error(("bad argument #1 to 'session' (opts.%s: %s expected, got %s)"):format(k, want:gsub("|", " or "), type(v)), 2)
-    end
-  end
   local defaults = {}
   for k in pairs(OPTION_TYPES) do defaults[k] = opts[k] end
   local cookie
