@@ -345,13 +345,7 @@ static const luaL_Reg parser_funcs[] = {
   {"new", l_new}, {"reason", l_reason}, {NULL, NULL}};
 
 int luaopen_tide_http_parser(lua_State *L) {
-  if (luaL_newmetatable(L, PARSER_MT)) {
-    luaL_newlib(L, parser_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, p_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_pop(L, 1);
+  tide__new_type(L, PARSER_MT, parser_methods, p_gc, NULL, NULL);
   luaL_newlib(L, parser_funcs);
   return 1;
 }

@@ -4,13 +4,7 @@ local tide = require "tide"
 
 local TIDE = require("spec.support").tide_bin()
 
-local function tmpfile(content)
-  local name = os.tmpname()
-  local f = assert(io.open(name, "w"))
-  f:write(content)
-  f:close()
-  return name
-end
+local tmpfile = require("spec.support").tmpfile
 
 local sh = require("spec.support").sh
 

@@ -31,13 +31,7 @@ local function has(out, s)
   return out:find(s, 1, true) ~= nil
 end
 
-local function tmpfile(content)
-  local name = os.tmpname()
-  local f = assert(io.open(name, "w"))
-  f:write(content)
-  f:close()
-  return name
-end
+local tmpfile = require("spec.support").tmpfile
 
 describe("tide REPL on a terminal", function()
   it("prints =expr and bare expressions, reads multi-line chunks with '>> '", function()

@@ -54,6 +54,15 @@ function S.tide_bin()
   return exe and exe:match("/tide$") and exe or "./build/tide"
 end
 
+-- Writes content to a new temporary file; returns its name.
+function S.tmpfile(content)
+  local name = os.tmpname()
+  local f = assert(io.open(name, "w"))
+  f:write(content)
+  f:close()
+  return name
+end
+
 -- Quotes s for the shell.
 function S.shell_quote(s)
   return "'" .. s:gsub("'", "'\\''") .. "'"

@@ -1,7 +1,7 @@
 -- to_thread: J CPU-bound jobs (a prime sieve up to N each) run serially on the loop
 -- thread, then through tide.to_thread on libuv's thread pool, while a ticker task
 -- sleeps 1 ms at a time and records how late it woke (the loop's responsiveness).
--- Run: build/tide scripts/bench/to_thread.lua [J=4] [N=4000000]
+-- Run: build/tide scripts/bench/to_thread.lua [J=4] [N=4000000]   (REPEAT=3 runs each)
 -- Prints RESULT with the threaded time in seconds=, the serial time, the speedup
 -- (bounded by the core count and UV_THREADPOOL_SIZE) and the ticker's worst and
 -- 99th-percentile delay, next to its worst delay with nothing else running (the
@@ -46,21 +46,30 @@ end
 local expect = sieve(N)
 local _, idle_worst = with_ticker(function() tide.sleep(0.5) end)
 
-local serial, serial_worst = with_ticker(function()
-  for _ = 1, J do assert(sieve(N) == expect) end
-end)
-
--- The serial phase left its sieve tables (millions of entries) to the loop
--- state's collector; marking one such table is a single GC step of many
--- milliseconds. Collect them now so the threaded phase measures itself.
-collectgarbage()
-collectgarbage()
-
-local threaded, worst, ticks, p99 = with_ticker(function()
-  local jobs = {}
-  for i = 1, J do jobs[i] = function() return tide.to_thread(sieve, N) end end
-  for _, c in ipairs(tide.gather(jobs)) do assert(c == expect) end
-end)
+-- Each phase runs REPEAT times: the times are the best run's (the machine's
+-- noise only ever adds), the ticker's delays the worst run's.
+local REPEAT = math.tointeger(tonumber(os.getenv("REPEAT") or 3))
+local serial, serial_worst = math.huge, 0
+local threaded, worst, ticks, p99 = math.huge, 0, 0, 0
+for _ = 1, REPEAT do
+  local dt, w = with_ticker(function()
+    for _ = 1, J do assert(sieve(N) == expect) end
+  end)
+  serial, serial_worst = math.min(serial, dt), math.max(serial_worst, w)
+  -- The serial phase left its sieve tables (millions of entries) to the loop
+  -- state's collector; marking one such table is a single GC step of many
+  -- milliseconds. Collect them now so the threaded phase measures itself.
+  collectgarbage()
+  collectgarbage()
+  local n, q
+  dt, w, n, q = with_ticker(function()
+    local jobs = {}
+    for i = 1, J do jobs[i] = function() return tide.to_thread(sieve, N) end end
+    for _, c in ipairs(tide.gather(jobs)) do assert(c == expect) end
+  end)
+  if dt < threaded then threaded, ticks = dt, n end
+  worst, p99 = math.max(worst, w), math.max(p99, q)
+end
 
 -- The same with jobs that allocate nothing (trial division): what is left of
 -- the ticker's delay is then the loop's own, not the memory system's (the
