@@ -594,9 +594,11 @@ static const char *kind_of(const xfer *x) {
   }
 }
 
-/* Raises x's failure as a tide error naming the method, URL and reason. */
-static int raise_failure(lua_State *L, xfer *x, const char *url) {
+/* Raises x's failure (x at index 1, its URL in its user value 2) as a tide
+ * error naming the method, URL and reason. */
+static int raise_failure(lua_State *L, xfer *x) {
   const char *kind = kind_of(x);
+  const char *url = (lua_getiuservalue(L, 1, 2), lua_tostring(L, -1));
   const char *why = curl_easy_strerror(x->result);
   if (x->flags & XF_CLOSED)
     why = "the session was closed";
@@ -860,12 +862,6 @@ static void resumed(lua_State *L, xfer *x) {
   lua_settop(L, 1);
 }
 
-static const char *url_of(lua_State *L, xfer *x) {
-  lua_getiuservalue(L, 1, 2);
-  (void)x;
-  return lua_tostring(L, -1);
-}
-
 /* Returns the next event of x for its task: "body" (feed the request body),
  * "headers" (streamed response ready), "done"; raises its failure. */
 static int event_k(lua_State *L, int status, lua_KContext ctx) {
@@ -875,7 +871,7 @@ static int event_k(lua_State *L, int status, lua_KContext ctx) {
     resumed(L, x);
   if (x->flags & XF_DONE) {
     if (x->result != CURLE_OK || (x->flags & (XF_CLOSED | XF_ABORTED)))
-      return raise_failure(L, x, url_of(L, x));
+      return raise_failure(L, x);
     lua_pushliteral(L, "done");
   } else if (x->flags & XF_NEEDBODY) {
     lua_pushliteral(L, "body");
@@ -1109,7 +1105,7 @@ static int read_k(lua_State *L, int status, lua_KContext ctx) {
   }
   if (x->flags & XF_DONE) {
     if (x->result != CURLE_OK || (x->flags & (XF_CLOSED | XF_ABORTED)))
-      return raise_failure(L, x, url_of(L, x));
+      return raise_failure(L, x);
     xfer_release(x);
     return 0; /* the end */
   }
@@ -1144,18 +1140,12 @@ static int x_close(lua_State *L) {
   return 0;
 }
 
-static int x_done(lua_State *L) {
-  xfer *x = check_xfer(L);
-  lua_pushboolean(L, (x->flags & XF_DONE) && x->body.n == x->boff);
-  return 1;
-}
-
 static const luaL_Reg session_methods[] = {
   {"request", s_request}, {"close", s_close}, {NULL, NULL}};
 
 static const luaL_Reg xfer_methods[] = {
   {"feed", x_feed}, {"response", x_response}, {"read", x_read},
-  {"close", x_close}, {"done", x_done}, {NULL, NULL}};
+  {"close", x_close}, {NULL, NULL}};
 
 static const luaL_Reg core_funcs[] = {
   {"session", l_session}, {"default_session", l_default_session},

@@ -28,35 +28,7 @@ local function json()
   return cjson
 end
 
----------------------------------------------------------------------------
--- URL encoding
-
-local function escape(s)
-  return (tostring(s):gsub("[^%w%-%._~]", function(c)
-    return ("%%%02X"):format(c:byte())
-  end))
-end
-
--- urlencode({a = 1, b = {"x", "y"}}) -> "a=1&b=x&b=y" (keys sorted)
-function M.urlencode(t)
-  local keys, out = {}, {}
-  for k in pairs(t) do keys[#keys + 1] = tostring(k) end
-  table.sort(keys)
-  for _, k in ipairs(keys) do
-    local v = t[k]
-    if v == nil then v = t[tonumber(k)] end
-    if type(v) == "table" then
-      for _, item in ipairs(v) do out[#out + 1] = escape(k) .. "=" .. escape(item) end
-    else
-      out[#out + 1] = escape(k) .. "=" .. escape(v)
-    end
-  end
-  return table.concat(out, "&")
-end
-
-function M.urldecode(s)
-  return (s:gsub("+", " "):gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
-end
+M.urlencode, M.urldecode = Headers.urlencode, Headers.urldecode
 
 ---------------------------------------------------------------------------
 -- Argument checks: errors name the function, the argument and the option.

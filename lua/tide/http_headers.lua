@@ -1,9 +1,40 @@
--- tide.http_headers: HTTP header maps, shared by the client's responses and
--- the server's requests. A map answers h[name] with the first value of that
--- name in any letter case; h:get_all(name) gives every value in order and
--- h:list() every (name, value) pair as received. pairs(h) walks lower-case
--- names to first values.
+-- tide.http_headers: HTTP header maps (and URL encoding), shared by the
+-- client's responses and the server's requests. A map answers h[name] with
+-- the first value of that name in any letter case; h:get_all(name) gives
+-- every value in order and h:list() every (name, value) pair as received.
+-- pairs(h) walks lower-case names to first values.
 local M = {}
+
+-- URL encoding, for the client's query strings and forms and the server's
+-- queries.
+local function escape(s)
+  return (tostring(s):gsub("[^%w%-%._~]", function(c)
+    return ("%%%02X"):format(c:byte())
+  end))
+end
+
+-- urlencode({a = 1, b = {"x", "y"}}) -> "a=1&b=x&b=y" (keys sorted)
+function M.urlencode(t)
+  local keys, out = {}, {}
+  for k in pairs(t) do keys[#keys + 1] = tostring(k) end
+  table.sort(keys)
+  for _, k in ipairs(keys) do
+    local v = t[k]
+    if v == nil then v = t[tonumber(k)] end
+    if type(v) == "table" then
+      for _, item in ipairs(v) do out[#out + 1] = escape(k) .. "=" .. escape(item) end
+    else
+      out[#out + 1] = escape(k) .. "=" .. escape(v)
+    end
+  end
+  return table.concat(out, "&")
+end
+
+function M.urldecode(s)
+  return (s:gsub("%+", " "):gsub("%%(%x%x)", function(h)
+    return string.char(tonumber(h, 16))
+  end))
+end
 
 local lists = setmetatable({}, { __mode = "k" }) -- map -> {name, value, ...}
 

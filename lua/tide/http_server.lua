@@ -32,11 +32,7 @@ local DEFAULTS = {
   linger = 1, -- seconds to drain a peer's leftover bytes before closing
 }
 
-local function decode(s)
-  return (s:gsub("%+", " "):gsub("%%(%x%x)", function(h)
-    return string.char(tonumber(h, 16))
-  end))
-end
+local decode = Headers.urldecode
 
 local function parse_query(raw)
   local q = {}
