@@ -468,6 +468,18 @@ static int luaopen_repl_core(lua_State *L) {
   return 1;
 }
 
+/* A program started with stdin, stdout or stderr closed (a daemon, a CI
+ * runner) would hand those numbers to the loop's own descriptors: the
+ * script's print() would then write into a socket, and libuv asserts that
+ * it never closes 0-2. Point any closed one at /dev/null, as Node does. */
+static void open_std_fds(void) {
+  int fd;
+  for (fd = 0; fd <= 2; fd++)
+    if (fcntl(fd, F_GETFD) == -1 && errno == EBADF &&
+        open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY) != fd)
+      _exit(127); /* cannot even report it */
+}
+
 /* An event loop holds many sockets at once: lift the soft limit on open
  * files to the hard one, as Go's runtime does (the command only; an
  * application embedding tide decides for itself). */
@@ -483,6 +495,7 @@ int main(int argc, char **argv) {
   tide_runtime *rt;
   lua_State *L;
   int script = argc, flags, st, code = 0;
+  open_std_fds();
   if (argv[0] && argv[0][0])
     progname = argv[0];
   flags = collectargs(argv, &script);

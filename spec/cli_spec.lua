@@ -136,6 +136,24 @@ describe("tide command", function()
     assert.equals(3, rc)
   end)
 
+  it("runs with stdin, stdout or stderr closed (they read and write /dev/null)", function()
+    local name = tmpfile([[
+      local tide = require "tide"
+      local c <close> = tide.signal("SIGUSR2") -- handles of its own
+      tide.gather(function() tide.sleep(0.01) end)
+      print("to stdout", io.read("l"))
+      io.stderr:write("to stderr\n")
+      os.exit(5)
+    ]])
+    for _, redir in ipairs { "0<&-", "1>&-", "2>&-", "0<&- 1>&- 2>&-" } do
+      local out, err, rc = sh(TIDE .. " " .. name .. " " .. redir)
+      assert.equals(5, rc, redir .. ": " .. err)
+      assert.equals(redir:find("1>&-") and "" or "to stdout\tnil\n", out, redir)
+      assert.equals(redir:find("2>&-") and "" or "to stderr\n", err, redir)
+    end
+    os.remove(name)
+  end)
+
   it("Ctrl-C cancels the main task so it can clean up, then exits 130", function()
     local name = tmpfile([[
       local tide = require "tide"

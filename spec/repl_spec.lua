@@ -20,8 +20,11 @@ local function session(args, steps, env)
     feed[#feed + 1] = string.format("sleep %s; printf '%%s' %s", s[1], q(s[2]))
   end
   feed[#feed + 1] = "sleep 0.5"
+  -- "exec": script runs the command through $SHELL -c, /bin/sh when SHELL
+  -- is unset (as in CI); dash then waits in the terminal's foreground
+  -- group, gets each Ctrl-C too, and exits 130 when tide ends.
   local cmd = string.format("(%s) | env -u TIDE_HISTORY %s timeout 30 script -qfec %s /dev/null",
-    table.concat(feed, "; "), env or "", q(TIDE .. " " .. args))
+    table.concat(feed, "; "), env or "", q("exec " .. TIDE .. " " .. args))
   local t0 = os.time()
   local out, _, rc = sh(cmd)
   return (out:gsub("\r", "")), rc, os.time() - t0
