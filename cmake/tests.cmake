@@ -21,6 +21,9 @@ endforeach()
 add_executable(runtime_test spec/c/runtime_test.c)
 target_link_libraries(runtime_test PRIVATE libtide)
 add_test(NAME c_runtime COMMAND runtime_test)
+add_executable(alloc_test spec/c/alloc_test.c)
+target_link_libraries(alloc_test PRIVATE libtide)
+add_test(NAME c_alloc COMMAND alloc_test)
 
 # The same examples under Debian's lua5.4 with the module form (tide.so):
 # seed-style scripts that call tide.run(main) work unchanged there.

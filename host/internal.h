@@ -153,6 +153,7 @@ struct tide_runtime {
   uint32_t last_src_id;  /* spawn-site cache (task.c, source_id) */
   unsigned long instruction_limit; /* per task step, 0: none */
   struct tide_mem *mem;  /* allocation accounting (runtime.c), or NULL */
+  struct tide_arena *arena; /* L's allocator when tide made L (alloc.c) */
   tide_sched *root;      /* where tasks started from C run (embed.c) */
   int cpending;          /* tasks started from C not yet done */
   int incb;              /* inside one of tide's loop callbacks */
@@ -161,6 +162,13 @@ struct tide_runtime {
 
 /* runtime.c */
 tide_runtime *tide__rt(lua_State *L);
+
+/* alloc.c: the allocator of states tide creates (NULL arena: malloc's) */
+typedef struct tide_arena tide_arena;
+tide_arena *tide__arena_new(void); /* NULL under AddressSanitizer */
+void tide__arena_free(tide_arena *a);
+void *tide__arena_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+lua_State *tide__newstate(tide_arena *a);
 
 /* A growable byte buffer (C side of streams, parsers, encoders). */
 typedef struct tide_buf {

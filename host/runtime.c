@@ -230,6 +230,7 @@ tide_runtime *tide_open(lua_State *L) {
 typedef struct tide_mem {
   size_t used, limit;
   tide_runtime *rt;
+  tide_arena *arena; /* the allocator under the accounting (alloc.c) */
 } tide_mem;
 
 static void *mem_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
@@ -237,14 +238,14 @@ static void *mem_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   size_t old = ptr ? osize : 0;
   void *np;
   if (nsize == 0) {
-    free(ptr);
+    tide__arena_alloc(m->arena, ptr, osize, 0);
     m->used -= old;
     return NULL;
   }
   if (nsize > old && m->rt && (m->rt->current || m->rt->in_callback) &&
       m->used + (nsize - old) > m->limit)
     return NULL; /* Lua collects and retries, then raises "not enough memory" */
-  np = realloc(ptr, nsize);
+  np = tide__arena_alloc(m->arena, ptr, osize, nsize);
   if (np)
     m->used = m->used - old + nsize;
   return np;
@@ -319,21 +320,26 @@ static void open_sandbox(lua_State *L) {
 
 tide_runtime *tide_runtime_new_with(const tide_options *opts) {
   static const tide_options defaults;
-  lua_State *L = luaL_newstate();
+  tide_arena *a = tide__arena_new();
+  lua_State *L = tide__newstate(a);
   tide_runtime *rt;
   tide_mem *m = NULL;
   if (opts == NULL)
     opts = &defaults;
-  if (L == NULL)
+  if (L == NULL) {
+    tide__arena_free(a);
     return NULL;
+  }
   signal(SIGPIPE, SIG_IGN);
   if (opts->memory_limit) {
     m = calloc(1, sizeof(*m));
     if (m == NULL) {
       lua_close(L);
+      tide__arena_free(a);
       return NULL;
     }
     m->limit = opts->memory_limit;
+    m->arena = a;
     m->used = (size_t)lua_gc(L, LUA_GCCOUNT) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB);
     lua_setallocf(L, mem_alloc, m);
   }
@@ -375,12 +381,14 @@ tide_runtime *tide_runtime_new_with(const tide_options *opts) {
       free(rt->owned_loop);
       lua_close(L);
       free(m);
+      tide__arena_free(a);
       return NULL;
     }
     rt->loop = rt->owned_loop;
   }
   rt->owns_L = 1;
   rt->mem = m;
+  rt->arena = a;
   rt->instruction_limit = opts->instruction_limit;
   if (m)
     m->rt = rt;
@@ -401,11 +409,13 @@ lua_State *tide_runtime_L(tide_runtime *rt) {
 void tide_runtime_close(tide_runtime *rt) {
   lua_State *L;
   tide_mem *m;
+  tide_arena *a;
   uv_loop_t *own;
   if (rt == NULL || !rt->owns_L)
     return;
   L = rt->L;
   m = rt->mem;
+  a = rt->arena;
   own = rt->owned_loop;
   if (rt->root)
     tide__root_close(rt);
@@ -420,4 +430,5 @@ void tide_runtime_close(tide_runtime *rt) {
     m->rt = NULL;
   lua_close(L); /* frees rt: it lives in a userdata of this state */
   free(m);
+  tide__arena_free(a); /* after every block of L */
 }

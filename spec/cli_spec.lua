@@ -45,6 +45,15 @@ describe("tide command", function()
     assert.matches("^tide %d+%.%d+%.%d+ %(Lua 5%.4", out)
   end)
 
+  it("warnings are off until -W or warn('@on'), as in lua5.4", function()
+    local code = [[ -e "warn('a', 'b') warn('@off') warn('hidden') warn('@on') warn('c')"]]
+    local _, err, rc = sh(TIDE .. " -W" .. code)
+    assert.equals(0, rc, err)
+    assert.equals("Lua warning: ab\nLua warning: c\n", err)
+    _, err = sh(TIDE .. code)
+    assert.equals("Lua warning: c\n", err)
+  end)
+
   it("- reads the script from stdin", function()
     local out, err, rc = sh("echo 'print(1 + 1, ...)' | " .. TIDE .. " - x")
     assert.equals(0, rc, err)
