@@ -154,6 +154,9 @@ struct tide_runtime {
   unsigned long instruction_limit; /* per task step, 0: none */
   struct tide_mem *mem;  /* allocation accounting (runtime.c), or NULL */
   struct tide_arena *arena; /* L's allocator when tide made L (alloc.c) */
+  /* registry slots of task.c's tables, read by index on hot paths (a
+   * light-userdata key costs a hash lookup, ~3x an array read) */
+  int task_mt_ref, task_gcmt_ref, pool_ref, last_fn_ref;
   tide_sched *root;      /* where tasks started from C run (embed.c) */
   int cpending;          /* tasks started from C not yet done */
   int incb;              /* inside one of tide's loop callbacks */

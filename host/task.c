@@ -24,9 +24,9 @@
 
 #include "internal.h"
 
-static char sentinel_key, task_mt_key, pool_key, gather_mt_key;
+static char sentinel_key, task_mt_key, gather_mt_key;
 static char reraised_key, reraised_tb_key; /* last error await re-raised */
-static char sources_key, last_fn_key;       /* spawn sites (see source_id) */
+static char sources_key;                   /* spawn sites (see source_id) */
 
 /* A gather in progress: it waits on each child as a waiter (user value 1:
  * the first child that failed). */
@@ -56,14 +56,14 @@ static const char *state_name(const tide_task *t) {
   }
 }
 
-/* Hot paths find the metatable and the pool by light-userdata keys: a
- * string key would be re-hashed (and strcmp'd) at every call. */
+/* The task metatable carries a private marker at [1] (a light userdata
+ * only C can make), so telling a task needs no registry lookup. */
 static int is_task(lua_State *L, int idx) {
   int r;
   if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx))
     return 0;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &task_mt_key);
-  r = lua_rawequal(L, -1, -2);
+  r = lua_rawgeti(L, -1, 1) == LUA_TLIGHTUSERDATA &&
+      lua_touserdata(L, -1) == (void *)&task_mt_key;
   lua_pop(L, 2);
   return r;
 }
@@ -192,14 +192,14 @@ static void push_site(lua_State *L, tide_task *t, int ud) {
  * remembered, so a loop of spawns looks its source up once. */
 static uint32_t source_id(lua_State *L, tide_runtime *rt, lua_Debug *ar) {
   uint32_t id;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &last_fn_key);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->last_fn_ref);
   if (lua_rawequal(L, -1, -2)) { /* the same spawner as last time */
     lua_pop(L, 2);
     return rt->last_src_id;
   }
   lua_pop(L, 1);
   lua_pushvalue(L, -1);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &last_fn_key);
+  lua_rawseti(L, LUA_REGISTRYINDEX, rt->last_fn_ref);
   lua_getinfo(L, ">S", ar); /* pops the function */
   lua_rawgetp(L, LUA_REGISTRYINDEX, &sources_key);
   lua_pushstring(L, ar->short_src);
@@ -255,7 +255,7 @@ tide_task *tide__spawn(lua_State *L, tide_sched *s, int fidx, int nargs) {
   t->tn.kind = TN_TASK;
   t->id = ++rt->next_id;
   t->parent = rt->current ? rt->current->id : 0;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &task_mt_key);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->task_mt_ref);
   lua_setmetatable(L, -2);
   /* The coroutine is made when the task first runs (see start()), so a
    * burst of spawns costs no stacks, and finished tasks' coroutines are
@@ -383,7 +383,7 @@ stop:
 static void recycle(lua_State *L, tide_runtime *rt, lua_State *co) {
   if (rt->npool >= POOL_MAX || lua_status(co) != LUA_OK || lua_gettop(co) != 0)
     return;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &pool_key);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->pool_ref);
   lua_pushthread(co);
   lua_xmove(co, L, 1);
   lua_rawseti(L, -2, ++rt->npool);
@@ -396,7 +396,7 @@ static void start(lua_State *L, tide_task *t, int ud) {
   lua_State *co;
   int i;
   if (rt->npool > 0) {
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &pool_key);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, rt->pool_ref);
     lua_rawgeti(L, -1, rt->npool);
     lua_pushnil(L);
     lua_rawseti(L, -3, rt->npool--);
@@ -511,6 +511,8 @@ static void finish_err(lua_State *L, tide_task *t, int ud) {
   } else {
     t->flags |= TF_FAILED;
     luaL_checkstack(L, 10, NULL);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->s->rt->task_gcmt_ref);
+    lua_setmetatable(L, ud); /* reported when collected unless retrieved */
     push_message(L, e);
     luaL_traceback(L, co ? co : L, lua_tostring(L, -1), co ? 0 : 1);
     lua_remove(L, -2);
@@ -1289,7 +1291,7 @@ static int l_gather_wait(lua_State *L) {
   int funcs = 0;
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 3);
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &task_mt_key); /* 4 */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, tide__rt(L)->task_mt_ref); /* 4 */
   for (i = 1; i <= n; i++) { /* all checks before spawning or registering */
     int ok = 0;
     switch (lua_rawgeti(L, 1, i)) {
@@ -1406,6 +1408,7 @@ static const luaL_Reg task_funcs[] = {
 
 /* [-1, +1, m] Adds the task functions to the module table on top. */
 int tide__open_task(lua_State *L) {
+  tide_runtime *rt = tide__rt(L);
   int mod = lua_gettop(L);
   if (luaL_newmetatable(L, TIDE_TASK_MT)) {
     lua_newtable(L); /* methods */
@@ -1419,12 +1422,29 @@ int tide__open_task(lua_State *L) {
     lua_setfield(L, -2, "__newindex");
     lua_pushcfunction(L, t_tostring);
     lua_setfield(L, -2, "__tostring");
-    lua_pushcfunction(L, t_gc);
-    lua_setfield(L, -2, "__gc");
     lua_pushcfunction(L, t_close);
     lua_setfield(L, -2, "__close");
+    lua_pushlightuserdata(L, &task_mt_key); /* the marker is_task reads */
+    lua_rawseti(L, -2, 1);
+  }
+  if (rt->task_mt_ref == 0) {
+    /* A task gets the same metatable plus __gc only when it fails (see
+     * finish_err): a finalizer costs every object that has one a GC cycle
+     * more and a call, and only an unretrieved failure needs it. */
+    lua_newtable(L);
+    lua_pushnil(L);
+    while (lua_next(L, -3)) {
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_rawset(L, -4);
+    }
+    lua_pushcfunction(L, t_gc);
+    lua_setfield(L, -2, "__gc");
+    rt->task_gcmt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushvalue(L, -1);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &task_mt_key);
+    rt->task_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushboolean(L, 0); /* a slot of its own, nil-free, for source_id */
+    rt->last_fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   }
   lua_pop(L, 1);
   if (lua_getfield(L, LUA_REGISTRYINDEX, "tide.names") == LUA_TNIL) {
@@ -1450,11 +1470,10 @@ int tide__open_task(lua_State *L) {
     lua_rawsetp(L, LUA_REGISTRYINDEX, &sources_key);
   }
   lua_pop(L, 1);
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &pool_key) == LUA_TNIL) {
+  if (rt->pool_ref == 0) {
     lua_newtable(L);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &pool_key);
+    rt->pool_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   }
-  lua_pop(L, 1);
   luaL_setfuncs(L, task_funcs, 0);
   lua_pushlightuserdata(L, tide__sentinel());
   lua_setfield(L, mod, "sentinel");
