@@ -172,6 +172,8 @@ tide_arena *tide__arena_new(void); /* NULL under AddressSanitizer */
 void tide__arena_free(tide_arena *a);
 void *tide__arena_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
 lua_State *tide__newstate(tide_arena *a);
+tide_runtime *tide__arena_rt(lua_State *L); /* NULL: not on an arena */
+void tide__arena_set_rt(tide_arena *a, tide_runtime *rt);
 
 /* A growable byte buffer (C side of streams, parsers, encoders). */
 typedef struct tide_buf {

@@ -18,7 +18,9 @@
 static char rt_key;
 
 tide_runtime *tide__rt(lua_State *L) {
-  tide_runtime *rt;
+  tide_runtime *rt = tide__arena_rt(L);
+  if (rt)
+    return rt;
   lua_rawgetp(L, LUA_REGISTRYINDEX, &rt_key);
   rt = lua_touserdata(L, -1);
   lua_pop(L, 1);
@@ -389,6 +391,7 @@ tide_runtime *tide_runtime_new_with(const tide_options *opts) {
   rt->owns_L = 1;
   rt->mem = m;
   rt->arena = a;
+  tide__arena_set_rt(a, rt);
   rt->instruction_limit = opts->instruction_limit;
   if (m)
     m->rt = rt;
