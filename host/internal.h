@@ -96,6 +96,8 @@ typedef struct tide_task {
  * its coroutine while it runs, then its results, its cancellation error,
  * or {error, traceback} after a failure. Waiters are kept in the sched. */
 enum { TUV_CO = 1, TUV_N = 1 };
+/* Spawn arguments kept in user values after fn (no table) up to this many */
+#define SPAWN_UV_ARGS 3
 
 /* call_soon / call_later handle */
 typedef struct tide_handle {

@@ -247,7 +247,8 @@ tide_task *tide__spawn(lua_State *L, tide_sched *s, int fidx, int nargs) {
   lua_Debug ar;
   int ud, i;
   fidx = lua_absindex(L, fidx);
-  t = lua_newuserdatauv(L, sizeof(*t), TUV_N);
+  t = lua_newuserdatauv(L, sizeof(*t),
+                        nargs <= SPAWN_UV_ARGS ? TUV_N + nargs : TUV_N);
   ud = lua_gettop(L);
   memset(t, 0, sizeof(*t));
   t->s = s;
@@ -259,8 +260,13 @@ tide_task *tide__spawn(lua_State *L, tide_sched *s, int fidx, int nargs) {
   lua_setmetatable(L, -2);
   /* The coroutine is made when the task first runs (see start()), so a
    * burst of spawns costs no stacks, and finished tasks' coroutines are
-   * reused. Until then user value 1 holds fn, or {fn, args...}. */
-  if (nargs == 0) {
+   * reused. Until then user value 1 holds fn, and up to SPAWN_UV_ARGS
+   * arguments follow it in user values 2...; more go in {fn, args...}. */
+  if (nargs <= SPAWN_UV_ARGS) {
+    for (i = 1; i <= nargs; i++) {
+      lua_pushvalue(L, fidx + i);
+      lua_setiuservalue(L, ud, TUV_CO + i);
+    }
     lua_pushvalue(L, fidx);
   } else {
     lua_createtable(L, nargs + 1, 0);
@@ -406,7 +412,16 @@ static void start(lua_State *L, tide_task *t, int ud) {
     co = lua_newthread(L);
   }
   luaL_checkstack(co, t->nargs + 1, "too many arguments to spawn");
-  if (lua_getiuservalue(L, ud, TUV_CO) == LUA_TTABLE && t->nargs > 0) {
+  if (t->nargs <= SPAWN_UV_ARGS) {
+    luaL_checkstack(L, t->nargs + 1, "too many arguments to spawn");
+    for (i = 0; i <= t->nargs; i++)
+      lua_getiuservalue(L, ud, TUV_CO + i);
+    lua_xmove(L, co, t->nargs + 1);
+    for (i = 1; i <= t->nargs; i++) { /* the coroutine holds them now */
+      lua_pushnil(L);
+      lua_setiuservalue(L, ud, TUV_CO + i);
+    }
+  } else if (lua_getiuservalue(L, ud, TUV_CO) == LUA_TTABLE) {
     for (i = 1; i <= t->nargs + 1; i++)
       lua_rawgeti(L, -i, i);
     lua_xmove(L, co, t->nargs + 1);

@@ -96,6 +96,23 @@ describe("tide.spawn", function()
     u:await()
   end)
 
+  it("passes every argument, nils included, however many there are", function()
+    local function count(...)
+      local p = { select("#", ...) }
+      for i = 1, select("#", ...) do p[#p + 1] = tostring((select(i, ...))) end
+      return table.concat(p, ",")
+    end
+    local cases = { {}, { nil }, { 1, nil }, { nil, 2, nil }, { 1, 2, 3, nil }, { 1, 2, 3, 4, 5 } }
+    local ns = { 0, 1, 2, 3, 4, 5 }
+    local ts = {}
+    for i, c in ipairs(cases) do ts[i] = tide.spawn(count, table.unpack(c, 1, ns[i])) end
+    local cancelled = tide.spawn(count, 1, 2) -- cancelled before it starts
+    cancelled:cancel()
+    assert.equals("0 1,nil 2,1,nil 3,nil,2,nil 4,1,2,3,nil 5,1,2,3,4,5",
+      table.concat(tide.gather(ts), " "))
+    assert.equals("cancelled", errkind(function() cancelled:await() end))
+  end)
+
   it("checks its arguments", function()
     local ok, e = pcall(tide.spawn, "nope")
     assert.is_false(ok)
