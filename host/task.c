@@ -411,7 +411,12 @@ static void start(lua_State *L, tide_task *t, int ud) {
   } else {
     co = lua_newthread(L);
   }
-  luaL_checkstack(co, t->nargs + 1, "too many arguments to spawn");
+  luaL_checkstack(co, t->nargs + 2, "too many arguments to spawn");
+  /* The task itself sits below fn on its coroutine: when fn returns, step()
+   * finds it there instead of in the sched's task table, whose slot for a
+   * task is, among 1M, a cache miss. */
+  lua_pushvalue(L, ud);
+  lua_xmove(L, co, 1);
   if (t->nargs <= SPAWN_UV_ARGS) {
     luaL_checkstack(L, t->nargs + 1, "too many arguments to spawn");
     for (i = 0; i <= t->nargs; i++)
@@ -451,6 +456,7 @@ static void finish_ok(lua_State *L, tide_task *t, int ud, int nres) {
   }
   t->nres = nres;
   lua_setiuservalue(L, ud, TUV_CO);
+  lua_settop(co, 0); /* the task, below its results (see start) */
   recycle(L, t->s->rt, co);
   finish_common(L, t, ud);
 }
@@ -678,8 +684,13 @@ static void step(tide_sched *s, tide_task *t) {
       t->flags |= TF_IMMEDIATE;
       tide__enqueue(s, t);
     }
-  } else if (st == LUA_OK) {
-    finish_ok(L, t, UD(), nres);
+  } else if (st == LUA_OK) { /* co: the task (see start), then results */
+    if (!ud && lua_checkstack(co, 1)) {
+      lua_pushvalue(co, 1);
+      lua_xmove(co, L, 1);
+      ud = lua_gettop(L);
+    }
+    finish_ok(L, t, UD(), nres - 1);
   } else {
     finish_err(L, t, UD());
   }
