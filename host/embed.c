@@ -173,12 +173,39 @@ struct tide_pending {
   void *data;
   int state;
   int base; /* stack top of the suspended C function */
+  tide_pending *prev, *next; /* the runtime's live handles */
 };
+
+static void unlink_pending(tide_pending *p) {
+  if (p->prev)
+    p->prev->next = p->next;
+  else
+    p->rt->pendings = p->next;
+  if (p->next)
+    p->next->prev = p->prev;
+}
+
+/* A run ended with tasks still suspended in async C functions (they went
+ * back to waiting after their cancel): their continuations never run, so
+ * the handles end here, through their cancel callbacks. */
+void tide__abandon_pending(tide_sched *s) {
+  tide_pending *p = s->rt->pendings, *next;
+  for (; p; p = next) {
+    next = p->next;
+    if (p->t->s != s)
+      continue;
+    unlink_pending(p);
+    if (p->state == P_WAITING && p->on_cancel)
+      p->on_cancel(p, p->data);
+    free(p);
+  }
+}
 
 static int pending_k(lua_State *L, int status, lua_KContext ctx) {
   tide_pending *p = (tide_pending *)ctx;
   int base = p->base, st = p->state;
   (void)status;
+  unlink_pending(p);
   if (!lua_toboolean(L, base + 1)) { /* cancelled */
     if (st == P_WAITING && p->on_cancel)
       p->on_cancel(p, p->data);
@@ -206,6 +233,11 @@ int tide_suspend(lua_State *L, tide_cancel_cb on_cancel, void *data,
   p->data = data;
   p->state = P_WAITING;
   p->base = lua_gettop(L);
+  p->prev = NULL;
+  p->next = p->rt->pendings;
+  if (p->next)
+    p->next->prev = p;
+  p->rt->pendings = p;
   *pending = p;
   return tide__park(L, t, (lua_KContext)p, pending_k);
 }

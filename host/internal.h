@@ -159,6 +159,7 @@ struct tide_runtime {
   /* registry slots of task.c's tables, read by index on hot paths (a
    * light-userdata key costs a hash lookup, ~3x an array read) */
   int task_mt_ref, task_gcmt_ref, pool_ref, last_fn_ref;
+  struct tide_pending *pendings; /* live tide_suspend handles (embed.c) */
   tide_sched *root;      /* where tasks started from C run (embed.c) */
   int cpending;          /* tasks started from C not yet done */
   int incb;              /* inside one of tide's loop callbacks */
@@ -216,6 +217,7 @@ tide_task *tide__spawn(lua_State *L, tide_sched *s, int fidx, int nargs);
 void tide__enqueue(tide_sched *s, tide_task *t);
 void tide__limit_hook(lua_State *L);
 void tide__abandon_all(tide_sched *s);
+void tide__abandon_pending(tide_sched *s); /* embed.c: suspended C calls */
 void tide__run_ready(tide_sched *s);
 int tide__park(lua_State *L, tide_task *t, lua_KContext ctx, lua_KFunction k);
 int tide__wake(lua_State *L, tide_task *t, int nvals);

@@ -753,6 +753,7 @@ void tide__abandon_all(tide_sched *s) {
   lua_pop(L, 1);
   s->ntasks = 0;
   s->rq_len = 0;
+  tide__abandon_pending(s);
 }
 
 /* ---- park / wake / cancel --------------------------------------------- */

@@ -622,6 +622,24 @@ static void test_close_pending(void) {
         NULL);
 }
 
+static void test_close_stubborn(void) {
+  env e;
+  tide_runtime *rt = new_rt(NULL, &e);
+  result r = {0};
+  int i;
+  spawn_code(rt, "local m = require 'testmod'\n"
+                 "pcall(m.hang)\n" /* the close's cancel: caught */
+                 "return m.hang()", &r); /* suspended again: abandoned */
+  for (i = 0; i < 10 && e.hung == NULL; i++)
+    tide_loop_run(rt, UV_RUN_NOWAIT);
+  tide_runtime_close(rt);
+  check(e.cancels == 2 && e.hung == NULL,
+        "close: a task suspended again in an async C function after its "
+        "cancel is abandoned, and that handle's cancel callback runs", NULL);
+  check(r.called == 1 && strcmp(r.kind, "cancelled") == 0,
+        "close: the abandoned task's done callback gets \"cancelled\"", r.text);
+}
+
 static int ticks;
 static void on_tick(uv_timer_t *t) {
   (void)t;
@@ -731,6 +749,7 @@ int main(void) {
   test_cancel_async();
   test_preload();
   test_close_pending();
+  test_close_stubborn();
   test_app_loop();
   test_app_loop_idle();
   test_open();
