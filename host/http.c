@@ -976,20 +976,13 @@ static const char *version_name(long v) {
   }
 }
 
-static void set_time(lua_State *L, CURL *e, CURLINFO what, const char *name) {
-  curl_off_t us = 0;
-  curl_easy_getinfo(e, what, &us);
-  lua_pushnumber(L, (lua_Number)us / 1e6);
-  lua_setfield(L, -2, name);
-}
-
-/* Sets res.headers (lower-case name -> first value) and res.header_list
- * (name1, value1, ... as received) from the final response; res.reason. */
+/* Sets res.headers (lower-case name -> first value), res.header_block
+ * (the final response's header lines as received, for get_all and list,
+ * which split it only when asked) and res.reason. */
 static void set_headers(lua_State *L, xfer *x, int res) {
-  const char *p = x->hdr.p, *end = p + x->hdr.n;
-  int n = 0, first = 1;
-  lua_createtable(L, 0, 16); /* the map */
-  lua_createtable(L, 16, 0); /* the list */
+  const char *p = x->hdr.p, *end = p + x->hdr.n, *block = p;
+  int first = 1;
+  lua_createtable(L, 0, 8); /* the map */
   while (p && p < end) {
     const char *eol = memchr(p, '\n', (size_t)(end - p));
     const char *le = eol ? eol : end, *colon;
@@ -1000,37 +993,38 @@ static void set_headers(lua_State *L, xfer *x, int res) {
       sp = sp ? memchr(sp + 1, ' ', (size_t)(le - sp - 1)) : NULL;
       lua_pushlstring(L, sp ? sp + 1 : le, sp ? (size_t)(le - sp - 1) : 0);
       lua_setfield(L, res, "reason");
+      block = eol ? eol + 1 : end;
     } else if ((colon = memchr(p, ':', (size_t)(le - p))) != NULL) {
       const char *v = colon + 1;
       char lower[128];
       size_t k, nl = (size_t)(colon - p);
       while (v < le && (*v == ' ' || *v == '\t'))
         v++;
-      lua_pushlstring(L, p, nl);
-      lua_rawseti(L, -2, ++n);
-      lua_pushlstring(L, v, (size_t)(le - v));
-      lua_rawseti(L, -2, ++n);
-      if (nl < sizeof(lower)) {
+      if (nl < sizeof(lower)) { /* longer names: in get_all and list only */
         for (k = 0; k < nl; k++)
           lower[k] = (char)((p[k] >= 'A' && p[k] <= 'Z') ? p[k] + 32 : p[k]);
         lua_pushlstring(L, lower, nl);
+        lua_pushvalue(L, -1);
         if (lua_rawget(L, -3) == LUA_TNIL) { /* the first value wins */
-          lua_pushlstring(L, lower, nl);
+          lua_pop(L, 1);
           lua_pushlstring(L, v, (size_t)(le - v));
-          lua_rawset(L, -5);
+          lua_rawset(L, -3);
+        } else {
+          lua_pop(L, 2);
         }
-        lua_pop(L, 1);
       }
     }
     first = 0;
     p = eol ? eol + 1 : end;
   }
-  lua_setfield(L, res, "header_list");
   lua_setfield(L, res, "headers");
+  lua_pushlstring(L, block ? block : "", block ? (size_t)(end - block) : 0);
+  lua_setfield(L, res, "header_block");
 }
 
-/* x:response() -> {status, reason, headers (flat list), body, url,
- * http_version, redirects, timings}; the body only when not streamed. */
+/* x:response() -> {status, reason, headers (map), header_block, body,
+ * url, http_version, redirects, _timings}; the body only when not
+ * streamed. */
 static int x_response(lua_State *L) {
   xfer *x = check_xfer(L);
   char *url = NULL;
@@ -1052,15 +1046,22 @@ static int x_response(lua_State *L) {
   curl_easy_getinfo(x->easy, CURLINFO_REDIRECT_COUNT, &redirects);
   lua_pushinteger(L, redirects);
   lua_setfield(L, res, "redirects");
-  lua_createtable(L, 0, 7);
-  set_time(L, x->easy, CURLINFO_NAMELOOKUP_TIME_T, "dns");
-  set_time(L, x->easy, CURLINFO_CONNECT_TIME_T, "connect");
-  set_time(L, x->easy, CURLINFO_APPCONNECT_TIME_T, "tls");
-  set_time(L, x->easy, CURLINFO_PRETRANSFER_TIME_T, "pretransfer");
-  set_time(L, x->easy, CURLINFO_STARTTRANSFER_TIME_T, "first_byte");
-  set_time(L, x->easy, CURLINFO_TOTAL_TIME_T, "total");
-  set_time(L, x->easy, CURLINFO_REDIRECT_TIME_T, "redirect");
-  lua_setfield(L, res, "timings");
+  { /* an array in TIMINGS order; http.lua names it on first use */
+    static const CURLINFO what[] = {
+      CURLINFO_NAMELOOKUP_TIME_T, CURLINFO_CONNECT_TIME_T,
+      CURLINFO_APPCONNECT_TIME_T, CURLINFO_PRETRANSFER_TIME_T,
+      CURLINFO_STARTTRANSFER_TIME_T, CURLINFO_TOTAL_TIME_T,
+      CURLINFO_REDIRECT_TIME_T};
+    int i, n = (int)(sizeof(what) / sizeof(what[0]));
+    lua_createtable(L, n, 0);
+    for (i = 0; i < n; i++) {
+      curl_off_t us = 0;
+      curl_easy_getinfo(x->easy, what[i], &us);
+      lua_pushnumber(L, (lua_Number)us / 1e6);
+      lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, res, "_timings");
+  }
   if (!(x->flags & XF_STREAM)) {
     lua_pushlstring(L, x->body.p ? x->body.p : "", x->body.n);
     lua_setfield(L, res, "body");

@@ -130,8 +130,19 @@ end
 -- Responses
 
 local Response = {}
-Response.__index = Response
 Response.__name = "tide.http.Response"
+
+-- res.timings is named from the engine's array on first use
+local TIMINGS = { "dns", "connect", "tls", "pretransfer", "first_byte", "total", "redirect" }
+function Response.__index(self, k)
+  if k == "timings" then
+    local t, a = {}, rawget(self, "_timings") or {}
+    for i, name in ipairs(TIMINGS) do t[name] = a[i] end
+    rawset(self, "timings", t)
+    return t
+  end
+  return Response[k]
+end
 
 function Response:json()
   local body = self.body
@@ -268,8 +279,8 @@ local function perform(sess, fname, argbase, method, url, opts)
     if not ok then x:close(); error(e, 0) end
   end
   local r = x:response()
-  Headers.wrap(r.headers, r.header_list)
-  r.header_list = nil
+  Headers.wrap(r.headers, r.header_block)
+  r.header_block = nil
   r.method = method
   if stream then r._x = x end
   return setmetatable(r, Response)

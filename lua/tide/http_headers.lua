@@ -36,12 +36,27 @@ function M.urldecode(s)
   end))
 end
 
-local lists = setmetatable({}, { __mode = "k" }) -- map -> {name, value, ...}
+-- map -> {name, value, ...}, or the header lines as received (a client
+-- response's), split into that list on first use
+local lists = setmetatable({}, { __mode = "k" })
+
+local function list_of(h)
+  local l = lists[h]
+  if type(l) == "string" then
+    local t = {}
+    for line in l:gmatch("[^\r\n]+") do
+      local name, value = line:match("^([^:]+):[ \t]*(.*)$")
+      if name then t[#t + 1], t[#t + 2] = name, value end
+    end
+    l, lists[h] = t, t
+  end
+  return l
+end
 
 local methods = {}
 
 function methods.get_all(h, name)
-  local out, l, want = {}, lists[h], name:lower()
+  local out, l, want = {}, list_of(h), name:lower()
   for i = 1, #l, 2 do
     if l[i]:lower() == want then out[#out + 1] = l[i + 1] end
   end
@@ -49,7 +64,7 @@ function methods.get_all(h, name)
 end
 
 function methods.list(h)
-  local out, l = {}, lists[h]
+  local out, l = {}, list_of(h)
   for i = 1, #l, 2 do out[#out + 1] = { l[i], l[i + 1] } end
   return out
 end
@@ -74,7 +89,8 @@ function M.new(list)
   return setmetatable(h, mt)
 end
 
--- Makes a map of h (already {lower-case name = first value}) and its list.
+-- Makes a map of h (already {lower-case name = first value}) and its list
+-- (or its header lines, "Name: value\r\n"...).
 function M.wrap(h, list)
   lists[h] = list
   return setmetatable(h, mt)
