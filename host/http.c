@@ -743,7 +743,7 @@ static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
   lua_Integer redirects = opt_int(L, spec, "max_redirects", 10);
   lua_Integer idle = opt_int(L, spec, "idle_timeout", 0);
   long version = http_version(opt_string(L, spec, "http_version"));
-  int i, has_body;
+  int i, has_body, body_fn = opt_bool(L, spec, "body_fn", 0);
   strncpy(x->method, method ? method : "GET", sizeof(x->method) - 1);
   curl_easy_setopt(e, CURLOPT_PRIVATE, x);
   curl_easy_setopt(e, CURLOPT_URL, url);
@@ -804,7 +804,7 @@ static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
    * servers such as nginx want), as aiohttp and requests do */
   lua_getfield(L, spec, "body");
   s = lua_tolstring(L, -1, &blen);
-  if (s == NULL && method && !opt_bool(L, spec, "body_fn", 0) &&
+  if (s == NULL && method && !body_fn &&
       (strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
        strcmp(method, "PATCH") == 0)) {
     s = "";
@@ -816,7 +816,7 @@ static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
   }
   lua_pop(L, 1);
   has_body = s != NULL;
-  if (opt_bool(L, spec, "body_fn", 0)) {
+  if (body_fn) {
     has_body = 1;
     curl_easy_setopt(e, CURLOPT_POST, 1L);
     curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
