@@ -32,7 +32,10 @@ struct tide_waitlist;
 typedef struct tide_tnode {
   union {
     uint64_t seq;              /* in the heap: start order, for FIFO ties */
-    struct tide_waitlist *wl;  /* TN_WAITING: the list it is in */
+    struct {                   /* TN_WAITING: the list it is in, and where */
+      struct tide_waitlist *wl;
+      unsigned wpos;           /* items[wpos - wl->base] */
+    };
   };
   int idx;      /* position in the heap, -1 when not in it */
   int kind;     /* TN_TASK, TN_HANDLE or TN_WAITING */
@@ -233,8 +236,11 @@ void *tide__sentinel(void);
 /* waitlist.c: a FIFO of parked tasks (see the file) */
 typedef struct tide_waitlist {
   tide_task **items;
-  int first, last; /* live range is [first, last) */
+  int first, last; /* live range is [first, last), with holes */
   int cap;
+  int live;        /* waiters in it (the range less its holes) */
+  unsigned base;   /* a waiter's wpos less base is its index in items
+                    * (unsigned: wraps harmlessly in a long-lived list) */
 } tide_waitlist;
 void tide__wl_push(lua_State *L, tide_waitlist *w, tide_task *t);
 void tide__wl_remove(tide_waitlist *w, tide_task *t);

@@ -358,6 +358,10 @@ static tide_task *run_main(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
                 "wake it (no timers, I/O or ready tasks)");
     uv_run(s->loop, UV_RUN_DEFAULT);
   }
+  /* callbacks already due when main ended run, as they would in asyncio
+   * (they are ahead of the loop's stop in its ready queue) */
+  if (main->state == TS_DONE)
+    tide__fire_due(s);
   if (s->ntasks > 0) {
     tide__cancel_all(s, "the run's main task ended");
     tide__sched_update(s);

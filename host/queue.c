@@ -316,8 +316,11 @@ static int q_task_done(lua_State *L) {
 static int join_k(lua_State *L, int status, lua_KContext ctx) {
   tqueue *q = lua_touserdata(L, 1);
   (void)status;
-  if (ctx)
+  if (ctx) { /* woken: the count reached 0, whatever was put since (as
+               * asyncio's join, which waits on an event task_done sets) */
     after_park(L, &q->joiners, 2, 0);
+    return 0;
+  }
   if (q->unfinished > 0) {
     tide_task *me = tide__current(L);
     tide__wl_push(L, &q->joiners, me);
@@ -412,7 +415,7 @@ static int new_queue(lua_State *L, int kind) {
     if (!isint)
       return luaL_error(L, "bad argument #1 to '%s' (integer maxsize "
                            "expected, got %s)", ctor[kind],
-                        lua_type(L, 1) == LUA_TNUMBER ? "a fraction"
+                        lua_type(L, 1) == LUA_TNUMBER ? lua_tostring(L, 1)
                                                       : luaL_typename(L, 1));
   }
   q = lua_newuserdatauv(L, sizeof(*q), 1);

@@ -713,7 +713,12 @@ static void step(tide_sched *s, tide_task *t) {
 void tide__run_ready(tide_sched *s) {
   int steps = 0;
   while (s->rq_len > 0 && steps < STEP_BUDGET) {
-    int n = s->rq_len; /* this round: the tasks ready now */
+    int n;
+    /* a round is a loop iteration as far as tasks can tell: callbacks
+     * and timers due by now run first (call_soon then sleep(0) runs it) */
+    if (steps > 0 && s->nheap > 0 && s->heap[0].when <= tide__now(s))
+      tide__fire_due(s);
+    n = s->rq_len; /* this round: the tasks ready now */
     while (n-- > 0) {
       tide_task *t = s->rq[s->rq_head];
       s->rq_head = (s->rq_head + 1) & (s->rq_cap - 1);

@@ -38,6 +38,7 @@ void tide__wl_push(lua_State *L, waitlist *w, tide_task *t) {
       memmove(w->items, w->items + w->first,
               sizeof(*w->items) * (size_t)(w->last - w->first));
       w->last -= w->first;
+      w->base += (unsigned)w->first;
       w->first = 0;
     } else {
       int cap = w->cap ? w->cap * 2 : 4;
@@ -48,23 +49,26 @@ void tide__wl_push(lua_State *L, waitlist *w, tide_task *t) {
       w->cap = cap;
     }
   }
+  t->tn.wpos = (unsigned)w->last + w->base;
   w->items[w->last++] = t;
+  w->live++;
   t->tn.kind = TN_WAITING;
   t->tn.wl = w;
 }
 
+/* Takes t out of w if it is still in it (a woken waiter is not): O(1),
+ * so cancelling a crowd of waiters in any order stays linear. */
 void tide__wl_remove(waitlist *w, tide_task *t) {
   int i;
-  if (t->tn.kind == TN_WAITING && t->tn.wl == w) {
-    t->tn.kind = TN_TASK;
-    t->tn.wl = NULL;
-  }
-  for (i = w->first; i < w->last; i++) {
-    if (w->items[i] == t) {
-      w->items[i] = NULL;
-      break;
-    }
-  }
+  if (t->tn.kind != TN_WAITING || t->tn.wl != w)
+    return;
+  t->tn.kind = TN_TASK;
+  t->tn.wl = NULL;
+  i = (int)(t->tn.wpos - w->base);
+  if (i < w->first || i >= w->last || w->items[i] != t)
+    return; /* cannot happen: the index is kept exact */
+  w->items[i] = NULL;
+  w->live--;
   while (w->first < w->last && w->items[w->first] == NULL)
     w->first++;
   while (w->last > w->first && w->items[w->last - 1] == NULL)
@@ -79,6 +83,7 @@ static tide_task *pop(waitlist *w) {
     if (t) {
       if (w->first == w->last)
         w->first = w->last = 0;
+      w->live--;
       t->tn.kind = TN_TASK;
       t->tn.wl = NULL;
       return t;
@@ -134,11 +139,7 @@ void tide__wl_unlink(tide_task *t) {
 }
 
 int tide__wl_empty(const waitlist *w) {
-  int i;
-  for (i = w->first; i < w->last; i++)
-    if (w->items[i] != NULL)
-      return 0;
-  return 1;
+  return w->live == 0;
 }
 
 void tide__wl_free(waitlist *w) {

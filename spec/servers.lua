@@ -425,10 +425,24 @@ function M.nginx(opts)
     return entries
   end
 
-  function ng.connections()
+  local function count_connections()
     local seen, n = {}, 0
     for _, e in ipairs(ng.log()) do
       if not seen[e.connection] then seen[e.connection], n = true, n + 1 end
+    end
+    return n
+  end
+
+  -- nginx logs a request after its response went out, so a count taken
+  -- right after a response can miss it on a loaded machine: count until
+  -- two reads 50 ms apart agree (at most 2 s).
+  function ng.connections()
+    local n = count_connections()
+    for _ = 1, 40 do
+      tide.sleep(0.05)
+      local again = count_connections()
+      if again == n then return n end
+      n = again
     end
     return n
   end

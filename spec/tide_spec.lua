@@ -380,6 +380,19 @@ describe("tide.call_soon / tide.call_later", function()
     assert.same({ "soon", "late" }, log)
   end)
 
+  it("call_soon runs on the next loop turn: before sleep(0) returns", function()
+    local ran = false
+    tide.call_soon(function() ran = true end)
+    tide.sleep(0)
+    assert.is_true(ran)
+  end)
+
+  it("call_soon callbacks still due when the main task ends run before the run closes", function()
+    local ran = false
+    tide.run(function() tide.call_soon(function() ran = true end) end)
+    assert.is_true(ran)
+  end)
+
   it("a cancelled handle never runs", function()
     local ran = false
     local h = tide.call_later(0.01, function() ran = true end)

@@ -14,6 +14,9 @@ Guard.__index = Guard
 Guard.__name = "tide.Guard"
 
 function Guard:release()
+  if getmetatable(self) ~= Guard then
+    error("bad argument #1 to 'release' (tide.Guard expected; call it as guard:release())", 2)
+  end
   if not self.released then
     self.released = true
     self.owner:release()
@@ -21,12 +24,35 @@ function Guard:release()
 end
 Guard.__close = Guard.release
 
--- Methods called with '.' instead of ':' get a luaL-style message.
-local function own(self, fname)
-  if type(self) ~= "table" or self._waiters == nil then
-    error(("bad argument #1 to '%s' (tide synchronisation object expected, got %s;"
-      .. " call it as obj:%s(...))"):format(fname, type(self), fname), 3)
+-- A method called with '.' instead of ':', or on the wrong object, gets a
+-- luaL-style message naming the method and the expected type.
+local function own(self, fname, class)
+  local mt = getmetatable(self)
+  if mt ~= class and not (mt and mt.__base == class) then
+    local got = type(mt) == "table" and type(mt.__name) == "string" and mt.__name or type(self)
+    error(("bad argument #1 to '%s' (%s expected, got %s; call it as obj:%s(...))")
+      :format(fname, class.__name, got, fname), 3)
   end
+end
+
+-- Blocking methods check they run in a task before changing any state
+-- (Condition:wait must not give its lock away, then fail).
+local current_task = core.current_task
+local function need_task(fname)
+  if current_task() == nil then
+    error(("%s must be called from inside a task (the main chunk under tide,"
+      .. " or a function run by tide.run or tide.spawn)"):format(fname), 3)
+  end
+end
+
+-- Counts: integers, or floats with an integral value (10.0, as `/` makes).
+local function count_arg(v, fname, what)
+  local n = math.tointeger(v)
+  if n == nil or n < 0 then
+    error(("bad argument #1 to '%s' (non-negative integer %s expected, got %s)"):format(
+      fname, what, math.type(v) and tostring(v) or type(v)), 3)
+  end
+  return n
 end
 
 -- Semaphore ------------------------------------------------------------
@@ -37,23 +63,21 @@ Semaphore.__name = "tide.Semaphore"
 
 local function new_semaphore(mt, value, bound, fname)
   if value == nil then value = 1 end
-  if math.type(value) ~= "integer" or value < 0 then
-    error(("bad argument #1 to '%s' (non-negative integer expected, got %s)"):format(
-      fname, math.type(value) and tostring(value) or type(value)), 3)
-  end
+  value = count_arg(value, fname, "value")
   return setmetatable({ _value = value, _bound = bound and value, _waiters = waitlist() }, mt)
 end
 
 function Semaphore:locked()
-  own(self, "locked")
+  own(self, "locked", Semaphore)
   return self._value == 0
 end
 
 function Semaphore:acquire()
-  own(self, "acquire")
+  own(self, "acquire", Semaphore)
   if self._value > 0 and self._waiters:empty() then
     self._value = self._value - 1
   else
+    need_task("acquire")
     local ok, err, woken = self._waiters:wait()
     if not ok then
       if woken then self:_pass() end -- the permit was ours: pass it on
@@ -71,7 +95,7 @@ function Semaphore:_pass()
 end
 
 function Semaphore:release()
-  own(self, "release")
+  own(self, "release", Semaphore)
   if self._bound and self._value >= self._bound then
     error(terror("invalid_state", ("%s released too many times"):format(
       getmetatable(self).__name)), 2)
@@ -87,26 +111,60 @@ local BoundedSemaphore = setmetatable({}, { __index = Semaphore })
 BoundedSemaphore.__index = BoundedSemaphore
 BoundedSemaphore.__name = "tide.BoundedSemaphore"
 BoundedSemaphore.__tostring = Semaphore.__tostring
+BoundedSemaphore.__base = Semaphore
 
-local Lock = setmetatable({}, { __index = Semaphore })
+-- Lock: asyncio's. release() unlocks and wakes the first waiter, which
+-- takes the lock when it runs; until then locked() is false, a second
+-- release() is an error, and a newcomer queues behind the woken waiter
+-- (no barging). A woken waiter cancelled before it runs wakes the next.
+local Lock = {}
 Lock.__index = Lock
 Lock.__name = "tide.Lock"
 
+function Lock:locked()
+  own(self, "locked", Lock)
+  return self._locked
+end
+
+function Lock:_wake_first()
+  if self._waiters:wake_one() then self._woken = self._woken + 1 end
+end
+
+function Lock:acquire()
+  own(self, "acquire", Lock)
+  if not self._locked and self._woken == 0 and self._waiters:empty() then
+    self._locked = true
+  else
+    need_task("acquire")
+    local ok, err, woken = self._waiters:wait()
+    if ok or woken then self._woken = self._woken - 1 end
+    if not ok then
+      if woken and not self._locked then self:_wake_first() end
+      error(err, 0)
+    end
+    self._locked = true
+  end
+  return setmetatable({ owner = self }, Guard)
+end
+
 function Lock:release()
-  own(self, "release")
-  if self._value >= 1 then
+  own(self, "release", Lock)
+  if not self._locked then
     error(terror("invalid_state", "Lock:release() on a lock that is not held"), 2)
   end
-  self:_pass()
+  self._locked = false
+  self:_wake_first()
 end
 
 function Lock:__tostring()
-  return ("tide.Lock(%s)"):format(self._value == 0 and "locked" or "unlocked")
+  return ("tide.Lock(%s)"):format(self._locked and "locked" or "unlocked")
 end
 
 function M.Semaphore(n) return new_semaphore(Semaphore, n, false, "Semaphore") end
 function M.BoundedSemaphore(n) return new_semaphore(BoundedSemaphore, n, true, "BoundedSemaphore") end
-function M.Lock() return new_semaphore(Lock, 1, true, "Lock") end
+function M.Lock()
+  return setmetatable({ _locked = false, _woken = 0, _waiters = waitlist() }, Lock)
+end
 
 -- Event ----------------------------------------------------------------
 
@@ -115,12 +173,12 @@ Event.__index = Event
 Event.__name = "tide.Event"
 
 function Event:is_set()
-  own(self, "is_set")
+  own(self, "is_set", Event)
   return self._set
 end
 
 function Event:set()
-  own(self, "set")
+  own(self, "set", Event)
   if not self._set then
     self._set = true
     self._waiters:wake_all()
@@ -128,13 +186,14 @@ function Event:set()
 end
 
 function Event:clear()
-  own(self, "clear")
+  own(self, "clear", Event)
   self._set = false
 end
 
 function Event:wait()
-  own(self, "wait")
+  own(self, "wait", Event)
   if self._set then return true end
+  need_task("wait")
   local ok, err = self._waiters:wait()
   if not ok then error(err, 0) end
   return true
@@ -154,9 +213,18 @@ local Condition = {}
 Condition.__index = Condition
 Condition.__name = "tide.Condition"
 
-function Condition:acquire() return self._lock:acquire() end
-function Condition:release() return self._lock:release() end
-function Condition:locked() return self._lock:locked() end
+function Condition:acquire()
+  own(self, "acquire", Condition)
+  return self._lock:acquire()
+end
+function Condition:release()
+  own(self, "release", Condition)
+  return self._lock:release()
+end
+function Condition:locked()
+  own(self, "locked", Condition)
+  return self._lock:locked()
+end
 
 local function not_held(fname)
   error(terror("invalid_state", ("Condition:%s() needs the lock held"):format(fname)), 3)
@@ -165,7 +233,8 @@ end
 -- Releases the lock, waits for a notify, re-acquires the lock (also when
 -- cancelled, as asyncio does) and returns true.
 function Condition:wait()
-  own(self, "wait")
+  own(self, "wait", Condition)
+  need_task("wait")
   if not self._lock:locked() then not_held("wait") end
   self._lock:release()
   local ok, err, woken = self._waiters:wait()
@@ -181,7 +250,7 @@ function Condition:wait()
 end
 
 function Condition:wait_for(pred)
-  own(self, "wait_for")
+  own(self, "wait_for", Condition)
   if type(pred) ~= "function" then
     error(("bad argument #1 to 'wait_for' (function expected, got %s)"):format(type(pred)), 2)
   end
@@ -194,7 +263,8 @@ function Condition:wait_for(pred)
 end
 
 function Condition:notify(n)
-  own(self, "notify")
+  own(self, "notify", Condition)
+  if n ~= nil then n = count_arg(n, "notify", "count") end
   if not self._lock:locked() then not_held("notify") end
   n = n or 1
   for _ = 1, n do
@@ -203,14 +273,16 @@ function Condition:notify(n)
 end
 
 function Condition:notify_all()
-  own(self, "notify_all")
+  own(self, "notify_all", Condition)
   if not self._lock:locked() then not_held("notify_all") end
   self._waiters:wake_all()
 end
 
 function M.Condition(lock)
   if lock ~= nil and getmetatable(lock) ~= Lock then
-    error(("bad argument #1 to 'Condition' (tide.Lock expected, got %s)"):format(type(lock)), 2)
+    local mt = getmetatable(lock)
+    error(("bad argument #1 to 'Condition' (tide.Lock expected, got %s)"):format(
+      type(mt) == "table" and type(mt.__name) == "string" and mt.__name or type(lock)), 2)
   end
   return setmetatable({ _lock = lock or M.Lock(), _waiters = waitlist() }, Condition)
 end
