@@ -208,6 +208,10 @@ int tide__open_err(lua_State *L);
 uint64_t tide__now(tide_sched *s);
 void tide__heap_push(tide_sched *s, tide_tnode *n, uint64_t when);
 void tide__heap_remove(tide_sched *s, tide_tnode *n);
+/* signal defaults (loop.c): script watchers of SIGINT/SIGTERM open (+1)
+ * or closed (-1); forget the Ctrl-Cs counted so far (the REPL's prompt) */
+void tide__signal_watching(int signum, int delta);
+void tide__signals_forget(tide_runtime *rt);
 void tide__fire_due(tide_sched *s);
 void tide__timer_arm(tide_sched *s);
 int tide__virtual_advance(tide_sched *s);

@@ -11,7 +11,9 @@
  * poll (non-blocking while tasks are ready) -> check: due timers, run the
  * ready queue. Tasks woken by I/O callbacks run in the same turn's check.
  */
+#include <errno.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -105,6 +107,62 @@ static int script_handles(uv_signal_t *h, int signum) {
   return q.found;
 }
 
+/* The second signal must exit even while the loop cannot run its
+ * watcher: a task busy in a Lua loop, a blocking io.read. So libuv's own
+ * handler for SIGINT and SIGTERM is wrapped by one that counts deliveries
+ * in the handler itself and exits at the second, then calls libuv's.
+ * Process-wide, as signal dispositions are; deliveries a tide.signal
+ * watcher takes do not count (signal.c keeps `watching`). */
+static atomic_int raw_count;
+static atomic_int watching[2];          /* open script watchers: INT, TERM */
+static void (*uv_handler[2])(int);      /* libuv's handler we wrap */
+
+static int sig_slot(int signum) {
+  return signum == SIGINT ? 0 : signum == SIGTERM ? 1 : -1;
+}
+
+static void on_raw_signal(int signum) {
+  int slot = sig_slot(signum), saved = errno;
+  if (slot < 0)
+    return;
+  if (atomic_load(&watching[slot]) == 0 && atomic_fetch_add(&raw_count, 1) >= 1) {
+    static const char m_int[] = "\ntide: interrupted twice, exiting now\n";
+    static const char m_term[] = "\ntide: terminated twice, exiting now\n";
+    ssize_t r = signum == SIGINT ? write(2, m_int, sizeof(m_int) - 1)
+                                 : write(2, m_term, sizeof(m_term) - 1);
+    (void)r;
+    _exit(128 + signum); /* the shell's convention: 130, 143 */
+  }
+  uv_handler[slot](signum);
+  errno = saved;
+}
+
+/* After uv_signal_start(signum): put on_raw_signal in front of libuv's
+ * handler (once; libuv removes both when its last handle of the signal
+ * stops). */
+static void wrap_signal(int signum) {
+  struct sigaction sa;
+  int slot = sig_slot(signum);
+  if (slot < 0 || sigaction(signum, NULL, &sa) != 0 ||
+      (sa.sa_flags & SA_SIGINFO) || sa.sa_handler == on_raw_signal ||
+      sa.sa_handler == SIG_DFL || sa.sa_handler == SIG_IGN)
+    return;
+  uv_handler[slot] = sa.sa_handler;
+  sa.sa_handler = on_raw_signal;
+  sigaction(signum, &sa, NULL);
+}
+
+void tide__signal_watching(int signum, int delta) {
+  int slot = sig_slot(signum);
+  if (slot >= 0)
+    atomic_fetch_add(&watching[slot], delta);
+}
+
+void tide__signals_forget(tide_runtime *rt) {
+  rt->sigints = 0;
+  atomic_store(&raw_count, 0);
+}
+
 static void on_uv_interrupt(uv_signal_t *h, int signum) {
   tide_sched *s = h->data;
   if (script_handles(h, signum))
@@ -151,6 +209,7 @@ static void start_sigterm(tide_sched *s) {
   uv_signal_init(s->loop, &w->h);
   w->h.data = s;
   uv_signal_start(&w->h, on_uv_interrupt, SIGTERM);
+  wrap_signal(SIGTERM);
   uv_unref((uv_handle_t *)&w->h);
   w->closer.close = close_sigterm;
   tide__closer_add(s, &w->closer);
@@ -204,6 +263,7 @@ tide_sched *tide__sched_new(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
   uv_unref((uv_handle_t *)&s->check);
   if (s->own_loop || loop == rt->owned_loop) { /* not on an app's loop */
     uv_signal_start(&s->sigint, on_uv_interrupt, SIGINT);
+    wrap_signal(SIGINT);
     uv_unref((uv_handle_t *)&s->sigint);
     start_sigterm(s);
     uv_signal_start(&s->sigusr1, on_uv_sigusr1, SIGUSR1);

@@ -145,12 +145,46 @@ static void createargtable(lua_State *L, char **argv, int argc, int script) {
   lua_setglobal(L, "arg");
 }
 
-static int report_load(lua_State *L, int status) {
-  if (status != LUA_OK) {
+/* print, as lua5.4's, except that stdout gone (a reader such as `head`
+ * quit) ends the process by SIGPIPE, as it ends lua5.4's: tide ignores
+ * SIGPIPE for its sockets and pipes, so without this a script printing in
+ * a loop would go on forever, every line failing unseen. */
+static int l_print(lua_State *L) {
+  int i, n = lua_gettop(L);
+  for (i = 1; i <= n; i++) {
+    size_t len;
+    const char *s = luaL_tolstring(L, i, &len);
+    if (i > 1)
+      fputc('\t', stdout);
+    fwrite(s, 1, len, stdout);
+    lua_pop(L, 1);
+  }
+  fputc('\n', stdout);
+  if (fflush(stdout) != 0 && errno == EPIPE) {
+    signal(SIGPIPE, SIG_DFL);
+    raise(SIGPIPE);
+  }
+  return 0;
+}
+
+/* After loading a chunk: 0 when it loaded. A load error is reported at
+ * once if no step comes before it (1: exit 1); otherwise it becomes the
+ * last step, {fail = message}, so the steps before it run first, as
+ * lua5.4 runs each -e before it reads the next (2: run, collect no more). */
+static int report_load(lua_State *L, int status, int steps) {
+  if (status == LUA_OK)
+    return 0;
+  if (luaL_len(L, steps) == 0) {
     fprintf(stderr, "%s: %s\n", progname, lua_tostring(L, -1));
     fflush(stderr);
+    return 1;
   }
-  return status;
+  lua_createtable(L, 0, 1);
+  lua_pushfstring(L, "%s: %s", progname, lua_tostring(L, -2));
+  lua_setfield(L, -2, "fail");
+  lua_rawseti(L, steps, luaL_len(L, steps) + 1);
+  lua_pop(L, 1);
+  return 2;
 }
 
 /* Appends to the steps table on top: {fn = <value on top>, args = {...}}. */
@@ -182,7 +216,7 @@ static void add_step(lua_State *L, int steps, const char *lib, const char *globa
  * table on top. Returns 0, or 1 after reporting a load error. */
 static int collect_steps(lua_State *L, char **argv, int argc, int script,
                          int flags) {
-  int steps = lua_gettop(L), i;
+  int steps = lua_gettop(L), i, st;
   if (!(flags & HAS_BIGE)) {
     const char *name = "=LUA_INIT_5_4";
     const char *init = getenv(name + 1);
@@ -193,7 +227,7 @@ static int collect_steps(lua_State *L, char **argv, int argc, int script,
     if (init) {
       int st = (init[0] == '@') ? luaL_loadfile(L, init + 1)
                                 : luaL_loadbuffer(L, init, strlen(init), name);
-      if (report_load(L, st) != LUA_OK)
+      if (report_load(L, st, steps))
         return 1;
       add_step(L, steps, NULL, NULL, NULL, 0);
     }
@@ -205,9 +239,9 @@ static int collect_steps(lua_State *L, char **argv, int argc, int script,
       if (*extra == '\0')
         extra = argv[++i];
       if (opt == 'e') {
-        if (report_load(L, luaL_loadbuffer(L, extra, strlen(extra),
-                                           "=(command line)")) != LUA_OK)
-          return 1;
+        if ((st = report_load(L, luaL_loadbuffer(L, extra, strlen(extra),
+                                                 "=(command line)"), steps)))
+          return st == 2 ? 0 : 1;
         add_step(L, steps, NULL, NULL, NULL, 0);
       } else {
         char global[256];
@@ -233,16 +267,16 @@ static int collect_steps(lua_State *L, char **argv, int argc, int script,
     const char *fname = argv[script];
     if (strcmp(fname, "-") == 0 && strcmp(argv[script - 1], "--") != 0)
       fname = NULL;
-    if (report_load(L, luaL_loadfile(L, fname)) != LUA_OK)
-      return 1;
+    if ((st = report_load(L, luaL_loadfile(L, fname), steps)))
+      return st == 2 ? 0 : 1;
     add_step(L, steps, NULL, NULL, argv + script + 1, argc - script - 1);
   } else if (!(flags & (HAS_E | HAS_V))) {
     if (isatty(0)) { /* interactive, as lua5.4 */
       print_version();
       flags |= HAS_I;
     } else {
-      if (report_load(L, luaL_loadfile(L, NULL)) != LUA_OK)
-        return 1;
+      if ((st = report_load(L, luaL_loadfile(L, NULL), steps)))
+        return st == 2 ? 0 : 1;
       add_step(L, steps, NULL, NULL, NULL, 0);
     }
   }
@@ -430,7 +464,7 @@ static int l_readline(lua_State *L) {
     return luaL_error(L, "tide.repl.core: init() first");
   if (repl.pending)
     return luaL_error(L, "tide.repl.core: a line is being read already");
-  repl.rt->sigints = 0; /* a Ctrl-C handled so far no longer counts */
+  tide__signals_forget(repl.rt); /* a Ctrl-C handled so far no longer counts */
   fflush(stdout);
   if (repl.edit) {
     rl_callback_handler_install(prompt, on_line); /* prints the prompt */
@@ -514,10 +548,18 @@ int main(int argc, char **argv) {
   repl.rt = rt;
   tide_preload(rt, "tide.repl.core", luaopen_repl_core);
   L = tide_runtime_L(rt);
-  if (flags & HAS_BIGE) {
+  if (flags & HAS_BIGE) { /* the state is open already: undo LUA_PATH too */
     lua_pushboolean(L, 1);
     lua_setfield(L, LUA_REGISTRYINDEX, "LUA_NOENV");
+    lua_getglobal(L, "package");
+    lua_pushliteral(L, LUA_PATH_DEFAULT);
+    lua_setfield(L, -2, "path");
+    lua_pushliteral(L, LUA_CPATH_DEFAULT);
+    lua_setfield(L, -2, "cpath");
+    lua_pop(L, 1);
   }
+  lua_pushcfunction(L, l_print);
+  lua_setglobal(L, "print");
   createargtable(L, argv, argc, script);
   lua_newtable(L);
   if (collect_steps(L, argv, argc, script, flags) != 0) {

@@ -134,6 +134,14 @@ static void on_uv_closed(uv_handle_t *h) {
   free(h->data);
 }
 
+/* Closes w's handle; an open watcher of SIGINT/SIGTERM is counted (loop.c)
+ * so that tide's default "a second one exits" stands aside. */
+static void handle_close(watcher *w, int counted) {
+  if (counted)
+    tide__signal_watching(w->h.signum, -1);
+  uv_close((uv_handle_t *)&w->h, on_uv_closed);
+}
+
 /* Detaches the box, closes the handle (the struct goes in the callback).
  * A task waiting in wait() is woken to find it closed, unless the run is
  * being torn down (`wake` 0), when no task may be touched. */
@@ -148,7 +156,7 @@ static void watcher_close(watcher *w, int wake) {
     lua_pushboolean(t->s->L, 1);
     tide__wake(t->s->L, t, 1);
   }
-  uv_close((uv_handle_t *)&w->h, on_uv_closed);
+  handle_close(w, 1);
 }
 
 static void on_run_end(tide_closer *c) {
@@ -178,10 +186,11 @@ static int l_signal(lua_State *L) {
   w->h.data = w;
   rc = uv_signal_start(&w->h, on_uv_signal, signum);
   if (rc < 0) {
-    uv_close((uv_handle_t *)&w->h, on_uv_closed);
+    handle_close(w, 0);
     return tide__err_raise(L, "uv", "signal: cannot watch %s: %s",
                            lua_tostring(L, 1), uv_strerror(rc));
   }
+  tide__signal_watching(signum, 1);
   uv_unref((uv_handle_t *)&w->h);
   w->closer.close = on_run_end;
   tide__closer_add(t->s, &w->closer);

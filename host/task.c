@@ -474,12 +474,16 @@ static void push_message(lua_State *L, int e) {
     lua_tostring(L, -1);
     return;
   }
-  lua_pushcfunction(L, tostring_p);
-  lua_pushvalue(L, e);
-  if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_type(L, -1) != LUA_TSTRING) {
+  /* as lua5.4's message handler: __tostring, or say what the value is */
+  if (luaL_getmetafield(L, e, "__tostring") != LUA_TNIL) {
     lua_pop(L, 1);
-    lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, e));
+    lua_pushcfunction(L, tostring_p);
+    lua_pushvalue(L, e);
+    if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_type(L, -1) == LUA_TSTRING)
+      return;
+    lua_pop(L, 1);
   }
+  lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, e));
 }
 
 /* A coroutine that died by error has not closed its <close> variables

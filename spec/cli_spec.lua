@@ -113,6 +113,40 @@ describe("tide command", function()
     assert.matches("unexpected symbol near '='", err)
   end)
 
+  it("runs each step before it compiles the next, as lua5.4: -e output, then the syntax error", function()
+    local name = tmpfile("x = = 1\n")
+    local out, err, rc = sh(TIDE .. " -e 'print(1)' " .. name)
+    os.remove(name)
+    assert.equals(1, rc)
+    assert.equals("1\n", out)
+    assert.matches("unexpected symbol near '='", err)
+  end)
+
+  it("an error value that is not a string says what it is, as lua5.4", function()
+    local _, err, rc = sh(TIDE .. " -e 'error({})'")
+    assert.equals(1, rc)
+    assert.matches("^[^\n]*: %(error object is a table value%)\n", err)
+    _, err = sh(TIDE .. " -e 'error(true)'")
+    assert.matches("^[^\n]*: %(error object is a boolean value%)\n", err)
+    _, err = sh(TIDE .. [[ -e 'error(setmetatable({}, {__tostring = function() return "mine" end}))']])
+    assert.matches("^[^\n]*: mine\n", err)
+  end)
+
+  it("-E ignores LUA_PATH and LUA_CPATH", function()
+    local out, err, rc = sh("LUA_PATH='/nowhere/?.lua' LUA_CPATH='/nowhere/?.so' " .. TIDE
+      .. " -E -e 'print(package.path:find(\"nowhere\", 1, true), package.cpath:find(\"nowhere\", 1, true))'")
+    assert.equals(0, rc, err)
+    assert.equals("nil\tnil\n", out)
+  end)
+
+  it("print into a pipe whose reader has gone ends the process by SIGPIPE, as lua5.4", function()
+    local q = require("spec.support").shell_quote
+    local out, err, rc = sh("bash -c " .. q("timeout 10 " .. TIDE
+      .. " -e 'local i = 0 while true do i = i + 1 print(i) end' | head -n 2; echo \"rc=${PIPESTATUS[0]}\""))
+    assert.equals(0, rc, err)
+    assert.equals("1\n2\nrc=141\n", out)
+  end)
+
   it("a failed task nobody awaited is reported once, with its traceback", function()
     local _, err, rc = run([[
       local tide = require "tide"
@@ -282,6 +316,19 @@ describe("tide command and signals", function()
     assert.equals(143, rc, err)
     assert.equals("ready\ncleanup\tcancelled\tterminated (SIGTERM)\nclosed\n", out)
     assert.matches("terminated", err)
+  end)
+
+  it("a second Ctrl-C exits at once even while a task keeps the loop busy", function()
+    local out, err, rc, elapsed = child([[
+      io.stdout:setvbuf("no")
+      print("ready")
+      local x = 0
+      while true do x = x + 1 end
+    ]], { "wait ready", "kill -INT $pid", "sleep 0.2", "kill -INT $pid" })
+    assert.equals(130, rc, err)
+    assert.equals("ready\n", out)
+    assert.matches("interrupted twice, exiting now", err)
+    assert.is_true(elapsed < 5, "took " .. elapsed .. " s")
   end)
 
   it("a second SIGTERM exits at once, 143", function()

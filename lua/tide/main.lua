@@ -8,6 +8,10 @@ return function(steps)
       _G[step.global] = require(step.lib)
     elseif step.repl then
       require("tide.repl").run(step)
+    elseif step.fail then -- a chunk that did not compile, after steps that ran
+      io.stdout:flush()
+      io.stderr:write(step.fail, "\n")
+      os.exit(1)
     else
       -- called through select so that tracebacks say "in main chunk", as
       -- lua5.4's do, rather than naming this table field
