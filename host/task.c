@@ -35,6 +35,7 @@ typedef struct gather_state {
   int remaining;
   int return_exceptions;
   int live;
+  int draining; /* cancelled: wakes the parent once every child ended */
 } gather_state;
 
 static void gather_child_done(lua_State *L, int g, int ud);
@@ -427,6 +428,7 @@ static void start(lua_State *L, tide_task *t, int ud) {
       lua_setiuservalue(L, ud, TUV_CO + i);
     }
   } else if (lua_getiuservalue(L, ud, TUV_CO) == LUA_TTABLE) {
+    luaL_checkstack(L, t->nargs + 1, "too many arguments to spawn");
     for (i = 1; i <= t->nargs + 1; i++)
       lua_rawgeti(L, -i, i);
     lua_xmove(L, co, t->nargs + 1);
@@ -956,7 +958,17 @@ static int await_k(lua_State *L, int status, lua_KContext ctx) {
   tide_task *t = lua_touserdata(L, 1);
   (void)status;
   (void)ctx;
-  if (!lua_toboolean(L, 2)) { /* cancelled while waiting */
+  if (!lua_toboolean(L, 2) && t->state != TS_DONE &&
+      !tide__err_is_kind(L, 3, "deadlock")) {
+    /* cancelled while waiting: as in asyncio, the awaited task is
+     * cancelled too, and the await ends as that task ends (shield() is
+     * the way to keep it running). A deadlock report to the main task is
+     * not a request to stop what it waits for. */
+    tide__cancel(L, 1, 3);
+    lua_settop(L, 1);
+    return tide__park(L, tide__rt(L)->current, 0, await_k);
+  }
+  if (!lua_toboolean(L, 2)) { /* cancelled as the task ended */
     tide_task *me = tide__rt(L)->current;
     tide__push_task(L, me);
     waiters_remove(L, 1, -1);
@@ -1241,7 +1253,13 @@ static void gather_child_done(lua_State *L, int g, int ud) {
   if (!gs->live)
     return;
   gs->remaining--;
-  if (!gs->return_exceptions && (child->flags & (TF_FAILED | TF_CANCELLED))) {
+  if (gs->draining) {
+    if (gs->remaining == 0) {
+      gs->live = 0;
+      lua_pushboolean(L, 1);
+      tide__wake(L, gs->parent, 1);
+    }
+  } else if (!gs->return_exceptions && (child->flags & (TF_FAILED | TF_CANCELLED))) {
     gs->live = 0;
     lua_pushvalue(L, ud);
     lua_setiuservalue(L, g, 1);
@@ -1298,23 +1316,46 @@ static int gather_finish(lua_State *L) {
   return 1;
 }
 
+/* A cancelled gather: once every child it cancelled has ended (as
+ * asyncio's, whose future completes only then), raise the cancellation,
+ * kept at index 6. A cancel meanwhile just goes on waiting. */
+static int gather_drain_k(lua_State *L, int status, lua_KContext ctx) {
+  gather_state *gs = lua_touserdata(L, 4);
+  (void)status;
+  (void)ctx;
+  if (gs->draining && gs->remaining > 0) {
+    lua_settop(L, 6);
+    return tide__park(L, gs->parent, 0, gather_drain_k);
+  }
+  gs->draining = 0;
+  lua_pushvalue(L, 6);
+  return lua_error(L);
+}
+
 static int gather_k(lua_State *L, int status, lua_KContext ctx) {
   gather_state *gs = lua_touserdata(L, 4);
   (void)status;
   (void)ctx;
-  gs->live = 0;
-  if (!lua_toboolean(L, 5)) { /* the gather was cancelled: so are children */
+  if (!lua_toboolean(L, 5) && gs->live) { /* cancelled: so are children */
     lua_Integer i, n = lua_tointeger(L, 2);
+    lua_settop(L, 6);
+    gs->live = gs->draining = 1;
+    gs->remaining = 0; /* recounted: the wake may have stopped the count */
     for (i = 1; i <= n; i++) {
       lua_rawgeti(L, 1, i);
-      waiters_remove(L, -1, 4);
+      if (((tide_task *)lua_touserdata(L, -1))->state != TS_DONE)
+        gs->remaining++; /* each entry is a waiter that will fire */
       tide__err_push(L, "cancelled", "the gather awaiting it was cancelled");
       tide__cancel(L, -2, -1);
       lua_pop(L, 2);
     }
+    return gather_drain_k(L, LUA_OK, 0);
+  }
+  if (!lua_toboolean(L, 5)) { /* cancelled once its outcome was set */
     lua_pushvalue(L, 6);
     return lua_error(L);
   }
+  gs->live = 0;
   lua_settop(L, 4);
   return gather_finish(L);
 }

@@ -141,7 +141,7 @@ describe("tide command", function()
 
   it("print into a pipe whose reader has gone ends the process by SIGPIPE, as lua5.4", function()
     local q = require("spec.support").shell_quote
-    local out, err, rc = sh("bash -c " .. q("timeout 10 " .. TIDE
+    local out, err, rc = sh("bash -c " .. q("timeout -s KILL 10 " .. TIDE
       .. " -e 'local i = 0 while true do i = i + 1 print(i) end' | head -n 2; echo \"rc=${PIPESTATUS[0]}\""))
     assert.equals(0, rc, err)
     assert.equals("1\n2\nrc=141\n", out)

@@ -77,6 +77,15 @@ describe("tide.run", function()
 end)
 
 describe("tide.spawn", function()
+  it("passes hundreds of arguments", function()
+    local args = {}
+    for i = 1, 300 do args[i] = i end
+    local t = tide.spawn(function(...) return select("#", ...), (select(300, ...)) end, table.unpack(args))
+    local n, last = t:await()
+    assert.equals(300, n)
+    assert.equals(300, last)
+  end)
+
   it("starts the task on the next loop turn, not at once", function()
     local started = false
     local t = tide.spawn(function() started = true end)
@@ -230,9 +239,26 @@ describe("Task", function()
     assert.is_false(t:cancelled())
   end)
 
-  it("cancelling a task waiting on another task leaves the other one running", function()
-    local inner = tide.spawn(tide.sleep, 0.05, "inner")
+  it("cancelling a task in inner:await() cancels inner too, and ends when inner has (asyncio)", function()
+    local cleaned = false
+    local inner = tide.spawn(function()
+      local ok, e = pcall(tide.sleep, 10)
+      tide.sleep(0.01) -- clean-up that suspends
+      cleaned = true
+      error(e, 0)
+    end)
     local outer = tide.spawn(function() return inner:await() end)
+    tide.sleep(0.01)
+    outer:cancel("stop")
+    assert.equals("cancelled", errkind(outer.await, outer))
+    assert.is_true(cleaned, "outer ended before inner finished cancelling")
+    assert.is_true(inner:cancelled())
+    assert.equals("stop", inner:error().message)
+  end)
+
+  it("tide.shield keeps the awaited task running when the awaiting task is cancelled", function()
+    local inner = tide.spawn(tide.sleep, 0.05, "inner")
+    local outer = tide.spawn(function() return tide.shield(inner) end)
     tide.sleep(0.01)
     outer:cancel()
     assert.equals("cancelled", errkind(outer.await, outer))
@@ -453,6 +479,21 @@ describe("tide.gather", function()
     g:cancel()
     assert.equals("cancelled", errkind(g.await, g))
     assert.is_true(a:cancelled())
+  end)
+
+  it("a cancelled gather ends only once its children have finished cancelling", function()
+    local cleaned = false
+    local slow = tide.spawn(function()
+      local _, e = pcall(tide.sleep, 10)
+      tide.sleep(0.02) -- clean-up that suspends
+      cleaned = true
+      error(e, 0)
+    end)
+    local g = tide.spawn(tide.gather, slow, function() tide.sleep(10) end)
+    tide.sleep(0.01)
+    g:cancel()
+    assert.equals("cancelled", errkind(g.await, g))
+    assert.is_true(cleaned, "the gather ended before its child had cleaned up")
   end)
 
   it("of nothing returns an empty list", function()
