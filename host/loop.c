@@ -167,9 +167,13 @@ static void on_uv_interrupt(uv_signal_t *h, int signum) {
   tide_sched *s = h->data;
   if (script_handles(h, signum))
     return;
-  if (++s->rt->sigints >= 2) {
-    fprintf(stderr, "\ntide: %s twice, exiting now\n",
-            signum == SIGINT ? "interrupted" : "terminated");
+  /* once the main task has ended, the run is only waiting for tasks that
+   * were cancelled to finish: a signal then ends it at once (asyncio raises
+   * KeyboardInterrupt at once then) */
+  if (++s->rt->sigints >= 2 || (s->main && s->main->state == TS_DONE)) {
+    fprintf(stderr, "\ntide: %s %s, exiting now\n",
+            signum == SIGINT ? "interrupted" : "terminated",
+            s->rt->sigints >= 2 ? "twice" : "after the main task ended");
     _exit(128 + signum); /* the shell's convention: 130, 143 */
   }
   lua_pushinteger(s->L, signum); /* tide.run tells main.c (tide.interrupted) */

@@ -556,7 +556,7 @@ static void finish_err(lua_State *L, tide_task *t, int ud) {
     lua_pop(L, 2);
     /* An error re-raised by await: show where it came from, too. */
     lua_rawgetp(L, LUA_REGISTRYINDEX, &reraised_key);
-    if (lua_rawequal(L, -1, e)) {
+    if (!lua_isnil(L, e) && lua_rawequal(L, -1, e)) {
       lua_rawgetp(L, LUA_REGISTRYINDEX, &reraised_tb_key);
       lua_pushfstring(L, "%s\nre-raised from the awaited task:\n%s",
                       lua_tostring(L, -3), luaL_optstring(L, -1, "?"));
@@ -1410,6 +1410,7 @@ static int l_gather_wait(lua_State *L) {
   gs->remaining = 0;
   gs->return_exceptions = lua_toboolean(L, 3);
   gs->live = 1;
+  gs->draining = 0;
   lua_rawgeti(L, LUA_REGISTRYINDEX, me->s->waiters_ref); /* 5 */
   for (i = 1; i <= n; i++) {
     tide_task *t;

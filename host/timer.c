@@ -220,6 +220,20 @@ static int l_sleep(lua_State *L) {
   return tide__park(L, t, n, sleep_k);
 }
 
+/* coroutine.yield as tide installs it (tide.coroutine): in a task's own
+ * coroutine it is sleep(0), so a cancellation is delivered there as at any
+ * suspension; in a user coroutine (a generator) it is the plain yield. */
+static int l_yield(lua_State *L) {
+  tide_runtime *rt = tide__rt(L);
+  tide_task *t = rt->current;
+  if (t == NULL || t->co != L || t->state != TS_RUNNING || !lua_isyieldable(L))
+    return lua_yield(L, lua_gettop(L));
+  lua_settop(L, 0);
+  lua_pushnil(L); /* where sleep_k expects the seconds */
+  t->flags |= TF_IMMEDIATE;
+  return tide__park(L, t, 0, sleep_k);
+}
+
 /* tide.time() -> seconds on the loop's monotonic clock */
 static int l_time(lua_State *L) {
   tide_runtime *rt = tide__rt(L);
@@ -343,7 +357,7 @@ static const luaL_Reg handle_methods[] = {
   {NULL, NULL}};
 
 static const luaL_Reg timer_funcs[] = {
-  {"sleep", l_sleep}, {"time", l_time}, {"call_soon", l_call_soon},
+  {"sleep", l_sleep}, {"yield", l_yield}, {"time", l_time}, {"call_soon", l_call_soon},
   {"call_later", l_call_later}, {NULL, NULL}};
 
 /* [-1, +1, m] Adds the timer functions to the table on top. */

@@ -772,6 +772,25 @@ describe("user coroutines", function()
     assert.equals("dead", coroutine.status(co))
   end)
 
+  it("coroutine.resume returns exactly what the coroutine gave, as plain Lua", function()
+    assert.equals(1, select("#", coroutine.resume(coroutine.create(function() end))))
+    assert.equals(3, select("#", coroutine.resume(coroutine.create(function() return nil, nil end))))
+    assert.equals(0, select("#", coroutine.wrap(function() tide.sleep(0) end)()))
+  end)
+
+  it("a bare coroutine.yield in a task is sleep(0): other tasks run, and a cancel is delivered there", function()
+    local ran = false
+    tide.spawn(function() ran = true end)
+    local t = tide.spawn(function()
+      while true do coroutine.yield() end
+    end)
+    tide.sleep(0)
+    tide.sleep(0)
+    assert.is_true(ran)
+    assert.is_true(t:cancel())
+    assert.equals("cancelled", errkind(t.await, t))
+  end)
+
   it("errors inside coroutine.wrap carry the position like plain Lua", function()
     local f = coroutine.wrap(function() error("in gen") end)
     local ok, e = pcall(f)

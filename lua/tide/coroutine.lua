@@ -2,7 +2,8 @@
 -- generator made with coroutine.wrap, say) suspend the whole task. A tide
 -- park yields a private sentinel; coroutine.resume and coroutine.wrap pass
 -- such yields up to the scheduler and resume the inner coroutine with what
--- the scheduler sends back. Other yields behave exactly as in plain Lua.
+-- the scheduler sends back. Other yields behave exactly as in plain Lua,
+-- but for a bare yield at a task's own level, which is tide.sleep(0).
 local core = require "tide.core"
 
 local SENTINEL = core.sentinel
@@ -13,11 +14,14 @@ if coroutine.tide_patched then
   return coroutine
 end
 
-local function forward(co, ok, first, ...)
+-- Returns resume's results as they came (no padding: a coroutine that
+-- returned nothing gives `true` alone, as in plain Lua).
+local function forward(co, ...)
+  local ok, first = ...
   if ok and first == SENTINEL and co_status(co) == "suspended" then
-    return forward(co, co_resume(co, co_yield(SENTINEL, ...)))
+    return forward(co, co_resume(co, co_yield(SENTINEL, select(3, ...))))
   end
-  return ok, first, ...
+  return ...
 end
 
 function coroutine.resume(co, ...)
@@ -41,6 +45,10 @@ function coroutine.wrap(f)
     return unwrap(co, forward(co, co_resume(co, ...)))
   end
 end
+
+-- A bare yield in a task's own coroutine is sleep(0) (a cancellation is
+-- delivered there); in a user coroutine it is the plain yield.
+coroutine.yield = core.yield
 
 coroutine.tide_patched = true
 return coroutine
