@@ -130,7 +130,9 @@ int tide_dostring(tide_runtime *rt, const char *code, const char *chunkname,
 
 int tide_dofile(tide_runtime *rt, const char *path, tide_done_cb done,
                 void *data) {
-  return start_loaded(rt, luaL_loadfile(rt->L, path), done, data);
+  /* a sandbox runs source only: crafted bytecode can crash the VM */
+  return start_loaded(rt, luaL_loadfilex(rt->L, path, rt->sandbox ? "t" : NULL),
+                      done, data);
 }
 
 /* Cancels the root's tasks, runs the ready queue so they unwind (without
@@ -223,10 +225,18 @@ static int pending_k(lua_State *L, int status, lua_KContext ctx) {
 
 int tide_suspend(lua_State *L, tide_cancel_cb on_cancel, void *data,
                  tide_pending **pending) {
-  tide_task *t = tide__current(L);
-  tide_pending *p = malloc(sizeof(*p));
-  if (p == NULL)
+  tide_runtime *rt = tide__rt(L);
+  tide_task *t = rt->current;
+  tide_pending *p = NULL;
+  if (t && t->state == TS_RUNNING && lua_isyieldable(L))
+    p = malloc(sizeof(*p));
+  if (p == NULL) { /* cannot suspend: let the app undo what it started */
+    *pending = NULL;
+    if (on_cancel)
+      on_cancel(NULL, data);
+    tide__current(L); /* raises the reason, if it is one of these */
     return luaL_error(L, "not enough memory");
+  }
   p->rt = tide__rt(L);
   p->t = t;
   p->on_cancel = on_cancel;

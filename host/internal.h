@@ -154,6 +154,7 @@ struct tide_runtime {
   int debug;             /* TIDE_DEBUG */
   int sigints;           /* Ctrl-C count */
   int owns_L;
+  int sandbox;           /* tide_options.sandbox: text chunks only */
   int npool;             /* finished coroutines kept for reuse */
   uint32_t last_src_id;  /* spawn-site cache (task.c, source_id) */
   unsigned long instruction_limit; /* per task step, 0: none */

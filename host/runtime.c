@@ -350,6 +350,7 @@ tide_runtime *tide_runtime_new_with(const tide_options *opts) {
   else
     luaL_openlibs(L);
   rt = tide_open(L);
+  rt->sandbox = opts->sandbox != 0;
   if (opts->sandbox) {
     /* load tide now, then hide its internals (park, wake...) and sockets */
     static const char *const hidden[] = {"tide.core", "tide.coroutine",
@@ -416,6 +417,12 @@ void tide_runtime_close(tide_runtime *rt) {
   uv_loop_t *own;
   if (rt == NULL || !rt->owns_L)
     return;
+  if (rt->incb > 0 || rt->current != NULL) { /* its own code is on the C stack */
+    fprintf(stderr, "tide: tide_runtime_close called from inside the runtime "
+                    "(a done callback or a Lua call): refused; close it from "
+                    "the application's own callback instead\n");
+    return;
+  }
   L = rt->L;
   m = rt->mem;
   a = rt->arena;

@@ -512,14 +512,17 @@ static void close_thread(lua_State *L, tide_task *t, int ud, lua_State *co) {
       push_name(L, t, ud);
       fprintf(stderr, "tide: error in a __close handler of task '%s' "
                       "while it unwound: %s\n", lua_tostring(L, -1), why);
-      lua_remove(L, -2);
       fflush(stderr);
-      lua_pop(L, 2);
+      lua_pop(L, 2); /* the message and the name */
     }
     lua_pop(L, 2);
   }
   lua_settop(co, 0);
-  recycle(L, t->s->rt, co);
+  /* Not after the instruction limit's hook raised: Lua 5.4.4 leaves such
+   * a thread with hooks disabled (allowhook), and resetting it does not
+   * restore them, so the next task on it would run without the limit. */
+  if (!t->s->rt->instruction_limit)
+    recycle(L, t->s->rt, co);
 }
 
 /* The coroutine raised: keep the error and, unless it is a cancellation,

@@ -110,9 +110,13 @@ int tide_pending_tasks(tide_runtime *rt);
 
 /* Cancels every task, lets them clean up (running the loop as needed), then
  * closes the Lua state and every handle tide opened; an application's loop
- * is left usable (uv_loop_close on it succeeds once the application closed
- * its own handles). Tasks started from C that had not ended get their done
- * callback with a "cancelled" error. */
+ * is left usable: the handles tide closed finish closing at its next turn,
+ * so run it once more (uv_run(loop, UV_RUN_NOWAIT)) before uv_loop_close,
+ * which then succeeds once the application closed its own handles. Tasks
+ * started from C that had not ended get their done callback with a
+ * "cancelled" error. Not from inside a done callback or a Lua call of this
+ * runtime (it is refused there: close it from the application's own
+ * callback, or after tide_loop_run returns). */
 void tide_runtime_close(tide_runtime *rt);
 
 /* ---- async C functions ---------------------------------------------- */
@@ -124,8 +128,13 @@ typedef void (*tide_cancel_cb)(tide_pending *p, void *data);
  * tide_complete or tide_fail. Use as the C function's return:
  *     return tide_suspend(L, on_cancel, data, &pending);
  * *pending is the handle to complete it with. If the task is cancelled
- * first, on_cancel(pending, data) runs once (may be NULL) and the handle is
- * dead after it returns. Raises an error if L is not a task. */
+ * first, on_cancel(pending, data) runs once and the handle is dead after it
+ * returns: pass an on_cancel whenever the application keeps the handle
+ * (with NULL it cannot know when the handle dies). If the call cannot
+ * suspend (L is not a task, or is at a point where it may not yield: a
+ * metamethod, a table.sort comparator...; or out of memory), on_cancel(NULL,
+ * data) runs, *pending is set to NULL and an error is raised: an operation
+ * started before the call can be undone there. */
 int tide_suspend(lua_State *L, tide_cancel_cb on_cancel, void *data,
                  tide_pending **pending);
 

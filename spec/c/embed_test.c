@@ -70,6 +70,7 @@ static int spawn_code(tide_runtime *rt, const char *code, result *r) {
 /* One per runtime, reached by the module's functions as upvalue 1. */
 typedef struct env {
   uv_loop_t *loop;
+  lua_State *L;       /* the runtime's state */
   int cancels;        /* cancel callbacks run (hang and delay) */
   int freed;          /* delay operations whose timer handle was freed */
   int notes;          /* testmod.note() calls */
@@ -108,10 +109,11 @@ static void on_delay_timer(uv_timer_t *t) {
   uv_close((uv_handle_t *)t, free_op);
 }
 
+/* Also when tide_suspend could not suspend (p NULL): undo the start. */
 static void on_delay_cancel(tide_pending *p, void *data) {
   delay_op *op = data;
   op->e->cancels++;
-  luaL_unref(tide_pending_L(p), LUA_REGISTRYINDEX, op->ref);
+  luaL_unref(p ? tide_pending_L(p) : op->e->L, LUA_REGISTRYINDEX, op->ref);
   uv_timer_stop(&op->timer);
   uv_close((uv_handle_t *)&op->timer, free_op);
 }
@@ -185,6 +187,7 @@ static tide_runtime *new_rt(const tide_options *opts, env *e) {
   lua_State *L = tide_runtime_L(rt);
   memset(e, 0, sizeof *e);
   e->loop = tide_runtime_loop(rt);
+  e->L = L;
   lua_pushlightuserdata(L, e);
   lua_setfield(L, LUA_REGISTRYINDEX, "testmod.env");
   tide_preload(rt, "testmod", open_testmod);
@@ -435,7 +438,7 @@ static void test_instruction_limit(void) {
   env e;
   tide_options opts;
   tide_runtime *rt;
-  result spin = {0}, other = {0}, swallow = {0}, cb = {0};
+  result spin = {0}, other = {0}, swallow = {0}, cb = {0}, again = {0};
   memset(&opts, 0, sizeof opts);
   opts.instruction_limit = 100000;
   rt = new_rt(&opts, &e);
@@ -451,7 +454,16 @@ static void test_instruction_limit(void) {
                  "tide.call_soon(function() while true do n = n + 1 end end)\n"
                  "tide.sleep(0.01) return n > 0 and 'callback stopped' or 'no'",
              &cb);
+  spawn_code(rt, "local tide = require 'tide'\n"
+                 "local t = tide.spawn(function() while true do end end)\n"
+                 "local ok1 = pcall(t.await, t)\n"
+                 "local t2 = tide.spawn(function() while true do end end)\n"
+                 "local ok2, e2 = pcall(t2.await, t2)\n"
+                 "return ok1, ok2, e2.kind", &again);
   tide_loop_run(rt, UV_RUN_DEFAULT);
+  check(again.called == 1 && strcmp(again.text, "false,false,limit") == 0,
+        "instruction_limit also stops the next task (which may reuse the "
+        "first one's coroutine)", again.text);
   check(spin.called == 1 && spin.status != LUA_OK &&
           strcmp(spin.kind, "limit") == 0,
         "instruction_limit stops `while true do end` with kind \"limit\"",
@@ -467,6 +479,72 @@ static void test_instruction_limit(void) {
           strcmp(other.text, "40000") == 0,
         "instruction_limit counts per step: another task completes",
         other.text);
+  tide_runtime_close(rt);
+}
+
+static void test_close_handler_error(void) {
+  env e;
+  tide_runtime *rt = new_rt(NULL, &e);
+  result r = {0};
+  spawn_code(rt, "local g <close> = setmetatable({}, {__close = function()\n"
+                 "  error('close err') end})\n"
+                 "error('body err', 0)", &r);
+  tide_loop_run(rt, UV_RUN_DEFAULT);
+  check(r.called == 1 && r.status != LUA_OK && strcmp(r.text, "body err") == 0,
+        "a __close that raises while a failed task unwinds: the task keeps "
+        "its error", r.text);
+  tide_runtime_close(rt);
+}
+
+static int write_chunk(lua_State *L, const void *p, size_t n, void *ud) {
+  (void)L;
+  return fwrite(p, 1, n, ud) == n ? 0 : 1;
+}
+
+/* A sandbox refuses binary chunks in tide_dofile too. */
+static void test_sandbox_dofile(void) {
+  env e;
+  tide_options opts;
+  tide_runtime *rt;
+  result r = {0};
+  char path[] = "/tmp/tide_embed_luac_XXXXXX";
+  int fd = mkstemp(path);
+  FILE *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
+  lua_State *plain = luaL_newstate();
+  luaL_loadstring(plain, "return 'binary chunk ran'");
+  lua_dump(plain, write_chunk, f, 0);
+  lua_close(plain);
+  fclose(f);
+  memset(&opts, 0, sizeof opts);
+  opts.sandbox = 1;
+  rt = new_rt(&opts, &e);
+  tide_dofile(rt, path, on_done, &r);
+  tide_loop_run(rt, UV_RUN_DEFAULT);
+  check(r.called == 1 && r.status != LUA_OK && strstr(r.text, "binary") != NULL,
+        "sandbox: tide_dofile refuses a binary chunk", r.text);
+  tide_runtime_close(rt);
+  unlink(path);
+}
+
+static void close_in_callback(tide_runtime *rt, int status, lua_State *L,
+                              int n, void *data) {
+  (void)status, (void)L, (void)n;
+  ++*(int *)data;
+  tide_runtime_close(rt); /* refused: tide's own code is on the stack */
+}
+
+static void test_close_in_callback(void) {
+  env e;
+  tide_runtime *rt = new_rt(NULL, &e);
+  int called = 0;
+  result after = {0};
+  tide_dostring(rt, "return 'x'", "=cb", close_in_callback, &called);
+  tide_loop_run(rt, UV_RUN_DEFAULT);
+  tide_dostring(rt, "return 'still usable'", "=after", on_done, &after);
+  tide_loop_run(rt, UV_RUN_DEFAULT);
+  check(called == 1 && strcmp(after.text, "still usable") == 0,
+        "tide_runtime_close from a done callback is refused; the runtime "
+        "goes on", after.text);
   tide_runtime_close(rt);
 }
 
@@ -527,7 +605,7 @@ static void test_async_complete_fail(void) {
   env e;
   tide_runtime *rt = new_rt(NULL, &e);
   lua_State *L = tide_runtime_L(rt);
-  result r = {0}, f = {0};
+  result r = {0}, f = {0}, s = {0};
   spawn_code(rt, "local m = require 'testmod'\n"
                  "local a, b, c, d = m.delay(5, 1, 'two', nil, true)\n"
                  "return a, b, c, d, select('#', m.delay(1))", &r);
@@ -549,6 +627,16 @@ static void test_async_complete_fail(void) {
           e.hung == NULL,
         "tide_suspend outside a task raises an error", lua_tostring(L, -1));
   lua_settop(L, 0);
+  spawn_code(rt, "local m = require 'testmod'\n"
+                 "local ok, err = pcall(table.sort, {2, 1}, function(a, b)\n"
+                 "  m.delay(1) return a < b end)\n"
+                 "require('tide').sleep(0.01)\n"
+                 "return ok, (tostring(err):match('cannot suspend'))", &s);
+  tide_loop_run(rt, UV_RUN_DEFAULT);
+  check(s.status == LUA_OK && strcmp(s.text, "false,cannot suspend") == 0 &&
+          e.cancels == 2 && e.freed == e.started, /* hang() above, too */
+        "tide_suspend where it cannot yield raises and lets the app undo "
+        "its operation (on_cancel with NULL)", s.text);
   tide_runtime_close(rt);
 }
 
@@ -745,6 +833,9 @@ int main(void) {
   test_memory_limit();
   test_instruction_limit();
   test_sandbox();
+  test_sandbox_dofile();
+  test_close_handler_error();
+  test_close_in_callback();
   test_async_complete_fail();
   test_cancel_async();
   test_preload();
