@@ -14,10 +14,12 @@
 #include "internal.h"
 
 /* The root sched, made on first use on the runtime's loop (or one of its
- * own). It has no main task: it runs as long as the loop does. */
+ * own). It has no main task: it runs as long as the loop does. Signals
+ * stay the application's: with no main task to cancel, tide's defaults
+ * would only swallow the first SIGINT/SIGTERM. */
 static tide_sched *root(tide_runtime *rt) {
   if (rt->root == NULL) {
-    tide_sched *s = tide__sched_new(rt->L, rt, rt->loop, 0);
+    tide_sched *s = tide__sched_new(rt->L, rt, rt->loop, 0, 0);
     if (s == NULL)
       luaL_error(rt->L, "cannot start tide's loop");
     s->outer = rt->sched;

@@ -278,7 +278,7 @@ int luaopen_tide_signal(lua_State *L);
 
 /* loop.c */
 tide_sched *tide__sched_new(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
-                            int virtual_clock);
+                            int virtual_clock, int signals);
 void tide__sched_update(tide_sched *s);
 int tide__sched_close(tide_sched *s);
 int tide__run(lua_State *L);

@@ -75,7 +75,9 @@ static void cancel_main(tide_sched *s, const char *kind, const char *msg) {
 }
 
 /* ---- default signal handling -------------------------------------------
- * Only on loops tide owns (not on an application's loop):
+ * Only for runs with a main task (tide.run, tide_runtime_run, the command)
+ * on loops tide owns (not on an application's loop, nor for background
+ * tasks started from C, which leave signals to the application):
  *   SIGINT, SIGTERM  the first cancels the main task (kind "cancelled",
  *                    message "interrupted (SIGINT)" / "terminated
  *                    (SIGTERM)") so pcall and <close> clean-up runs; the
@@ -233,7 +235,7 @@ static int new_table_ref(lua_State *L, const char *mode) {
 /* Makes a sched on `loop` (NULL: a loop of its own) whose callbacks run on
  * L. Returns NULL if libuv fails (the reason is pushed as an error). */
 tide_sched *tide__sched_new(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
-                            int virtual_clock) {
+                            int virtual_clock, int signals) {
   tide_sched *s = calloc(1, sizeof(*s));
   if (s == NULL)
     return NULL;
@@ -265,7 +267,8 @@ tide_sched *tide__sched_new(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
   uv_check_start(&s->check, on_uv_check);
   uv_unref((uv_handle_t *)&s->prepare);
   uv_unref((uv_handle_t *)&s->check);
-  if (s->own_loop || loop == rt->owned_loop) { /* not on an app's loop */
+  /* a run with a main task (tide.run, the command), not on an app's loop */
+  if (signals && (s->own_loop || loop == rt->owned_loop)) {
     uv_signal_start(&s->sigint, on_uv_interrupt, SIGINT);
     wrap_signal(SIGINT);
     uv_unref((uv_handle_t *)&s->sigint);
@@ -397,7 +400,7 @@ static tide_task *run_main(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
   tide_sched *s;
   tide_task *main, *saved = rt->current;
   int fidx = lua_gettop(L) - nargs, tries;
-  s = tide__sched_new(L, rt, loop, virtual_clock);
+  s = tide__sched_new(L, rt, loop, virtual_clock, 1);
   if (s == NULL)
     lua_error(L);
   s->outer = rt->sched;

@@ -5,6 +5,7 @@
  * non-zero if any failed. It also runs under ASan/LeakSanitizer, so every
  * test frees what it makes.
  */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -548,6 +549,30 @@ static void test_close_in_callback(void) {
   tide_runtime_close(rt);
 }
 
+static volatile sig_atomic_t app_got_term;
+static void app_on_term(int sig) { (void)sig; app_got_term = 1; }
+
+/* Background tasks leave SIGINT/SIGTERM to the application (a run with a
+ * main task, tide_runtime_run, is what handles them). */
+static void test_signals_stay_the_apps(void) {
+  env e;
+  struct sigaction sa, old;
+  tide_runtime *rt;
+  result r = {0};
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = app_on_term;
+  sigaction(SIGTERM, &sa, &old);
+  app_got_term = 0;
+  rt = new_rt(NULL, &e);
+  spawn_code(rt, "require('tide').sleep(0.01) return 'slept'", &r);
+  tide_loop_run(rt, UV_RUN_DEFAULT);
+  raise(SIGTERM);
+  check(app_got_term == 1 && strcmp(r.text, "slept") == 0,
+        "background tasks leave SIGTERM to the application's handler", r.text);
+  tide_runtime_close(rt);
+  sigaction(SIGTERM, &old, NULL);
+}
+
 static void test_sandbox(void) {
   env e;
   tide_options opts;
@@ -836,6 +861,7 @@ int main(void) {
   test_sandbox_dofile();
   test_close_handler_error();
   test_close_in_callback();
+  test_signals_stay_the_apps();
   test_async_complete_fail();
   test_cancel_async();
   test_preload();
