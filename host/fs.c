@@ -492,15 +492,15 @@ static int then_read(fsreq *r, lua_State *L) {
     return again(r, L, submit_read(r));
   }
   r->f->pos += (int64_t)r->len;
-  if (r->len == 0 && r->want != SIZE_MAX)
-    lua_pushnil(L); /* read(n) at the end */
+  if (r->len == 0)
+    lua_pushnil(L); /* at the end */
   else
     lua_pushlstring(L, r->buf, r->len);
   return 1;
 }
 
-/* file:read([n]) -> up to n bytes, nil at the end; without n, the rest
- * ("" at the end), like io's read(n) and read("a") */
+/* file:read([n]) -> up to n bytes; without n, the rest; nil at the end
+ * either way (so `while f:read() do` ends) */
 static int f_read(lua_State *L) {
   file *f = check_file(L);
   size_t want = SIZE_MAX;

@@ -251,16 +251,24 @@ describe("fs.append_file", function()
 end)
 
 describe("fs.open", function()
-  it("reads in pieces: read(n) gives nil at the end, read() the rest", function()
+  it("reads in pieces: read(n) up to n bytes, read() the rest, both nil at the end", function()
     local dir = tmpdir()
     put(dir .. "/f", "hello world")
     local f <close> = fs.open(dir .. "/f")
     assert.equals("hello", f:read(5))
     assert.equals(" world", f:read())
-    assert.equals("", f:read())
+    assert.is_nil(f:read())
     assert.is_nil(f:read(1))
     assert.equals(0, f:seek("set"))
     assert.equals("hello world", f:read(100))
+    local g <close> = fs.open(dir .. "/f")
+    local parts = {}
+    while true do -- the loop API.md shows ends
+      local s = g:read()
+      if not s then break end
+      parts[#parts + 1] = s
+    end
+    assert.same({ "hello world" }, parts)
   end)
 
   it("writes (chaining), seeks like io and reads back with w+", function()

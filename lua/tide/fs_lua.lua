@@ -54,7 +54,7 @@ end
 function fs.read_file(path)
   check_string("read_file", 1, path)
   local f <close> = C.open(path, "r")
-  local data = f:read()
+  local data = f:read() or "" -- nil at the end: an empty file
   f:close()
   return data
 end
