@@ -478,6 +478,13 @@ static int then_read(fsreq *r, lua_State *L) {
   ssize_t n = r->req.result;
   if (n < 0)
     return fail(r, L, (int)n);
+  if (r->want == 0) { /* read(0): a byte was there, or the end */
+    if (n > 0)
+      lua_pushliteral(L, "");
+    else
+      lua_pushnil(L);
+    return 1;
+  }
   r->len += (size_t)n;
   if (n > 0 && r->len < r->want) { /* more wanted and maybe more there */
     if (r->len == r->size) {
@@ -500,19 +507,20 @@ static int then_read(fsreq *r, lua_State *L) {
 }
 
 /* file:read([n]) -> up to n bytes; without n, the rest; nil at the end
- * either way (so `while f:read() do` ends) */
+ * either way (so `while f:read() do` ends). read(0) is "", or nil at the
+ * end, like io's: it reads one byte to tell, and keeps the position. */
 static int f_read(lua_State *L) {
   file *f = check_file(L);
   size_t want = SIZE_MAX;
   fsreq *r;
   if (!lua_isnoneornil(L, 2)) {
     lua_Integer n = luaL_checkinteger(L, 2);
-    luaL_argcheck(L, n > 0, 2, "positive byte count expected");
+    luaL_argcheck(L, n >= 0, 2, "non-negative byte count expected");
     want = (size_t)n;
   }
   r = file_req(L, f, "read", then_read);
   r->want = want;
-  r->size = want < CHUNK ? want : CHUNK;
+  r->size = want == 0 ? 1 : want < CHUNK ? want : CHUNK;
   r->buf = malloc(r->size);
   if (r->buf == NULL) {
     req_free(r, L);
@@ -562,23 +570,33 @@ static int then_write(fsreq *r, lua_State *L) {
   return 1;
 }
 
-/* file:write(data) -> the file */
+/* file:write(...) -> the file; writes its arguments (strings, or numbers
+ * as tostring shows them) in order, in one request, like io's write */
 static int f_write(lua_State *L) {
   file *f = check_file(L);
-  size_t len;
-  const char *data = luaL_checklstring(L, 2, &len);
+  int i, n = lua_gettop(L);
+  size_t len = 0, l;
   fsreq *r;
-  lua_settop(L, 1);
-  if (len == 0)
+  for (i = 2; i <= n; i++) {
+    luaL_checklstring(L, i, &l);
+    len += l;
+  }
+  if (len == 0) {
+    lua_settop(L, 1);
     return 1;
+  }
   r = file_req(L, f, "write", then_write);
   r->buf = malloc(len); /* the pool may read it after a cancel */
   if (r->buf == NULL) {
     req_free(r, L);
     return luaL_error(L, "not enough memory");
   }
-  memcpy(r->buf, data, len);
-  r->size = len;
+  for (i = 2; i <= n; i++) {
+    const char *s = lua_tolstring(L, i, &l);
+    memcpy(r->buf + r->size, s, l);
+    r->size += l;
+  }
+  lua_settop(L, 1);
   lua_pushvalue(L, 1);
   r->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return start(L, r, submit_write(r));
