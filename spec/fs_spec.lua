@@ -206,7 +206,7 @@ describe("fs.write_file", function()
     assert.same({ "data" }, entries(dir))
   end)
 
-  it("atomic: cancelled at any point, the old content is intact and the temp goes", function()
+  it("atomic: cancelled at any point, the content is old or new, never partial, and the temp goes", function()
     local dir = tmpdir()
     local target = dir .. "/data"
     put(target, "old")
@@ -220,7 +220,11 @@ describe("fs.write_file", function()
       else
         t:cancel()
         assert.equals("cancelled", (errkind(t.await, t)))
-        assert.equals("old", get(target))
+        -- old, or all of the new when the cancel came as the rename ran
+        -- (the pool cannot stop it), never a part
+        local now = get(target)
+        assert.is_true(now == "old" or now == big, #now .. " bytes")
+        if now == big then put(target, "old") end
         assert.same({ "data" }, settles(dir, 1))
       end
     end
