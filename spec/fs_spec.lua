@@ -3,6 +3,7 @@
 -- under test; each spec works in a fresh directory under /tmp.
 local tide = require "tide"
 local fs = require "tide.fs"
+local process = require "tide.process"
 local S = require "spec.support"
 local errkind, raises_matching = S.errkind, S.raises_matching
 
@@ -389,6 +390,41 @@ describe("fs.open", function()
     assert.equals("cancelled", (errkind(t.await, t)))
     f:close() -- closes once the pool's read is over
     raises_matching("attempt to use a closed file", f.read, f)
+  end)
+
+  it("a call after a cancelled one waits for that request to end, then runs", function()
+    local dir = tmpdir()
+    local fifo = dir .. "/fifo"
+    assert(os.execute("mkfifo " .. fifo))
+    -- "a+" writes with write(2), which blocks while nobody drains the fifo
+    local f <close> = fs.open(fifo, "a+")
+    finally(function() -- unblocks the write whatever happened
+      os.execute("timeout 10 cat " .. fifo .. " >/dev/null 2>&1 &")
+    end)
+    local head = process.spawn({ "head", "-c", "1", fifo })
+    local t = tide.spawn(f.write, f, string.rep("x", 1 << 20))
+    assert.equals("x", head.stdout:read(1)) -- the write is under way...
+    head:wait()
+    t:cancel() -- ...and stays there, cancelled: nobody reads
+    assert.equals("cancelled", (errkind(t.await, t)))
+    local w = tide.spawn(f.write, f, "never") -- waits for it
+    tide.sleep(0.05)
+    raises_matching("is busy", f.write, f, "no") -- w waits already
+    w:cancel() -- and never runs
+    assert.equals("cancelled", (errkind(w.await, w)))
+    local ab = tide.spawn(f.write, f, "ab")
+    tide.sleep(0.05)
+    assert.is_false(ab:done(), "did not wait")
+    local cat <close> = process.spawn({ "cat", fifo })
+    local got = {}
+    tide.wait_for(function()
+      repeat
+        got[#got + 1] = cat.stdout:read()
+      until not got[#got] or got[#got]:find("b", 1, true)
+    end, 5)
+    assert.equals(f, ab:await())
+    local data = table.concat(got)
+    assert.equals("ab", data:match("[^x]*$"))
   end)
 
   it("a cancelled open leaves no fd open and no file made by wx", function()
