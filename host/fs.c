@@ -398,6 +398,19 @@ static int l_rename(lua_State *L) {
   return start(L, r, uv_fs_rename(r->s->loop, &r->req, r->path, r->to, on_fs));
 }
 
+static int then_realpath(fsreq *r, lua_State *L) {
+  if (r->req.result < 0)
+    return fail(r, L, (int)r->req.result);
+  lua_pushstring(L, r->req.ptr);
+  return 1;
+}
+
+/* realpath(path) -> the absolute path, symbolic links resolved */
+static int l_realpath(lua_State *L) {
+  fsreq *r = path_req(L, "realpath", then_realpath);
+  return start(L, r, uv_fs_realpath(r->s->loop, &r->req, r->path, on_fs));
+}
+
 /* temp_name(path) -> a fresh name in path's directory, for an atomic
  * write: "<dir>/.<base>.<pid>-<n>.tmp" (fs_lua retries on EEXIST). */
 static int l_temp_name(lua_State *L) {
@@ -688,6 +701,19 @@ static int f_seek(lua_State *L) {
   return 1;
 }
 
+static int submit_fchmod(fsreq *r) {
+  return uv_fs_fchmod(r->s->loop, &r->req, r->f->fd, r->flags, on_fs);
+}
+
+/* fchmod(file, perm): sets an open file's permission bits (for fs_lua) */
+static int l_fchmod(lua_State *L) {
+  file *f = check_file(L);
+  int perm = check_perm(L, 2, 0);
+  fsreq *r = file_req(L, f, "chmod", then_none, submit_fchmod);
+  r->flags = perm;
+  return start_file(L, f, r);
+}
+
 /* file:sync(): flushes the file's data and metadata to the disk (fsync) */
 static int f_sync(lua_State *L) {
   file *f = check_file(L);
@@ -752,7 +778,8 @@ static const luaL_Reg fs_funcs[] = {
   {"open", l_open}, {"stat", l_stat}, {"lstat", l_lstat},
   {"exists", l_exists}, {"rename", l_rename}, {"mkdir", l_mkdir},
   {"rmdir", l_rmdir}, {"unlink", l_unlink}, {"scandir", l_scandir},
-  {"temp_name", l_temp_name}, {NULL, NULL}};
+  {"temp_name", l_temp_name}, {"realpath", l_realpath},
+  {"fchmod", l_fchmod}, {NULL, NULL}};
 
 int luaopen_tide_fs(lua_State *L) {
   const tide_embedded *m = tide__lua_modules;
