@@ -168,6 +168,29 @@ describe("tide.to_thread", function()
       assert.equals("(error object is a table value)", e.message)
     end)
 
+    it("uncaught at the top level, report the worker's traceback too", function()
+      local S = require "spec.support"
+      local script = S.tmpfile([[
+        local tide = require "tide"
+        local function work(n)
+          local function check(k) if k > 2 then error("too big: " .. k) end end
+          check(n)
+        end
+        tide.to_thread(work, 5)
+      ]])
+      finally(function() os.remove(script) end)
+      local out, err, rc = S.sh(S.tide_bin() .. " " .. script)
+      assert.equals(1, rc)
+      assert.equals("", out)
+      local main, worker = err:match("^(.*)\nre%-raised from the to_thread worker:\n(.*)$")
+      assert.is_truthy(main, err)
+      assert.matches("too big: 5\nstack traceback:", main)
+      assert.matches(":6: in main chunk", main, 1, true)
+      assert.matches("too big: 5\nstack traceback:", worker)
+      assert.matches(":3: in local 'check'", worker, 1, true)
+      assert.matches(":4: in function <", worker, 1, true)
+    end)
+
     it("leave the worker usable", function()
       for i = 1, 5 do
         assert.equals("thread", raised(tide.to_thread, function() error("x") end).kind)
