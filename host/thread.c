@@ -16,7 +16,7 @@
  *   integers, floats, strings and tables (nested; shared subtables and
  *   cycles preserved; metatables dropped) travel; functions, userdata and
  *   threads are refused with the argument position and the path inside the
- *   table.
+ *   table (of a long one, the first and last keys: "a.b.c ... x.y.z").
  * - Worker states (standard libraries, the caller's package.path/cpath) are
  *   made lazily on the worker thread and kept in a mutex-protected pool of
  *   at most the thread-pool size (UV_THREADPOOL_SIZE, default 4, max 1024).
@@ -62,6 +62,7 @@
 #include "internal.h"
 
 #define MAX_DEPTH 100        /* table nesting copied, both ways */
+#define PATH_KEEP 3          /* a refusal's path: first and last keys shown */
 #define BOX_MT    "tide.thread.job"
 #define POOL_MT   "tide.thread.pool"
 #define TB_KEY    "tide.thread.traceback" /* worker registry: last traceback */
@@ -83,6 +84,7 @@ typedef struct enc {
   int seen;          /* stack index: table -> its id */
   lua_Integer ntab;  /* tables numbered so far */
   const char *why;   /* what could not be sent */
+  int pathlen;       /* keys in the path to it */
 } enc;
 
 static int put(enc *e, char tag, const void *payload, size_t len) {
@@ -121,6 +123,25 @@ static void push_key(lua_State *L, int k) {
 
 static int enc_value(enc *e, int idx, int depth);
 
+/* [-1, +1, m] Prepends key k, at position pos of a path of e->pathlen
+ * keys, to the path on top; of a long path only the first and the last
+ * PATH_KEEP keys are kept, with " ... " for those between. */
+static void prepend_key(enc *e, int k, int pos) {
+  lua_State *L = e->L;
+  int tail = e->pathlen - PATH_KEEP; /* from here on, kept */
+  if (pos >= PATH_KEEP && pos < tail) {
+    if (pos == tail - 1) { /* the last one left out */
+      const char *rest = lua_tostring(L, -1);
+      lua_pushfstring(L, " ... %s", *rest == '.' ? rest + 1 : rest);
+      lua_replace(L, -2);
+    }
+    return;
+  }
+  push_key(L, k);
+  lua_insert(L, -2);
+  lua_concat(L, 2);
+}
+
 /* Encodes the table at idx. On failure the path below it is on top. */
 static int enc_table(enc *e, int idx, int depth) {
   lua_State *L = e->L;
@@ -134,6 +155,7 @@ static int enc_table(enc *e, int idx, int depth) {
   lua_pop(L, 1);
   if (depth >= MAX_DEPTH) {
     e->why = "table nested too deeply";
+    e->pathlen = depth;
     lua_pushliteral(L, "");
     return -1;
   }
@@ -149,13 +171,12 @@ static int enc_table(enc *e, int idx, int depth) {
     if (enc_value(e, k, depth + 1) < 0) { /* the key itself */
       lua_pop(L, 1);
       e->why = lua_pushfstring(L, "%s key", e->why); /* stays anchored */
+      e->pathlen = depth;
       lua_pushliteral(L, "");
       return -1;
     }
     if (enc_value(e, k + 1, depth + 1) < 0) {
-      push_key(L, k);
-      lua_insert(L, -2);
-      lua_concat(L, 2);
+      prepend_key(e, k, depth);
       return -1;
     }
     lua_pop(L, 1);
@@ -192,6 +213,7 @@ static int enc_value(enc *e, int idx, int depth) {
       return enc_table(e, lua_absindex(L, idx), depth);
     default: /* function, userdata, thread */
       e->why = lua_typename(L, lua_type(L, idx));
+      e->pathlen = depth;
       lua_pushliteral(L, "");
       return -1;
   }

@@ -124,10 +124,18 @@ describe("tide.to_thread", function()
         raised(tide.to_thread, id, { ["a b"] = { [1.5] = coroutine.running() } }), 1, true)
     end)
 
-    it("refuses tables nested deeper than 100 levels", function()
+    it("refuses tables nested deeper than 100 levels, naming a shortened path", function()
       local deep = {}
       for _ = 1, 150 do deep = { deep } end
-      assert.matches("cannot send a table nested too deeply",
+      assert.matches("cannot send a table nested too deeply at [1][1][1] ... [1][1][1])",
+        raised(tide.to_thread, function(...) return ... end, deep), 1, true)
+      deep = {}
+      for _ = 1, 150 do deep = { x = deep } end
+      assert.matches("#3 to 'to_thread' (cannot send a table nested too deeply at x.x.x ... x.x.x)",
+        raised(tide.to_thread, function(...) return ... end, 1, deep), 1, true)
+      deep = { f = print } -- 7 keys down: one left out
+      for i = 1, 6 do deep = { ["k" .. i] = deep } end
+      assert.matches("(cannot send a function at k6.k5.k4 ... k2.k1.f)",
         raised(tide.to_thread, function(...) return ... end, deep), 1, true)
     end)
 
