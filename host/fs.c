@@ -13,7 +13,10 @@
  * file opened meanwhile, removes one that an exclusive open made). A File
  * is a box pointing at a malloc'd struct, so a request in flight never sees
  * it freed: closing or collecting a File while a request uses it hands the
- * fd to that request to close.
+ * fd to that request to close. One request at a time works on a File: a
+ * call made while an abandoned one still runs waits for it (the File's
+ * `next`), then starts; a call made while another task's call is under way
+ * raises "busy" (they would race for the position).
  *
  * Errors are tide errors of kind "fs": "<op> <path>: <reason> (<ENAME>)",
  * fields code (the errno name, e.g. "ENOENT") and path.
@@ -33,12 +36,15 @@
 
 enum { FS_AGAIN = -1, FS_FAILED = -2 }; /* besides a count of results */
 
+typedef struct fsreq fsreq;
+
 typedef struct file {
   uv_file fd;
   int64_t pos;  /* where the next read or write goes */
   int append;   /* opened with "a": writes go to the end */
-  int busy;     /* a request on fd is in flight */
-  int detached; /* let go of while busy: that request closes fd, frees this */
+  fsreq *cur;   /* the request in flight on fd, or NULL */
+  fsreq *next;  /* a call waiting for cur, abandoned, to end; or NULL */
+  int detached; /* let go of while cur: that request closes fd, frees this */
   char path[];  /* for messages */
 } file;
 
@@ -46,19 +52,21 @@ typedef struct file_box {
   file *f; /* NULL once closed */
 } file_box;
 
-typedef struct fsreq fsreq;
 /* Called when a request of a waiting task is done: pushes its results and
  * returns their count, or pushes an error (FS_FAILED), or starts the next
  * request of the call (FS_AGAIN). */
 typedef int (*fs_then)(fsreq *r, lua_State *L);
+/* Submits the request of a File method (returns the libuv result). */
+typedef int (*fs_submit)(fsreq *r);
 
 struct fsreq {
   uv_fs_t req;      /* first: the callback's uv_fs_t * is the fsreq */
   tide_pending *p;  /* NULL once the task stopped waiting */
   tide_sched *s;
   fs_then then;
+  fs_submit submit; /* File methods: the first request */
   const char *op;   /* for messages */
-  file *f;          /* the File a method works on (busy meanwhile) */
+  file *f;          /* the File a method works on (its cur or next) */
   int ref;          /* registry ref of the File box (write returns it) */
   int flags;        /* open: the flags */
   char *buf;        /* read: what was read; write: the data */
@@ -128,8 +136,8 @@ static uv_loop_t *live_loop(lua_State *L) {
 
 static void req_free(fsreq *r, lua_State *L) {
   file *f = r->f;
-  if (f) {
-    f->busy = 0;
+  if (f && f->cur == r) {
+    f->cur = NULL;
     if (f->detached) {
       close_fd(r->req.loop, f->fd);
       free(f);
@@ -142,18 +150,23 @@ static void req_free(fsreq *r, lua_State *L) {
   free(r);
 }
 
+static void start_next(file *f);
+
 static void on_fs(uv_fs_t *req) {
   fsreq *r = (fsreq *)req;
   tide_pending *p = r->p;
   lua_State *L;
   int n;
   if (p == NULL) { /* the task left: clean up only */
+    file *f = r->f && r->f->next ? r->f : NULL; /* not detached, then */
     if (req->fs_type == UV_FS_OPEN && req->result >= 0) {
       close_fd(req->loop, (uv_file)req->result);
       if (r->flags & UV_FS_O_EXCL)
         unlink_made(req->loop, r->path);
     }
     req_free(r, NULL);
+    if (f)
+      start_next(f);
     return;
   }
   L = tide_pending_L(p);
@@ -168,6 +181,23 @@ static void on_fs(uv_fs_t *req) {
     tide_complete(p, n);
 }
 
+/* The call that waited on f for an abandoned request starts. */
+static void start_next(file *f) {
+  fsreq *r = f->next;
+  int rc;
+  f->next = NULL;
+  f->cur = r;
+  rc = r->submit(r);
+  if (rc < 0) {
+    tide_pending *p = r->p;
+    lua_State *L = tide_pending_L(p);
+    fail(r, L, rc);
+    r->s->io_pending--;
+    req_free(r, L);
+    tide_fail(p);
+  }
+}
+
 static void on_cancel(tide_pending *p, void *data) {
   fsreq *r = data;
   if (r->ref != LUA_NOREF)
@@ -175,8 +205,12 @@ static void on_cancel(tide_pending *p, void *data) {
   r->ref = LUA_NOREF;
   r->p = NULL;
   r->s->io_pending--;
-  if (r->req.fs_type != UV_FS_CLOSE) /* a close must run: nobody else will */
+  if (r->f && r->f->next == r) { /* never started: drop it */
+    r->f->next = NULL;
+    req_free(r, NULL);
+  } else if (r->req.fs_type != UV_FS_CLOSE) { /* a close must run */
     uv_cancel((uv_req_t *)&r->req);
+  }
 }
 
 /* Starts the next request of a call from its then (rc: its submission). */
@@ -364,6 +398,19 @@ static int l_rename(lua_State *L) {
   return start(L, r, uv_fs_rename(r->s->loop, &r->req, r->path, r->to, on_fs));
 }
 
+static int then_realpath(fsreq *r, lua_State *L) {
+  if (r->req.result < 0)
+    return fail(r, L, (int)r->req.result);
+  lua_pushstring(L, r->req.ptr);
+  return 1;
+}
+
+/* realpath(path) -> the absolute path, symbolic links resolved */
+static int l_realpath(lua_State *L) {
+  fsreq *r = path_req(L, "realpath", then_realpath);
+  return start(L, r, uv_fs_realpath(r->s->loop, &r->req, r->path, on_fs));
+}
+
 /* temp_name(path) -> a fresh name in path's directory, for an atomic
  * write: "<dir>/.<base>.<pid>-<n>.tmp" (fs_lua retries on EEXIST). */
 static int l_temp_name(lua_State *L) {
@@ -421,7 +468,8 @@ static int then_open(fsreq *r, lua_State *L) {
   f->fd = fd;
   f->pos = 0;
   f->append = (r->flags & UV_FS_O_APPEND) != 0;
-  f->busy = f->detached = 0;
+  f->cur = f->next = NULL;
+  f->detached = 0;
   memcpy(f->path, r->path, n);
   b->f = f;
   return 1;
@@ -441,22 +489,50 @@ static int l_open(lua_State *L) {
                                 on_fs));
 }
 
+/* Raises unless f is free for a call: nothing in flight but, maybe, an
+ * abandoned request (the call then waits for it: start_file). */
+static void check_idle(lua_State *L, file *f) {
+  if (f->next || (f->cur && f->cur->p))
+    luaL_error(L, "file %s is busy: a call on it from another task has not "
+                  "finished", f->path);
+}
+
 static file *check_file(lua_State *L) {
   file_box *b = luaL_checkudata(L, 1, FILE_MT);
   if (b->f == NULL)
     luaL_error(L, "attempt to use a closed file");
-  if (b->f->busy)
-    luaL_error(L, "file %s is busy: another call on it has not finished "
-                  "(from another task, or a cancelled one)", b->f->path);
+  check_idle(L, b->f);
   return b->f;
 }
 
-/* A request on f; f is busy until the request is freed. */
-static fsreq *file_req(lua_State *L, file *f, const char *op, fs_then then) {
+/* A request of a File method; start_file submits it. */
+static fsreq *file_req(lua_State *L, file *f, const char *op, fs_then then,
+                       fs_submit submit) {
   fsreq *r = new_req(L, op, f->path, NULL, then);
-  r->f = f;
-  f->busy = 1;
+  r->submit = submit;
   return r;
+}
+
+/* Submits r on f, or, while an abandoned request still works on f, makes
+ * it f's next: it starts when that one ends. Use as the C function's
+ * return. */
+static int start_file(lua_State *L, file *f, fsreq *r) {
+  r->f = f;
+  if (f->cur) {
+    f->next = r;
+    r->s->io_pending++;
+    return tide_suspend(L, on_cancel, r, &r->p);
+  }
+  f->cur = r;
+  return start(L, r, r->submit(r));
+}
+
+static int submit_fstat(fsreq *r) {
+  return uv_fs_fstat(r->s->loop, &r->req, r->f->fd, on_fs);
+}
+
+static int submit_fsync(fsreq *r) {
+  return uv_fs_fsync(r->s->loop, &r->req, r->f->fd, on_fs);
 }
 
 /* pos + off, or -1 past the range of an offset */
@@ -478,6 +554,13 @@ static int then_read(fsreq *r, lua_State *L) {
   ssize_t n = r->req.result;
   if (n < 0)
     return fail(r, L, (int)n);
+  if (r->want == 0) { /* read(0): a byte was there, or the end */
+    if (n > 0)
+      lua_pushliteral(L, "");
+    else
+      lua_pushnil(L);
+    return 1;
+  }
   r->len += (size_t)n;
   if (n > 0 && r->len < r->want) { /* more wanted and maybe more there */
     if (r->len == r->size) {
@@ -492,33 +575,34 @@ static int then_read(fsreq *r, lua_State *L) {
     return again(r, L, submit_read(r));
   }
   r->f->pos += (int64_t)r->len;
-  if (r->len == 0 && r->want != SIZE_MAX)
-    lua_pushnil(L); /* read(n) at the end */
+  if (r->len == 0)
+    lua_pushnil(L); /* at the end */
   else
     lua_pushlstring(L, r->buf, r->len);
   return 1;
 }
 
-/* file:read([n]) -> up to n bytes, nil at the end; without n, the rest
- * ("" at the end), like io's read(n) and read("a") */
+/* file:read([n]) -> up to n bytes; without n, the rest; nil at the end
+ * either way (so `while f:read() do` ends). read(0) is "", or nil at the
+ * end, like io's: it reads one byte to tell, and keeps the position. */
 static int f_read(lua_State *L) {
   file *f = check_file(L);
   size_t want = SIZE_MAX;
   fsreq *r;
   if (!lua_isnoneornil(L, 2)) {
     lua_Integer n = luaL_checkinteger(L, 2);
-    luaL_argcheck(L, n > 0, 2, "positive byte count expected");
+    luaL_argcheck(L, n >= 0, 2, "non-negative byte count expected");
     want = (size_t)n;
   }
-  r = file_req(L, f, "read", then_read);
+  r = file_req(L, f, "read", then_read, submit_read);
   r->want = want;
-  r->size = want < CHUNK ? want : CHUNK;
+  r->size = want == 0 ? 1 : want < CHUNK ? want : CHUNK;
   r->buf = malloc(r->size);
   if (r->buf == NULL) {
     req_free(r, L);
     return luaL_error(L, "not enough memory");
   }
-  return start(L, r, submit_read(r));
+  return start_file(L, f, r);
 }
 
 /* After an fstat: pos = size + off. Seek returns pos; a write (in append
@@ -555,33 +639,43 @@ static int then_write(fsreq *r, lua_State *L) {
     return again(r, L, n > 0 ? submit_write(r) : UV_EIO);
   if (r->f->append) {
     r->then = then_at_end;
-    return again(r, L, uv_fs_fstat(r->s->loop, &r->req, r->f->fd, on_fs));
+    return again(r, L, submit_fstat(r));
   }
   r->f->pos += (int64_t)r->len;
   lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
   return 1;
 }
 
-/* file:write(data) -> the file */
+/* file:write(...) -> the file; writes its arguments (strings, or numbers
+ * as tostring shows them) in order, in one request, like io's write */
 static int f_write(lua_State *L) {
   file *f = check_file(L);
-  size_t len;
-  const char *data = luaL_checklstring(L, 2, &len);
+  int i, n = lua_gettop(L);
+  size_t len = 0, l;
   fsreq *r;
-  lua_settop(L, 1);
-  if (len == 0)
+  for (i = 2; i <= n; i++) {
+    luaL_checklstring(L, i, &l);
+    len += l;
+  }
+  if (len == 0) {
+    lua_settop(L, 1);
     return 1;
-  r = file_req(L, f, "write", then_write);
+  }
+  r = file_req(L, f, "write", then_write, submit_write);
   r->buf = malloc(len); /* the pool may read it after a cancel */
   if (r->buf == NULL) {
     req_free(r, L);
     return luaL_error(L, "not enough memory");
   }
-  memcpy(r->buf, data, len);
-  r->size = len;
+  for (i = 2; i <= n; i++) {
+    const char *s = lua_tolstring(L, i, &l);
+    memcpy(r->buf + r->size, s, l);
+    r->size += l;
+  }
+  lua_settop(L, 1);
   lua_pushvalue(L, 1);
   r->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  return start(L, r, submit_write(r));
+  return start_file(L, f, r);
 }
 
 /* file:seek([whence [, offset]]) -> the new position; whence "set", "cur"
@@ -593,9 +687,9 @@ static int f_seek(lua_State *L) {
   lua_Integer off = luaL_optinteger(L, 3, 0);
   int64_t pos;
   if (whence == 2) {
-    fsreq *r = file_req(L, f, "seek", then_at_end);
+    fsreq *r = file_req(L, f, "seek", then_at_end, submit_fstat);
     r->off = off;
-    return start(L, r, uv_fs_fstat(r->s->loop, &r->req, f->fd, on_fs));
+    return start_file(L, f, r);
   }
   pos = add_pos(whence == 0 ? 0 : f->pos, off);
   if (pos < 0) {
@@ -607,11 +701,24 @@ static int f_seek(lua_State *L) {
   return 1;
 }
 
+static int submit_fchmod(fsreq *r) {
+  return uv_fs_fchmod(r->s->loop, &r->req, r->f->fd, r->flags, on_fs);
+}
+
+/* fchmod(file, perm): sets an open file's permission bits (for fs_lua) */
+static int l_fchmod(lua_State *L) {
+  file *f = check_file(L);
+  int perm = check_perm(L, 2, 0);
+  fsreq *r = file_req(L, f, "chmod", then_none, submit_fchmod);
+  r->flags = perm;
+  return start_file(L, f, r);
+}
+
 /* file:sync(): flushes the file's data and metadata to the disk (fsync) */
 static int f_sync(lua_State *L) {
   file *f = check_file(L);
-  fsreq *r = file_req(L, f, "fsync", then_none);
-  return start(L, r, uv_fs_fsync(r->s->loop, &r->req, f->fd, on_fs));
+  fsreq *r = file_req(L, f, "fsync", then_none, submit_fsync);
+  return start_file(L, f, r);
 }
 
 /* __gc and __close: closes without waiting; a file in use by a request is
@@ -621,7 +728,7 @@ static int f_gc(lua_State *L) {
   file *f = b->f;
   if (f) {
     b->f = NULL;
-    if (f->busy) {
+    if (f->cur) {
       f->detached = 1;
     } else {
       close_fd(live_loop(L), f->fd);
@@ -640,7 +747,9 @@ static int f_close(lua_State *L) {
   uv_file fd;
   if (f == NULL)
     return luaL_error(L, "attempt to use a closed file");
-  if (f->busy)
+  if (f->next) /* another task's call waits for the file */
+    check_idle(L, f);
+  if (f->cur)
     return f_gc(L);
   r = new_req(L, "close", f->path, NULL, then_none);
   fd = f->fd;
@@ -669,7 +778,8 @@ static const luaL_Reg fs_funcs[] = {
   {"open", l_open}, {"stat", l_stat}, {"lstat", l_lstat},
   {"exists", l_exists}, {"rename", l_rename}, {"mkdir", l_mkdir},
   {"rmdir", l_rmdir}, {"unlink", l_unlink}, {"scandir", l_scandir},
-  {"temp_name", l_temp_name}, {NULL, NULL}};
+  {"temp_name", l_temp_name}, {"realpath", l_realpath},
+  {"fchmod", l_fchmod}, {NULL, NULL}};
 
 int luaopen_tide_fs(lua_State *L) {
   const tide_embedded *m = tide__lua_modules;

@@ -41,7 +41,8 @@
  * if nobody handles it (the tide binary does already; plain lua5.4 not).
  *
  * Errors: a failed spawn and a failed kill are kind "process", with `code`
- * (the errno name, "ENOENT") and `program`; bad arguments raise at the
+ * (the errno name, "ENOENT") and `program`, and `path` = cwd when cwd is
+ * what is missing (not a directory); bad arguments raise at the
  * call, by position. run/shell's capture runs in lua/tide/process_lua.lua.
  */
 #define _DEFAULT_SOURCE /* NSIG, waitpid and the signals' names */
@@ -50,6 +51,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include "internal.h"
@@ -122,15 +124,39 @@ static int check_signal(lua_State *L, int idx, int def) {
 
 /* ---- errors ---------------------------------------------------------- */
 
+/* Raises "<what> '<program>': <reason>", or, when the fault is directory
+ * cwd's (cwd not NULL), "<what> '<program>': cwd '<cwd>': <reason>" with
+ * the field path = cwd. */
 static int raise_process(lua_State *L, int rc, const char *what,
-                         const char *program) {
-  tide__err_push(L, "process", "%s '%s': %s (%s)", what, program,
-                 uv_strerror(rc), uv_err_name(rc));
+                         const char *program, const char *cwd) {
+  if (cwd)
+    tide__err_push(L, "process", "%s '%s': cwd '%s': %s (%s)", what, program,
+                   cwd, uv_strerror(rc), uv_err_name(rc));
+  else
+    tide__err_push(L, "process", "%s '%s': %s (%s)", what, program,
+                   uv_strerror(rc), uv_err_name(rc));
   lua_pushstring(L, uv_err_name(rc));
   lua_setfield(L, -2, "code");
   lua_pushstring(L, program);
   lua_setfield(L, -2, "program");
+  if (cwd) {
+    lua_pushstring(L, cwd);
+    lua_setfield(L, -2, "path");
+  }
   return lua_error(L);
+}
+
+/* uv_spawn's ENOENT or ENOTDIR comes from the child's chdir as well as
+ * from its exec: it is cwd's fault when cwd is not a directory. Returns
+ * that fault (the reason cwd is not one), else 0. Only on this failure
+ * path, so a blocking stat(2) is fine. */
+static int cwd_fault(const char *cwd, int rc) {
+  struct stat st;
+  if (cwd == NULL || (rc != UV_ENOENT && rc != UV_ENOTDIR))
+    return 0;
+  if (stat(cwd, &st) != 0)
+    return uv_translate_sys_error(errno);
+  return S_ISDIR(st.st_mode) ? 0 : UV_ENOTDIR;
 }
 
 /* ---- the child ------------------------------------------------------- */
@@ -272,7 +298,7 @@ static int pr_kill(lua_State *L) {
   rc = uv_process_kill(&p->h, sig);
   if (rc < 0) {
     lua_getiuservalue(L, 1, 4);
-    return raise_process(L, rc, "cannot signal", lua_tostring(L, -1));
+    return raise_process(L, rc, "cannot signal", lua_tostring(L, -1), NULL);
   }
   lua_pushboolean(L, 1);
   return 1;
@@ -512,11 +538,14 @@ static void start(lua_State *L, int run) {
   rc = uv_spawn(s->loop, &p->h, &o);
   p->h.data = p;
   if (rc < 0) { /* the handle is initialised all the same: close it */
+    int fault = cwd_fault(o.cwd, rc);
     uv_close((uv_handle_t *)&p->h, on_uv_closed);
     lua_pushcfunction(L, pr_close);
     lua_pushvalue(L, base);
     lua_call(L, 1, 0);
-    raise_process(L, rc, "cannot run", args[0]);
+    if (fault)
+      raise_process(L, fault, "cannot run", args[0], o.cwd);
+    raise_process(L, rc, "cannot run", args[0], NULL);
   }
   uv_unref((uv_handle_t *)&p->h);
   p->running = 1;

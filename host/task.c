@@ -557,13 +557,21 @@ static void finish_err(lua_State *L, tide_task *t, int ud) {
                       lua_tostring(L, -1), (int)t->parent);
     lua_replace(L, -4);
     lua_pop(L, 2);
-    /* An error re-raised by await: show where it came from, too. */
+    /* An error re-raised by await, or from a to_thread worker (which
+     * sent its traceback along): show where it came from, too. */
     lua_rawgetp(L, LUA_REGISTRYINDEX, &reraised_key);
     if (!lua_isnil(L, e) && lua_rawequal(L, -1, e)) {
       lua_rawgetp(L, LUA_REGISTRYINDEX, &reraised_tb_key);
       lua_pushfstring(L, "%s\nre-raised from the awaited task:\n%s",
                       lua_tostring(L, -3), luaL_optstring(L, -1, "?"));
       lua_replace(L, -4);
+      lua_pop(L, 1);
+    } else if (tide__err_is_kind(L, e, "thread")) {
+      if (lua_getfield(L, e, "traceback") == LUA_TSTRING) {
+        lua_pushfstring(L, "%s\nre-raised from the to_thread worker:\n%s",
+                        lua_tostring(L, -3), lua_tostring(L, -1));
+        lua_replace(L, -4);
+      }
       lua_pop(L, 1);
     }
     lua_pop(L, 1);

@@ -16,7 +16,7 @@
  *   integers, floats, strings and tables (nested; shared subtables and
  *   cycles preserved; metatables dropped) travel; functions, userdata and
  *   threads are refused with the argument position and the path inside the
- *   table.
+ *   table (of a long one, the first and last keys: "a.b.c ... x.y.z").
  * - Worker states (standard libraries, the caller's package.path/cpath) are
  *   made lazily on the worker thread and kept in a mutex-protected pool of
  *   at most the thread-pool size (UV_THREADPOOL_SIZE, default 4, max 1024).
@@ -26,8 +26,15 @@
  *   outlives lua_close (an application's loop run after tide_runtime_close)
  *   still finds its pool; it then touches no Lua state of the runtime, closes
  *   its worker state and frees itself.
- * - Cancellation resumes the caller at once (a "cancelled" error); the job
- *   is uv_cancel'led if not started, otherwise it runs to its end in the
+ * - The thread pool is shared with fs requests and DNS, so jobs never take
+ *   all of it: per loop at most max(1, pool size - 1) jobs are on the pool
+ *   at once; the others wait in a FIFO lane (one per loop, in the pool
+ *   struct, loop thread only) and are queued as running ones end. Per loop,
+ *   not per process: a job completes on its own loop only, and a nested
+ *   tide.run must not wait on an outer loop that cannot turn meanwhile.
+ * - Cancellation resumes the caller at once (a "cancelled" error); a job
+ *   waiting in its lane is dropped, never run; one on the pool is
+ *   uv_cancel'led if not started, otherwise it runs to its end in the
  *   background and its results are dropped (threads cannot be killed). A
  *   job still running keeps its loop alive: the end of a tide.run (and of
  *   the `tide` command) waits for it, as asyncio.run waits for its executor.
@@ -40,6 +47,7 @@
  * - stats() reports the pool (states alive, idle, cap), for tests.
  */
 #define _GNU_SOURCE /* gettid */
+#include <assert.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -54,6 +62,7 @@
 #include "internal.h"
 
 #define MAX_DEPTH 100        /* table nesting copied, both ways */
+#define PATH_KEEP 3          /* a refusal's path: first and last keys shown */
 #define BOX_MT    "tide.thread.job"
 #define POOL_MT   "tide.thread.pool"
 #define TB_KEY    "tide.thread.traceback" /* worker registry: last traceback */
@@ -75,6 +84,7 @@ typedef struct enc {
   int seen;          /* stack index: table -> its id */
   lua_Integer ntab;  /* tables numbered so far */
   const char *why;   /* what could not be sent */
+  int pathlen;       /* keys in the path to it */
 } enc;
 
 static int put(enc *e, char tag, const void *payload, size_t len) {
@@ -113,6 +123,25 @@ static void push_key(lua_State *L, int k) {
 
 static int enc_value(enc *e, int idx, int depth);
 
+/* [-1, +1, m] Prepends key k, at position pos of a path of e->pathlen
+ * keys, to the path on top; of a long path only the first and the last
+ * PATH_KEEP keys are kept, with " ... " for those between. */
+static void prepend_key(enc *e, int k, int pos) {
+  lua_State *L = e->L;
+  int tail = e->pathlen - PATH_KEEP; /* from here on, kept */
+  if (pos >= PATH_KEEP && pos < tail) {
+    if (pos == tail - 1) { /* the last one left out */
+      const char *rest = lua_tostring(L, -1);
+      lua_pushfstring(L, " ... %s", *rest == '.' ? rest + 1 : rest);
+      lua_replace(L, -2);
+    }
+    return;
+  }
+  push_key(L, k);
+  lua_insert(L, -2);
+  lua_concat(L, 2);
+}
+
 /* Encodes the table at idx. On failure the path below it is on top. */
 static int enc_table(enc *e, int idx, int depth) {
   lua_State *L = e->L;
@@ -126,6 +155,7 @@ static int enc_table(enc *e, int idx, int depth) {
   lua_pop(L, 1);
   if (depth >= MAX_DEPTH) {
     e->why = "table nested too deeply";
+    e->pathlen = depth;
     lua_pushliteral(L, "");
     return -1;
   }
@@ -141,13 +171,12 @@ static int enc_table(enc *e, int idx, int depth) {
     if (enc_value(e, k, depth + 1) < 0) { /* the key itself */
       lua_pop(L, 1);
       e->why = lua_pushfstring(L, "%s key", e->why); /* stays anchored */
+      e->pathlen = depth;
       lua_pushliteral(L, "");
       return -1;
     }
     if (enc_value(e, k + 1, depth + 1) < 0) {
-      push_key(L, k);
-      lua_insert(L, -2);
-      lua_concat(L, 2);
+      prepend_key(e, k, depth);
       return -1;
     }
     lua_pop(L, 1);
@@ -184,6 +213,7 @@ static int enc_value(enc *e, int idx, int depth) {
       return enc_table(e, lua_absindex(L, idx), depth);
     default: /* function, userdata, thread */
       e->why = lua_typename(L, lua_type(L, idx));
+      e->pathlen = depth;
       lua_pushliteral(L, "");
       return -1;
   }
@@ -291,12 +321,26 @@ static int dec_list(lua_State *L, const buf *b) {
 
 /* ---- the pool of worker states ---------------------------------------- */
 
+typedef struct job job;
+
+/* The jobs of one loop (loop thread only): running on the pool (queued
+ * there or in the work callback, until the after-work callback), at most
+ * pool->maxrun; the others wait in FIFO order. Freed once empty. */
+typedef struct lane {
+  struct lane *next;
+  uv_loop_t *loop;
+  int running;
+  job *first, *last; /* waiting, linked through job->next */
+} lane;
+
 typedef struct pool {
   uv_mutex_t mu;         /* guards idle, nidle, nstates, closed */
   lua_State **idle;      /* states waiting for a job, at most cap */
   int nidle, nstates, cap;
+  int maxrun;            /* jobs of one loop on the thread pool at once */
   int closed;            /* the runtime's state is gone */
-  int refs;              /* the registry userdata + jobs in flight (loop thread) */
+  int refs;              /* the registry userdata + jobs (loop thread) */
+  lane *lanes;           /* loop thread only */
   lua_State *L;          /* the runtime's main state, while not closed */
   struct { void *p; size_t len; } maps[16]; /* unmapped big blocks kept */
   int nmaps;             /* (guarded by mu) */
@@ -307,6 +351,7 @@ static void unmap(void *p, size_t len);
 
 static void pool_unref(pool *pl) {
   if (--pl->refs == 0) {
+    assert(pl->lanes == NULL); /* every job holds a reference */
     while (pl->nmaps > 0) {
       pl->nmaps--;
       unmap(pl->maps[pl->nmaps].p, pl->maps[pl->nmaps].len);
@@ -510,6 +555,7 @@ static pool *get_pool(lua_State *L) {
   if (pl == NULL)
     luaL_error(L, "not enough memory");
   pl->cap = threadpool_size();
+  pl->maxrun = pl->cap > 1 ? pl->cap - 1 : 1; /* one left for fs and DNS */
   pl->idle = calloc((size_t)pl->cap, sizeof(*pl->idle));
   if (pl->idle == NULL || uv_mutex_init(&pl->mu) != 0) {
     free(pl->idle);
@@ -525,16 +571,19 @@ static pool *get_pool(lua_State *L) {
 
 /* ---- jobs --------------------------------------------------------------- */
 
-typedef struct job {
+struct job {
   uv_work_t req;
   pool *pl;          /* set once queued */
+  lane *ln;          /* its loop's lane */
+  job *prev, *next;  /* while waiting in the lane */
+  int waiting;       /* in the lane, not yet on the thread pool */
   tide_pending *p;   /* NULL once cancelled (or never suspended) */
   tide_task *t;      /* the caller, counted in t->s->io_pending while p */
   int task_ref;      /* keeps t alive until after_work */
   buf in;            /* package.path, package.cpath, upvalue kinds, code, args */
   buf out;           /* true, results... | false, message, traceback, value */
   const char *fatal; /* the worker could not even report (no state) */
-} job;
+};
 
 static void job_free(job *j) {
   free(j->in.p);
@@ -713,6 +762,88 @@ static void on_uv_work(uv_work_t *req) {
     set_nice(before);
 }
 
+/* ---- lanes: at most maxrun jobs of a loop on the thread pool ------------ */
+
+static void on_uv_after_work(uv_work_t *req, int status);
+
+/* The lane of loop, made on first use; NULL when out of memory. */
+static lane *get_lane(pool *pl, uv_loop_t *loop) {
+  lane *ln;
+  for (ln = pl->lanes; ln; ln = ln->next)
+    if (ln->loop == loop)
+      return ln;
+  ln = calloc(1, sizeof(*ln));
+  if (ln) {
+    ln->loop = loop;
+    ln->next = pl->lanes;
+    pl->lanes = ln;
+  }
+  return ln;
+}
+
+/* Frees ln once no job of it runs or waits. */
+static void lane_release(pool *pl, lane *ln) {
+  lane **pp;
+  if (ln->running > 0 || ln->first)
+    return;
+  for (pp = &pl->lanes; *pp != ln; pp = &(*pp)->next)
+    ;
+  *pp = ln->next;
+  free(ln);
+}
+
+/* Puts j on the thread pool (uv_queue_work fails only without a work
+ * callback). */
+static void submit(job *j) {
+  int rc = uv_queue_work(j->ln->loop, &j->req, on_uv_work, on_uv_after_work);
+  assert(rc == 0);
+  (void)rc;
+  j->waiting = 0;
+  j->ln->running++;
+}
+
+/* Puts j on the thread pool if its lane has room, else at the lane's end. */
+static void lane_add(job *j) {
+  lane *ln = j->ln;
+  if (ln->running < j->pl->maxrun) {
+    submit(j);
+    return;
+  }
+  j->waiting = 1;
+  j->next = NULL;
+  j->prev = ln->last;
+  if (ln->last)
+    ln->last->next = j;
+  else
+    ln->first = j;
+  ln->last = j;
+}
+
+static void lane_remove(job *j) {
+  lane *ln = j->ln;
+  if (j->prev)
+    j->prev->next = j->next;
+  else
+    ln->first = j->next;
+  if (j->next)
+    j->next->prev = j->prev;
+  else
+    ln->last = j->prev;
+  j->prev = j->next = NULL;
+  j->waiting = 0;
+}
+
+/* A job of ln left the thread pool: the first waiting one takes its place. */
+static void lane_next(pool *pl, lane *ln) {
+  ln->running--;
+  if (ln->first) {
+    job *j = ln->first;
+    lane_remove(j);
+    submit(j);
+  }
+  lane_release(pl, ln);
+}
+
 /* Loop thread, protected on the main state: pushes the results, or the
  * tide error (upvalue-less; returns it with a false first). */
 static int deliver(lua_State *L) {
@@ -742,6 +873,7 @@ static void on_uv_after_work(uv_work_t *req, int status) {
   job *j = req->data;
   pool *pl = j->pl;
   lua_State *L = pl->L;
+  lane_next(pl, j->ln);
   /* Once the runtime's state is closed (pl->closed) nothing of it is
    * touched. A task abandoned by its run (TS_DONE, never resumed, so
    * on_cancel never ran) has a sched that may be gone: left alone too. */
@@ -771,12 +903,21 @@ static void on_uv_after_work(uv_work_t *req, int status) {
   pool_unref(pl);
 }
 
-/* The task was cancelled: the caller resumes now; the job ends alone. */
+/* The task was cancelled: the caller resumes now. A job still waiting in
+ * its lane goes at once; one on the pool ends alone. */
 static void on_cancel(tide_pending *p, void *data) {
   job *j = data;
-  (void)p;
+  pool *pl = j->pl;
   j->p = NULL;
   j->t->s->io_pending--;
+  if (j->waiting) {
+    lane_remove(j);
+    luaL_unref(tide_pending_L(p), LUA_REGISTRYINDEX, j->task_ref);
+    lane_release(pl, j->ln);
+    job_free(j);
+    pool_unref(pl);
+    return;
+  }
   uv_cancel((uv_req_t *)&j->req);
 }
 
@@ -870,15 +1011,15 @@ static int l_to_thread(lua_State *L) {
   j->task_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   j->req.data = j;
   j->pl = pl;
-  if ((i = uv_queue_work(t->s->loop, &j->req, on_uv_work, on_uv_after_work))
-      != 0) {
+  j->ln = get_lane(pl, t->s->loop);
+  if (j->ln == NULL) {
     luaL_unref(L, LUA_REGISTRYINDEX, j->task_ref);
-    return luaL_error(L, "to_thread: cannot queue the job: %s",
-                      uv_strerror(i));
+    return luaL_error(L, "not enough memory");
   }
-  pl->refs++;
-  *box = NULL; /* the job is libuv's now; on_uv_after_work frees it */
   j->t = t;
+  lane_add(j);
+  pl->refs++;
+  *box = NULL; /* on_uv_after_work (or on_cancel, if waiting) frees it */
   t->s->io_pending++; /* a virtual clock waits for it */
   return tide_suspend(L, on_cancel, j, &j->p);
 }

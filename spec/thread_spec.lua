@@ -2,6 +2,7 @@
 -- Lua states while the calling task is suspended. Run inside the tide host.
 local tide = require "tide"
 local thread = require "tide.thread"
+local fs_read = require("tide.fs").read_file
 
 -- The error a call raises (fails if it returns).
 local function raised(fn, ...)
@@ -123,10 +124,18 @@ describe("tide.to_thread", function()
         raised(tide.to_thread, id, { ["a b"] = { [1.5] = coroutine.running() } }), 1, true)
     end)
 
-    it("refuses tables nested deeper than 100 levels", function()
+    it("refuses tables nested deeper than 100 levels, naming a shortened path", function()
       local deep = {}
       for _ = 1, 150 do deep = { deep } end
-      assert.matches("cannot send a table nested too deeply",
+      assert.matches("cannot send a table nested too deeply at [1][1][1] ... [1][1][1])",
+        raised(tide.to_thread, function(...) return ... end, deep), 1, true)
+      deep = {}
+      for _ = 1, 150 do deep = { x = deep } end
+      assert.matches("#3 to 'to_thread' (cannot send a table nested too deeply at x.x.x ... x.x.x)",
+        raised(tide.to_thread, function(...) return ... end, 1, deep), 1, true)
+      deep = { f = print } -- 7 keys down: one left out
+      for i = 1, 6 do deep = { ["k" .. i] = deep } end
+      assert.matches("(cannot send a function at k6.k5.k4 ... k2.k1.f)",
         raised(tide.to_thread, function(...) return ... end, deep), 1, true)
     end)
 
@@ -165,6 +174,29 @@ describe("tide.to_thread", function()
       assert.same({ code = 42, message = "bad input" }, e.value)
       e = raised(tide.to_thread, function() error(setmetatable({}, { __index = function() end })) end)
       assert.equals("(error object is a table value)", e.message)
+    end)
+
+    it("uncaught at the top level, report the worker's traceback too", function()
+      local S = require "spec.support"
+      local script = S.tmpfile([[
+        local tide = require "tide"
+        local function work(n)
+          local function check(k) if k > 2 then error("too big: " .. k) end end
+          check(n)
+        end
+        tide.to_thread(work, 5)
+      ]])
+      finally(function() os.remove(script) end)
+      local out, err, rc = S.sh(S.tide_bin() .. " " .. script)
+      assert.equals(1, rc)
+      assert.equals("", out)
+      local main, worker = err:match("^(.*)\nre%-raised from the to_thread worker:\n(.*)$")
+      assert.is_truthy(main, err)
+      assert.matches("too big: 5\nstack traceback:", main)
+      assert.matches(":6: in main chunk", main, 1, true)
+      assert.matches("too big: 5\nstack traceback:", worker)
+      assert.matches(":3: in local 'check'", worker, 1, true)
+      assert.matches(":4: in function <", worker, 1, true)
     end)
 
     it("leave the worker usable", function()
@@ -227,6 +259,7 @@ describe("tide.to_thread", function()
     end)
 
     it("runs jobs in parallel", function()
+      if thread.stats().cap < 3 then return end -- one job at a time (see below)
       local t0 = tide.time()
       local r = tide.gather(function() return tide.to_thread(block, 0.3) end,
         function() return tide.to_thread(block, 0.3) end)
@@ -270,6 +303,59 @@ describe("tide.to_thread", function()
       assert.is_not_nil(f, "the cancelled job did not finish")
       f:close()
       os.remove(mark)
+    end)
+
+    -- Jobs that wait, on their worker thread, until release() is called.
+    local function gate()
+      local path = os.tmpname()
+      os.remove(path)
+      local function wait(p, r)
+        while not io.open(p) do os.execute("sleep 0.02") end
+        return r
+      end
+      return function(r) return tide.to_thread(wait, path, r) end,
+        function() io.open(path, "w"):close() end,
+        function() os.remove(path) end
+    end
+
+    it("leaves a pool thread to fs and DNS while jobs fill the pool", function()
+      local n = thread.stats().cap -- as many jobs as pool threads
+      if n < 2 then return end -- a pool of one thread cannot spare one
+      local job, release, clean = gate()
+      local ts = {}
+      for i = 1, n do ts[i] = tide.spawn(job, i) end
+      tide.sleep(0.1) -- the jobs are running (or waiting their turn)
+      local ok, data = pcall(tide.wait_for, fs_read, 2, "/proc/self/stat")
+      release()
+      local r = tide.gather(ts)
+      clean()
+      assert(ok, "an fs call waited for the jobs: " .. tostring(data))
+      assert.matches("^%d+ ", data)
+      local want = {}
+      for i = 1, n do want[i] = i end
+      assert.same(want, { table.unpack(r, 1, n) })
+    end)
+
+    it("never runs a job cancelled while it waits for its turn", function()
+      local job, release, clean = gate()
+      local st = thread.stats()
+      local mark = os.tmpname()
+      os.remove(mark)
+      local ts = {}
+      for i = 1, math.max(1, st.cap - 1) do ts[i] = tide.spawn(job, i) end
+      tide.sleep(0.1)
+      local late = tide.spawn(tide.to_thread, function(p) io.open(p, "w"):close() end, mark)
+      tide.sleep(0.1)
+      late:cancel()
+      release()
+      tide.gather(ts)
+      tide.to_thread(function() end) -- every lane slot has been free since
+      tide.sleep(0.1)
+      clean()
+      local f = io.open(mark)
+      if f then f:close() os.remove(mark) end
+      assert.is_nil(f, "the cancelled job ran")
+      assert.is_true(late:cancelled())
     end)
 
     it("reuses worker states, at most the thread pool's size", function()

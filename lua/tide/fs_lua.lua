@@ -1,8 +1,9 @@
 -- tide/fs_lua.lua: the Lua half of "tide.fs". host/fs.c loads this chunk
 -- with its primitives (one libuv request each) and returns what it builds:
 -- the calls made of several requests, read_file, write_file (atomic: a temp
--- file in the same directory, written, synced, renamed over the target;
--- removed again on any failure), append_file, mkdir with parents,
+-- file next to the target (a symbolic link's target), written, given the
+-- old file's mode, synced, renamed over the target; removed again on any
+-- failure; errors name the caller's path), append_file, mkdir with parents,
 -- recursive remove and list_dir. Not a module of its own.
 local C = ...
 if type(C) ~= "table" then
@@ -54,7 +55,7 @@ end
 function fs.read_file(path)
   check_string("read_file", 1, path)
   local f <close> = C.open(path, "r")
-  local data = f:read()
+  local data = f:read() or "" -- nil at the end: an empty file
   f:close()
   return data
 end
@@ -85,17 +86,38 @@ local function open_temp(path, perm)
   error(err, 0)
 end
 
+-- An error about the temp file of an atomic write of path (e.path is the
+-- temp), told about path instead: the caller never saw the temp's name.
+local function retarget(e, real, path)
+  if type(e) == "table" and e.kind == "fs" and type(e.path) == "string" then
+    local m, tmp = e.message, e.path
+    local i, j = m:find(tmp .. " -> " .. real, 1, true) -- the rename
+    if not i then i, j = m:find(tmp, 1, true) end
+    if i then e.message = m:sub(1, i - 1) .. path .. m:sub(j + 1) end
+    e.path = path
+  end
+  return e
+end
+
+-- Through a symbolic link the link's target is replaced (the temp file goes
+-- next to it), and an existing file keeps its permission bits unless perm
+-- is given.
 local function write_atomic(path, data, perm)
-  local f <close>, tmp = open_temp(path, perm)
+  local real = try(C.realpath, path) or path -- nil: no such file yet
+  local old = not perm and try(C.stat, real)
+  local tmp
   local ok, e = pcall(function()
+    local f <close>, t = open_temp(real, perm)
+    tmp = t
     f:write(data)
+    if old then C.fchmod(f, old.mode) end
     f:sync()
     f:close()
-    C.rename(tmp, path)
+    C.rename(tmp, real)
   end)
   if not ok then
-    pcall(C.unlink, tmp)
-    error(e, 0)
+    if tmp then pcall(C.unlink, tmp) end
+    error(retarget(e, real, path), 0)
   end
 end
 

@@ -3,9 +3,9 @@
 -- sleeps 1 ms at a time and records how late it woke (the loop's responsiveness).
 -- Run: build/tide scripts/bench/to_thread.lua [J=4] [N=4000000]   (REPEAT=3 runs each)
 -- Prints RESULT with the threaded time in seconds=, the serial time, the speedup
--- (bounded by the core count and UV_THREADPOOL_SIZE) and the ticker's worst and
--- 99th-percentile delay, next to its worst delay with nothing else running (the
--- machine's noise floor).
+-- (bounded by the core count and by UV_THREADPOOL_SIZE - 1, the jobs tide runs
+-- at once) and the ticker's worst and 99th-percentile delay, next to its worst
+-- delay with nothing else running (the machine's noise floor).
 local tide = require "tide"
 local J = math.tointeger(tonumber(arg[1] or 4))
 local N = math.tointeger(tonumber(arg[2] or 4000000))
