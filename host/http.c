@@ -12,7 +12,8 @@
  * tasks are woken after curl_multi_socket_action returns, never from
  * inside curl. A task waiting on a transfer parks; if it is cancelled, its
  * continuation takes the easy handle out of the multi at once (no callback
- * fires afterwards) and re-raises the cancellation.
+ * fires afterwards) and re-raises the cancellation; a cancelled read of a
+ * streamed body only stops waiting (the stream stays usable).
  *
  * Streamed responses pause the transfer (CURL_WRITEFUNC_PAUSE) while more
  * than HIGH_WATER bytes wait for the reader; request bodies produced by Lua
@@ -851,11 +852,18 @@ static int wait_for(lua_State *L, xfer *x, int want, lua_KFunction k) {
   return tide__park(L, t, 1, k);
 }
 
-/* After a park: a cancelled task aborts the transfer and re-raises. */
-static void resumed(lua_State *L, xfer *x) {
+/* After a park: a cancelled task re-raises; with abort set, it first takes
+ * the transfer out of curl (a request nobody will wait for). A cancelled
+ * read of a streamed body does not abort: the bytes stay buffered for the
+ * next read, as a cancelled read does in asyncio. */
+static void resumed(lua_State *L, xfer *x, int abort) {
   x->waiter = NULL;
   if (!lua_toboolean(L, 2)) {
-    xfer_release(x);
+    if (abort) {
+      x->flags |= XF_DONE | XF_ABORTED;
+      x->result = CURLE_ABORTED_BY_CALLBACK;
+      xfer_release(x);
+    }
     lua_pushvalue(L, 3);
     lua_error(L);
   }
@@ -868,7 +876,7 @@ static int event_k(lua_State *L, int status, lua_KContext ctx) {
   xfer *x = lua_touserdata(L, 1);
   (void)status;
   if (ctx)
-    resumed(L, x);
+    resumed(L, x, 1);
   if (x->flags & XF_DONE) {
     if (x->result != CURLE_OK || (x->flags & (XF_CLOSED | XF_ABORTED)))
       return raise_failure(L, x);
@@ -1095,7 +1103,7 @@ static int read_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   if (ctx) {
     n = (lua_Integer)(ctx >> 1);
-    resumed(L, x);
+    resumed(L, x, 0);
   } else {
     n = luaL_optinteger(L, 2, 0);
     lua_settop(L, 1);

@@ -413,6 +413,14 @@ describe("tide.http", function()
       assert.equals("closed", errkind(res.read, res))
     end)
 
+    it("keeps the stream usable after a cancelled read, losing no bytes", function()
+      local res <close> = http.get(url("/stream-bytes/3000?chunk=1000&delay=0.3"), { stream = true })
+      local first = res:read()
+      assert.equals("timeout", (errkind(tide.wait_for, function() return res:read() end, 0.05)))
+      local rest = S.await(function() return res:read_all() end)
+      assert.equals(servers.pattern(3000), first .. rest)
+    end)
+
     it("counts an upload still moving as activity for idle_timeout", function()
       local n = 0
       local res <close> = http.post(url("/anything"), { stream = true, idle_timeout = 0.5, body = function()
