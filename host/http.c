@@ -823,12 +823,17 @@ static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
     curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
     curl_easy_setopt(e, CURLOPT_READDATA, x);
   }
-  if (method && strcmp(method, "HEAD") == 0)
+  /* POST is curl's own (the body makes it one), so that curl turns it into
+   * a GET on a 301, 302 or 303; a custom method would be kept across
+   * redirects (http.lua follows those itself). */
+  if (method == NULL || strcmp(method, "GET") == 0) {
+    if (has_body)
+      curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "GET");
+  } else if (strcmp(method, "HEAD") == 0) {
     curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
-  else if (method && strcmp(method, "GET") != 0)
+  } else if (strcmp(method, "POST") != 0) {
     curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
-  else if (has_body)
-    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "GET");
+  }
   /* headers: "Name: value" strings; "Expect:" stops curl's 1 s wait */
   x->hlist = curl_slist_append(NULL, "Expect:");
   lua_getfield(L, spec, "headers");
@@ -1030,9 +1035,34 @@ static void set_headers(lua_State *L, xfer *x, int res) {
   lua_setfield(L, res, "header_block");
 }
 
+/* Sets res._redirect_url: where the Location of the 3xx response res
+ * points, made absolute against the URL asked (curl's CURLINFO_REDIRECT_URL
+ * is known only once the transfer is done, too late for a stream). */
+static void set_redirect_url(lua_State *L, xfer *x, int res) {
+  char *base = NULL, *out = NULL;
+  const char *loc;
+  CURLU *u;
+  lua_getfield(L, res, "headers");
+  lua_getfield(L, -1, "location");
+  loc = lua_tostring(L, -1);
+  curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &base);
+  if (loc && *loc && base && (u = curl_url()) != NULL) {
+    if (curl_url_set(u, CURLUPART_URL, base, 0) == CURLUE_OK &&
+        curl_url_set(u, CURLUPART_URL, loc, CURLU_NON_SUPPORT_SCHEME |
+                                            CURLU_URLENCODE) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_URL, &out, 0) == CURLUE_OK) {
+      lua_pushstring(L, out);
+      lua_setfield(L, res, "_redirect_url");
+      curl_free(out);
+    }
+    curl_url_cleanup(u);
+  }
+  lua_pop(L, 2);
+}
+
 /* x:response() -> {status, reason, headers (map), header_block, body,
- * url, http_version, redirects, _timings}; the body only when not
- * streamed. */
+ * url, method, http_version, redirects, _timings, _redirect_url}; the body
+ * only when not streamed. */
 static int x_response(lua_State *L) {
   xfer *x = check_xfer(L);
   char *url = NULL;
@@ -1048,12 +1078,18 @@ static int x_response(lua_State *L) {
   curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &url);
   lua_pushstring(L, url);
   lua_setfield(L, res, "url");
+  url = NULL; /* the last request's method (GET after a 303) */
+  curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_METHOD, &url);
+  lua_pushstring(L, url ? url : x->method);
+  lua_setfield(L, res, "method");
   curl_easy_getinfo(x->easy, CURLINFO_HTTP_VERSION, &v);
   lua_pushstring(L, version_name(v));
   lua_setfield(L, res, "http_version");
   curl_easy_getinfo(x->easy, CURLINFO_REDIRECT_COUNT, &redirects);
   lua_pushinteger(L, redirects);
   lua_setfield(L, res, "redirects");
+  if (x->status >= 300 && x->status < 400)
+    set_redirect_url(L, x, res);
   { /* an array in TIMINGS order; http.lua names it on first use */
     static const CURLINFO what[] = {
       CURLINFO_NAMELOOKUP_TIME_T, CURLINFO_CONNECT_TIME_T,

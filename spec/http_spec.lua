@@ -202,6 +202,62 @@ describe("tide.http", function()
       assert.equals("too_many_redirects", kind)
       assert.truthy(e.message:find("/loop", 1, true))
     end)
+
+    -- RFC 9110 15.4, as aiohttp and browsers: 303 makes a GET without the
+    -- body (any method but HEAD), 301 and 302 do so for POST only, 307 and
+    -- 308 keep the method and the body.
+    local function expected(method, code)
+      if code == 303 or (method == "POST" and code <= 302) then return "GET", "" end
+      return method, "DATA"
+    end
+
+    it("switches to GET as RFC 9110 says, and keeps method and body on 307 and 308", function()
+      for _, method in ipairs({ "POST", "PUT", "PATCH", "DELETE" }) do
+        for _, code in ipairs({ 301, 302, 303, 307, 308 }) do
+          local res = http.request(method, url("/redirect-to?url=/anything&status=" .. code), { body = "DATA" })
+          local e, want, body = echo(res), expected(method, code)
+          assert.equals(want, e.method, method .. " " .. code)
+          assert.equals(body, e.body, method .. " " .. code)
+          assert.equals(want, res.method)
+          assert.equals(1, res.redirects)
+          assert.equals(url("/anything"), res.url)
+        end
+      end
+    end)
+
+    it("does the same with tide's own server, and keeps credentials to the same origin only", function()
+      local server <close> = http.serve("127.0.0.1", 0, function(req)
+        if req.path == "/to" then
+          return { status = tonumber(req.query.status), headers = { Location = req.query.url } }
+        end
+        return req.method .. " " .. req.body .. " " .. tostring(req.headers.authorization)
+      end)
+      for _, method in ipairs({ "POST", "PUT" }) do
+        for _, code in ipairs({ 301, 302, 303, 307, 308 }) do
+          local res = http.request(method, server:url("/to?url=/echo&status=" .. code),
+            { body = "DATA", headers = { Authorization = "Bearer x" } })
+          local want, body = expected(method, code)
+          assert.equals(("%s %s Bearer x"):format(want, body), res.body, method .. " " .. code)
+        end
+      end
+      local res = http.put(url("/redirect-to?status=307&url=" .. http.urlencode({ u = server:url("/echo") }):sub(3)),
+        { body = "DATA", headers = { Authorization = "Bearer x" } })
+      assert.equals("PUT DATA nil", res.body)
+    end)
+
+    it("counts redirects it follows for other methods against max_redirects", function()
+      local res = http.put(url("/redirect-to?url=/anything&status=303"), { max_redirects = 0 })
+      assert.equals(303, res.status)
+      assert.equals(0, res.redirects)
+      local kind, e = errkind(http.delete, url("/loop"), { max_redirects = 3 })
+      assert.equals("too_many_redirects", kind)
+      assert.truthy(e.message:find("DELETE " .. url("/loop"), 1, true), e.message)
+      res = http.put(url("/redirect/3"), { body = "DATA", stream = true })
+      assert.equals(3, res.redirects)
+      assert.equals(url("/get"), res.url)
+      assert.equals(200, res.status)
+      res:close()
+    end)
   end)
 
   describe("errors", function()
