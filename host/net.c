@@ -640,20 +640,39 @@ static void on_uv_server_closed(uv_handle_t *h) {
   free(h->data);
 }
 
+static int conn_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  return lua_gettop(L) - 2; /* the handler's results; the stream closes */
+}
+
+/* A connection's task: handler(stream). The stream is a to-be-closed slot,
+ * so it closes however the handler ends (returns, raises, is cancelled)
+ * and the peer is not left waiting for the collector. Stack: [handler,
+ * stream]. */
+static int conn_task(lua_State *L) {
+  lua_toclose(L, 2);
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 2);
+  lua_callk(L, 1, LUA_MULTRET, 0, conn_k);
+  return conn_k(L, LUA_OK, 0);
+}
+
 static void on_uv_connection(uv_stream_t *h, int status) {
   server *sv = h->data;
   lua_State *L = sv->sched->L;
   stream *s;
   if (status < 0 || sv->closed)
     return;
+  lua_pushcfunction(L, conn_task);
   lua_rawgeti(L, LUA_REGISTRYINDEX, sv->handler_ref);
   s = new_stream(L, sv->rt, h->loop, 0);
   if (uv_accept(h, &s->h.stream) < 0) {
-    lua_pop(L, 2);
+    lua_pop(L, 3);
     return;
   }
-  tide__spawn(L, sv->sched, lua_gettop(L) - 1, 1); /* handler(stream) */
-  lua_pop(L, 3);
+  tide__spawn(L, sv->sched, lua_gettop(L) - 2, 2); /* handler(stream) */
+  lua_pop(L, 4);
 }
 
 static server *check_server(lua_State *L, int idx) {
@@ -693,7 +712,7 @@ void tide__net_close(uv_handle_t *h) {
 
 /* net.serve(host, port, handler [, {backlog =}]) -> server; port 0 picks
  * a free one (server:port()). Each connection runs handler(stream) in a
- * task of its own. */
+ * task of its own; the stream closes when the handler ends. */
 static int l_serve(lua_State *L) {
   tide_runtime *rt = tide__rt(L);
   const char *host = luaL_checkstring(L, 1);

@@ -41,6 +41,33 @@ describe("tide.net", function()
       tide.sleep(0.01) -- b's handler sees the end and finishes
     end)
 
+    it("closes the connection when the handler returns, raises or is cancelled", function()
+      local started = tide.Event()
+      local srv, port = server(function(s)
+        local line = s:read_line()
+        if line == "raise" then error("handler failed on purpose") end
+        if line == "wait" then started:set(); tide.sleep(60) end
+        s:write("bye\n") -- and return without closing
+      end)
+      for _, what in ipairs({ "return", "raise", "wait" }) do
+        local c <close> = net.connect("127.0.0.1", port)
+        c:write(what .. "\n")
+        if what == "wait" then
+          S.await(function() started:wait() end)
+          for _, t in ipairs(tide.all_tasks()) do
+            if t ~= tide.current_task() then t:cancel() end
+          end
+        end
+        local got = S.await(function() return c:read(100) end)
+        if what == "return" then
+          assert.equals("bye\n", got)
+          got = S.await(function() return c:read() end)
+        end
+        assert.is_nil(got, what)
+      end
+      srv:close()
+    end)
+
     it("server:port() gives the port picked for 0", function()
       local srv, port = server(function(s) s:close() end)
       assert.is_true(port > 1024 and port < 65536)
