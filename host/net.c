@@ -19,7 +19,8 @@
  *
  * Errors: a clean end of stream is a nil read (or kind "eof" from
  * read_exactly/read_until); a reset is kind "reset"; other socket errors are
- * kind "net"; resolving is kind "dns"; a refused connection is "connect".
+ * kind "net"; resolving is kind "dns"; a refused connection is "connect";
+ * a connect past its deadline is "timeout".
  */
 #define _GNU_SOURCE /* memmem */
 #include <stddef.h>
@@ -519,107 +520,191 @@ void tide__stream_close(lua_State *L, int idx) {
 
 /* ---- connect --------------------------------------------------------- */
 
+/* One net.connect: resolving, then connecting to each address in turn
+ * until one answers. The task waits with its deadline in the sched's timer
+ * heap (as a sleep does); a callback that finds it gone (cancelled, timed
+ * out) frees the request. */
 typedef struct conn_req {
   union {
     uv_getaddrinfo_t gai;
     uv_connect_t connect;
   } u;
-  tide_task *t; /* NULL once the task stopped waiting (cancelled) */
-  stream *s;
-  int status;
-  struct addrinfo *ai;
+  tide_task *t;   /* NULL once the task stopped waiting */
+  tide_sched *sched;
+  uint64_t deadline; /* tide__now() time; 0: none */
+  int status, fired; /* the last callback's result; whether it came */
+  int used;          /* the stream tried an address already */
+  struct addrinfo *ai, *next; /* every address; the next to try */
 } conn_req;
 
-static void on_uv_connect(uv_connect_t *req, int status) {
-  conn_req *c = (conn_req *)req;
-  if (c->t == NULL) { /* abandoned: the stream is closed already */
-    free(c);
+static void conn_free(conn_req *c) {
+  if (c->ai)
+    uv_freeaddrinfo(c->ai);
+  free(c);
+}
+
+/* Both callbacks: record the result and wake the task, or free c if the
+ * task stopped waiting. io_pending counts c while the task waits for it (a
+ * virtual clock does not jump over a connect). */
+static void conn_fired(conn_req *c, int status) {
+  if (c->t == NULL) {
+    conn_free(c);
     return;
   }
+  c->sched->io_pending--;
   c->status = status;
+  c->fired = 1;
   lua_pushboolean(c->t->s->L, 1);
   tide__wake(c->t->s->L, c->t, 1);
+}
+
+static void on_uv_connect(uv_connect_t *req, int status) {
+  conn_fired((conn_req *)req, status);
 }
 
 static void on_uv_resolved(uv_getaddrinfo_t *req, int status,
                            struct addrinfo *ai) {
   conn_req *c = (conn_req *)req;
-  if (c->t == NULL) {
-    uv_freeaddrinfo(ai);
-    free(c);
-    return;
-  }
-  c->status = status;
-  c->ai = ai;
-  lua_pushboolean(c->t->s->L, 1);
-  tide__wake(c->t->s->L, c->t, 1);
+  c->ai = c->next = ai;
+  conn_fired(c, status);
 }
 
-/* Stack: [host, port, opts, req(lightud), stream] */
-static int connect_k(lua_State *L, int status, lua_KContext ctx) {
-  conn_req *c = lua_touserdata(L, 4);
-  (void)status;
-  if (!lua_toboolean(L, 6)) { /* cancelled */
-    if (lua_toboolean(L, 8)) { /* its callback ran already: c is ours */
-      if (c->ai)
-        uv_freeaddrinfo(c->ai);
-      free(c);
-    } else { /* the callback, still to come, frees c */
-      c->t = NULL;
-      if (ctx == 0)
-        uv_cancel((uv_req_t *)&c->u.gai);
+static int connect_k(lua_State *L, int status, lua_KContext ctx);
+
+/* Parks the task until c's callback or its deadline. */
+static int conn_wait(lua_State *L, conn_req *c, lua_KContext ctx) {
+  c->sched->io_pending++;
+  c->fired = 0;
+  if (c->deadline)
+    tide__heap_push(c->sched, &c->t->tn, c->deadline);
+  return tide__park(L, c->t, ctx, connect_k);
+}
+
+/* Connects the stream at 5 to the next address that takes the attempt;
+ * a stream that tried one already is replaced by a fresh one. Raises the
+ * last error when none is left. Stack: [host, port, timeout, c, stream]. */
+static int conn_next(lua_State *L, conn_req *c) {
+  while (c->next) {
+    struct addrinfo *a = c->next;
+    stream *s = ((stream_box *)lua_touserdata(L, 5))->s;
+    int rc;
+    c->next = a->ai_next;
+    if (c->used) {
+      stream_close(s);
+      s = new_stream(L, tide__rt(L), c->sched->loop, 0);
+      lua_replace(L, 5);
     }
-    stream_close(((stream_box *)lua_touserdata(L, 5))->s);
-    lua_pushvalue(L, 7);
-    return lua_error(L);
+    c->used = 1;
+    rc = uv_tcp_connect(&c->u.connect, &s->h.tcp, a->ai_addr, on_uv_connect);
+    if (rc == 0)
+      return conn_wait(L, c, 1);
+    c->status = rc;
   }
-  lua_settop(L, 5);
-  if (ctx == 0) { /* resolved */
-    int rc = c->status;
-    if (rc < 0) {
-      free(c);
-      stream_close(lua_touserdata(L, 5) ? ((stream_box *)lua_touserdata(L, 5))->s : NULL);
-      return raise_uv(L, rc, lua_pushfstring(L, "resolving %s", lua_tostring(L, 1)));
-    }
-    rc = uv_tcp_connect(&c->u.connect, &c->s->h.tcp, c->ai->ai_addr, on_uv_connect);
-    uv_freeaddrinfo(c->ai);
-    c->ai = NULL;
-    if (rc < 0) {
-      free(c);
-      stream_close(((stream_box *)lua_touserdata(L, 5))->s);
-      return raise_uv(L, rc, "connect");
-    }
-    return tide__park(L, c->t, 1, connect_k);
-  }
-  if (c->status < 0) {
-    int rc = c->status;
-    free(c);
+  {
+    int rc = c->status < 0 ? c->status : UV_EADDRNOTAVAIL;
+    conn_free(c);
     stream_close(((stream_box *)lua_touserdata(L, 5))->s);
     return raise_uv(L, rc, lua_pushfstring(L, "connecting to %s:%s",
                                            lua_tostring(L, 1), lua_tostring(L, 2)));
   }
-  free(c);
-  return 1; /* the stream */
 }
 
-/* net.connect(host, port) -> stream */
+/* Stack: [host, port, timeout (s), c (light userdata), stream, resume
+ * values]; ctx is 0 while resolving, 1 while connecting. */
+static int connect_k(lua_State *L, int status, lua_KContext ctx) {
+  conn_req *c = lua_touserdata(L, 4);
+  int cancelled = !lua_toboolean(L, 6);
+  (void)status;
+  if (cancelled || !c->fired) { /* cancelled, or the deadline came first */
+    stream *s = ((stream_box *)lua_touserdata(L, 5))->s;
+    tide__heap_remove(c->sched, &c->t->tn);
+    if (c->fired) {
+      conn_free(c);
+    } else { /* the callback, still to come, frees c */
+      c->sched->io_pending--;
+      c->t = NULL;
+      if (ctx == 0)
+        uv_cancel((uv_req_t *)&c->u.gai);
+    }
+    stream_close(s); /* cancels a connect in progress */
+    if (cancelled) {
+      lua_pushvalue(L, 7);
+      return lua_error(L);
+    }
+    return tide__err_raise(L, "timeout", "connecting to %s:%s: timed out "
+                           "after %f s", lua_tostring(L, 1),
+                           lua_tostring(L, 2), lua_tonumber(L, 3));
+  }
+  lua_settop(L, 5);
+  if (c->status == 0 && ctx == 1) { /* connected */
+    conn_free(c);
+    return 1;
+  }
+  if (c->status < 0 && ctx == 0) {
+    int rc = c->status;
+    conn_free(c);
+    stream_close(((stream_box *)lua_touserdata(L, 5))->s);
+    return raise_uv(L, rc, lua_pushfstring(L, "resolving %s", lua_tostring(L, 1)));
+  }
+  return conn_next(L, c);
+}
+
+/* The connect timeout from opts (index 3), in ns; 0: none. Refuses
+ * anything but a table of known options. */
+static uint64_t connect_opts(lua_State *L) {
+  lua_Number sec = 30; /* as the HTTP client's connect_timeout */
+  if (lua_isnoneornil(L, 3))
+    return (uint64_t)(sec * 1e9);
+  if (!lua_istable(L, 3))
+    luaL_argerror(L, 3, lua_pushfstring(L, "table of options expected, got %s",
+                                        luaL_typename(L, 3)));
+  lua_pushnil(L);
+  while (lua_next(L, 3)) {
+    if (lua_type(L, -2) != LUA_TSTRING ||
+        strcmp(lua_tostring(L, -2), "timeout") != 0)
+      luaL_argerror(L, 3, lua_pushfstring(L, "unknown option '%s'",
+                                          luaL_tolstring(L, -2, NULL)));
+    lua_pop(L, 1);
+  }
+  lua_getfield(L, 3, "timeout");
+  if (lua_toboolean(L, -1) == 0 && !lua_isnil(L, -1))
+    sec = 0; /* false: none */
+  else if (!lua_isnil(L, -1) && (!lua_isnumber(L, -1) ||
+                                 !((sec = lua_tonumber(L, -1)) > 0)))
+    luaL_argerror(L, 3, lua_pushfstring(L, "opts.timeout: a positive number or "
+                                        "false expected, got %s",
+                                        lua_type(L, -1) == LUA_TNUMBER
+                                          ? lua_tostring(L, -1)
+                                          : luaL_typename(L, -1)));
+  lua_pop(L, 1);
+  if (sec > 1e9)
+    sec = 1e9;
+  return (uint64_t)(sec * 1e9);
+}
+
+/* net.connect(host, port [, {timeout = 30}]) -> stream */
 static int l_connect(lua_State *L) {
   tide_runtime *rt = tide__rt(L);
   const char *host = luaL_checkstring(L, 1);
   lua_Integer port = luaL_checkinteger(L, 2);
+  uint64_t timeout = connect_opts(L);
   tide_task *t = tide__current(L);
   conn_req *c;
   struct addrinfo hints;
   char portstr[16];
   int rc;
   luaL_argcheck(L, port > 0 && port < 65536, 2, "port out of range");
-  lua_settop(L, 3);
+  lua_settop(L, 2);
+  lua_pushnumber(L, (lua_Number)timeout / 1e9); /* for the message */
   c = calloc(1, sizeof(*c));
   if (c == NULL)
     return luaL_error(L, "not enough memory");
   lua_pushlightuserdata(L, c);
   c->t = t;
-  c->s = new_stream(L, rt, t->s->loop, 0);
+  c->sched = t->s;
+  if (timeout)
+    c->deadline = tide__now(t->s) + timeout;
+  new_stream(L, rt, t->s->loop, 0);
   memset(&hints, 0, sizeof(hints));
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -631,7 +716,7 @@ static int l_connect(lua_State *L) {
     stream_close(((stream_box *)lua_touserdata(L, 5))->s);
     return raise_uv(L, rc, "resolve");
   }
-  return tide__park(L, t, 0, connect_k);
+  return conn_wait(L, c, 0);
 }
 
 /* ---- servers --------------------------------------------------------- */

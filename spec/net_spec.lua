@@ -83,8 +83,60 @@ describe("tide.net", function()
       assert.equals("dns", (errkind(net.connect, "no-such-host.invalid", 80)))
     end)
 
+    it("gives up connecting after opts.timeout with kind timeout", function()
+      -- a listener whose backlog is full: a connect to it gets no answer
+      local portfile = os.tmpname()
+      local py = io.popen(([[python3 -c '
+import socket, sys
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(0)
+held = []
+for i in range(8):
+    c = socket.socket(); c.setblocking(False)
+    try: c.connect(s.getsockname())
+    except BlockingIOError: pass
+    held.append(c)
+open(sys.argv[1], "w").write(str(s.getsockname()[1]))
+sys.stdin.read()
+' %s]]):format(portfile), "w")
+      local port
+      for _ = 1, 250 do
+        local f = io.open(portfile)
+        port = f and tonumber(f:read("a"))
+        if f then f:close() end
+        if port then break end
+        tide.sleep(0.02)
+      end
+      local t0 = tide.time()
+      local kind, e = errkind(net.connect, "127.0.0.1", port, { timeout = 0.3 })
+      local took = tide.time() - t0
+      py:close()
+      os.remove(portfile)
+      assert.equals("timeout", kind)
+      assert.truthy(e.message:find("connecting to 127.0.0.1:" .. port, 1, true), e.message)
+      assert.is_true(took < 2, "took " .. took .. " s")
+    end)
+
+    it("tries every address of a name until one answers", function()
+      local so, bin = os.getenv("TIDE_SLOWDNS"), os.getenv("TIDE_BIN")
+      if not so or not bin then pending("run through ctest (needs TIDE_SLOWDNS, TIDE_BIN)") return end
+      local script = S.tmpfile([[
+        local net = require "tide.net"
+        local srv = net.serve("127.0.0.1", 0, function(s) s:write("hi") end)
+        local c = net.connect("server.two", srv:port()) -- ::1 (refused), then 127.0.0.1
+        print(c:read())
+      ]])
+      local out = S.sh(("LD_PRELOAD=%s ASAN_OPTIONS=verify_asan_link_order=0 %s %s"):format(so, bin, script))
+      os.remove(script)
+      assert.equals("hi\n", out)
+    end)
+
     it("checks its arguments", function()
       assert.has_error(function() net.connect("127.0.0.1", 70000) end)
+      S.raises_matching("bad argument #3 to 'tide.net.connect' (table of options expected, got number)",
+        net.connect, "127.0.0.1", 1, 42)
+      S.raises_matching("(unknown option 'timout')", net.connect, "127.0.0.1", 1, { timout = 1 })
+      S.raises_matching("(opts.timeout: a positive number or false expected, got string)",
+        net.connect, "127.0.0.1", 1, { timeout = "soon" })
       assert.has_error(function() net.serve("127.0.0.1", 0, "not a function") end)
       assert.has_error(function() net.serve("not an address", 0, print) end)
     end)
