@@ -1152,7 +1152,8 @@ static int read_k(lua_State *L, int status, lua_KContext ctx) {
     if (x->result != CURLE_OK || (x->flags & (XF_CLOSED | XF_ABORTED)))
       return raise_failure(L, x);
     xfer_release(x);
-    return 0; /* the end */
+    lua_pushnil(L); /* the end */
+    return 1;
   }
   if (x->waiter && x->waiter != tide__current(L))
     return luaL_error(L, "another task is reading this response");

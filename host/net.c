@@ -232,8 +232,10 @@ static int read_k(lua_State *L, int status, lua_KContext ctx) {
   }
   if (s->err)
     return raise_uv(L, s->err, "read");
-  if (s->eof)
-    return 0;
+  if (s->eof) {
+    lua_pushnil(L); /* the end */
+    return 1;
+  }
   return wait_readable(L, s, 1, read_k);
 }
 
@@ -326,8 +328,10 @@ static int line_k(lua_State *L, int status, lua_KContext ctx) {
   }
   if (s->err)
     return raise_uv(L, s->err, "read");
-  if (s->eof)
-    return 0;
+  if (s->eof) {
+    lua_pushnil(L); /* the end */
+    return 1;
+  }
   return wait_readable(L, s, 1, line_k);
 }
 

@@ -430,6 +430,7 @@ describe("tide.http", function()
       for chunk in res:chunks() do parts[#parts + 1] = chunk end
       assert.equals(servers.pattern(300000), table.concat(parts))
       assert.is_nil(res:read())
+      assert.equals(1, select("#", res:read()), "one nil, not nothing")
     end)
 
     it("reads at most n bytes with read(n)", function()
