@@ -7,6 +7,7 @@ local tide = require "tide"
 local net = require "tide.net"
 local http = require "tide.http_server"
 local parser = require "tide.http.parser"
+local S = require "spec.support"
 
 -- Reads one response: {status, reason, version, headers (lower-case names),
 -- body}; body read by Content-Length, chunked, or to the end (until_close).
@@ -253,6 +254,22 @@ describe("tide.http_server", function()
         "bad argument #3 to 'serve' (function expected, got string)")
       assert.has_error(function() http.serve("127.0.0.1", 0, echo, 5) end,
         "bad argument #4 to 'serve' (table expected, got number)")
+      local function raises_here(text, ...)
+        local args = table.pack(...)
+        local e = S.raises_matching(text, function()
+          local srv = http.serve(table.unpack(args, 1, args.n)) -- this line, not the server's
+          return srv
+        end)
+        assert.truthy(e:find("^spec/http_server_spec%.lua:%d+: bad argument"), e)
+      end
+      raises_here("bad argument #4 to 'serve' (opts.max_body_size: a non-negative number expected, got string)",
+        "127.0.0.1", 0, echo, { max_body_size = "big" })
+      raises_here("bad argument #4 to 'serve' (opts.idle_timeout: a positive number expected, got 0)",
+        "127.0.0.1", 0, echo, { idle_timeout = 0 })
+      raises_here("bad argument #4 to 'serve' (opts.log: boolean expected, got string)",
+        "127.0.0.1", 0, echo, { log = "no" })
+      raises_here("bad argument #4 to 'serve' (unknown option 'max_body')", "127.0.0.1", 0, echo, { max_body = 1 })
+      raises_here("bad argument #2 to 'serve' (integer expected, got string)", "127.0.0.1", "80", echo)
     end)
   end)
 
