@@ -48,6 +48,12 @@ describe("tide.http", function()
       assert.is_true(res.timings.total >= res.timings.connect)
     end)
 
+    it("adds opts.query to the URL's own query, before a #fragment", function()
+      local e = echo(http.get(url("/get?a=1#frag"), { query = { b = 2 } }))
+      assert.same({ a = { "1" }, b = { "2" } }, e.query)
+      assert.same({ b = { "2" } }, echo(http.get(url("/get?#f"), { query = "b=2" })).query)
+    end)
+
     it("treats a 404 as a response, and raise_for_status makes it an error", function()
       local res = http.get(url("/status/404"))
       assert.equals(404, res.status)

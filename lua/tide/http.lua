@@ -270,7 +270,11 @@ local function perform(sess, fname, argbase, method, url, opts)
   local q = opts.query
   if q then
     q = type(q) == "table" and M.urlencode(q) or q
-    if q ~= "" then url = url .. (url:find("?", 1, true) and "&" or "?") .. q end
+    if q ~= "" then -- before a #fragment
+      local base, frag = url:match("^([^#]*)(.*)$")
+      local sep = base:find("?", 1, true) and (base:find("[?&]$") and "" or "&") or "?"
+      url = base .. sep .. q .. frag
+    end
   end
   local body, body_fn, ctype = opts.body, nil, nil
   if opts.json ~= nil then
