@@ -624,7 +624,7 @@ static int raise_failure(lua_State *L, xfer *x) {
 static hsession *check_session(lua_State *L, int idx) {
   hsession *S = luaL_checkudata(L, idx, SESSION_MT);
   if (S->closed)
-    luaL_error(L, "attempt to use a closed HTTP session");
+    tide__err_raise(L, "closed", "attempt to use a closed HTTP session");
   return S;
 }
 

@@ -303,6 +303,8 @@ describe("tide.http", function()
       S.raises_matching("bad argument #2 to 'post' (opts.timeout: number or false expected, got string)",
         http.post, url("/get"), { timeout = "5" })
       S.raises_matching("bad argument #2 to 'get' (table of options expected, got string)", http.get, url("/get"), "x")
+      S.raises_matching("bad argument #2 to 'post' (opts.json: Cannot serialise function", http.post, url("/get"),
+        { json = { f = print } })
       S.raises_matching("bad argument #1 to 'request' (HTTP method expected, got \"GE T\")", http.request, "GE T", url("/get"))
       S.raises_matching("contains a line break", http.get, url("/get"), { headers = { X = "a\r\nInjected: 1" } })
       S.raises_matching("bad argument #1 to 'session' (unknown option 'max_per_hots')", http.session, { max_per_hots = 1 })
@@ -394,7 +396,23 @@ describe("tide.http", function()
         local scoped <close> = s
         assert.equals(200, s:get(url("/get")).status)
       end
-      S.raises_matching("closed HTTP session", s.get, s, url("/get"))
+      local kind, e = errkind(s.get, s, url("/get"))
+      assert.equals("closed", kind)
+      assert.matches("closed HTTP session", e.message)
+    end)
+
+    it("names the caller's function when called outside a task", function()
+      local u, done, msg = url("/get"), tide.Event(), nil
+      tide.call_soon(function()
+        local _, e = pcall(function()
+          local res = http.get(u) -- this line is named
+          return res
+        end)
+        msg = e
+        done:set()
+      end)
+      S.await(function() done:wait() end)
+      assert.matches("^spec/http_spec%.lua:%d+: get must be called from inside a task", msg)
     end)
 
     it("fails requests in flight when closed from a callback, keeps finished ones", function()

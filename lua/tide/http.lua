@@ -35,11 +35,16 @@ M.urlencode, M.urldecode = Headers.urlencode, Headers.urldecode
 
 local THIS = debug.getinfo(1, "S").source
 
--- Raises at the first caller outside this file, as luaL_argerror would.
-local function argerror(fname, argn, msg)
+-- Raises msg at the first caller outside this file.
+local function raise_at_caller(msg)
   local level = 2
   while (debug.getinfo(level, "S") or {}).source == THIS do level = level + 1 end
-  error(("bad argument #%d to '%s' (%s)"):format(argn, fname, msg), level)
+  error(msg, level)
+end
+
+-- Raises as luaL_argerror would, at the first caller outside this file.
+local function argerror(fname, argn, msg)
+  raise_at_caller(("bad argument #%d to '%s' (%s)"):format(argn, fname, msg))
 end
 
 local OPTION_TYPES = {
@@ -265,6 +270,10 @@ local function perform(sess, fname, argbase, method, url, opts)
     argerror(fname, argbase, "URL string expected, got " .. type(url))
   end
   if opts == nil then opts = EMPTY else check_opts(fname, argbase + 1, opts) end
+  if not tide.current_task() then
+    raise_at_caller(("%s must be called from inside a task (the main chunk under tide, "
+      .. "or a function run by tide.run or tide.spawn)"):format(fname))
+  end
   local d = sess.defaults
   if sess.base_url then url = join(sess.base_url, url) end
   local q = opts.query
@@ -278,7 +287,9 @@ local function perform(sess, fname, argbase, method, url, opts)
   end
   local body, body_fn, ctype = opts.body, nil, nil
   if opts.json ~= nil then
-    body, ctype = json().encode(opts.json), "application/json"
+    local ok, v = pcall(json().encode, opts.json)
+    if not ok then argerror(fname, argbase + 1, "opts.json: " .. tostring(v):gsub("^[^:]*:%d+: ", "")) end
+    body, ctype = v, "application/json"
   elseif opts.form then
     body, ctype = M.urlencode(opts.form), "application/x-www-form-urlencoded"
   end
