@@ -270,6 +270,7 @@ describe("tide.http_server", function()
         "127.0.0.1", 0, echo, { log = "no" })
       raises_here("bad argument #4 to 'serve' (unknown option 'max_body')", "127.0.0.1", 0, echo, { max_body = 1 })
       raises_here("bad argument #2 to 'serve' (integer expected, got string)", "127.0.0.1", "80", echo)
+      raises_here("bad argument #2 to 'serve' (port out of range)", "127.0.0.1", 70000, echo)
     end)
   end)
 
@@ -538,15 +539,26 @@ describe("tide.http_server", function()
       srv:close()
     end)
 
-    it("500 for a bad response: bad status, header injection", function()
+    it("500 for a bad response: bad status, header injection, a body not a string", function()
+      local lines = {}
+      local real = io.stderr
+      io.stderr = { write = function(_, ...) -- luacheck: ignore
+        for _, s in ipairs({ ... }) do lines[#lines + 1] = s end
+      end }
       local srv, c = start(function(req)
         if req.path == "/status" then return { status = "x" } end
+        if req.path == "/body" then return { body = { "a table" } } end
         return { headers = { ["X-A"] = "1\r\nX-Injected: 1" } }
-      end, { log = false })
-      c:write(get("/status") .. get("/header"))
-      local r1, r2 = read_response(c), read_response(c)
-      assert.same({ 500, 500 }, { r1.status, r2.status })
+      end)
+      c:write(get("/status") .. get("/header") .. get("/body"))
+      local ok, r1, r2, r3 = pcall(function() return read_response(c), read_response(c), read_response(c) end)
+      io.stderr = real -- luacheck: ignore
+      assert.is_true(ok, r1)
+      assert.same({ 500, 500, 500 }, { r1.status, r2.status, r3.status })
       assert.is_nil(r2.headers["x-injected"])
+      assert.is_nil(r3.body:find("table:", 1, true))
+      assert.matches("handler for GET /body: body is a table, not a string or a function",
+        table.concat(lines), 1, true)
       c:close()
       srv:close()
     end)

@@ -144,6 +144,10 @@ local function call_handler(srv, req)
       end
     end
   end
+  local bt = type(res.body)
+  if bt ~= "nil" and bt ~= "string" and bt ~= "function" then
+    bad = ("body is a %s, not a string or a function"):format(bt)
+  end
   if bad then
     report(srv, ("handler for %s %s: %s"):format(req.method, req.url, bad))
     return { body = "Internal Server Error\n" }, 500
@@ -298,12 +302,15 @@ local OPTIONS = { max_header_size = "count", max_body_size = "number",
 
 local THIS = debug.getinfo(1, "S").source
 
--- Raises "bad argument #n to 'serve' (msg)" at the first caller outside
--- this file.
-local function argerror(n, msg)
+-- Raises msg at the first caller outside this file.
+local function raise_at_caller(msg)
   local level = 2
   while (debug.getinfo(level, "S") or {}).source == THIS do level = level + 1 end
-  error(("bad argument #%d to 'serve' (%s)"):format(n, msg), level)
+  error(msg, level)
+end
+
+local function argerror(n, msg)
+  raise_at_caller(("bad argument #%d to 'serve' (%s)"):format(n, msg))
 end
 
 local function check_opts(opts)
@@ -341,7 +348,7 @@ function M.serve(host, port, handler, opts)
   for k, v in pairs(opts or {}) do o[k] = v end
   local srv = setmetatable({ handler = handler, opts = o, _conns = {}, _host = host,
     closed = false }, Server)
-  srv._net = net.serve(host, port, function(stream)
+  local ok, lsn = pcall(net.serve, host, port, function(stream)
     local conn = { stream = stream, task = tide.current_task(), idle = true }
     if srv.closed then return stream:close() end
     srv._conns[conn] = true
@@ -360,7 +367,13 @@ function M.serve(host, port, handler, opts)
       end
     end
   end, o.backlog and { backlog = o.backlog } or nil)
-  srv._port = srv._net:port()
+  if not ok then -- net.serve's argument errors, told at our caller's line
+    if type(lsn) == "string" then
+      raise_at_caller((lsn:gsub("^[^:]*:%d+: ", ""):gsub("'tide%.net%.serve'", "'serve'")))
+    end
+    error(lsn, 0)
+  end
+  srv._net, srv._port = lsn, lsn:port()
   return srv
 end
 
