@@ -278,14 +278,19 @@ static int exact_k(lua_State *L, int status, lua_KContext ctx) {
   }
   if (s->err)
     return raise_uv(L, s->err, "read");
-  if (s->eof)
-    return tide__err_raise(L, "eof", "the stream ended after %d byte(s), "
-                           "before %s", (int)s->len,
-                           until ? "the separator" : "the count asked");
+  if (s->eof) { /* the bytes there were go with the error, as asyncio's
+                  * IncompleteReadError.partial */
+    tide__err_push(L, "eof", "the stream ended after %d byte(s), before %s",
+                   (int)s->len, until ? "the separator" : "the count asked");
+    take(L, s, s->len);
+    lua_setfield(L, -2, "partial");
+    return lua_error(L);
+  }
   return wait_readable(L, s, 1 | until, exact_k);
 }
 
-/* read_exactly(n) -> exactly n bytes, or kind "eof" */
+/* read_exactly(n) -> exactly n bytes, or kind "eof" (field partial: the
+ * bytes before the end, consumed) */
 static int st_read_exactly(lua_State *L) {
   check_stream(L, 1);
   luaL_argcheck(L, luaL_checkinteger(L, 2) > 0, 2, "positive byte count expected");

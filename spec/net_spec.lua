@@ -188,9 +188,19 @@ sys.stdin.read()
       srv:close()
     end)
 
-    it("read_exactly past the end raises kind eof", function()
+    it("read_exactly and read_until past the end raise kind eof with the partial bytes", function()
       local c, srv = pair { "abc" }
-      assert.equals("eof", (errkind(c.read_exactly, c, 10)))
+      local kind, e = errkind(c.read_exactly, c, 10)
+      assert.equals("eof", kind)
+      assert.equals("abc", e.partial)
+      assert.is_nil(c:read()) -- they were consumed
+      c:close()
+      srv:close()
+      c, srv = pair { "line without end" }
+      kind, e = errkind(c.read_until, c, "\n")
+      assert.equals("eof", kind)
+      assert.equals("line without end", e.partial)
+      assert.equals("", select(2, errkind(c.read_exactly, c, 1)).partial)
       c:close()
       srv:close()
     end)
