@@ -804,30 +804,17 @@ void tide__net_close(uv_handle_t *h) {
     server_close(((server *)h->data)->rt->L, h->data);
 }
 
-/* net.serve(host, port, handler [, {backlog =}]) -> server; port 0 picks
- * a free one (server:port()). Each connection runs handler(stream) in a
- * task of its own; the stream closes when the handler ends. */
-static int l_serve(lua_State *L) {
-  tide_runtime *rt = tide__rt(L);
-  const char *host = luaL_checkstring(L, 1);
-  lua_Integer port = luaL_checkinteger(L, 2);
-  struct sockaddr_storage addr;
+/* Listens on addr: pushes the new server. Stack: [host, port, handler,
+ * opts]; s is the run whose loop it joins. */
+static int listen_on(lua_State *L, tide_sched *s, const struct sockaddr *addr) {
   server_box *b;
   server *sv;
   int rc, backlog = 128;
-  tide_sched *s = rt->current ? rt->current->s : rt->sched;
-  luaL_argcheck(L, port >= 0 && port < 65536, 2, "port out of range");
-  luaL_checktype(L, 3, LUA_TFUNCTION);
   if (lua_istable(L, 4)) {
     lua_getfield(L, 4, "backlog");
     backlog = (int)luaL_optinteger(L, -1, 128);
     lua_pop(L, 1);
   }
-  if (s == NULL)
-    return luaL_error(L, "net.serve: no loop is running (call it inside a task)");
-  if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)&addr) != 0 &&
-      uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)&addr) != 0)
-    return luaL_argerror(L, 1, "numeric IPv4 or IPv6 address expected");
   b = lua_newuserdatauv(L, sizeof(*b), 0);
   b->sv = NULL;
   luaL_setmetatable(L, SERVER_MT);
@@ -838,20 +825,119 @@ static int l_serve(lua_State *L) {
   sv->tcp.data = sv;
   sv->kind = NET_SERVER;
   sv->box = b;
-  sv->rt = rt;
+  sv->rt = tide__rt(L);
   sv->sched = s;
   lua_pushvalue(L, 3);
   sv->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   b->sv = sv;
-  rc = uv_tcp_bind(&sv->tcp, (struct sockaddr *)&addr, 0);
+  rc = uv_tcp_bind(&sv->tcp, addr, 0);
   if (rc == 0)
     rc = uv_listen((uv_stream_t *)&sv->tcp, backlog, on_uv_connection);
   if (rc < 0) {
     server_close(L, sv);
-    return raise_uv(L, rc, lua_pushfstring(L, "listening on %s:%d", host,
-                                           (int)port));
+    return raise_uv(L, rc, lua_pushfstring(L, "listening on %s:%d",
+                                           lua_tostring(L, 1),
+                                           (int)lua_tointeger(L, 2)));
   }
   return 1;
+}
+
+/* Resolving a host name for net.serve; freed by whoever sees it last (the
+ * task, or the callback when the task stopped waiting). */
+typedef struct serve_req {
+  uv_getaddrinfo_t gai;
+  tide_task *t; /* NULL once the task stopped waiting */
+  int status, fired;
+  struct addrinfo *ai;
+} serve_req;
+
+static void on_uv_serve_resolved(uv_getaddrinfo_t *req, int status,
+                                 struct addrinfo *ai) {
+  serve_req *r = (serve_req *)req;
+  if (r->t == NULL) {
+    uv_freeaddrinfo(ai);
+    free(r);
+    return;
+  }
+  r->t->s->io_pending--;
+  r->status = status;
+  r->ai = ai;
+  r->fired = 1;
+  lua_pushboolean(r->t->s->L, 1);
+  tide__wake(r->t->s->L, r->t, 1);
+}
+
+/* Stack: [host, port, handler, opts, resume values]. */
+static int serve_k(lua_State *L, int status, lua_KContext ctx) {
+  serve_req *r = (serve_req *)ctx;
+  struct sockaddr_storage addr;
+  int rc = r->status;
+  (void)status;
+  if (!lua_toboolean(L, 5)) { /* cancelled */
+    if (r->fired) {
+      uv_freeaddrinfo(r->ai);
+      free(r);
+    } else {
+      r->t->s->io_pending--;
+      r->t = NULL; /* the callback frees r */
+      uv_cancel((uv_req_t *)&r->gai);
+    }
+    lua_pushvalue(L, 6);
+    return lua_error(L);
+  }
+  lua_settop(L, 4);
+  if (rc == 0)
+    memcpy(&addr, r->ai->ai_addr, r->ai->ai_addrlen);
+  uv_freeaddrinfo(r->ai);
+  free(r);
+  if (rc < 0)
+    return raise_uv(L, rc, lua_pushfstring(L, "resolving %s", lua_tostring(L, 1)));
+  return listen_on(L, tide__current(L)->s, (struct sockaddr *)&addr);
+}
+
+/* net.serve(host, port, handler [, {backlog =}]) -> server; port 0 picks
+ * a free one (server:port()). A host name (not a numeric address) is
+ * resolved first, which suspends the task; the server listens on its
+ * first address. Each connection runs handler(stream) in a task of its
+ * own; the stream closes when the handler ends. */
+static int l_serve(lua_State *L) {
+  tide_runtime *rt = tide__rt(L);
+  const char *host = luaL_checkstring(L, 1);
+  lua_Integer port = luaL_checkinteger(L, 2);
+  struct sockaddr_storage addr;
+  tide_sched *s = rt->current ? rt->current->s : rt->sched;
+  luaL_argcheck(L, port >= 0 && port < 65536, 2, "port out of range");
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  luaL_argexpected(L, lua_isnoneornil(L, 4) || lua_istable(L, 4), 4, "table");
+  lua_settop(L, 4);
+  if (s == NULL)
+    return luaL_error(L, "net.serve: no loop is running (call it inside a task)");
+  if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)&addr) == 0 ||
+      uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)&addr) == 0)
+    return listen_on(L, s, (struct sockaddr *)&addr);
+  {
+    tide_task *t = tide__current(L);
+    struct addrinfo hints;
+    char portstr[16];
+    int rc;
+    serve_req *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+      return luaL_error(L, "not enough memory");
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    snprintf(portstr, sizeof portstr, "%d", (int)port);
+    r->t = t;
+    rc = uv_getaddrinfo(s->loop, &r->gai, on_uv_serve_resolved, host, portstr,
+                        &hints);
+    if (rc < 0) {
+      free(r);
+      return raise_uv(L, rc, lua_pushfstring(L, "resolving %s", host));
+    }
+    t->s->io_pending++;
+    return tide__park(L, t, (lua_KContext)r, serve_k);
+  }
 }
 
 /* Pushes the address of sa as ip, port. */

@@ -249,6 +249,14 @@ describe("tide.http_server", function()
       assert.equals("connect", e.kind)
     end)
 
+    it("listens on a host name", function()
+      local srv <close> = http.serve("localhost", 0, function() return "named" end)
+      assert.equals(("http://localhost:%d/x"):format(srv:port()), srv:url("/x"))
+      local c <close> = net.connect("127.0.0.1", srv:port())
+      c:write(get("/"))
+      assert.equals("named", read_response(c).body)
+    end)
+
     it("checks its arguments", function()
       assert.has_error(function() http.serve("127.0.0.1", 0, "nope") end,
         "bad argument #3 to 'serve' (function expected, got string)")
