@@ -580,9 +580,20 @@ static const char *kind_of(const xfer *x) {
     return "too_large";
   case CURLE_TOO_MANY_REDIRECTS:
     return "too_many_redirects";
-  case CURLE_URL_MALFORMAT:
-  case CURLE_UNSUPPORTED_PROTOCOL:
+  case CURLE_UNSUPPORTED_PROTOCOL: { /* a scheme we do not speak, or a
+                                      * server that does not speak HTTP */
+    char *ip = NULL;
+    if (!(x->flags & XF_LOCATION) &&
+        curl_easy_getinfo(x->easy, CURLINFO_PRIMARY_IP, &ip) == CURLE_OK &&
+        ip && *ip)
+      return "protocol";
     return "invalid_url";
+  }
+  case CURLE_URL_MALFORMAT:
+    return "invalid_url";
+  case CURLE_WEIRD_SERVER_REPLY:
+  case CURLE_BAD_CONTENT_ENCODING:
+    return "protocol";
   case CURLE_RECV_ERROR:
   case CURLE_SEND_ERROR:
   case CURLE_GOT_NOTHING:

@@ -271,6 +271,14 @@ describe("tide.http", function()
     before_each(function() refused = "http://127.0.0.1:" .. servers.free_port() .. "/" end)
 
     it("gives each fault its kind, names the URL, and leaves no fd behind", function()
+      local replies = { -- a server that does not speak HTTP
+        ["/09"] = "garbage\r\n\r\n", ["/colon"] = "HTTP/1.1 200 OK\r\nno colon\r\n\r\n" }
+      local net = require "tide.net"
+      local garbage <close> = net.serve("127.0.0.1", 0, function(st)
+        st:write(replies[st:read_line():match("^GET (%S+)")])
+      end)
+      local bad = "http://127.0.0.1:" .. garbage:port()
+      url("/get") -- httpbin's fds are not ours
       local base = fds()
       do
         local s <close> = http.session()
@@ -286,6 +294,9 @@ describe("tide.http", function()
           { "invalid_url", function() return get("http://exa mple.com:99999999/") end },
           { "invalid_url", function() return get("ftp://127.0.0.1/file") end },
           { "invalid_url", function() return get("not a url") end },
+          { "invalid_url", function() return get(url("/redirect-to?url=ftp://127.0.0.1/f")) end },
+          { "protocol", function() return get(bad .. "/09") end },
+          { "protocol", function() return get(bad .. "/colon") end },
         }
         for _, c in ipairs(cases) do
           local kind, e = errkind(c[2])
