@@ -6,7 +6,8 @@
 --
 -- Requests suspend the calling task only; the engine is libcurl's multi
 -- interface on the tide loop (host/http.c). This file turns options into
--- the engine's request spec and its answers into Response objects.
+-- the engine's request spec and its answers into Response objects, and
+-- follows the redirects of methods curl would get wrong (see CURL_FOLLOWS).
 local tide = require "tide"
 local core = require "tide.http.core"
 local Headers = require "tide.http_headers"
