@@ -12,7 +12,8 @@
  * tasks are woken after curl_multi_socket_action returns, never from
  * inside curl. A task waiting on a transfer parks; if it is cancelled, its
  * continuation takes the easy handle out of the multi at once (no callback
- * fires afterwards) and re-raises the cancellation.
+ * fires afterwards) and re-raises the cancellation; a cancelled read of a
+ * streamed body only stops waiting (the stream stays usable).
  *
  * Streamed responses pause the transfer (CURL_WRITEFUNC_PAUSE) while more
  * than HIGH_WATER bytes wait for the reader; request bodies produced by Lua
@@ -579,9 +580,20 @@ static const char *kind_of(const xfer *x) {
     return "too_large";
   case CURLE_TOO_MANY_REDIRECTS:
     return "too_many_redirects";
-  case CURLE_URL_MALFORMAT:
-  case CURLE_UNSUPPORTED_PROTOCOL:
+  case CURLE_UNSUPPORTED_PROTOCOL: { /* a scheme we do not speak, or a
+                                      * server that does not speak HTTP */
+    char *ip = NULL;
+    if (!(x->flags & XF_LOCATION) &&
+        curl_easy_getinfo(x->easy, CURLINFO_PRIMARY_IP, &ip) == CURLE_OK &&
+        ip && *ip)
+      return "protocol";
     return "invalid_url";
+  }
+  case CURLE_URL_MALFORMAT:
+    return "invalid_url";
+  case CURLE_WEIRD_SERVER_REPLY:
+  case CURLE_BAD_CONTENT_ENCODING:
+    return "protocol";
   case CURLE_RECV_ERROR:
   case CURLE_SEND_ERROR:
   case CURLE_GOT_NOTHING:
@@ -623,7 +635,7 @@ static int raise_failure(lua_State *L, xfer *x) {
 static hsession *check_session(lua_State *L, int idx) {
   hsession *S = luaL_checkudata(L, idx, SESSION_MT);
   if (S->closed)
-    luaL_error(L, "attempt to use a closed HTTP session");
+    tide__err_raise(L, "closed", "attempt to use a closed HTTP session");
   return S;
 }
 
@@ -822,12 +834,17 @@ static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
     curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
     curl_easy_setopt(e, CURLOPT_READDATA, x);
   }
-  if (method && strcmp(method, "HEAD") == 0)
+  /* POST is curl's own (the body makes it one), so that curl turns it into
+   * a GET on a 301, 302 or 303; a custom method would be kept across
+   * redirects (http.lua follows those itself). */
+  if (method == NULL || strcmp(method, "GET") == 0) {
+    if (has_body)
+      curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "GET");
+  } else if (strcmp(method, "HEAD") == 0) {
     curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
-  else if (method && strcmp(method, "GET") != 0)
+  } else if (strcmp(method, "POST") != 0) {
     curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
-  else if (has_body)
-    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "GET");
+  }
   /* headers: "Name: value" strings; "Expect:" stops curl's 1 s wait */
   x->hlist = curl_slist_append(NULL, "Expect:");
   lua_getfield(L, spec, "headers");
@@ -851,11 +868,18 @@ static int wait_for(lua_State *L, xfer *x, int want, lua_KFunction k) {
   return tide__park(L, t, 1, k);
 }
 
-/* After a park: a cancelled task aborts the transfer and re-raises. */
-static void resumed(lua_State *L, xfer *x) {
+/* After a park: a cancelled task re-raises; with abort set, it first takes
+ * the transfer out of curl (a request nobody will wait for). A cancelled
+ * read of a streamed body does not abort: the bytes stay buffered for the
+ * next read, as a cancelled read does in asyncio. */
+static void resumed(lua_State *L, xfer *x, int abort) {
   x->waiter = NULL;
   if (!lua_toboolean(L, 2)) {
-    xfer_release(x);
+    if (abort) {
+      x->flags |= XF_DONE | XF_ABORTED;
+      x->result = CURLE_ABORTED_BY_CALLBACK;
+      xfer_release(x);
+    }
     lua_pushvalue(L, 3);
     lua_error(L);
   }
@@ -868,7 +892,7 @@ static int event_k(lua_State *L, int status, lua_KContext ctx) {
   xfer *x = lua_touserdata(L, 1);
   (void)status;
   if (ctx)
-    resumed(L, x);
+    resumed(L, x, 1);
   if (x->flags & XF_DONE) {
     if (x->result != CURLE_OK || (x->flags & (XF_CLOSED | XF_ABORTED)))
       return raise_failure(L, x);
@@ -1022,9 +1046,34 @@ static void set_headers(lua_State *L, xfer *x, int res) {
   lua_setfield(L, res, "header_block");
 }
 
+/* Sets res._redirect_url: where the Location of the 3xx response res
+ * points, made absolute against the URL asked (curl's CURLINFO_REDIRECT_URL
+ * is known only once the transfer is done, too late for a stream). */
+static void set_redirect_url(lua_State *L, xfer *x, int res) {
+  char *base = NULL, *out = NULL;
+  const char *loc;
+  CURLU *u;
+  lua_getfield(L, res, "headers");
+  lua_getfield(L, -1, "location");
+  loc = lua_tostring(L, -1);
+  curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &base);
+  if (loc && *loc && base && (u = curl_url()) != NULL) {
+    if (curl_url_set(u, CURLUPART_URL, base, 0) == CURLUE_OK &&
+        curl_url_set(u, CURLUPART_URL, loc, CURLU_NON_SUPPORT_SCHEME |
+                                            CURLU_URLENCODE) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_URL, &out, 0) == CURLUE_OK) {
+      lua_pushstring(L, out);
+      lua_setfield(L, res, "_redirect_url");
+      curl_free(out);
+    }
+    curl_url_cleanup(u);
+  }
+  lua_pop(L, 2);
+}
+
 /* x:response() -> {status, reason, headers (map), header_block, body,
- * url, http_version, redirects, _timings}; the body only when not
- * streamed. */
+ * url, method, http_version, redirects, _timings, _redirect_url}; the body
+ * only when not streamed. */
 static int x_response(lua_State *L) {
   xfer *x = check_xfer(L);
   char *url = NULL;
@@ -1040,12 +1089,18 @@ static int x_response(lua_State *L) {
   curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &url);
   lua_pushstring(L, url);
   lua_setfield(L, res, "url");
+  url = NULL; /* the last request's method (GET after a 303) */
+  curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_METHOD, &url);
+  lua_pushstring(L, url ? url : x->method);
+  lua_setfield(L, res, "method");
   curl_easy_getinfo(x->easy, CURLINFO_HTTP_VERSION, &v);
   lua_pushstring(L, version_name(v));
   lua_setfield(L, res, "http_version");
   curl_easy_getinfo(x->easy, CURLINFO_REDIRECT_COUNT, &redirects);
   lua_pushinteger(L, redirects);
   lua_setfield(L, res, "redirects");
+  if (x->status >= 300 && x->status < 400)
+    set_redirect_url(L, x, res);
   { /* an array in TIMINGS order; http.lua names it on first use */
     static const CURLINFO what[] = {
       CURLINFO_NAMELOOKUP_TIME_T, CURLINFO_CONNECT_TIME_T,
@@ -1095,7 +1150,7 @@ static int read_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   if (ctx) {
     n = (lua_Integer)(ctx >> 1);
-    resumed(L, x);
+    resumed(L, x, 0);
   } else {
     n = luaL_optinteger(L, 2, 0);
     lua_settop(L, 1);
@@ -1108,7 +1163,8 @@ static int read_k(lua_State *L, int status, lua_KContext ctx) {
     if (x->result != CURLE_OK || (x->flags & (XF_CLOSED | XF_ABORTED)))
       return raise_failure(L, x);
     xfer_release(x);
-    return 0; /* the end */
+    lua_pushnil(L); /* the end */
+    return 1;
   }
   if (x->waiter && x->waiter != tide__current(L))
     return luaL_error(L, "another task is reading this response");

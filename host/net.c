@@ -19,7 +19,8 @@
  *
  * Errors: a clean end of stream is a nil read (or kind "eof" from
  * read_exactly/read_until); a reset is kind "reset"; other socket errors are
- * kind "net"; resolving is kind "dns"; a refused connection is "connect".
+ * kind "net"; resolving is kind "dns"; a refused connection is "connect";
+ * a connect past its deadline is "timeout".
  */
 #define _GNU_SOURCE /* memmem */
 #include <stddef.h>
@@ -231,8 +232,10 @@ static int read_k(lua_State *L, int status, lua_KContext ctx) {
   }
   if (s->err)
     return raise_uv(L, s->err, "read");
-  if (s->eof)
-    return 0;
+  if (s->eof) {
+    lua_pushnil(L); /* the end */
+    return 1;
+  }
   return wait_readable(L, s, 1, read_k);
 }
 
@@ -275,14 +278,19 @@ static int exact_k(lua_State *L, int status, lua_KContext ctx) {
   }
   if (s->err)
     return raise_uv(L, s->err, "read");
-  if (s->eof)
-    return tide__err_raise(L, "eof", "the stream ended after %d byte(s), "
-                           "before %s", (int)s->len,
-                           until ? "the separator" : "the count asked");
+  if (s->eof) { /* the bytes there were go with the error, as asyncio's
+                  * IncompleteReadError.partial */
+    tide__err_push(L, "eof", "the stream ended after %d byte(s), before %s",
+                   (int)s->len, until ? "the separator" : "the count asked");
+    take(L, s, s->len);
+    lua_setfield(L, -2, "partial");
+    return lua_error(L);
+  }
   return wait_readable(L, s, 1 | until, exact_k);
 }
 
-/* read_exactly(n) -> exactly n bytes, or kind "eof" */
+/* read_exactly(n) -> exactly n bytes, or kind "eof" (field partial: the
+ * bytes before the end, consumed) */
 static int st_read_exactly(lua_State *L) {
   check_stream(L, 1);
   luaL_argcheck(L, luaL_checkinteger(L, 2) > 0, 2, "positive byte count expected");
@@ -325,8 +333,10 @@ static int line_k(lua_State *L, int status, lua_KContext ctx) {
   }
   if (s->err)
     return raise_uv(L, s->err, "read");
-  if (s->eof)
-    return 0;
+  if (s->eof) {
+    lua_pushnil(L); /* the end */
+    return 1;
+  }
   return wait_readable(L, s, 1, line_k);
 }
 
@@ -519,107 +529,191 @@ void tide__stream_close(lua_State *L, int idx) {
 
 /* ---- connect --------------------------------------------------------- */
 
+/* One net.connect: resolving, then connecting to each address in turn
+ * until one answers. The task waits with its deadline in the sched's timer
+ * heap (as a sleep does); a callback that finds it gone (cancelled, timed
+ * out) frees the request. */
 typedef struct conn_req {
   union {
     uv_getaddrinfo_t gai;
     uv_connect_t connect;
   } u;
-  tide_task *t; /* NULL once the task stopped waiting (cancelled) */
-  stream *s;
-  int status;
-  struct addrinfo *ai;
+  tide_task *t;   /* NULL once the task stopped waiting */
+  tide_sched *sched;
+  uint64_t deadline; /* tide__now() time; 0: none */
+  int status, fired; /* the last callback's result; whether it came */
+  int used;          /* the stream tried an address already */
+  struct addrinfo *ai, *next; /* every address; the next to try */
 } conn_req;
 
-static void on_uv_connect(uv_connect_t *req, int status) {
-  conn_req *c = (conn_req *)req;
-  if (c->t == NULL) { /* abandoned: the stream is closed already */
-    free(c);
+static void conn_free(conn_req *c) {
+  if (c->ai)
+    uv_freeaddrinfo(c->ai);
+  free(c);
+}
+
+/* Both callbacks: record the result and wake the task, or free c if the
+ * task stopped waiting. io_pending counts c while the task waits for it (a
+ * virtual clock does not jump over a connect). */
+static void conn_fired(conn_req *c, int status) {
+  if (c->t == NULL) {
+    conn_free(c);
     return;
   }
+  c->sched->io_pending--;
   c->status = status;
+  c->fired = 1;
   lua_pushboolean(c->t->s->L, 1);
   tide__wake(c->t->s->L, c->t, 1);
+}
+
+static void on_uv_connect(uv_connect_t *req, int status) {
+  conn_fired((conn_req *)req, status);
 }
 
 static void on_uv_resolved(uv_getaddrinfo_t *req, int status,
                            struct addrinfo *ai) {
   conn_req *c = (conn_req *)req;
-  if (c->t == NULL) {
-    uv_freeaddrinfo(ai);
-    free(c);
-    return;
-  }
-  c->status = status;
-  c->ai = ai;
-  lua_pushboolean(c->t->s->L, 1);
-  tide__wake(c->t->s->L, c->t, 1);
+  c->ai = c->next = ai;
+  conn_fired(c, status);
 }
 
-/* Stack: [host, port, opts, req(lightud), stream] */
-static int connect_k(lua_State *L, int status, lua_KContext ctx) {
-  conn_req *c = lua_touserdata(L, 4);
-  (void)status;
-  if (!lua_toboolean(L, 6)) { /* cancelled */
-    if (lua_toboolean(L, 8)) { /* its callback ran already: c is ours */
-      if (c->ai)
-        uv_freeaddrinfo(c->ai);
-      free(c);
-    } else { /* the callback, still to come, frees c */
-      c->t = NULL;
-      if (ctx == 0)
-        uv_cancel((uv_req_t *)&c->u.gai);
+static int connect_k(lua_State *L, int status, lua_KContext ctx);
+
+/* Parks the task until c's callback or its deadline. */
+static int conn_wait(lua_State *L, conn_req *c, lua_KContext ctx) {
+  c->sched->io_pending++;
+  c->fired = 0;
+  if (c->deadline)
+    tide__heap_push(c->sched, &c->t->tn, c->deadline);
+  return tide__park(L, c->t, ctx, connect_k);
+}
+
+/* Connects the stream at 5 to the next address that takes the attempt;
+ * a stream that tried one already is replaced by a fresh one. Raises the
+ * last error when none is left. Stack: [host, port, timeout, c, stream]. */
+static int conn_next(lua_State *L, conn_req *c) {
+  while (c->next) {
+    struct addrinfo *a = c->next;
+    stream *s = ((stream_box *)lua_touserdata(L, 5))->s;
+    int rc;
+    c->next = a->ai_next;
+    if (c->used) {
+      stream_close(s);
+      s = new_stream(L, tide__rt(L), c->sched->loop, 0);
+      lua_replace(L, 5);
     }
-    stream_close(((stream_box *)lua_touserdata(L, 5))->s);
-    lua_pushvalue(L, 7);
-    return lua_error(L);
+    c->used = 1;
+    rc = uv_tcp_connect(&c->u.connect, &s->h.tcp, a->ai_addr, on_uv_connect);
+    if (rc == 0)
+      return conn_wait(L, c, 1);
+    c->status = rc;
   }
-  lua_settop(L, 5);
-  if (ctx == 0) { /* resolved */
-    int rc = c->status;
-    if (rc < 0) {
-      free(c);
-      stream_close(lua_touserdata(L, 5) ? ((stream_box *)lua_touserdata(L, 5))->s : NULL);
-      return raise_uv(L, rc, lua_pushfstring(L, "resolving %s", lua_tostring(L, 1)));
-    }
-    rc = uv_tcp_connect(&c->u.connect, &c->s->h.tcp, c->ai->ai_addr, on_uv_connect);
-    uv_freeaddrinfo(c->ai);
-    c->ai = NULL;
-    if (rc < 0) {
-      free(c);
-      stream_close(((stream_box *)lua_touserdata(L, 5))->s);
-      return raise_uv(L, rc, "connect");
-    }
-    return tide__park(L, c->t, 1, connect_k);
-  }
-  if (c->status < 0) {
-    int rc = c->status;
-    free(c);
+  {
+    int rc = c->status < 0 ? c->status : UV_EADDRNOTAVAIL;
+    conn_free(c);
     stream_close(((stream_box *)lua_touserdata(L, 5))->s);
     return raise_uv(L, rc, lua_pushfstring(L, "connecting to %s:%s",
                                            lua_tostring(L, 1), lua_tostring(L, 2)));
   }
-  free(c);
-  return 1; /* the stream */
 }
 
-/* net.connect(host, port) -> stream */
+/* Stack: [host, port, timeout (s), c (light userdata), stream, resume
+ * values]; ctx is 0 while resolving, 1 while connecting. */
+static int connect_k(lua_State *L, int status, lua_KContext ctx) {
+  conn_req *c = lua_touserdata(L, 4);
+  int cancelled = !lua_toboolean(L, 6);
+  (void)status;
+  if (cancelled || !c->fired) { /* cancelled, or the deadline came first */
+    stream *s = ((stream_box *)lua_touserdata(L, 5))->s;
+    tide__heap_remove(c->sched, &c->t->tn);
+    if (c->fired) {
+      conn_free(c);
+    } else { /* the callback, still to come, frees c */
+      c->sched->io_pending--;
+      c->t = NULL;
+      if (ctx == 0)
+        uv_cancel((uv_req_t *)&c->u.gai);
+    }
+    stream_close(s); /* cancels a connect in progress */
+    if (cancelled) {
+      lua_pushvalue(L, 7);
+      return lua_error(L);
+    }
+    return tide__err_raise(L, "timeout", "connecting to %s:%s: timed out "
+                           "after %f s", lua_tostring(L, 1),
+                           lua_tostring(L, 2), lua_tonumber(L, 3));
+  }
+  lua_settop(L, 5);
+  if (c->status == 0 && ctx == 1) { /* connected */
+    conn_free(c);
+    return 1;
+  }
+  if (c->status < 0 && ctx == 0) {
+    int rc = c->status;
+    conn_free(c);
+    stream_close(((stream_box *)lua_touserdata(L, 5))->s);
+    return raise_uv(L, rc, lua_pushfstring(L, "resolving %s", lua_tostring(L, 1)));
+  }
+  return conn_next(L, c);
+}
+
+/* The connect timeout from opts (index 3), in ns; 0: none. Refuses
+ * anything but a table of known options. */
+static uint64_t connect_opts(lua_State *L) {
+  lua_Number sec = 30; /* as the HTTP client's connect_timeout */
+  if (lua_isnoneornil(L, 3))
+    return (uint64_t)(sec * 1e9);
+  if (!lua_istable(L, 3))
+    luaL_argerror(L, 3, lua_pushfstring(L, "table of options expected, got %s",
+                                        luaL_typename(L, 3)));
+  lua_pushnil(L);
+  while (lua_next(L, 3)) {
+    if (lua_type(L, -2) != LUA_TSTRING ||
+        strcmp(lua_tostring(L, -2), "timeout") != 0)
+      luaL_argerror(L, 3, lua_pushfstring(L, "unknown option '%s'",
+                                          luaL_tolstring(L, -2, NULL)));
+    lua_pop(L, 1);
+  }
+  lua_getfield(L, 3, "timeout");
+  if (lua_toboolean(L, -1) == 0 && !lua_isnil(L, -1))
+    sec = 0; /* false: none */
+  else if (!lua_isnil(L, -1) && (!lua_isnumber(L, -1) ||
+                                 !((sec = lua_tonumber(L, -1)) > 0)))
+    luaL_argerror(L, 3, lua_pushfstring(L, "opts.timeout: a positive number or "
+                                        "false expected, got %s",
+                                        lua_type(L, -1) == LUA_TNUMBER
+                                          ? lua_tostring(L, -1)
+                                          : luaL_typename(L, -1)));
+  lua_pop(L, 1);
+  if (sec > 1e9)
+    sec = 1e9;
+  return (uint64_t)(sec * 1e9);
+}
+
+/* net.connect(host, port [, {timeout = 30}]) -> stream */
 static int l_connect(lua_State *L) {
   tide_runtime *rt = tide__rt(L);
   const char *host = luaL_checkstring(L, 1);
   lua_Integer port = luaL_checkinteger(L, 2);
+  uint64_t timeout = connect_opts(L);
   tide_task *t = tide__current(L);
   conn_req *c;
   struct addrinfo hints;
   char portstr[16];
   int rc;
   luaL_argcheck(L, port > 0 && port < 65536, 2, "port out of range");
-  lua_settop(L, 3);
+  lua_settop(L, 2);
+  lua_pushnumber(L, (lua_Number)timeout / 1e9); /* for the message */
   c = calloc(1, sizeof(*c));
   if (c == NULL)
     return luaL_error(L, "not enough memory");
   lua_pushlightuserdata(L, c);
   c->t = t;
-  c->s = new_stream(L, rt, t->s->loop, 0);
+  c->sched = t->s;
+  if (timeout)
+    c->deadline = tide__now(t->s) + timeout;
+  new_stream(L, rt, t->s->loop, 0);
   memset(&hints, 0, sizeof(hints));
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -631,7 +725,7 @@ static int l_connect(lua_State *L) {
     stream_close(((stream_box *)lua_touserdata(L, 5))->s);
     return raise_uv(L, rc, "resolve");
   }
-  return tide__park(L, t, 0, connect_k);
+  return conn_wait(L, c, 0);
 }
 
 /* ---- servers --------------------------------------------------------- */
@@ -640,20 +734,39 @@ static void on_uv_server_closed(uv_handle_t *h) {
   free(h->data);
 }
 
+static int conn_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  return lua_gettop(L) - 2; /* the handler's results; the stream closes */
+}
+
+/* A connection's task: handler(stream). The stream is a to-be-closed slot,
+ * so it closes however the handler ends (returns, raises, is cancelled)
+ * and the peer is not left waiting for the collector. Stack: [handler,
+ * stream]. */
+static int conn_task(lua_State *L) {
+  lua_toclose(L, 2);
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 2);
+  lua_callk(L, 1, LUA_MULTRET, 0, conn_k);
+  return conn_k(L, LUA_OK, 0);
+}
+
 static void on_uv_connection(uv_stream_t *h, int status) {
   server *sv = h->data;
   lua_State *L = sv->sched->L;
   stream *s;
   if (status < 0 || sv->closed)
     return;
+  lua_pushcfunction(L, conn_task);
   lua_rawgeti(L, LUA_REGISTRYINDEX, sv->handler_ref);
   s = new_stream(L, sv->rt, h->loop, 0);
   if (uv_accept(h, &s->h.stream) < 0) {
-    lua_pop(L, 2);
+    lua_pop(L, 3);
     return;
   }
-  tide__spawn(L, sv->sched, lua_gettop(L) - 1, 1); /* handler(stream) */
-  lua_pop(L, 3);
+  tide__spawn(L, sv->sched, lua_gettop(L) - 2, 2); /* handler(stream) */
+  lua_pop(L, 4);
 }
 
 static server *check_server(lua_State *L, int idx) {
@@ -691,30 +804,17 @@ void tide__net_close(uv_handle_t *h) {
     server_close(((server *)h->data)->rt->L, h->data);
 }
 
-/* net.serve(host, port, handler [, {backlog =}]) -> server; port 0 picks
- * a free one (server:port()). Each connection runs handler(stream) in a
- * task of its own. */
-static int l_serve(lua_State *L) {
-  tide_runtime *rt = tide__rt(L);
-  const char *host = luaL_checkstring(L, 1);
-  lua_Integer port = luaL_checkinteger(L, 2);
-  struct sockaddr_storage addr;
+/* Listens on addr: pushes the new server. Stack: [host, port, handler,
+ * opts]; s is the run whose loop it joins. */
+static int listen_on(lua_State *L, tide_sched *s, const struct sockaddr *addr) {
   server_box *b;
   server *sv;
   int rc, backlog = 128;
-  tide_sched *s = rt->current ? rt->current->s : rt->sched;
-  luaL_argcheck(L, port >= 0 && port < 65536, 2, "port out of range");
-  luaL_checktype(L, 3, LUA_TFUNCTION);
   if (lua_istable(L, 4)) {
     lua_getfield(L, 4, "backlog");
     backlog = (int)luaL_optinteger(L, -1, 128);
     lua_pop(L, 1);
   }
-  if (s == NULL)
-    return luaL_error(L, "net.serve: no loop is running (call it inside a task)");
-  if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)&addr) != 0 &&
-      uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)&addr) != 0)
-    return luaL_argerror(L, 1, "numeric IPv4 or IPv6 address expected");
   b = lua_newuserdatauv(L, sizeof(*b), 0);
   b->sv = NULL;
   luaL_setmetatable(L, SERVER_MT);
@@ -725,20 +825,119 @@ static int l_serve(lua_State *L) {
   sv->tcp.data = sv;
   sv->kind = NET_SERVER;
   sv->box = b;
-  sv->rt = rt;
+  sv->rt = tide__rt(L);
   sv->sched = s;
   lua_pushvalue(L, 3);
   sv->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   b->sv = sv;
-  rc = uv_tcp_bind(&sv->tcp, (struct sockaddr *)&addr, 0);
+  rc = uv_tcp_bind(&sv->tcp, addr, 0);
   if (rc == 0)
     rc = uv_listen((uv_stream_t *)&sv->tcp, backlog, on_uv_connection);
   if (rc < 0) {
     server_close(L, sv);
-    return raise_uv(L, rc, lua_pushfstring(L, "listening on %s:%d", host,
-                                           (int)port));
+    return raise_uv(L, rc, lua_pushfstring(L, "listening on %s:%d",
+                                           lua_tostring(L, 1),
+                                           (int)lua_tointeger(L, 2)));
   }
   return 1;
+}
+
+/* Resolving a host name for net.serve; freed by whoever sees it last (the
+ * task, or the callback when the task stopped waiting). */
+typedef struct serve_req {
+  uv_getaddrinfo_t gai;
+  tide_task *t; /* NULL once the task stopped waiting */
+  int status, fired;
+  struct addrinfo *ai;
+} serve_req;
+
+static void on_uv_serve_resolved(uv_getaddrinfo_t *req, int status,
+                                 struct addrinfo *ai) {
+  serve_req *r = (serve_req *)req;
+  if (r->t == NULL) {
+    uv_freeaddrinfo(ai);
+    free(r);
+    return;
+  }
+  r->t->s->io_pending--;
+  r->status = status;
+  r->ai = ai;
+  r->fired = 1;
+  lua_pushboolean(r->t->s->L, 1);
+  tide__wake(r->t->s->L, r->t, 1);
+}
+
+/* Stack: [host, port, handler, opts, resume values]. */
+static int serve_k(lua_State *L, int status, lua_KContext ctx) {
+  serve_req *r = (serve_req *)ctx;
+  struct sockaddr_storage addr;
+  int rc = r->status;
+  (void)status;
+  if (!lua_toboolean(L, 5)) { /* cancelled */
+    if (r->fired) {
+      uv_freeaddrinfo(r->ai);
+      free(r);
+    } else {
+      r->t->s->io_pending--;
+      r->t = NULL; /* the callback frees r */
+      uv_cancel((uv_req_t *)&r->gai);
+    }
+    lua_pushvalue(L, 6);
+    return lua_error(L);
+  }
+  lua_settop(L, 4);
+  if (rc == 0)
+    memcpy(&addr, r->ai->ai_addr, r->ai->ai_addrlen);
+  uv_freeaddrinfo(r->ai);
+  free(r);
+  if (rc < 0)
+    return raise_uv(L, rc, lua_pushfstring(L, "resolving %s", lua_tostring(L, 1)));
+  return listen_on(L, tide__current(L)->s, (struct sockaddr *)&addr);
+}
+
+/* net.serve(host, port, handler [, {backlog =}]) -> server; port 0 picks
+ * a free one (server:port()). A host name (not a numeric address) is
+ * resolved first, which suspends the task; the server listens on its
+ * first address. Each connection runs handler(stream) in a task of its
+ * own; the stream closes when the handler ends. */
+static int l_serve(lua_State *L) {
+  tide_runtime *rt = tide__rt(L);
+  const char *host = luaL_checkstring(L, 1);
+  lua_Integer port = luaL_checkinteger(L, 2);
+  struct sockaddr_storage addr;
+  tide_sched *s = rt->current ? rt->current->s : rt->sched;
+  luaL_argcheck(L, port >= 0 && port < 65536, 2, "port out of range");
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  luaL_argexpected(L, lua_isnoneornil(L, 4) || lua_istable(L, 4), 4, "table");
+  lua_settop(L, 4);
+  if (s == NULL)
+    return luaL_error(L, "net.serve: no loop is running (call it inside a task)");
+  if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)&addr) == 0 ||
+      uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)&addr) == 0)
+    return listen_on(L, s, (struct sockaddr *)&addr);
+  {
+    tide_task *t = tide__current(L);
+    struct addrinfo hints;
+    char portstr[16];
+    int rc;
+    serve_req *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+      return luaL_error(L, "not enough memory");
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    snprintf(portstr, sizeof portstr, "%d", (int)port);
+    r->t = t;
+    rc = uv_getaddrinfo(s->loop, &r->gai, on_uv_serve_resolved, host, portstr,
+                        &hints);
+    if (rc < 0) {
+      free(r);
+      return raise_uv(L, rc, lua_pushfstring(L, "resolving %s", host));
+    }
+    t->s->io_pending++;
+    return tide__park(L, t, (lua_KContext)r, serve_k);
+  }
 }
 
 /* Pushes the address of sa as ip, port. */

@@ -7,6 +7,7 @@ local tide = require "tide"
 local net = require "tide.net"
 local http = require "tide.http_server"
 local parser = require "tide.http.parser"
+local S = require "spec.support"
 
 -- Reads one response: {status, reason, version, headers (lower-case names),
 -- body}; body read by Content-Length, chunked, or to the end (until_close).
@@ -248,11 +249,36 @@ describe("tide.http_server", function()
       assert.equals("connect", e.kind)
     end)
 
+    it("listens on a host name", function()
+      local srv <close> = http.serve("localhost", 0, function() return "named" end)
+      assert.equals(("http://localhost:%d/x"):format(srv:port()), srv:url("/x"))
+      local c <close> = net.connect("127.0.0.1", srv:port())
+      c:write(get("/"))
+      assert.equals("named", read_response(c).body)
+    end)
+
     it("checks its arguments", function()
       assert.has_error(function() http.serve("127.0.0.1", 0, "nope") end,
         "bad argument #3 to 'serve' (function expected, got string)")
       assert.has_error(function() http.serve("127.0.0.1", 0, echo, 5) end,
         "bad argument #4 to 'serve' (table expected, got number)")
+      local function raises_here(text, ...)
+        local args = table.pack(...)
+        local e = S.raises_matching(text, function()
+          local srv = http.serve(table.unpack(args, 1, args.n)) -- this line, not the server's
+          return srv
+        end)
+        assert.truthy(e:find("^spec/http_server_spec%.lua:%d+: bad argument"), e)
+      end
+      raises_here("bad argument #4 to 'serve' (opts.max_body_size: a non-negative number expected, got string)",
+        "127.0.0.1", 0, echo, { max_body_size = "big" })
+      raises_here("bad argument #4 to 'serve' (opts.idle_timeout: a positive number expected, got 0)",
+        "127.0.0.1", 0, echo, { idle_timeout = 0 })
+      raises_here("bad argument #4 to 'serve' (opts.log: boolean expected, got string)",
+        "127.0.0.1", 0, echo, { log = "no" })
+      raises_here("bad argument #4 to 'serve' (unknown option 'max_body')", "127.0.0.1", 0, echo, { max_body = 1 })
+      raises_here("bad argument #2 to 'serve' (integer expected, got string)", "127.0.0.1", "80", echo)
+      raises_here("bad argument #2 to 'serve' (port out of range)", "127.0.0.1", 70000, echo)
     end)
   end)
 
@@ -521,15 +547,26 @@ describe("tide.http_server", function()
       srv:close()
     end)
 
-    it("500 for a bad response: bad status, header injection", function()
+    it("500 for a bad response: bad status, header injection, a body not a string", function()
+      local lines = {}
+      local real = io.stderr
+      io.stderr = { write = function(_, ...) -- luacheck: ignore
+        for _, s in ipairs({ ... }) do lines[#lines + 1] = s end
+      end }
       local srv, c = start(function(req)
         if req.path == "/status" then return { status = "x" } end
+        if req.path == "/body" then return { body = { "a table" } } end
         return { headers = { ["X-A"] = "1\r\nX-Injected: 1" } }
-      end, { log = false })
-      c:write(get("/status") .. get("/header"))
-      local r1, r2 = read_response(c), read_response(c)
-      assert.same({ 500, 500 }, { r1.status, r2.status })
+      end)
+      c:write(get("/status") .. get("/header") .. get("/body"))
+      local ok, r1, r2, r3 = pcall(function() return read_response(c), read_response(c), read_response(c) end)
+      io.stderr = real -- luacheck: ignore
+      assert.is_true(ok, r1)
+      assert.same({ 500, 500, 500 }, { r1.status, r2.status, r3.status })
       assert.is_nil(r2.headers["x-injected"])
+      assert.is_nil(r3.body:find("table:", 1, true))
+      assert.matches("handler for GET /body: body is a table, not a string or a function",
+        table.concat(lines), 1, true)
       c:close()
       srv:close()
     end)

@@ -48,6 +48,12 @@ describe("tide.http", function()
       assert.is_true(res.timings.total >= res.timings.connect)
     end)
 
+    it("adds opts.query to the URL's own query, before a #fragment", function()
+      local e = echo(http.get(url("/get?a=1#frag"), { query = { b = 2 } }))
+      assert.same({ a = { "1" }, b = { "2" } }, e.query)
+      assert.same({ b = { "2" } }, echo(http.get(url("/get?#f"), { query = "b=2" })).query)
+    end)
+
     it("treats a 404 as a response, and raise_for_status makes it an error", function()
       local res = http.get(url("/status/404"))
       assert.equals(404, res.status)
@@ -202,6 +208,62 @@ describe("tide.http", function()
       assert.equals("too_many_redirects", kind)
       assert.truthy(e.message:find("/loop", 1, true))
     end)
+
+    -- RFC 9110 15.4, as aiohttp and browsers: 303 makes a GET without the
+    -- body (any method but HEAD), 301 and 302 do so for POST only, 307 and
+    -- 308 keep the method and the body.
+    local function expected(method, code)
+      if code == 303 or (method == "POST" and code <= 302) then return "GET", "" end
+      return method, "DATA"
+    end
+
+    it("switches to GET as RFC 9110 says, and keeps method and body on 307 and 308", function()
+      for _, method in ipairs({ "POST", "PUT", "PATCH", "DELETE" }) do
+        for _, code in ipairs({ 301, 302, 303, 307, 308 }) do
+          local res = http.request(method, url("/redirect-to?url=/anything&status=" .. code), { body = "DATA" })
+          local e, want, body = echo(res), expected(method, code)
+          assert.equals(want, e.method, method .. " " .. code)
+          assert.equals(body, e.body, method .. " " .. code)
+          assert.equals(want, res.method)
+          assert.equals(1, res.redirects)
+          assert.equals(url("/anything"), res.url)
+        end
+      end
+    end)
+
+    it("does the same with tide's own server, and keeps credentials to the same origin only", function()
+      local server <close> = http.serve("127.0.0.1", 0, function(req)
+        if req.path == "/to" then
+          return { status = tonumber(req.query.status), headers = { Location = req.query.url } }
+        end
+        return req.method .. " " .. req.body .. " " .. tostring(req.headers.authorization)
+      end)
+      for _, method in ipairs({ "POST", "PUT" }) do
+        for _, code in ipairs({ 301, 302, 303, 307, 308 }) do
+          local res = http.request(method, server:url("/to?url=/echo&status=" .. code),
+            { body = "DATA", headers = { Authorization = "Bearer x" } })
+          local want, body = expected(method, code)
+          assert.equals(("%s %s Bearer x"):format(want, body), res.body, method .. " " .. code)
+        end
+      end
+      local res = http.put(url("/redirect-to?status=307&url=" .. http.urlencode({ u = server:url("/echo") }):sub(3)),
+        { body = "DATA", headers = { Authorization = "Bearer x" } })
+      assert.equals("PUT DATA nil", res.body)
+    end)
+
+    it("counts redirects it follows for other methods against max_redirects", function()
+      local res = http.put(url("/redirect-to?url=/anything&status=303"), { max_redirects = 0 })
+      assert.equals(303, res.status)
+      assert.equals(0, res.redirects)
+      local kind, e = errkind(http.delete, url("/loop"), { max_redirects = 3 })
+      assert.equals("too_many_redirects", kind)
+      assert.truthy(e.message:find("DELETE " .. url("/loop"), 1, true), e.message)
+      res = http.put(url("/redirect/3"), { body = "DATA", stream = true })
+      assert.equals(3, res.redirects)
+      assert.equals(url("/get"), res.url)
+      assert.equals(200, res.status)
+      res:close()
+    end)
   end)
 
   describe("errors", function()
@@ -209,6 +271,14 @@ describe("tide.http", function()
     before_each(function() refused = "http://127.0.0.1:" .. servers.free_port() .. "/" end)
 
     it("gives each fault its kind, names the URL, and leaves no fd behind", function()
+      local replies = { -- a server that does not speak HTTP
+        ["/09"] = "garbage\r\n\r\n", ["/colon"] = "HTTP/1.1 200 OK\r\nno colon\r\n\r\n" }
+      local net = require "tide.net"
+      local garbage <close> = net.serve("127.0.0.1", 0, function(st)
+        st:write(replies[st:read_line():match("^GET (%S+)")])
+      end)
+      local bad = "http://127.0.0.1:" .. garbage:port()
+      url("/get") -- httpbin's fds are not ours
       local base = fds()
       do
         local s <close> = http.session()
@@ -224,6 +294,9 @@ describe("tide.http", function()
           { "invalid_url", function() return get("http://exa mple.com:99999999/") end },
           { "invalid_url", function() return get("ftp://127.0.0.1/file") end },
           { "invalid_url", function() return get("not a url") end },
+          { "invalid_url", function() return get(url("/redirect-to?url=ftp://127.0.0.1/f")) end },
+          { "protocol", function() return get(bad .. "/09") end },
+          { "protocol", function() return get(bad .. "/colon") end },
         }
         for _, c in ipairs(cases) do
           local kind, e = errkind(c[2])
@@ -241,6 +314,8 @@ describe("tide.http", function()
       S.raises_matching("bad argument #2 to 'post' (opts.timeout: number or false expected, got string)",
         http.post, url("/get"), { timeout = "5" })
       S.raises_matching("bad argument #2 to 'get' (table of options expected, got string)", http.get, url("/get"), "x")
+      S.raises_matching("bad argument #2 to 'post' (opts.json: Cannot serialise function", http.post, url("/get"),
+        { json = { f = print } })
       S.raises_matching("bad argument #1 to 'request' (HTTP method expected, got \"GE T\")", http.request, "GE T", url("/get"))
       S.raises_matching("contains a line break", http.get, url("/get"), { headers = { X = "a\r\nInjected: 1" } })
       S.raises_matching("bad argument #1 to 'session' (unknown option 'max_per_hots')", http.session, { max_per_hots = 1 })
@@ -332,7 +407,23 @@ describe("tide.http", function()
         local scoped <close> = s
         assert.equals(200, s:get(url("/get")).status)
       end
-      S.raises_matching("closed HTTP session", s.get, s, url("/get"))
+      local kind, e = errkind(s.get, s, url("/get"))
+      assert.equals("closed", kind)
+      assert.matches("closed HTTP session", e.message)
+    end)
+
+    it("names the caller's function when called outside a task", function()
+      local u, done, msg = url("/get"), tide.Event(), nil
+      tide.call_soon(function()
+        local _, e = pcall(function()
+          local res = http.get(u) -- this line is named
+          return res
+        end)
+        msg = e
+        done:set()
+      end)
+      S.await(function() done:wait() end)
+      assert.matches("^spec/http_spec%.lua:%d+: get must be called from inside a task", msg)
     end)
 
     it("fails requests in flight when closed from a callback, keeps finished ones", function()
@@ -374,6 +465,7 @@ describe("tide.http", function()
       for chunk in res:chunks() do parts[#parts + 1] = chunk end
       assert.equals(servers.pattern(300000), table.concat(parts))
       assert.is_nil(res:read())
+      assert.equals(1, select("#", res:read()), "one nil, not nothing")
     end)
 
     it("reads at most n bytes with read(n)", function()
@@ -411,6 +503,14 @@ describe("tide.http", function()
       assert.is_false(ok)
       assert.equals("closed", e.kind)
       assert.equals("closed", errkind(res.read, res))
+    end)
+
+    it("keeps the stream usable after a cancelled read, losing no bytes", function()
+      local res <close> = http.get(url("/stream-bytes/3000?chunk=1000&delay=0.3"), { stream = true })
+      local first = res:read()
+      assert.equals("timeout", (errkind(tide.wait_for, function() return res:read() end, 0.05)))
+      local rest = S.await(function() return res:read_all() end)
+      assert.equals(servers.pattern(3000), first .. rest)
     end)
 
     it("counts an upload still moving as activity for idle_timeout", function()

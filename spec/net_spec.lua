@@ -41,6 +41,41 @@ describe("tide.net", function()
       tide.sleep(0.01) -- b's handler sees the end and finishes
     end)
 
+    it("closes the connection when the handler returns, raises or is cancelled", function()
+      local started = tide.Event()
+      local srv, port = server(function(s)
+        local line = s:read_line()
+        if line == "raise" then error("handler failed on purpose") end
+        if line == "wait" then started:set(); tide.sleep(60) end
+        s:write("bye\n") -- and return without closing
+      end)
+      for _, what in ipairs({ "return", "raise", "wait" }) do
+        local c <close> = net.connect("127.0.0.1", port)
+        c:write(what .. "\n")
+        if what == "wait" then
+          S.await(function() started:wait() end)
+          for _, t in ipairs(tide.all_tasks()) do
+            if t ~= tide.current_task() then t:cancel() end
+          end
+        end
+        local got = S.await(function() return c:read(100) end)
+        if what == "return" then
+          assert.equals("bye\n", got)
+          got = S.await(function() return c:read() end)
+        end
+        assert.is_nil(got, what)
+      end
+      srv:close()
+    end)
+
+    it("listens on a host name, resolved first", function()
+      local srv = net.serve("localhost", 0, function(s) s:write("hi") end)
+      local c <close> = net.connect("127.0.0.1", srv:port())
+      assert.equals("hi", c:read())
+      srv:close()
+      assert.equals("dns", (errkind(net.serve, "no-such-host.invalid", 0, print)))
+    end)
+
     it("server:port() gives the port picked for 0", function()
       local srv, port = server(function(s) s:close() end)
       assert.is_true(port > 1024 and port < 65536)
@@ -56,8 +91,60 @@ describe("tide.net", function()
       assert.equals("dns", (errkind(net.connect, "no-such-host.invalid", 80)))
     end)
 
+    it("gives up connecting after opts.timeout with kind timeout", function()
+      -- a listener whose backlog is full: a connect to it gets no answer
+      local portfile = os.tmpname()
+      local py = io.popen(([[python3 -c '
+import socket, sys
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(0)
+held = []
+for i in range(8):
+    c = socket.socket(); c.setblocking(False)
+    try: c.connect(s.getsockname())
+    except BlockingIOError: pass
+    held.append(c)
+open(sys.argv[1], "w").write(str(s.getsockname()[1]))
+sys.stdin.read()
+' %s]]):format(portfile), "w")
+      local port
+      for _ = 1, 250 do
+        local f = io.open(portfile)
+        port = f and tonumber(f:read("a"))
+        if f then f:close() end
+        if port then break end
+        tide.sleep(0.02)
+      end
+      local t0 = tide.time()
+      local kind, e = errkind(net.connect, "127.0.0.1", port, { timeout = 0.3 })
+      local took = tide.time() - t0
+      py:close()
+      os.remove(portfile)
+      assert.equals("timeout", kind)
+      assert.truthy(e.message:find("connecting to 127.0.0.1:" .. port, 1, true), e.message)
+      assert.is_true(took < 2, "took " .. took .. " s")
+    end)
+
+    it("tries every address of a name until one answers", function()
+      local so, bin = os.getenv("TIDE_SLOWDNS"), os.getenv("TIDE_BIN")
+      if not so or not bin then pending("run through ctest (needs TIDE_SLOWDNS, TIDE_BIN)") return end
+      local script = S.tmpfile([[
+        local net = require "tide.net"
+        local srv = net.serve("127.0.0.1", 0, function(s) s:write("hi") end)
+        local c = net.connect("server.two", srv:port()) -- ::1 (refused), then 127.0.0.1
+        print(c:read())
+      ]])
+      local out = S.sh(("LD_PRELOAD=%s ASAN_OPTIONS=verify_asan_link_order=0 %s %s"):format(so, bin, script))
+      os.remove(script)
+      assert.equals("hi\n", out)
+    end)
+
     it("checks its arguments", function()
       assert.has_error(function() net.connect("127.0.0.1", 70000) end)
+      S.raises_matching("bad argument #3 to 'tide.net.connect' (table of options expected, got number)",
+        net.connect, "127.0.0.1", 1, 42)
+      S.raises_matching("(unknown option 'timout')", net.connect, "127.0.0.1", 1, { timout = 1 })
+      S.raises_matching("(opts.timeout: a positive number or false expected, got string)",
+        net.connect, "127.0.0.1", 1, { timeout = "soon" })
       assert.has_error(function() net.serve("127.0.0.1", 0, "not a function") end)
       assert.has_error(function() net.serve("not an address", 0, print) end)
     end)
@@ -104,13 +191,24 @@ describe("tide.net", function()
       assert.equals("dEND", c:read_until("END"))
       assert.equals("xyz", c:read())
       assert.is_nil(c:read()) -- clean end of stream
+      assert.equals(1, select("#", c:read()), "one nil, not nothing")
       c:close()
       srv:close()
     end)
 
-    it("read_exactly past the end raises kind eof", function()
+    it("read_exactly and read_until past the end raise kind eof with the partial bytes", function()
       local c, srv = pair { "abc" }
-      assert.equals("eof", (errkind(c.read_exactly, c, 10)))
+      local kind, e = errkind(c.read_exactly, c, 10)
+      assert.equals("eof", kind)
+      assert.equals("abc", e.partial)
+      assert.is_nil(c:read()) -- they were consumed
+      c:close()
+      srv:close()
+      c, srv = pair { "line without end" }
+      kind, e = errkind(c.read_until, c, "\n")
+      assert.equals("eof", kind)
+      assert.equals("line without end", e.partial)
+      assert.equals("", select(2, errkind(c.read_exactly, c, 1)).partial)
       c:close()
       srv:close()
     end)
@@ -120,6 +218,7 @@ describe("tide.net", function()
       assert.equals("one", c:read_line())
       assert.equals("two", c:read_line())
       assert.is_nil(c:read_line())
+      assert.equals(1, select("#", c:read_line()), "one nil, not nothing")
       c:close()
       srv:close()
     end)

@@ -6,7 +6,8 @@
 --
 -- Requests suspend the calling task only; the engine is libcurl's multi
 -- interface on the tide loop (host/http.c). This file turns options into
--- the engine's request spec and its answers into Response objects.
+-- the engine's request spec and its answers into Response objects, and
+-- follows the redirects of methods curl would get wrong (see CURL_FOLLOWS).
 local tide = require "tide"
 local core = require "tide.http.core"
 local Headers = require "tide.http_headers"
@@ -35,11 +36,16 @@ M.urlencode, M.urldecode = Headers.urlencode, Headers.urldecode
 
 local THIS = debug.getinfo(1, "S").source
 
--- Raises at the first caller outside this file, as luaL_argerror would.
-local function argerror(fname, argn, msg)
+-- Raises msg at the first caller outside this file.
+local function raise_at_caller(msg)
   local level = 2
   while (debug.getinfo(level, "S") or {}).source == THIS do level = level + 1 end
-  error(("bad argument #%d to '%s' (%s)"):format(argn, fname, msg), level)
+  error(msg, level)
+end
+
+-- Raises as luaL_argerror would, at the first caller outside this file.
+local function argerror(fname, argn, msg)
+  raise_at_caller(("bad argument #%d to '%s' (%s)"):format(argn, fname, msg))
 end
 
 local OPTION_TYPES = {
@@ -213,21 +219,78 @@ local EMPTY = setmetatable({}, { __newindex = function() error("read-only", 2) e
 -- engine reads it before the request suspends, so tasks never share it).
 local spec = {}
 
+-- curl follows redirects for these methods itself (POST becomes GET on 301,
+-- 302 and 303, as RFC 9110 allows and browsers and aiohttp do); it would
+-- keep any other method on a 303, so perform follows those: 303 makes a GET
+-- without the body, 301, 302, 307 and 308 keep the method and the body.
+local CURL_FOLLOWS = { GET = true, HEAD = true, POST = true }
+local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true, [308] = true }
+local GET_DROPS = { ["content-type"] = true, ["content-length"] = true }
+local CREDENTIALS = { authorization = true, cookie = true } -- not to another origin
+
+local function origin(u)
+  return (u:match("^%a[%w+.-]*://[^/?#]*") or ""):lower()
+end
+
+-- The header lines whose names are not in names.
+local function without(lines, names)
+  local out = {}
+  for _, line in ipairs(lines) do
+    if not names[line:match("^[^:;]*"):lower()] then out[#out + 1] = line end
+  end
+  return out
+end
+
+-- One request and response with the spec as filled: starts the transfer,
+-- feeds a body function, returns the transfer and the engine's response.
+local function exchange(cs, method, url, body_fn)
+  local x, ev = cs:request(spec)
+  spec.body, spec.headers = nil, nil -- nothing kept alive by the shared table
+  if body_fn then
+    local ok, e = pcall(function()
+      while ev == "body" do
+        local chunk = body_fn()
+        if chunk ~= nil and type(chunk) ~= "string" then
+          error(("%s %s: the body function gave a %s (strings expected)"):format(method, url, type(chunk)), 0)
+        end
+        if chunk == "" then
+          tide.sleep(0) -- "nothing yet": let the loop (and timeouts) run
+        else
+          local _
+          _, ev = x:feed(chunk)
+        end
+      end
+    end)
+    if not ok then x:close(); error(e, 0) end
+  end
+  return x, x:response()
+end
+
 local function perform(sess, fname, argbase, method, url, opts)
   if type(url) ~= "string" then
     argerror(fname, argbase, "URL string expected, got " .. type(url))
   end
   if opts == nil then opts = EMPTY else check_opts(fname, argbase + 1, opts) end
+  if not tide.current_task() then
+    raise_at_caller(("%s must be called from inside a task (the main chunk under tide, "
+      .. "or a function run by tide.run or tide.spawn)"):format(fname))
+  end
   local d = sess.defaults
   if sess.base_url then url = join(sess.base_url, url) end
   local q = opts.query
   if q then
     q = type(q) == "table" and M.urlencode(q) or q
-    if q ~= "" then url = url .. (url:find("?", 1, true) and "&" or "?") .. q end
+    if q ~= "" then -- before a #fragment
+      local base, frag = url:match("^([^#]*)(.*)$")
+      local sep = base:find("?", 1, true) and (base:find("[?&]$") and "" or "&") or "?"
+      url = base .. sep .. q .. frag
+    end
   end
   local body, body_fn, ctype = opts.body, nil, nil
   if opts.json ~= nil then
-    body, ctype = json().encode(opts.json), "application/json"
+    local ok, v = pcall(json().encode, opts.json)
+    if not ok then argerror(fname, argbase + 1, "opts.json: " .. tostring(v):gsub("^[^:]*:%d+: ", "")) end
+    body, ctype = v, "application/json"
   elseif opts.form then
     body, ctype = M.urlencode(opts.form), "application/x-www-form-urlencoded"
   end
@@ -258,30 +321,42 @@ local function perform(sess, fname, argbase, method, url, opts)
   spec.verify, spec.cafile, spec.proxy = verify, opts.cafile or d.cafile, opts.proxy or d.proxy
   spec.max_body, spec.http_version, spec.stream = max_body or -1, version, stream
   spec.cookie = sess.cookie
+  local max_redirects, saved = spec.max_redirects, nil
+  if max_redirects > 0 and not CURL_FOLLOWS[method] then
+    spec.max_redirects = 0 -- followed below
+    saved = {}
+    for k, v in pairs(spec) do saved[k] = v end
+  end
   local cs = sess.core
   if cs == "default" then cs = core.default_session() end
-  local x, ev = cs:request(spec)
-  spec.body, spec.headers = nil, nil -- nothing kept alive by the shared table
-  if body_fn then
-    local ok, e = pcall(function()
-      while ev == "body" do
-        local chunk = body_fn()
-        if chunk ~= nil and type(chunk) ~= "string" then
-          error(("%s %s: the body function gave a %s (strings expected)"):format(method, url, type(chunk)), 0)
-        end
-        if chunk == "" then
-          tide.sleep(0) -- "nothing yet": let the loop (and timeouts) run
-        else
-          _, ev = x:feed(chunk)
-        end
-      end
-    end)
-    if not ok then x:close(); error(e, 0) end
+  local x, r = exchange(cs, method, url, body_fn)
+  local n = 0
+  while saved and REDIRECT[r.status] and r._redirect_url do
+    if stream then x:close() end
+    if n == max_redirects then
+      error(tide.error("too_many_redirects", ("%s %s: Number of redirects hit maximum amount "
+        .. "(Maximum (%d) redirects followed)"):format(method, url, max_redirects),
+        { url = url, curl_code = 47 }), 0)
+    end
+    n = n + 1
+    local to, hs = r._redirect_url, saved.headers
+    if r.status == 303 then -- See Other: GET it, without the body
+      saved.method, saved.body, saved.body_fn, body_fn = "GET", nil, false, nil
+      hs = without(hs, GET_DROPS)
+    elseif body_fn then
+      error(tide.error("http_transfer", ("%s %s: the %d redirect needs the body sent again, "
+        .. "which a body function cannot do (give the body as a string)"):format(
+          saved.method, saved.url, r.status), { url = saved.url }), 0)
+    end
+    if origin(to) ~= origin(saved.url) then hs = without(hs, CREDENTIALS) end
+    saved.url, saved.headers = to, hs
+    for k, v in pairs(saved) do spec[k] = v end
+    x, r = exchange(cs, saved.method, to, nil)
   end
-  local r = x:response()
+  if saved then r.redirects = n end
+  r._redirect_url = nil
   Headers.wrap(r.headers, r.header_block)
   r.header_block = nil
-  r.method = method
   if stream then r._x = x end
   return setmetatable(r, Response)
 end

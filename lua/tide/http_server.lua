@@ -9,7 +9,8 @@
 --   req: method, url, path, query (decoded, last value wins), raw_query,
 --        headers (tide.http_headers map), body, version, keep_alive
 --   opts: max_header_size (16 KiB, else 431), max_body_size (16 MiB, else
---         413), idle_timeout (60 s per read), shutdown_timeout (5 s), log
+--         413), idle_timeout (60 s per read), shutdown_timeout (5 s),
+--         linger (1 s), backlog, log; checked at the call
 --   srv:port(), srv:url(path), srv:close() / <close>
 --
 -- A body that is a function is called until it returns nil and sent as it
@@ -142,6 +143,10 @@ local function call_handler(srv, req)
         bad = ("bad header %q: %q"):format(tostring(name), tostring(one))
       end
     end
+  end
+  local bt = type(res.body)
+  if bt ~= "nil" and bt ~= "string" and bt ~= "function" then
+    bad = ("body is a %s, not a string or a function"):format(bt)
   end
   if bad then
     report(srv, ("handler for %s %s: %s"):format(req.method, req.url, bad))
@@ -289,20 +294,61 @@ end
 
 Server.__close = Server.close
 
+-- The options and what each must be: "number" (at least 0), "positive"
+-- (a number above 0), "count" (an integer above 0) or "boolean".
+local OPTIONS = { max_header_size = "count", max_body_size = "number",
+  idle_timeout = "positive", shutdown_timeout = "number", linger = "number",
+  backlog = "count", log = "boolean" }
+
+local THIS = debug.getinfo(1, "S").source
+
+-- Raises msg at the first caller outside this file.
+local function raise_at_caller(msg)
+  local level = 2
+  while (debug.getinfo(level, "S") or {}).source == THIS do level = level + 1 end
+  error(msg, level)
+end
+
+local function argerror(n, msg)
+  raise_at_caller(("bad argument #%d to 'serve' (%s)"):format(n, msg))
+end
+
+local function check_opts(opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    argerror(4, "table expected, got " .. type(opts))
+  end
+  for k, v in pairs(opts or {}) do
+    local want = OPTIONS[k]
+    if not want then argerror(4, ("unknown option '%s'"):format(tostring(k))) end
+    local ok
+    if want == "boolean" then
+      ok = type(v) == "boolean"
+    else
+      ok = type(v) == "number" and (v > 0 or (want == "number" and v == 0))
+        and (want ~= "count" or math.type(v) == "integer")
+    end
+    if not ok then
+      argerror(4, ("opts.%s: %s expected, got %s"):format(k, ({ boolean = "boolean",
+        number = "a non-negative number", positive = "a positive number",
+        count = "a positive integer" })[want], type(v) == "number" and tostring(v) or type(v)))
+    end
+  end
+end
+
 -- serve(host, port, handler [, opts]) -> server
 function M.serve(host, port, handler, opts)
-  if type(handler) ~= "function" then
-    error(("bad argument #3 to 'serve' (function expected, got %s)"):format(type(handler)), 2)
+  if type(host) ~= "string" then argerror(1, "string expected, got " .. type(host)) end
+  if math.type(port) ~= "integer" then
+    argerror(2, "integer expected, got " .. (math.type(port) or type(port)))
   end
-  if opts ~= nil and type(opts) ~= "table" then
-    error(("bad argument #4 to 'serve' (table expected, got %s)"):format(type(opts)), 2)
-  end
+  if type(handler) ~= "function" then argerror(3, "function expected, got " .. type(handler)) end
+  check_opts(opts)
   local o = {}
   for k, v in pairs(DEFAULTS) do o[k] = v end
   for k, v in pairs(opts or {}) do o[k] = v end
   local srv = setmetatable({ handler = handler, opts = o, _conns = {}, _host = host,
     closed = false }, Server)
-  srv._net = net.serve(host, port, function(stream)
+  local ok, lsn = pcall(net.serve, host, port, function(stream)
     local conn = { stream = stream, task = tide.current_task(), idle = true }
     if srv.closed then return stream:close() end
     srv._conns[conn] = true
@@ -321,7 +367,13 @@ function M.serve(host, port, handler, opts)
       end
     end
   end, o.backlog and { backlog = o.backlog } or nil)
-  srv._port = srv._net:port()
+  if not ok then -- net.serve's argument errors, told at our caller's line
+    if type(lsn) == "string" then
+      raise_at_caller((lsn:gsub("^[^:]*:%d+: ", ""):gsub("'tide%.net%.serve'", "'serve'")))
+    end
+    error(lsn, 0)
+  end
+  srv._net, srv._port = lsn, lsn:port()
   return srv
 end
 
