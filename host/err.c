@@ -22,6 +22,35 @@ void tide__err_push(lua_State *L, const char *kind, const char *fmt, ...) {
   luaL_setmetatable(L, TIDE_ERROR_MT);
 }
 
+/* [-0, +1, m] Pushes "source:line: " of the innermost Lua function that
+ * is not part of tide's own Lua modules ("@lua/tide..."): where the user
+ * called a tide function implemented partly in Lua and partly in C. */
+void tide__where_user(lua_State *L) {
+  lua_Debug ar;
+  int level;
+  for (level = 1; lua_getstack(L, level, &ar); level++) {
+    if (!lua_getinfo(L, "Sl", &ar) || ar.currentline <= 0)
+      continue; /* a C function */
+    if (strncmp(ar.source, "@lua/tide", 9) == 0)
+      continue;
+    lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
+    return;
+  }
+  lua_pushliteral(L, "");
+}
+
+/* [-0, +1, v] Raises a bad-argument error (a string, as luaL_argerror's)
+ * located at the user's call (tide__where_user). */
+int tide__argerror_user(lua_State *L, const char *fmt, ...) {
+  va_list ap;
+  tide__where_user(L);
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lua_concat(L, 2);
+  return lua_error(L);
+}
+
 /* [-0, +1, v] Raises a new error of `kind`. */
 int tide__err_raise(lua_State *L, const char *kind, const char *fmt, ...) {
   va_list ap;

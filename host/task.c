@@ -1082,9 +1082,14 @@ static int t_add_done_callback(lua_State *L) {
   return 0;
 }
 
+/* t:remove_done_callback(cb) -> how many registrations of cb it removed
+ * (all of them, as asyncio's) */
 static int t_remove_done_callback(lua_State *L) {
+  lua_Integer n = 0;
   tide__check_task(L, 1);
-  lua_pushboolean(L, waiters_remove(L, 1, 2));
+  while (waiters_remove(L, 1, 2))
+    n++;
+  lua_pushinteger(L, n);
   return 1;
 }
 
@@ -1371,12 +1376,13 @@ static int gather_k(lua_State *L, int status, lua_KContext ctx) {
   return gather_finish(L);
 }
 
-/* core.gather_wait(tasks, n, return_exceptions) -> results (see tide.gather) */
+/* core.gather_wait(tasks, n, return_exceptions, array) -> results (see
+ * tide.gather; array: the tasks came as one table, for the messages) */
 static int l_gather_wait(lua_State *L) {
   lua_Integer i, n = luaL_checkinteger(L, 2);
   gather_state *gs;
   tide_task *me = tide__current(L);
-  int funcs = 0;
+  int funcs = 0, array = lua_toboolean(L, 4);
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 3);
   lua_rawgeti(L, LUA_REGISTRYINDEX, tide__rt(L)->task_mt_ref); /* 4 */
@@ -1393,13 +1399,18 @@ static int l_gather_wait(lua_State *L) {
           lua_pop(L, 1);
         }
         if (ok && ((tide_task *)lua_touserdata(L, -1))->s != me->s)
-          return luaL_error(L, "gather: task %d belongs to another tide.run "
-                               "loop", (int)i);
+          return tide__argerror_user(L, "gather: task %d belongs to another "
+                                        "tide.run loop", (int)i);
         break;
     }
+    if (!ok && array)
+      return tide__argerror_user(L, "bad argument #1 to 'gather' (element %d: "
+                                    "task or function expected, got %s)",
+                                 (int)i, luaL_typename(L, -1));
     if (!ok)
-      return luaL_error(L, "bad argument #%d to 'gather' (task or function "
-                           "expected, got %s)", (int)i, luaL_typename(L, -1));
+      return tide__argerror_user(L, "bad argument #%d to 'gather' (task or "
+                                    "function expected, got %s)", (int)i,
+                                 luaL_typename(L, -1));
     lua_pop(L, 1);
   }
   lua_pop(L, 1);

@@ -88,7 +88,7 @@ function M.gather(...)
     if opts ~= nil and type(opts) ~= "table" then
       argerror("gather", 2, "table of options", opts)
     end
-    return gather_wait(first, first.n or #first, opts and opts.return_exceptions)
+    return gather_wait(first, first.n or #first, opts and opts.return_exceptions, true)
   end
   return gather_wait({ ... }, nargs, false)
 end
@@ -210,15 +210,22 @@ end
 local Group = {}
 Group.__index = Group
 
--- g:spawn(fn, ...) -> task, a child of the group
+-- g:spawn([opts,] fn, ...) -> task, a child of the group (opts as tide.spawn's)
 function Group:spawn(fn, ...)
-  if type(fn) ~= "function" then
-    argerror("spawn", 1, "function", fn)
+  local opts
+  if type(fn) == "table" then
+    opts, fn = fn, ...
+    if type(fn) ~= "function" then
+      argerror("spawn", 2, "function", fn)
+    end
+  elseif type(fn) ~= "function" then
+    argerror("spawn", 1, "function or table of options", fn)
   end
   if self._closed then
     error(terror("invalid_state", "task group is finished; it takes no new tasks"), 2)
   end
-  local t = spawn(fn, ...)
+  local t
+  if opts then t = spawn(opts, fn, select(2, ...)) else t = spawn(fn, ...) end
   self._remaining = self._remaining + 1
   self.tasks[#self.tasks + 1] = t
   t:add_done_callback(self._on_done)
@@ -293,7 +300,7 @@ end
 
 local function check_seconds(fname, i, s)
   if type(s) ~= "number" then
-    argerror(fname, i, "number of seconds", s, 2)
+    argerror(fname, i, "number of seconds", s, 3)
   end
   if s ~= s then
     error(("bad argument #%d to '%s' (seconds is NaN)"):format(i, fname), 3)
@@ -328,6 +335,7 @@ end
 -- tide.wait_for(task_or_fn, seconds, ...) -> results, or raises "timeout"
 function M.wait_for(x, seconds, ...)
   local t
+  if seconds ~= nil then check_seconds("wait_for", 2, seconds) end -- before spawning
   if istask(x) then
     t = x
   elseif type(x) == "function" then
@@ -338,7 +346,6 @@ function M.wait_for(x, seconds, ...)
   if seconds == nil then
     return t:await()
   end
-  check_seconds("wait_for", 2, seconds)
   local self = me("tide.wait_for")
   local err
   if not t:done() then -- even with 0 s the inner task gets its first step

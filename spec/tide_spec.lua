@@ -318,6 +318,19 @@ describe("Task", function()
     tide.sleep(0.001)
     assert.is_true(late)
   end)
+
+  it(":remove_done_callback() removes every registration and says how many", function()
+    local n = 0
+    local function cb() n = n + 1 end
+    local t = tide.spawn(tide.sleep, 0.001)
+    t:add_done_callback(cb)
+    t:add_done_callback(cb)
+    assert.equals(2, t:remove_done_callback(cb))
+    assert.equals(0, t:remove_done_callback(cb))
+    t:await()
+    tide.sleep(0)
+    assert.equals(0, n)
+  end)
 end)
 
 describe("tide.sleep", function()
@@ -505,6 +518,16 @@ describe("tide.gather", function()
     assert.is_false(ok)
     assert.matches("bad argument #2 to 'gather' %(task or function expected, got number%)", e)
   end)
+
+  it("points bad arguments at the caller's line; in an array, names the element", function()
+    local ok, e = pcall(function() tide.gather(5) end)
+    assert.is_false(ok)
+    assert.matches("^spec/tide_spec.lua:%d+: bad argument #1 to 'gather'", e)
+    ok, e = pcall(function() tide.gather({ function() end, 5 }) end)
+    assert.matches("^spec/tide_spec.lua:%d+: bad argument #1 to 'gather' %(element 2: task or function", e)
+    ok, e = pcall(function() tide.wait_for(function() end, "x") end)
+    assert.matches("^spec/tide_spec.lua:%d+: bad argument #2 to 'wait_for'", e)
+  end)
 end)
 
 describe("tide.wait", function()
@@ -579,6 +602,15 @@ describe("tide.as_completed", function()
 end)
 
 describe("tide.task_group", function()
+  it("g:spawn takes the options tide.spawn takes", function()
+    local name
+    tide.task_group(function(g)
+      local t = g:spawn({ name = "worker" }, function(x) return x end, 1)
+      name = t.name
+    end)
+    assert.equals("worker", name)
+  end)
+
   it("returns when all children are done", function()
     local done = {}
     local r = tide.task_group(function(g)
