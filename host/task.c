@@ -707,7 +707,17 @@ static void step(tide_sched *s, tide_task *t) {
       lua_xmove(co, L, 1);
       ud = lua_gettop(L);
     }
-    finish_ok(L, t, UD(), nres - 1);
+    if (t->flags & TF_CANCEL_PENDING) {
+      /* it asked for its own cancellation and returned without suspending
+       * again: it ends cancelled (asyncio's _must_cancel), results dropped */
+      t->flags &= ~TF_CANCEL_PENDING;
+      lua_settop(co, 0);
+      take_pending(L, s, UD());
+      lua_xmove(L, co, 1);
+      finish_err(L, t, UD());
+    } else {
+      finish_ok(L, t, UD(), nres - 1);
+    }
   } else {
     finish_err(L, t, UD());
   }

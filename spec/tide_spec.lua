@@ -265,6 +265,16 @@ describe("Task", function()
     assert.equals("inner", inner:await())
   end)
 
+  it("a task that cancels itself and returns without suspending ends cancelled", function()
+    local t = tide.spawn(function()
+      tide.current_task():cancel("self")
+      return "returned"
+    end)
+    assert.equals("cancelled", errkind(t.await, t))
+    assert.is_true(t:cancelled())
+    assert.equals("self", t:error().message)
+  end)
+
   it("a task that cancels itself is cancelled at its next suspension", function()
     local t = tide.spawn(function()
       tide.current_task():cancel()
