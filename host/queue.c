@@ -72,23 +72,60 @@ static void push_key(lua_State *L, int entry) {
   }
 }
 
-/* Whether heap entry a leaves before heap entry b (both absolute). */
-static int before(lua_State *L, int a, int b) {
-  int r;
-  push_key(L, a);
-  push_key(L, b);
-  if (lua_compare(L, -2, -1, LUA_OPLT))
-    r = 1;
-  else if (lua_compare(L, -1, -2, LUA_OPLT))
-    r = 0;
-  else { /* equal keys: first in, first out */
-    lua_rawgeti(L, a, 2);
-    lua_rawgeti(L, b, 2);
-    r = lua_tointeger(L, -2) < lua_tointeger(L, -1);
+/* Tables without __lt compare like Python tuples: element by element, a
+ * shorter one first when it is a prefix. Past the first element (checked
+ * at put), elements that '<' cannot compare without an error (other than
+ * two numbers or two strings) count as equal. -1, 0 or 1 for a <, =, > b,
+ * the items of entries a and b being tables. */
+static int tuple_order(lua_State *L, int a, int b) {
+  lua_Integer i;
+  int r = 0;
+  lua_rawgeti(L, a, 1);
+  lua_rawgeti(L, b, 1);
+  for (i = 2; r == 0; i++) {
+    int ta = lua_rawgeti(L, -2, i), tb = lua_rawgeti(L, -2, i);
+    if (ta == LUA_TNIL || tb == LUA_TNIL)
+      r = ta == tb ? 2 : ta == LUA_TNIL ? -1 : 1; /* 2: equal, stop */
+    else if (ta == tb && (ta == LUA_TNUMBER || ta == LUA_TSTRING))
+      r = lua_compare(L, -2, -1, LUA_OPLT)   ? -1
+          : lua_compare(L, -1, -2, LUA_OPLT) ? 1 : 0;
+    else
+      r = 2; /* not comparable: equal */
     lua_pop(L, 2);
   }
   lua_pop(L, 2);
-  return r;
+  return r == 2 ? 0 : r;
+}
+
+/* Whether heap entry a leaves before heap entry b (both absolute). */
+static int before(lua_State *L, int a, int b) {
+  int r, tuples;
+  push_key(L, a);
+  push_key(L, b);
+  lua_rawgeti(L, a, 1); /* a table item compared by its elements? */
+  tuples = lua_type(L, -1) == LUA_TTABLE && !lua_rawequal(L, -1, -3);
+  lua_pop(L, 1);
+  if (lua_compare(L, -2, -1, LUA_OPLT))
+    r = -1;
+  else if (lua_compare(L, -1, -2, LUA_OPLT))
+    r = 1;
+  else {
+    r = 0;
+    if (tuples) {
+      int both = lua_rawgeti(L, b, 1) == LUA_TTABLE;
+      lua_pop(L, 1);
+      if (both)
+        r = tuple_order(L, a, b);
+    }
+  }
+  lua_pop(L, 2);
+  if (r == 0) { /* equal: first in, first out */
+    lua_rawgeti(L, a, 2);
+    lua_rawgeti(L, b, 2);
+    r = lua_tointeger(L, -2) < lua_tointeger(L, -1) ? -1 : 1;
+    lua_pop(L, 2);
+  }
+  return r < 0;
 }
 
 static int cmp_item(lua_State *L) { /* protected: can this key compare? */

@@ -654,6 +654,26 @@ describe("tide.PriorityQueue", function()
       assert.same({ 3, "c" }, q:get())
     end)
 
+    it("breaks ties on the next elements, as Python tuples do", function()
+      local q = tide.PriorityQueue()
+      q:put({ 1, "z" }); q:put({ 1, "y" }); q:put({ 1, "y", 2 }); q:put({ 1 }); q:put({ 0, "b" })
+      local got = {}
+      while not q:empty() do
+        local x = q:get()
+        got[#got + 1] = table.concat(x, ",")
+      end
+      assert.same({ "0,b", "1", "1,y", "1,y,2", "1,z" }, got)
+    end)
+
+    it("keeps first in, first out when later elements cannot be compared", function()
+      local q = tide.PriorityQueue()
+      local a, b, c = { 1, {} }, { 1, "s" }, { 1, {} }
+      q:put(a); q:put(b); q:put(c)
+      assert.equals(a, q:get())
+      assert.equals(b, q:get())
+      assert.equals(c, q:get())
+    end)
+
     it("returns equal priorities first in, first out", function()
       local q = tide.PriorityQueue()
       q:put({ 2, "b1" }); q:put({ 1, "a1" }); q:put({ 2, "b2" })
