@@ -74,6 +74,11 @@ static int on_task_done(lua_State *L) {
   lua_pushnil(L);
   lua_rawset(L, -3);
   lua_pop(L, 1);
+  if (d->cb == NULL) { /* nobody looks at the outcome: a failure stays */
+    d->called = 1;      /* unretrieved, so it is reported as for Lua tasks */
+    rt->cpending--;
+    return 0;
+  }
   status = tide__push_outcome(L, lua_touserdata(L, 1), 1, &n);
   call_done(rt, L, d, status, n);
   return 0;

@@ -549,6 +549,35 @@ static void test_close_in_callback(void) {
   tide_runtime_close(rt);
 }
 
+/* A failure in a task started with no done callback is reported on stderr
+ * (as for a Lua task nobody awaited), not lost. */
+static void test_unobserved_failure(void) {
+  env e;
+  char path[] = "/tmp/tide_embed_err_XXXXXX", buf[512] = "";
+  int fd = mkstemp(path), saved = dup(2);
+  FILE *f;
+  tide_runtime *rt;
+  fflush(stderr);
+  dup2(fd, 2);
+  rt = new_rt(NULL, &e);
+  tide_dostring(rt, "error('unobserved failure')", "=bg", NULL, NULL);
+  tide_loop_run(rt, UV_RUN_DEFAULT);
+  tide_runtime_close(rt);
+  fflush(stderr);
+  dup2(saved, 2);
+  close(saved);
+  close(fd);
+  f = fopen(path, "r");
+  if (f) {
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+  }
+  unlink(path);
+  check(strstr(buf, "unobserved failure") != NULL,
+        "a failed task started without a done callback is reported", buf);
+}
+
 static volatile sig_atomic_t app_got_term;
 static void app_on_term(int sig) { (void)sig; app_got_term = 1; }
 
@@ -862,6 +891,7 @@ int main(void) {
   test_close_handler_error();
   test_close_in_callback();
   test_signals_stay_the_apps();
+  test_unobserved_failure();
   test_async_complete_fail();
   test_cancel_async();
   test_preload();
