@@ -72,7 +72,7 @@ static int push_signal(lua_State *L, int signum) {
 /* Argument errors name 'signal' whatever the call went through (tide.lua
  * tail-calls here, which loses the name luaL_argerror would find). */
 static int bad_arg(lua_State *L, const char *msg) {
-  return luaL_error(L, "bad argument #1 to 'signal' (%s)", msg);
+  return tide__argerror_user(L, "bad argument #1 to 'signal' (%s)", msg);
 }
 
 /* "SIGUSR1", "USR1", "usr1", or a number of one of those or of a real-time
@@ -98,6 +98,14 @@ static int check_signum(lua_State *L, int idx) {
       if (strcasecmp(s, names[i].name) == 0 ||
           strcasecmp(s, names[i].name + 3) == 0)
         return names[i].num;
+    if (strcasecmp(s, "SIGKILL") == 0 || strcasecmp(s, "KILL") == 0 ||
+        strcasecmp(s, "SIGSTOP") == 0 || strcasecmp(s, "STOP") == 0 ||
+        strcasecmp(s, "SIGPIPE") == 0 || strcasecmp(s, "PIPE") == 0) {
+      lua_pushfstring(L, "%s cannot be waited for (SIGKILL and SIGSTOP cannot "
+                         "be caught; tide ignores SIGPIPE: writes fail with "
+                         "EPIPE instead)", s);
+      return bad_arg(L, lua_tostring(L, -1));
+    }
     lua_pushfstring(L, "unknown signal '%s' (expected one of SIGHUP, SIGINT, "
                        "SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH, SIGCHLD, "
                        "SIGALRM, SIGCONT, SIGTSTP, SIGTTIN, SIGTTOU, with or "

@@ -122,6 +122,13 @@ describe("tide command", function()
     assert.matches("unexpected symbol near '='", err)
   end)
 
+  it("-l of a missing module reports it as lua5.4 does, with no position inside tide", function()
+    local _, err, rc = sh(TIDE .. " -l no_such_module_x")
+    assert.equals(1, rc)
+    assert.matches("^[^\n]*: module 'no_such_module_x' not found:", err)
+    assert.is_nil(err:match("^[^\n]*lua/tide/"), err)
+  end)
+
   it("an error value that is not a string says what it is, as lua5.4", function()
     local _, err, rc = sh(TIDE .. " -e 'error({})'")
     assert.equals(1, rc)

@@ -5,7 +5,11 @@
 return function(steps)
   for _, step in ipairs(steps) do
     if step.lib then
-      _G[step.global] = require(step.lib)
+      -- through pcall, so that a missing module's message carries no
+      -- position inside tide (lua5.4 prints none)
+      local ok, mod = pcall(require, step.lib)
+      if not ok then error(mod, 0) end
+      _G[step.global] = mod
     elseif step.repl then
       require("tide.repl").run(step)
     elseif step.fail then -- a chunk that did not compile, after steps that ran
