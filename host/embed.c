@@ -145,11 +145,32 @@ int tide_dofile(tide_runtime *rt, const char *path, tide_done_cb done,
 /* Cancels the root's tasks, runs the ready queue so they unwind (without
  * running an application's loop), tells the done callbacks of tasks that
  * still have not ended, and closes the root sched. */
+static void on_close_deadline(uv_timer_t *h) {
+  *(int *)h->data = 1;
+}
+
+/* Cancels the root's tasks and runs the loop while they clean up (as
+ * asyncio.run does), for at most CLOSE_GRACE_MS and only while something
+ * is alive on the loop: the deadline's timer does not keep it running, so
+ * a task that swallowed its cancel and waits for nothing ends the wait at
+ * once. Tasks still there are then abandoned. */
+#define CLOSE_GRACE_MS 2000
+
 void tide__root_close(tide_runtime *rt) {
   tide_sched *s = rt->root;
   lua_State *L = rt->L;
-  int i;
+  uv_timer_t deadline;
+  int expired = 0, i;
   tide__cancel_all(s, "the runtime is closing");
+  tide__sched_update(s);
+  uv_timer_init(s->loop, &deadline);
+  deadline.data = &expired;
+  uv_timer_start(&deadline, on_close_deadline, CLOSE_GRACE_MS, 0);
+  uv_unref((uv_handle_t *)&deadline);
+  while (s->ntasks > 0 && !expired && uv_run(s->loop, UV_RUN_ONCE) != 0)
+    ;
+  uv_close((uv_handle_t *)&deadline, NULL);
+  uv_run(s->loop, UV_RUN_NOWAIT); /* its close completes: it is on our stack */
   for (i = 0; i < 100 && s->rq_len > 0; i++)
     tide__run_ready(s);
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &cstarted_key) == LUA_TTABLE) {

@@ -108,7 +108,8 @@ int tide_loop_run(tide_runtime *rt, uv_run_mode mode);
 /* How many tasks started from C are still running. */
 int tide_pending_tasks(tide_runtime *rt);
 
-/* Cancels every task, lets them clean up (running the loop as needed), then
+/* Cancels every task, lets them clean up (running the loop while they do,
+ * for at most 2 s, and only while something is alive on it), then
  * closes the Lua state and every handle tide opened; an application's loop
  * is left usable: the handles tide closed finish closing at its next turn,
  * so run it once more (uv_run(loop, UV_RUN_NOWAIT)) before uv_loop_close,

@@ -578,6 +578,23 @@ static void test_unobserved_failure(void) {
         "a failed task started without a done callback is reported", buf);
 }
 
+/* Closing lets cancelled tasks clean up, also when that suspends. */
+static void test_close_runs_cleanup(void) {
+  env e;
+  tide_runtime *rt = new_rt(NULL, &e);
+  result r = {0};
+  spawn_code(rt, "local tide, m = require 'tide', require 'testmod'\n"
+                 "local ok, err = pcall(tide.sleep, 10)\n"
+                 "tide.sleep(0.01) -- clean-up that suspends\n"
+                 "m.note()\n"
+                 "error(err, 0)", &r);
+  tide_loop_run(rt, UV_RUN_NOWAIT);
+  tide_runtime_close(rt);
+  check(e.notes == 1 && r.called == 1 && strcmp(r.kind, "cancelled") == 0,
+        "tide_runtime_close runs the loop while cancelled tasks clean up",
+        r.text);
+}
+
 static volatile sig_atomic_t app_got_term;
 static void app_on_term(int sig) { (void)sig; app_got_term = 1; }
 
@@ -892,6 +909,7 @@ int main(void) {
   test_close_in_callback();
   test_signals_stay_the_apps();
   test_unobserved_failure();
+  test_close_runs_cleanup();
   test_async_complete_fail();
   test_cancel_async();
   test_preload();
