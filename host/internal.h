@@ -163,6 +163,7 @@ struct tide_runtime {
   /* registry slots of task.c's tables, read by index on hot paths (a
    * light-userdata key costs a hash lookup, ~3x an array read) */
   int task_mt_ref, task_gcmt_ref, pool_ref, last_fn_ref;
+  int tb_ref;            /* thread -> traceback taken where it raised (weak) */
   struct tide_pending *pendings; /* live tide_suspend handles (embed.c) */
   tide_sched *root;      /* where tasks started from C run (embed.c) */
   int cpending;          /* tasks started from C not yet done */

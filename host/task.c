@@ -397,6 +397,66 @@ static void recycle(lua_State *L, tide_runtime *rt, lua_State *co) {
   lua_pop(L, 1);
 }
 
+/* ---- the base of a task's coroutine ------------------------------------
+ * task_body(fn, ...) calls fn(...) in a protected call, so that an error or
+ * a cancellation unwinds inside the task: its <close> handlers run as part
+ * of it (current_task() is it) and may suspend, as asyncio's finally and
+ * __aexit__ may await. Then the error is raised again to end the
+ * coroutine; its traceback was taken where it was raised (task_msgh). */
+
+static void push_message(lua_State *L, int e);
+
+static int task_msgh(lua_State *co) {
+  tide_runtime *rt = tide__rt(co);
+  if (!tide__err_is_kind(co, 1, "cancelled")) {
+    static const char base[] = "\n\t[C]: in ?"; /* task_body's frame */
+    size_t n, k = sizeof(base) - 1;
+    const char *tb;
+    push_message(co, 1);
+    luaL_traceback(co, co, lua_tostring(co, -1), 1);
+    tb = lua_tolstring(co, -1, &n);
+    if (n >= k && memcmp(tb + n - k, base, k) == 0)
+      lua_pushlstring(co, tb, n - k);
+    lua_rawgeti(co, LUA_REGISTRYINDEX, rt->tb_ref);
+    lua_pushthread(co);
+    lua_pushvalue(co, -3);
+    lua_rawset(co, -3);
+  }
+  lua_settop(co, 1);
+  return 1;
+}
+
+static int task_body_k(lua_State *co, int status, lua_KContext ctx) {
+  (void)ctx;
+  if (status != LUA_OK && status != LUA_YIELD)
+    return lua_error(co); /* its <close> handlers have run */
+  return lua_gettop(co) - 1; /* fn's results, above task_msgh */
+}
+
+static int task_body(lua_State *co) {
+  lua_pushcfunction(co, task_msgh);
+  lua_insert(co, 1);
+  return task_body_k(co, lua_pcallk(co, lua_gettop(co) - 2, LUA_MULTRET, 1, 0,
+                                    task_body_k), 0);
+}
+
+/* [-0, +(0|1), -] Pushes the traceback task_msgh kept for co; 0 if none. */
+static int take_traceback(lua_State *L, tide_runtime *rt, lua_State *co) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->tb_ref);
+  lua_pushthread(co);
+  lua_xmove(co, L, 1);
+  lua_pushvalue(L, -1);
+  if (lua_rawget(L, -3) != LUA_TSTRING) {
+    lua_pop(L, 3);
+    return 0;
+  }
+  lua_insert(L, -3);
+  lua_pushnil(L);
+  lua_rawset(L, -3); /* forget it: the thread may run another task */
+  lua_pop(L, 1);
+  return 1;
+}
+
 /* First step of a task: gives it a coroutine with fn and its arguments. */
 static void start(lua_State *L, tide_task *t, int ud) {
   tide_runtime *rt = t->s->rt;
@@ -437,6 +497,9 @@ static void start(lua_State *L, tide_task *t, int ud) {
     lua_xmove(L, co, 1);
   }
   lua_setiuservalue(L, ud, TUV_CO); /* the thread, anchored by the task */
+  lua_pushcfunction(co, task_body); /* [ud, task_body, fn, args...] */
+  lua_insert(co, 2);
+  t->nargs++; /* fn is task_body's first argument */
   t->co = co;
 }
 
@@ -543,9 +606,11 @@ static void finish_err(lua_State *L, tide_task *t, int ud) {
     luaL_checkstack(L, 10, NULL);
     lua_rawgeti(L, LUA_REGISTRYINDEX, t->s->rt->task_gcmt_ref);
     lua_setmetatable(L, ud); /* reported when collected unless retrieved */
-    push_message(L, e);
-    luaL_traceback(L, co ? co : L, lua_tostring(L, -1), co ? 0 : 1);
-    lua_remove(L, -2);
+    if (co == NULL || !take_traceback(L, t->s->rt, co)) {
+      push_message(L, e);
+      luaL_traceback(L, co ? co : L, lua_tostring(L, -1), co ? 0 : 1);
+      lua_remove(L, -2);
+    }
     push_name(L, t, ud);
     push_site(L, t, ud);
     if (t->parent == 0) /* a run's main task: nobody spawned it */
@@ -1583,6 +1648,14 @@ int tide__open_task(lua_State *L) {
   if (rt->pool_ref == 0) {
     lua_newtable(L);
     rt->pool_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  if (rt->tb_ref == 0) {
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    rt->tb_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   }
   luaL_setfuncs(L, task_funcs, 0);
   lua_pushlightuserdata(L, tide__sentinel());

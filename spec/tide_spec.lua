@@ -295,6 +295,32 @@ describe("Task", function()
     assert.equals("cancelled", errkind(t.await, t))
   end)
 
+  it("<close> handlers of a cancelled or failing task run in the task and may suspend (async with)", function()
+    local log = {}
+    local function resource(name)
+      return setmetatable({}, { __close = function(_, e)
+        log[#log + 1] = name .. " closing in " .. tostring(tide.current_task() and tide.current_task().name)
+        tide.sleep(0.005) -- clean-up that suspends, as __aexit__ may await
+        log[#log + 1] = name .. " closed (" .. tostring(e and (e.kind or e)) .. ")"
+      end })
+    end
+    local c = tide.spawn({ name = "victim" }, function()
+      local r <close> = resource("c")
+      tide.sleep(10)
+    end)
+    local f = tide.spawn({ name = "failing" }, function()
+      local r <close> = resource("f")
+      tide.sleep(0)
+      error("boom", 0)
+    end)
+    tide.sleep(0)
+    c:cancel()
+    assert.equals("cancelled", errkind(c.await, c))
+    assert.equals("boom", select(2, pcall(f.await, f)))
+    table.sort(log)
+    assert.same({ "c closed (cancelled)", "c closing in victim", "f closed (boom)", "f closing in failing" }, log)
+  end)
+
   it("a task that fails or is cancelled closes its <close> variables", function()
     local closed = {}
     local function closer(name)
