@@ -157,6 +157,7 @@ struct tide_runtime {
   int sandbox;           /* tide_options.sandbox: text chunks only */
   int npool;             /* finished coroutines kept for reuse */
   uint32_t last_src_id;  /* spawn-site cache (task.c, source_id) */
+  int last_src_internal; /* ... and whether it is one of tide's Lua modules */
   unsigned long instruction_limit; /* per task step, 0: none */
   struct tide_mem *mem;  /* allocation accounting (runtime.c), or NULL */
   struct tide_arena *arena; /* L's allocator when tide made L (alloc.c) */

@@ -202,6 +202,7 @@ static uint32_t source_id(lua_State *L, tide_runtime *rt, lua_Debug *ar) {
   lua_pushvalue(L, -1);
   lua_rawseti(L, LUA_REGISTRYINDEX, rt->last_fn_ref);
   lua_getinfo(L, ">S", ar); /* pops the function */
+  rt->last_src_internal = strncmp(ar->source, "@lua/tide", 9) == 0;
   lua_rawgetp(L, LUA_REGISTRYINDEX, &sources_key);
   lua_pushstring(L, ar->short_src);
   if (lua_rawget(L, -2) == LUA_TNUMBER) {
@@ -280,9 +281,17 @@ tide_task *tide__spawn(lua_State *L, tide_sched *s, int fidx, int nargs) {
   t->co = NULL;
   t->nargs = nargs;
   t->ref = take_slot(s);
-  if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "fl", &ar)) {
-    t->line = ar.currentline;
-    t->src = source_id(L, rt, &ar);
+  /* the spawn site: the innermost Lua caller outside tide's own Lua
+   * modules (gather, wait_for... spawn for the user; pcall(tide.spawn, f)
+   * names the pcall's line) */
+  for (i = 1; lua_getstack(L, i, &ar) && lua_getinfo(L, "fl", &ar); i++) {
+    uint32_t src = source_id(L, rt, &ar);
+    if (i == 1 || ar.currentline > 0) {
+      t->line = ar.currentline;
+      t->src = src;
+    }
+    if (ar.currentline > 0 && !rt->last_src_internal)
+      break;
   }
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->tasks_ref);
   lua_pushvalue(L, ud);
@@ -1002,15 +1011,23 @@ static int waiters_remove(lua_State *L, int ud, int v) {
 
 /* ---- results ---------------------------------------------------------- */
 
-/* Pushes the done task's results, or raises its error as it was raised. */
-static int push_results(lua_State *L, tide_task *t, int ud) {
-  int n;
-  if (t->flags & TF_FAILED) { /* remembered for the awaiter's traceback */
+/* A failed task's error about to be raised again in the task awaiting it
+ * (await, gather): remembered, so that the awaiter's traceback, if that
+ * error ends it, shows the failed task's too. */
+static void remember_reraise(lua_State *L, tide_task *t, int ud) {
+  if (t->flags & TF_FAILED) {
+    ud = lua_absindex(L, ud);
     tide__push_trace(L, t, ud);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &reraised_tb_key);
     tide__push_error(L, t, ud);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &reraised_key);
   }
+}
+
+/* Pushes the done task's results, or raises its error as it was raised. */
+static int push_results(lua_State *L, tide_task *t, int ud) {
+  int n;
+  remember_reraise(L, t, ud);
   if (tide__push_outcome(L, t, ud, &n) != LUA_OK)
     return lua_error(L);
   return n;
@@ -1391,6 +1408,7 @@ static int gather_finish(lua_State *L) {
   if (lua_getiuservalue(L, 4, 1) == LUA_TUSERDATA) {
     tide_task *f = lua_touserdata(L, -1);
     f->flags |= TF_RETRIEVED;
+    remember_reraise(L, f, -1);
     tide__push_error(L, f, lua_gettop(L));
     return lua_error(L);
   }

@@ -129,6 +129,16 @@ describe("tide command", function()
     assert.is_nil(err:match("^[^\n]*lua/tide/"), err)
   end)
 
+  it("an error raised through gather shows the failed child's traceback too", function()
+    local _, err, rc = run([[
+      local tide = require "tide"
+      local function bad() tide.sleep(0.01); error("child broke") end
+      tide.gather(function() return 1 end, bad)
+    ]])
+    assert.equals(1, rc)
+    assert.matches("re%-raised from the awaited task:.-child broke.-in task 'Task%-%d+' %(spawned at [^)]+:3 by task 1%)", err)
+  end)
+
   it("an error value that is not a string says what it is, as lua5.4", function()
     local _, err, rc = sh(TIDE .. " -e 'error({})'")
     assert.equals(1, rc)

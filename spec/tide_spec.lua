@@ -189,6 +189,15 @@ describe("Task", function()
     assert.matches("in task 'failing' %(spawned at [^)]*tide_spec.lua:%d+ by task %d+%)", tb)
   end)
 
+  it("a task that gather or wait_for spawned names the user's line as its spawn site", function()
+    local child
+    local ok = pcall(tide.gather, function() child = tide.current_task(); error("x") end)
+    assert.is_false(ok)
+    assert.matches("spawned at [^)]*tide_spec.lua:%d+ by task", child:traceback())
+    pcall(tide.wait_for, function() child = tide.current_task(); error("y") end, 1)
+    assert.matches("spawned at [^)]*tide_spec.lua:%d+ by task", child:traceback())
+  end)
+
   it("tostring shows the name and state", function()
     local t = tide.spawn({ name = "x" }, tide.sleep, 0.01)
     assert.equals("tide.Task<x, pending>", tostring(t))
