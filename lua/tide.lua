@@ -369,6 +369,10 @@ function M.wait_for(x, seconds, ...)
     err = err or e
   until t:done()
   if err then error(err, 0) end
+  -- As asyncio's (3.12): the timeout only if the inner work ended
+  -- cancelled; if it caught the cancel and returned, its results; if it
+  -- failed otherwise, that error.
+  if not t:cancelled() then return t:await() end
   error(terror("timeout", ("timed out after %g s"):format(seconds)), 0)
 end
 

@@ -730,6 +730,23 @@ describe("tide.wait_for", function()
     assert.is_true(tide.time() - t0 >= 0.07)
   end)
 
+  it("on expiry, inner work that catches the cancel and returns gives its results (asyncio 3.12)", function()
+    local r = tide.wait_for(function()
+      pcall(tide.sleep, 10)
+      return "swallowed"
+    end, 0.01)
+    assert.equals("swallowed", r)
+  end)
+
+  it("on expiry, inner work that fails while cancelling raises that error, not timeout", function()
+    local ok, e = pcall(tide.wait_for, function()
+      pcall(tide.sleep, 10)
+      error("cleanup blew up", 0)
+    end, 0.01)
+    assert.is_false(ok)
+    assert.equals("cleanup blew up", e)
+  end)
+
   it("re-raises the inner error", function()
     local ok, e = pcall(tide.wait_for, function() error("inner", 0) end, 1)
     assert.is_false(ok)
