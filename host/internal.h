@@ -32,12 +32,10 @@ struct tide_waitlist;
 typedef struct tide_tnode {
   union {
     uint64_t seq;              /* in the heap: start order, for FIFO ties */
-    struct {                   /* TN_WAITING: the list it is in, and where */
-      struct tide_waitlist *wl;
-      unsigned wpos;           /* items[wpos - wl->base] */
-    };
+    struct tide_waitlist *wl;  /* TN_WAITING: the list it is in */
   };
-  int idx;      /* position in the heap, -1 when not in it */
+  int idx;      /* position in the heap, -1 when not in it; TN_WAITING:
+                 * its position in wl (items[idx - wl->base], unsigned) */
   int kind;     /* TN_TASK, TN_HANDLE or TN_WAITING */
 } tide_tnode;
 
@@ -90,9 +88,9 @@ typedef struct tide_task {
   uint32_t id;
   uint32_t parent;        /* id of the spawning task, 0 for none */
   int line;               /* line of the spawn call */
-  uint32_t src;           /* source id of the spawn call (task.c) */
+  uint16_t src;           /* source id of the spawn call (task.c), 0: ? */
   unsigned char state, flags;
-} tide_task;
+} tide_task; /* 56 bytes: its userdata fits the arena's 112-byte class */
 
 /* Task user values */
 /* Task user value: the function (and arguments) before the task starts,
@@ -248,7 +246,7 @@ typedef struct tide_waitlist {
   int first, last; /* live range is [first, last), with holes */
   int cap;
   int live;        /* waiters in it (the range less its holes) */
-  unsigned base;   /* a waiter's wpos less base is its index in items
+  unsigned base;   /* a waiter's tn.idx less base is its index in items
                     * (unsigned: wraps harmlessly in a long-lived list) */
 } tide_waitlist;
 void tide__wl_push(lua_State *L, tide_waitlist *w, tide_task *t);

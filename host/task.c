@@ -288,7 +288,7 @@ tide_task *tide__spawn(lua_State *L, tide_sched *s, int fidx, int nargs) {
     uint32_t src = source_id(L, rt, &ar);
     if (i == 1 || ar.currentline > 0) {
       t->line = ar.currentline;
-      t->src = src;
+      t->src = src <= 0xffff ? (uint16_t)src : 0; /* past 65535 chunks: "?" */
     }
     if (ar.currentline > 0 && !rt->last_src_internal)
       break;

@@ -92,7 +92,7 @@ void tide__heap_push(tide_sched *s, tide_tnode *n, uint64_t when) {
 
 void tide__heap_remove(tide_sched *s, tide_tnode *n) {
   int i = n->idx;
-  if (i < 0)
+  if (i < 0 || n->kind == TN_WAITING) /* a waiter's idx is its list slot */
     return;
   n->idx = -1;
   s->nheap--;

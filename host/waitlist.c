@@ -49,7 +49,7 @@ void tide__wl_push(lua_State *L, waitlist *w, tide_task *t) {
       w->cap = cap;
     }
   }
-  t->tn.wpos = (unsigned)w->last + w->base;
+  t->tn.idx = (int)((unsigned)w->last + w->base);
   w->items[w->last++] = t;
   w->live++;
   t->tn.kind = TN_WAITING;
@@ -62,9 +62,10 @@ void tide__wl_remove(waitlist *w, tide_task *t) {
   int i;
   if (t->tn.kind != TN_WAITING || t->tn.wl != w)
     return;
+  i = (int)((unsigned)t->tn.idx - w->base);
   t->tn.kind = TN_TASK;
   t->tn.wl = NULL;
-  i = (int)(t->tn.wpos - w->base);
+  t->tn.idx = -1;
   if (i < w->first || i >= w->last || w->items[i] != t)
     return; /* cannot happen: the index is kept exact */
   w->items[i] = NULL;
@@ -86,6 +87,7 @@ static tide_task *pop(waitlist *w) {
       w->live--;
       t->tn.kind = TN_TASK;
       t->tn.wl = NULL;
+      t->tn.idx = -1;
       return t;
     }
   }
@@ -148,6 +150,7 @@ void tide__wl_free(waitlist *w) {
     if (w->items[i] && w->items[i]->tn.kind == TN_WAITING) {
       w->items[i]->tn.kind = TN_TASK;
       w->items[i]->tn.wl = NULL;
+      w->items[i]->tn.idx = -1;
     }
   free(w->items);
   memset(w, 0, sizeof(*w));
