@@ -132,6 +132,8 @@ struct tide_sched {
   int tasks_ref;      /* registry ref: table of live tasks */
   int handles_ref;    /* registry ref: table of armed handles */
   int pending_ref;    /* registry ref: task -> pending cancel error */
+  int extra_ref;      /* registry ref: task -> a cancel asked while one was
+                       * already on its way (tide.timeout honours it) */
   int waiters_ref;    /* registry ref: task slot -> its waiters */
   int io_pending;     /* operations waiting on real I/O (virtual clock) */
   int open_handles;   /* while closing: handles whose close is pending */

@@ -279,6 +279,7 @@ tide_sched *tide__sched_new(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
   s->tasks_ref = new_table_ref(L, NULL);
   s->handles_ref = new_table_ref(L, NULL);
   s->pending_ref = new_table_ref(L, "k");
+  s->extra_ref = new_table_ref(L, "k");
   s->waiters_ref = new_table_ref(L, NULL);
   return s;
 }
@@ -327,6 +328,7 @@ int tide__sched_close(tide_sched *s) {
   luaL_unref(L, LUA_REGISTRYINDEX, s->tasks_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, s->handles_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, s->pending_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, s->extra_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, s->waiters_ref);
   free(s->heap);
   free(s->free);

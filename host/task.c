@@ -909,10 +909,23 @@ int tide__cancel(lua_State *L, int tidx, int erridx) {
   int woken;
   if (t->state == TS_DONE)
     return 0;
-  if (t->flags & (TF_CANCEL_PENDING | TF_CANCEL_QUEUED))
-    return 1; /* the first request's error stands */
   tidx = lua_absindex(L, tidx);
   erridx = lua_absindex(L, erridx);
+  if (t->flags & (TF_CANCEL_PENDING | TF_CANCEL_QUEUED)) {
+    /* the first request's error stands; a later one is remembered (the
+     * first of them), so that a deadline's own cancel does not swallow it
+     * (asyncio counts requests: Timeout raises TimeoutError only if no
+     * other cancel was asked) */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->extra_ref);
+    lua_pushvalue(L, tidx);
+    if (lua_rawget(L, -2) == LUA_TNIL) {
+      lua_pushvalue(L, tidx);
+      lua_pushvalue(L, erridx);
+      lua_rawset(L, -4);
+    }
+    lua_pop(L, 2);
+    return 1;
+  }
   switch (t->state) {
     case TS_NEW: /* it will never run: the error replaces fn */
       lua_pushvalue(L, erridx);
@@ -1330,11 +1343,32 @@ static int l_wake(lua_State *L) {
   return 1;
 }
 
-/* core.uncancel(task, err): withdraws a cancel request made with err that
- * has not been delivered yet (a timeout scope that ended in time). */
+/* core.other_cancel(task) -> the cancel asked while another was on its way
+ * (see tide__cancel), or nil: a scope notes it at entry so that it honours
+ * only one asked during the scope (asyncio compares cancelling() counts) */
+static int l_other_cancel(lua_State *L) {
+  tide_task *t = tide__check_task(L, 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->s->extra_ref);
+  lua_pushvalue(L, 1);
+  lua_rawget(L, -2);
+  return 1;
+}
+
+/* core.uncancel(task, token): withdraws a cancel request made with token
+ * that has not been delivered yet (a timeout scope that ended in time).
+ * -> whether it did, and the cancel asked while token's was on its way, if
+ * any (now forgotten: the caller decides whether to raise it) */
 static int l_uncancel(lua_State *L) {
   tide_task *t = tide__check_task(L, 1);
   int mine = 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->s->extra_ref);
+  lua_pushvalue(L, 1);
+  lua_rawget(L, -2);
+  lua_pushvalue(L, 1);
+  lua_pushnil(L);
+  lua_rawset(L, -4);
+  lua_replace(L, 3); /* the extra request, or nil */
+  lua_settop(L, 3);
   if (t->flags & TF_CANCEL_PENDING) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, t->s->pending_ref);
     lua_pushvalue(L, 1);
@@ -1350,7 +1384,8 @@ static int l_uncancel(lua_State *L) {
     lua_pop(L, 1);
   }
   lua_pushboolean(L, mine);
-  return 1;
+  lua_pushvalue(L, 3);
+  return 2;
 }
 
 /* ---- gather ------------------------------------------------------------ */
@@ -1594,7 +1629,7 @@ static const luaL_Reg task_methods[] = {
 static const luaL_Reg task_funcs[] = {
   {"spawn", l_spawn}, {"current_task", l_current_task},
   {"all_tasks", l_all_tasks}, {"park", l_park}, {"wake", l_wake},
-  {"uncancel", l_uncancel}, {"istask", l_istask},
+  {"uncancel", l_uncancel}, {"other_cancel", l_other_cancel}, {"istask", l_istask},
   {"gather_wait", l_gather_wait},
   {"task_info", l_task_info},
   {NULL, NULL}};

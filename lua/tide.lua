@@ -314,6 +314,7 @@ function M.timeout(seconds, fn, ...)
     argerror("timeout", 2, "function", fn)
   end
   local self = me("tide.timeout")
+  local before = core.other_cancel(self)
   local token = terror("cancelled", ("deadline of %g s reached"):format(seconds))
   local expired = false
   local h = call_later(seconds, function()
@@ -322,9 +323,12 @@ function M.timeout(seconds, fn, ...)
   end)
   local r = pack(pcall(fn, ...))
   h:cancel()
-  if expired then core.uncancel(self, token) end
+  local other
+  if expired then other = select(2, core.uncancel(self, token)) end
   if not r[1] then
     if r[2] == token then
+      -- a cancel asked from outside while ours was on its way wins
+      if other ~= nil and other ~= before then error(other, 0) end
       error(terror("timeout", ("timed out after %g s"):format(seconds)), 0)
     end
     error(r[2], 0)

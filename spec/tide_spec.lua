@@ -775,6 +775,35 @@ describe("tide.wait_for", function()
 end)
 
 describe("tide.timeout", function()
+  it("a cancel from outside arriving as the deadline fires is not turned into a timeout", function()
+    local ok, kind, msg, cancelled = tide.run({ clock = "virtual" }, function()
+      local t = tide.spawn(function()
+        local ok, e = pcall(tide.timeout, 1, tide.sleep, 10)
+        if not ok and e.kind ~= "timeout" then error(e, 0) end
+        tide.sleep(5)
+        return "carried on"
+      end)
+      tide.sleep(0)
+      tide.call_later(1, function() t:cancel("shutdown") end) -- the same instant
+      local ok, e = pcall(t.await, t)
+      return ok, e and e.kind, e and e.message, t:cancelled()
+    end)
+    assert.is_false(ok)
+    assert.equals("cancelled", kind)
+    assert.equals("shutdown", msg)
+    assert.is_true(cancelled)
+  end)
+
+  it("an old cancel the task already swallowed does not spoil a later timeout", function()
+    local t = tide.spawn(function()
+      tide.current_task():cancel("first")
+      tide.current_task():cancel("second") -- asked while the first is on its way
+      pcall(tide.sleep, 1) -- swallows "first"
+      return (select(2, pcall(tide.timeout, 0.01, tide.sleep, 10))).kind
+    end)
+    assert.equals("timeout", t:await())
+  end)
+
   it("returns fn's results in time", function()
     assert.equals(3, tide.timeout(1, function(a, b) tide.sleep(0.01); return a + b end, 1, 2))
   end)
