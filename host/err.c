@@ -39,9 +39,10 @@ void tide__where_user(lua_State *L) {
   lua_pushliteral(L, "");
 }
 
-/* [-0, +1, v] Raises a bad-argument error (a string, as luaL_argerror's)
- * located at the user's call (tide__where_user). */
-int tide__argerror_user(lua_State *L, const char *fmt, ...) {
+/* [-0, +1, v] Raises a message (a string, as luaL_error's) located at the
+ * user's call (tide__where_user): bad arguments of functions that are part
+ * Lua, part C. */
+int tide__raise_at_user(lua_State *L, const char *fmt, ...) {
   va_list ap;
   tide__where_user(L);
   va_start(ap, fmt);
@@ -116,8 +117,14 @@ static int l_iserror(lua_State *L) {
   return 1;
 }
 
+/* core.raise_at_user(msg): for tide's Lua modules */
+static int l_raise_at_user(lua_State *L) {
+  return tide__raise_at_user(L, "%s", luaL_checkstring(L, 1));
+}
+
 static const luaL_Reg err_funcs[] = {
-  {"error", l_error}, {"iserror", l_iserror}, {NULL, NULL}};
+  {"error", l_error}, {"iserror", l_iserror},
+  {"raise_at_user", l_raise_at_user}, {NULL, NULL}};
 
 /* [-1, +1, m] Adds error functions to the table on top; makes the metatable. */
 int tide__open_err(lua_State *L) {

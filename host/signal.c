@@ -72,7 +72,7 @@ static int push_signal(lua_State *L, int signum) {
 /* Argument errors name 'signal' whatever the call went through (tide.lua
  * tail-calls here, which loses the name luaL_argerror would find). */
 static int bad_arg(lua_State *L, const char *msg) {
-  return tide__argerror_user(L, "bad argument #1 to 'signal' (%s)", msg);
+  return tide__raise_at_user(L, "bad argument #1 to 'signal' (%s)", msg);
 }
 
 /* "SIGUSR1", "USR1", "usr1", or a number of one of those or of a real-time

@@ -1527,16 +1527,16 @@ static int l_gather_wait(lua_State *L) {
           lua_pop(L, 1);
         }
         if (ok && ((tide_task *)lua_touserdata(L, -1))->s != me->s)
-          return tide__argerror_user(L, "gather: task %d belongs to another "
+          return tide__raise_at_user(L, "gather: task %d belongs to another "
                                         "tide.run loop", (int)i);
         break;
     }
     if (!ok && array)
-      return tide__argerror_user(L, "bad argument #1 to 'gather' (element %d: "
+      return tide__raise_at_user(L, "bad argument #1 to 'gather' (element %d: "
                                     "task or function expected, got %s)",
                                  (int)i, luaL_typename(L, -1));
     if (!ok)
-      return tide__argerror_user(L, "bad argument #%d to 'gather' (task or "
+      return tide__raise_at_user(L, "bad argument #%d to 'gather' (task or "
                                     "function expected, got %s)", (int)i,
                                  luaL_typename(L, -1));
     lua_pop(L, 1);

@@ -34,14 +34,8 @@ M.urlencode, M.urldecode = Headers.urlencode, Headers.urldecode
 ---------------------------------------------------------------------------
 -- Argument checks: errors name the function, the argument and the option.
 
-local THIS = debug.getinfo(1, "S").source
-
--- Raises msg at the first caller outside this file.
-local function raise_at_caller(msg)
-  local level = 2
-  while (debug.getinfo(level, "S") or {}).source == THIS do level = level + 1 end
-  error(msg, level)
-end
+-- Raises msg at the first caller outside tide's own modules.
+local raise_at_caller = require("tide.core").raise_at_user
 
 -- Raises as luaL_argerror would, at the first caller outside this file.
 local function argerror(fname, argn, msg)

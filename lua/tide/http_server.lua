@@ -300,14 +300,8 @@ local OPTIONS = { max_header_size = "count", max_body_size = "number",
   idle_timeout = "positive", shutdown_timeout = "number", linger = "number",
   backlog = "count", log = "boolean" }
 
-local THIS = debug.getinfo(1, "S").source
-
--- Raises msg at the first caller outside this file.
-local function raise_at_caller(msg)
-  local level = 2
-  while (debug.getinfo(level, "S") or {}).source == THIS do level = level + 1 end
-  error(msg, level)
-end
+-- Raises msg at the first caller outside tide's own modules.
+local raise_at_caller = require("tide.core").raise_at_user
 
 local function argerror(n, msg)
   raise_at_caller(("bad argument #%d to 'serve' (%s)"):format(n, msg))
