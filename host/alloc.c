@@ -9,7 +9,13 @@
  * (malloc spends 8-16 bytes on each). Chunks after the first are marked
  * MADV_HUGEPAGE: the kernel then backs them with 2 MB pages, one page
  * fault instead of 512 (1M sleeping tasks fault in 1.3 GB; with 4 KB pages
- * the faults were a third of the run). Bigger blocks are malloc's.
+ * the faults were a third of the run). Blocks of BIG_MIN bytes and more
+ * (the arrays of big tables; the scheduler's timer heap and ready ring
+ * through tide__big) are mappings of their own, also MADV_HUGEPAGE, grown
+ * with mremap: malloc would serve them from its heap once a big block was
+ * freed (its mmap threshold rises), copying on every growth into fresh
+ * 4 KB pages, and with a million entries read at random every access is a
+ * TLB miss. Blocks in between are malloc's.
  *
  * Small blocks are reused within their class only, and chunks go back to
  * the system when the runtime closes, not before: memory a program needed
@@ -17,6 +23,7 @@
  * bins. Under AddressSanitizer the state uses malloc for everything, so
  * the sanitizer sees every block.
  */
+#define _GNU_SOURCE /* mremap */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +36,8 @@
 #define GRAIN 16
 #define NCLASS (SMALL_MAX / GRAIN)
 #define CHUNK ((size_t)2 << 20)
+#define BIG_MIN ((size_t)1 << 20)
+#define PAGE ((size_t)4096)
 
 typedef struct chunk {
   struct chunk *next;
@@ -64,6 +73,66 @@ static void *map_chunk(int huge) {
   (void)huge;
 #endif
   return start;
+}
+
+static size_t pages(size_t n) {
+  return (n + PAGE - 1) & ~(PAGE - 1);
+}
+
+/* The lua_Alloc contract for blocks above SMALL_MAX: a mapping from
+ * BIG_MIN bytes up, malloc's below (nsize 0 frees; NULL: no memory, the
+ * old block stays). */
+static void *big(void *ptr, size_t osize, size_t nsize) {
+  void *np;
+  if (ptr == NULL)
+    osize = 0;
+#if defined(__SANITIZE_ADDRESS__)
+  if (nsize == 0) {
+    free(ptr);
+    return NULL;
+  }
+  return realloc(ptr, nsize);
+#else
+  if (osize < BIG_MIN && nsize < BIG_MIN) {
+    if (nsize > 0)
+      return realloc(ptr, nsize);
+    free(ptr);
+    return NULL;
+  }
+  if (nsize == 0) {
+    munmap(ptr, pages(osize));
+    return NULL;
+  }
+  if (osize >= BIG_MIN && nsize >= BIG_MIN) {
+    np = pages(osize) == pages(nsize)
+             ? ptr
+             : mremap(ptr, pages(osize), pages(nsize), MREMAP_MAYMOVE);
+    return np == MAP_FAILED ? NULL : np;
+  }
+  if (nsize >= BIG_MIN) { /* from malloc's to a mapping */
+    np = mmap(NULL, pages(nsize), PROT_READ | PROT_WRITE,
+              MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (np == MAP_FAILED)
+      return NULL;
+#ifdef MADV_HUGEPAGE
+    madvise(np, pages(nsize), MADV_HUGEPAGE); /* mremap keeps it */
+#endif
+    if (ptr)
+      memcpy(np, ptr, osize);
+    free(ptr);
+    return np;
+  }
+  np = malloc(nsize); /* from a mapping to malloc's */
+  if (np == NULL)
+    return NULL;
+  memcpy(np, ptr, nsize);
+  munmap(ptr, pages(osize));
+  return np;
+#endif
+}
+
+void *tide__big(void *ptr, size_t osize, size_t nsize) {
+  return big(ptr, osize, nsize);
 }
 
 /* A block of class c from the newest chunk, or from a new one. */
@@ -123,14 +192,14 @@ void *tide__arena_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     if (oc > 0)
       small_free(a, ptr, oc);
     else
-      free(ptr);
+      big(ptr, osize, 0);
     return NULL;
   }
   if (oc == nc && oc > 0) /* the block still fits its class */
     return ptr;
   if (oc < 0 && nc < 0) /* big to big */
-    return realloc(ptr, nsize);
-  np = nc > 0 ? small_alloc(a, nc) : malloc(nsize);
+    return big(ptr, osize, nsize);
+  np = nc > 0 ? small_alloc(a, nc) : big(NULL, 0, nsize);
   if (np == NULL)
     return NULL; /* Lua collects and retries, then raises */
   if (ptr) {
@@ -138,7 +207,7 @@ void *tide__arena_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     if (oc > 0)
       small_free(a, ptr, oc);
     else
-      free(ptr);
+      big(ptr, osize, 0);
   }
   return np;
 }

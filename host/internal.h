@@ -183,6 +183,9 @@ void *tide__arena_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
 lua_State *tide__newstate(tide_arena *a);
 tide_runtime *tide__arena_rt(lua_State *L); /* NULL: not on an arena */
 void tide__arena_set_rt(tide_arena *a, tide_runtime *rt);
+/* lua_Alloc's contract (nsize 0 frees; NULL, the old block kept: no memory)
+ * for big arrays: from 1 MB up a mapping on 2 MB pages, grown by mremap */
+void *tide__big(void *ptr, size_t osize, size_t nsize);
 
 /* A growable byte buffer (C side of streams, parsers, encoders). */
 typedef struct tide_buf {

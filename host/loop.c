@@ -330,12 +330,13 @@ int tide__sched_close(tide_sched *s) {
   luaL_unref(L, LUA_REGISTRYINDEX, s->pending_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, s->extra_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, s->waiters_ref);
-  free(s->heap);
+  tide__big(s->heap, sizeof(*s->heap) * (size_t)s->capheap, 0);
   free(s->free);
-  free(s->rq);
+  tide__big(s->rq, sizeof(*s->rq) * (size_t)s->rq_cap, 0);
   s->heap = NULL;
   s->free = NULL;
   s->rq = NULL;
+  s->capheap = s->rq_cap = 0;
   s->open_handles = 6;
   uv_close((uv_handle_t *)&s->prepare, on_uv_close_sched);
   uv_close((uv_handle_t *)&s->check, on_uv_close_sched);

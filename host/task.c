@@ -146,12 +146,12 @@ void tide__enqueue(tide_sched *s, tide_task *t) {
   t->flags |= TF_QUEUED;
   if (s->rq_len == s->rq_cap) { /* grow the ring, unrolling it */
     int cap = s->rq_cap ? s->rq_cap * 2 : 256, i;
-    tide_task **rq = malloc(sizeof(*rq) * (size_t)cap);
+    tide_task **rq = tide__big(NULL, 0, sizeof(*rq) * (size_t)cap);
     if (rq == NULL)
       abort(); /* out of memory in the scheduler: nothing sane to do */
     for (i = 0; i < s->rq_len; i++)
       rq[i] = s->rq[(s->rq_head + i) & (s->rq_cap - 1)];
-    free(s->rq);
+    tide__big(s->rq, sizeof(*rq) * (size_t)s->rq_cap, 0);
     s->rq = rq;
     s->rq_cap = cap;
     s->rq_head = 0;
@@ -824,7 +824,7 @@ void tide__run_ready(tide_sched *s) {
       tide_task *t = s->rq[s->rq_head];
       s->rq_head = (s->rq_head + 1) & (s->rq_cap - 1);
       if (--s->rq_len == 0 && s->rq_cap > 4096) { /* a burst is over */
-        free(s->rq);
+        tide__big(s->rq, sizeof(*s->rq) * (size_t)s->rq_cap, 0);
         s->rq = NULL;
         s->rq_cap = s->rq_head = 0;
       }

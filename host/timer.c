@@ -75,7 +75,8 @@ static void sift_down(tide_sched *s, int i) {
 void tide__heap_push(tide_sched *s, tide_tnode *n, uint64_t when) {
   if (s->nheap == s->capheap) {
     int cap = s->capheap ? s->capheap * 2 : 64;
-    tide_hentry *h = realloc(s->heap, sizeof(*h) * (size_t)cap);
+    tide_hentry *h = tide__big(s->heap, sizeof(*h) * (size_t)s->capheap,
+                               sizeof(*h) * (size_t)cap);
     if (h == NULL)
       abort(); /* out of memory in the scheduler: nothing sane to do */
     s->heap = h;

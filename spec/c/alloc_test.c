@@ -5,6 +5,7 @@
  * same calls go to malloc.
  */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -78,6 +79,65 @@ static void test_reuse(tide_arena *a) {
   tide__arena_alloc(a, y, 193, 0);
 }
 
+/* The VmFlags of the mapping holding p say "hg" (MADV_HUGEPAGE). */
+static int advised_huge(const void *p) {
+  FILE *f = fopen("/proc/self/smaps", "r");
+  char line[512];
+  int in = 0, hg = 0;
+  if (f == NULL)
+    return 0;
+  while (fgets(line, sizeof line, f)) {
+    unsigned long lo, hi;
+    if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2) /* a mapping's first line */
+      in = (uintptr_t)p >= lo && (uintptr_t)p < hi;
+    else if (in && strncmp(line, "VmFlags:", 8) == 0)
+      hg = strstr(line, " hg") != NULL;
+  }
+  fclose(f);
+  return hg;
+}
+
+/* Big blocks (a million-entry table's array, the timer heap) keep their
+ * bytes as they grow and shrink across the 1 MB line, and from 1 MB up
+ * they are advised onto 2 MB pages, also after malloc's own mmap
+ * threshold has risen (it does once a big block is freed; then malloc
+ * served them from its heap in 4 KB pages, copying on every growth). */
+static void test_big_blocks(tide_arena *a) {
+  static const size_t sizes[] = {1500, 600000, 1048575, 1048576, 1048577,
+                                 3u << 20, 9u << 20, 2u << 20, 5000, 1200};
+  unsigned char *p = NULL, *freed = malloc(20u << 20);
+  size_t n = 0, i;
+  int ok = 1, hg = 1;
+  if (freed)
+    memset(freed, 1, 20u << 20);
+  free(freed); /* raises malloc's mmap threshold to 20 MB */
+  for (i = 0; i < sizeof sizes / sizeof *sizes && ok; i++) {
+    unsigned char *q = p ? tide__arena_alloc(a, p, n, sizes[i])
+                         : tide__arena_alloc(a, NULL, LUA_TTABLE, sizes[i]);
+    if (q == NULL || (p && !intact(q, n < sizes[i] ? n : sizes[i], (unsigned)i))) {
+      ok = 0;
+      break;
+    }
+    p = q;
+    n = sizes[i];
+    fill(p, n, (unsigned)i + 1);
+    if (a && n >= (1u << 20))
+      hg &= advised_huge(p);
+  }
+  check(ok, "big blocks keep their bytes across the 1 MB line", NULL);
+  check(hg, "big blocks are advised onto 2 MB pages", NULL);
+  tide__arena_alloc(a, p, n, 0);
+  p = tide__big(NULL, 0, 4u << 20);
+  ok = p != NULL;
+  if (ok) {
+    fill(p, 4u << 20, 7);
+    p = tide__big(p, 4u << 20, 16u << 20);
+    ok = p && intact(p, 4u << 20, 7);
+    tide__big(p, 16u << 20, 0);
+  }
+  check(ok, "tide__big grows an array in place or by moving it", NULL);
+}
+
 /* A Lua state on the arena runs a churn of strings, tables and
  * coroutines, and the GC accounting matches what it holds. */
 static void test_state(tide_arena *a) {
@@ -112,6 +172,7 @@ int main(void) {
   tide_arena *a = tide__arena_new();
   test_resize_keeps_contents(a);
   test_reuse(a);
+  test_big_blocks(a);
   test_state(a);
   tide__arena_free(a);
   return check_summary();
