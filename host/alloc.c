@@ -79,6 +79,20 @@ static size_t pages(size_t n) {
   return (n + PAGE - 1) & ~(PAGE - 1);
 }
 
+/* A fresh mapping of len bytes (whole pages) advised onto 2 MB pages, or
+ * NULL. The worker states' allocator (thread.c) maps its big blocks here
+ * too. */
+void *tide__map_big(size_t len) {
+  void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                 -1, 0);
+  if (p == MAP_FAILED)
+    return NULL;
+#ifdef MADV_HUGEPAGE
+  madvise(p, len, MADV_HUGEPAGE); /* advice: failing is harmless */
+#endif
+  return p;
+}
+
 /* The lua_Alloc contract for blocks above SMALL_MAX: a mapping from
  * BIG_MIN bytes up, malloc's below (nsize 0 frees; NULL: no memory, the
  * old block stays). */
@@ -110,13 +124,9 @@ static void *big(void *ptr, size_t osize, size_t nsize) {
     return np == MAP_FAILED ? NULL : np;
   }
   if (nsize >= BIG_MIN) { /* from malloc's to a mapping */
-    np = mmap(NULL, pages(nsize), PROT_READ | PROT_WRITE,
-              MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (np == MAP_FAILED)
+    np = tide__map_big(pages(nsize)); /* mremap keeps its advice */
+    if (np == NULL)
       return NULL;
-#ifdef MADV_HUGEPAGE
-    madvise(np, pages(nsize), MADV_HUGEPAGE); /* mremap keeps it */
-#endif
     if (ptr)
       memcpy(np, ptr, osize);
     free(ptr);

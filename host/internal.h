@@ -186,6 +186,7 @@ void tide__arena_set_rt(tide_arena *a, tide_runtime *rt);
 /* lua_Alloc's contract (nsize 0 frees; NULL, the old block kept: no memory)
  * for big arrays: from 1 MB up a mapping on 2 MB pages, grown by mremap */
 void *tide__big(void *ptr, size_t osize, size_t nsize);
+void *tide__map_big(size_t len); /* mmap'd, on 2 MB pages; NULL: none */
 
 /* A growable byte buffer (C side of streams, parsers, encoders). */
 typedef struct tide_buf {

@@ -373,7 +373,9 @@ static int open_worker(lua_State *W) {
  * back to the system a megabyte at a time: one munmap of 64 MB holds the
  * process's memory-map lock for ~10 ms, and the loop thread, if it takes a
  * page fault meanwhile, waits that long (a ticking task was 10-30 ms late
- * while sieves ran). Smaller blocks are malloc's. */
+ * while sieves ran). They are on 2 MB pages (alloc.c's tide__map_big): a
+ * sieve's random writes into 64 MB missed the TLB on nearly every one.
+ * Smaller blocks are malloc's. */
 #define BIG_BLOCK ((size_t)1 << 20)
 
 static size_t page_round(size_t n) {
@@ -423,12 +425,7 @@ static void *big_alloc(pool *pl, size_t n) {
       break;
     }
   uv_mutex_unlock(&pl->mu);
-  if (p == NULL) {
-    p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED)
-      p = NULL;
-  }
-  return p;
+  return p ? p : tide__map_big(len);
 }
 
 static void *w_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
