@@ -75,10 +75,6 @@ static void *map_chunk(int huge) {
   return start;
 }
 
-static size_t pages(size_t n) {
-  return (n + PAGE - 1) & ~(PAGE - 1);
-}
-
 /* A fresh mapping of len bytes (whole pages) advised onto 2 MB pages, or
  * NULL. The worker states' allocator (thread.c) maps its big blocks here
  * too. */
@@ -96,17 +92,24 @@ void *tide__map_big(size_t len) {
 /* The lua_Alloc contract for blocks above SMALL_MAX: a mapping from
  * BIG_MIN bytes up, malloc's below (nsize 0 frees; NULL: no memory, the
  * old block stays). */
+#if defined(__SANITIZE_ADDRESS__) /* malloc's, so the sanitizer sees them */
 static void *big(void *ptr, size_t osize, size_t nsize) {
-  void *np;
-  if (ptr == NULL)
-    osize = 0;
-#if defined(__SANITIZE_ADDRESS__)
+  (void)osize;
   if (nsize == 0) {
     free(ptr);
     return NULL;
   }
   return realloc(ptr, nsize);
+}
 #else
+static size_t pages(size_t n) {
+  return (n + PAGE - 1) & ~(PAGE - 1);
+}
+
+static void *big(void *ptr, size_t osize, size_t nsize) {
+  void *np;
+  if (ptr == NULL)
+    osize = 0;
   if (osize < BIG_MIN && nsize < BIG_MIN) {
     if (nsize > 0)
       return realloc(ptr, nsize);
@@ -138,8 +141,8 @@ static void *big(void *ptr, size_t osize, size_t nsize) {
   memcpy(np, ptr, nsize);
   munmap(ptr, pages(osize));
   return np;
-#endif
 }
+#endif
 
 void *tide__big(void *ptr, size_t osize, size_t nsize) {
   return big(ptr, osize, nsize);
