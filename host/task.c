@@ -1393,12 +1393,18 @@ static int l_uncancel(lua_State *L) {
 static void gather_child_done(lua_State *L, int g, int ud) {
   gather_state *gs = lua_touserdata(L, g);
   tide_task *child = lua_touserdata(L, ud);
-  if (!gs->live)
+  if (!gs->live) { /* its outcome is set: as asyncio's, a later failure */
+    child->flags |= TF_RETRIEVED; /* counts as looked at */
     return;
+  }
   gs->remaining--;
   if (gs->draining) {
-    if (gs->remaining == 0) {
-      gs->live = 0;
+    /* cancelled: without return_exceptions the first child that ends
+     * cancelled or failed ends the gather (asyncio's future completes
+     * then), with them once every child has ended */
+    if (gs->remaining == 0 ||
+        (!gs->return_exceptions && (child->flags & (TF_FAILED | TF_CANCELLED)))) {
+      gs->live = gs->draining = 0;
       lua_pushboolean(L, 1);
       tide__wake(L, gs->parent, 1);
     }
@@ -1460,9 +1466,9 @@ static int gather_finish(lua_State *L) {
   return 1;
 }
 
-/* A cancelled gather: once every child it cancelled has ended (as
- * asyncio's, whose future completes only then), raise the cancellation,
- * kept at index 6. A cancel meanwhile just goes on waiting. */
+/* A cancelled gather: once its children have ended as far as
+ * gather_child_done asks, raise the cancellation, kept at index 6. A
+ * cancel meanwhile just goes on waiting. */
 static int gather_drain_k(lua_State *L, int status, lua_KContext ctx) {
   gather_state *gs = lua_touserdata(L, 4);
   (void)status;

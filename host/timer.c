@@ -307,7 +307,9 @@ static int schedule(lua_State *L, uint64_t delay, int fidx) {
   h->ref = luaL_ref(L, -2);
   lua_pop(L, 1);
   h->when = deadline(s, delay);
-  tide__heap_push(s, &h->tn, h->when);
+  /* call_soon's sort before every timer (key 0, FIFO among themselves):
+   * as in asyncio, they run before a call_later(0) made earlier */
+  tide__heap_push(s, &h->tn, fidx == 1 ? 0 : h->when);
   tide__sched_update(s);
   return 1;
 }

@@ -133,7 +133,9 @@ function M.wait(tasks, opts)
       remaining = remaining + 1
     end
   end
-  if remaining > 0 and not satisfied and timeout ~= 0 then
+  -- always suspends, as asyncio's: with timeout 0 the ready tasks still get
+  -- a turn first (a polling loop of wait(ts, {timeout = 0}) must not spin)
+  if remaining > 0 and not satisfied then
     local function on_done(t)
       remaining = remaining - 1
       if remaining == 0 or check(t) then wake(self) end
@@ -148,6 +150,8 @@ function M.wait(tasks, opts)
       tasks[i]:remove_done_callback(on_done)
     end
     if not ok then error(err, 0) end
+  else
+    M.sleep(0)
   end
   local done, pending = {}, {}
   for i = 1, n do
@@ -167,13 +171,20 @@ function M.as_completed(tasks, timeout)
   end
   local n = #tasks
   tasks = to_tasks(tasks, n, "as_completed", 1)
-  local finished, head, tail, remaining, waiter = {}, 1, 0, n, nil
-  local deadline = timeout and core.time() + timeout
+  local finished, head, tail, remaining, waiter, expired = {}, 1, 0, n, nil, false
   local function on_done(t)
+    if expired then return end
     tail = tail + 1
     finished[tail] = t
     if waiter then wake(waiter) end
   end
+  -- As asyncio's: the deadline runs from this call, whether or not the
+  -- loop is waiting; tasks finishing after it are not yielded.
+  local h = timeout and remaining > 0 and call_later(timeout, function()
+    expired = true
+    for i = 1, n do tasks[i]:remove_done_callback(on_done) end
+    if waiter then wake(waiter) end
+  end)
   for i = 1, n do
     if tasks[i]:done() then
       tail = tail + 1
@@ -187,19 +198,19 @@ function M.as_completed(tasks, timeout)
     finished[head] = nil
     head = head + 1
     remaining = remaining - 1
+    if remaining == 0 and h then h:cancel() end
     return t
   end
   return function()
     if finished[head] then return take() end
     if remaining == 0 then return nil end
-    waiter = me("tide.as_completed")
-    local h = deadline and call_later(math.max(0, deadline - core.time()), wake, waiter)
-    local ok, err = park()
-    waiter = nil
-    if h then h:cancel() end
-    if not ok then error(err, 0) end
-    if finished[head] then return take() end
-    for i = 1, n do tasks[i]:remove_done_callback(on_done) end
+    if not expired then
+      waiter = me("tide.as_completed")
+      local ok, err = park()
+      waiter = nil
+      if not ok then error(err, 0) end
+      if finished[head] then return take() end
+    end
     error(terror("timeout", ("as_completed: %d task(s) not done after %g s"):format(
       remaining, timeout)), 0)
   end
@@ -352,10 +363,12 @@ function M.wait_for(x, seconds, ...)
   end
   local self = me("tide.wait_for")
   local err
-  if not t:done() then -- even with 0 s the inner task gets its first step
+  -- With 0 s or less, as asyncio's: the inner work is cancelled at once
+  -- (a function given never starts), unless it is done already.
+  if seconds > 0 and not t:done() then
     local function cb() wake(self) end
     t:add_done_callback(cb)
-    local h = call_later(math.max(seconds, 0), wake, self)
+    local h = call_later(seconds, wake, self)
     local ok
     ok, err = park()
     h:cancel()

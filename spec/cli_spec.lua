@@ -176,6 +176,20 @@ describe("tide command", function()
     assert.matches("in task 'lonely' %(spawned at", err)
   end)
 
+  it("a child failing after its gather already failed is not reported (asyncio marks it retrieved)", function()
+    local _, err, rc = run([[
+      local tide = require "tide"
+      local a = tide.spawn(function() tide.sleep(0.01); error("first") end)
+      local b = tide.spawn(function() tide.sleep(0.02); error("second") end)
+      print(pcall(tide.gather, a, b))
+      tide.sleep(0.05)
+      a, b = nil, nil
+      collectgarbage()
+    ]])
+    assert.equals(0, rc)
+    assert.not_matches("second", err)
+  end)
+
   it("tasks still running when the main chunk ends are cancelled and may clean up", function()
     local out, err, rc = run([[
       local tide = require "tide"

@@ -464,6 +464,14 @@ describe("tide.call_soon / tide.call_later", function()
     assert.same({ "soon", "late" }, log)
   end)
 
+  it("call_soon callbacks run before timers due, even a call_later(0) made earlier", function()
+    local log = {}
+    tide.call_later(0, function() log[#log + 1] = "later0" end)
+    tide.call_soon(function() log[#log + 1] = "soon" end)
+    tide.sleep(0.01)
+    assert.same({ "soon", "later0" }, log)
+  end)
+
   it("call_soon runs on the next loop turn: before sleep(0) returns", function()
     local ran = false
     tide.call_soon(function() ran = true end)
@@ -539,19 +547,37 @@ describe("tide.gather", function()
     assert.is_true(a:cancelled())
   end)
 
-  it("a cancelled gather ends only once its children have finished cancelling", function()
-    local cleaned = false
-    local slow = tide.spawn(function()
+  -- asyncio: without return_exceptions the gather's future completes when
+  -- the first child ends cancelled; with it, once every child has ended
+  local function slow_cleaner(log)
+    return tide.spawn(function()
       local _, e = pcall(tide.sleep, 10)
       tide.sleep(0.02) -- clean-up that suspends
-      cleaned = true
+      log.cleaned = true
       error(e, 0)
     end)
+  end
+
+  it("cancelled, ends when its first child ends cancelled; the others go on cleaning up", function()
+    local log = {}
+    local slow = slow_cleaner(log)
     local g = tide.spawn(tide.gather, slow, function() tide.sleep(10) end)
     tide.sleep(0.01)
     g:cancel()
     assert.equals("cancelled", errkind(g.await, g))
-    assert.is_true(cleaned, "the gather ended before its child had cleaned up")
+    assert.is_nil(log.cleaned, "the gather waited for the slow child's clean-up")
+    assert.equals("cancelled", errkind(slow.await, slow))
+    assert.is_true(log.cleaned)
+  end)
+
+  it("cancelled, with return_exceptions ends once its children have finished cancelling", function()
+    local log = {}
+    local slow = slow_cleaner(log)
+    local g = tide.spawn(tide.gather, { slow, function() tide.sleep(10) end }, { return_exceptions = true })
+    tide.sleep(0.01)
+    g:cancel()
+    assert.equals("cancelled", errkind(g.await, g))
+    assert.is_true(log.cleaned, "the gather ended before its child had cleaned up")
   end)
 
   it("of nothing returns an empty list", function()
@@ -615,6 +641,29 @@ describe("tide.wait", function()
     pcall(b.await, b)
   end)
 
+  it("with timeout 0 still lets ready tasks run: a polling loop ends", function()
+    local ts = { tide.spawn(function() return 1 end) }
+    local polls = 0
+    repeat
+      polls = polls + 1
+      local _, pending = tide.wait(ts, { timeout = 0 })
+    until #pending == 0 or polls > 1000
+    assert.equals(1, polls)
+  end)
+
+  it("suspends even when nothing is left to wait for (a cancel is delivered)", function()
+    local a = tide.spawn(function() return 1 end)
+    tide.sleep(0)
+    local after_wait = false
+    local w = tide.spawn(function()
+      tide.current_task():cancel()
+      tide.wait({ a })
+      after_wait = true
+    end)
+    assert.equals("cancelled", errkind(w.await, w))
+    assert.is_false(after_wait)
+  end)
+
   it("rejects a bad return_when and an empty set", function()
     assert.has_error(function() tide.wait({ sleeper(0) }, { return_when = "soon" }) end)
     assert.has_error(function() tide.wait({}) end)
@@ -643,6 +692,19 @@ describe("tide.as_completed", function()
     assert.equals(1, n)
     ts[2]:cancel()
     pcall(ts[2].await, ts[2])
+  end)
+
+  it("the deadline runs from the call: a task done after it is not yielded to a slow consumer", function()
+    local ts = { tide.spawn(tide.sleep, 0.01), tide.spawn(tide.sleep, 0.06) }
+    local n = 0
+    local kind = errkind(function()
+      for _ in tide.as_completed(ts, 0.03) do
+        n = n + 1
+        tide.sleep(0.1) -- busy past the deadline and past the second task's end
+      end
+    end)
+    assert.equals("timeout", kind)
+    assert.equals(1, n)
   end)
 end)
 
@@ -762,9 +824,16 @@ describe("tide.wait_for", function()
     assert.is_true(inner:cancelled())
   end)
 
-  it("with 0 s still lets work that needs no suspension finish", function()
-    assert.equals("quick", tide.wait_for(function() return "quick" end, 0))
-    assert.equals("timeout", errkind(tide.wait_for, function() tide.sleep(1) end, 0))
+  it("with 0 s or less cancels the inner work before it starts, as asyncio's", function()
+    local started = false
+    assert.equals("timeout", errkind(tide.wait_for, function() started = true end, 0))
+    assert.is_false(started)
+    local t = tide.spawn(function() return "quick" end)
+    assert.equals("timeout", errkind(tide.wait_for, t, -1))
+    assert.is_true(t:cancelled())
+    local done = tide.spawn(function() return "done" end)
+    tide.sleep(0)
+    assert.equals("done", tide.wait_for(done, 0)) -- already done: its result
   end)
 
   it("checks its arguments", function()
