@@ -151,6 +151,8 @@ struct tide_runtime {
   tide_sched *sched;     /* innermost active run */
   tide_task *current;    /* task being resumed */
   uint32_t next_id;
+  uint32_t lua_main;     /* id of the task that plays Lua's main thread
+                          * (the command's main chunk; task.c), 0: none */
   int debug;             /* TIDE_DEBUG */
   int sigints;           /* Ctrl-C count */
   int owns_L;
@@ -245,6 +247,7 @@ void tide__push_trace(lua_State *L, tide_task *t, int ud);
 void tide__task_line(lua_State *L, tide_task *t);
 int tide__open_task(lua_State *L);
 void *tide__sentinel(void);
+int tide__is_lua_main(lua_State *L); /* L plays Lua's main thread */
 
 /* waitlist.c: a FIFO of parked tasks (see the file) */
 typedef struct tide_waitlist {

@@ -74,8 +74,9 @@ static void usage(const char *badoption) {
           progname);
 }
 
+/* lua5.4's line first (scripts and tests match "^Lua 5.4"), then tide's */
 static void print_version(void) {
-  printf("%s (%s)\n", TIDE_VERSION, LUA_COPYRIGHT);
+  printf("%s\n%s\n", LUA_COPYRIGHT, TIDE_VERSION);
   fflush(stdout);
 }
 
@@ -145,10 +146,50 @@ static void createargtable(lua_State *L, char **argv, int argc, int script) {
   lua_setglobal(L, "arg");
 }
 
-/* print, as lua5.4's, except that stdout gone (a reader such as `head`
+/* A write into a pipe nobody reads any more (a reader such as `head`
  * quit) ends the process by SIGPIPE, as it ends lua5.4's: tide ignores
- * SIGPIPE for its sockets and pipes, so without this a script printing in
- * a loop would go on forever, every line failing unseen. */
+ * SIGPIPE for its sockets and pipes, so without this a script writing in
+ * a loop would go on forever, every write failing unseen. */
+static void die_if_epipe(int err) {
+  if (err == EPIPE) {
+    signal(SIGPIPE, SIG_DFL);
+    raise(SIGPIPE);
+  }
+}
+
+/* io.write, file:write, io.flush, file:flush: the io library's function
+ * (upvalue 1), then die_if_epipe on its failure (nil, message, errno). */
+static int l_pipe_checked(lua_State *L) {
+  int n = lua_gettop(L);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, n, LUA_MULTRET);
+  if (lua_gettop(L) >= 3 && lua_isnil(L, 1) && lua_isinteger(L, 3))
+    die_if_epipe((int)lua_tointeger(L, 3));
+  return lua_gettop(L);
+}
+
+/* Wraps the functions named in the table on top with l_pipe_checked. */
+static void check_pipes(lua_State *L, const char *const *names) {
+  for (; *names; names++) {
+    lua_getfield(L, -1, *names);
+    lua_pushcclosure(L, l_pipe_checked, 1);
+    lua_setfield(L, -2, *names);
+  }
+}
+
+static void install_pipe_checks(lua_State *L) {
+  static const char *const names[] = {"write", "flush", NULL};
+  lua_getglobal(L, "io");
+  check_pipes(L, names);
+  lua_pop(L, 1);
+  luaL_getmetatable(L, LUA_FILEHANDLE);
+  if (lua_getfield(L, -1, "__index") == LUA_TTABLE)
+    check_pipes(L, names);
+  lua_pop(L, 2);
+}
+
+/* print, as lua5.4's, but for die_if_epipe */
 static int l_print(lua_State *L) {
   int i, n = lua_gettop(L);
   for (i = 1; i <= n; i++) {
@@ -160,10 +201,8 @@ static int l_print(lua_State *L) {
     lua_pop(L, 1);
   }
   fputc('\n', stdout);
-  if (fflush(stdout) != 0 && errno == EPIPE) {
-    signal(SIGPIPE, SIG_DFL);
-    raise(SIGPIPE);
-  }
+  if (fflush(stdout) != 0)
+    die_if_epipe(errno);
   return 0;
 }
 
@@ -187,7 +226,9 @@ static int report_load(lua_State *L, int status, int steps) {
   return 2;
 }
 
-/* Appends to the steps table on top: {fn = <value on top>, args = {...}}. */
+/* Appends to the steps table on top: {fn = <value on top>, args = {...}},
+ * or for the script {file = <value on top>, progname =, args =} (main.lua
+ * reads the script when its turn comes: a -e before may write it). */
 static void add_step(lua_State *L, int steps, const char *lib, const char *global,
                      char **args, int nargs) {
   int i;
@@ -198,8 +239,13 @@ static void add_step(lua_State *L, int steps, const char *lib, const char *globa
     lua_pushstring(L, global);
     lua_setfield(L, -2, "global");
   } else {
+    int file = !lua_isfunction(L, -2);
     lua_insert(L, -2);
-    lua_setfield(L, -2, "fn");
+    lua_setfield(L, -2, file ? "file" : "fn");
+    if (file) {
+      lua_pushstring(L, progname);
+      lua_setfield(L, -2, "progname");
+    }
     lua_createtable(L, nargs, 1);
     for (i = 0; i < nargs; i++) {
       lua_pushstring(L, args[i]);
@@ -259,24 +305,26 @@ static int collect_steps(lua_State *L, char **argv, int argc, int script,
         }
         add_step(L, steps, mod, global, NULL, 0);
       }
-    } else if (opt == 'W') {
-      lua_warning(L, "@on", 0);
+    } else if (opt == 'W') { /* in order: warnings before it stay off */
+      lua_createtable(L, 0, 1);
+      lua_pushboolean(L, 1);
+      lua_setfield(L, -2, "warn");
+      lua_rawseti(L, steps, luaL_len(L, steps) + 1);
     }
   }
   if (script < argc) {
     const char *fname = argv[script];
     if (strcmp(fname, "-") == 0 && strcmp(argv[script - 1], "--") != 0)
-      fname = NULL;
-    if ((st = report_load(L, luaL_loadfile(L, fname), steps)))
-      return st == 2 ? 0 : 1;
+      lua_pushboolean(L, 0); /* stdin */
+    else
+      lua_pushstring(L, fname);
     add_step(L, steps, NULL, NULL, argv + script + 1, argc - script - 1);
   } else if (!(flags & (HAS_E | HAS_V))) {
     if (isatty(0)) { /* interactive, as lua5.4 */
       print_version();
       flags |= HAS_I;
     } else {
-      if ((st = report_load(L, luaL_loadfile(L, NULL), steps)))
-        return st == 2 ? 0 : 1;
+      lua_pushboolean(L, 0); /* the script is stdin */
       add_step(L, steps, NULL, NULL, NULL, 0);
     }
   }
@@ -514,6 +562,28 @@ static void open_std_fds(void) {
       _exit(127); /* cannot even report it */
 }
 
+static int meta_message_p(lua_State *L) {
+  return luaL_callmeta(L, 1, "__tostring") ? 1 : 0;
+}
+
+/* [-0, +(0|1), -] For a user's error object that is not a string: pushes
+ * what its __tostring gives when that is a string (lua5.4's message
+ * handler prints it without a traceback) and returns 1; else 0. tide's
+ * own errors keep their traceback. */
+static int meta_message(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  if (lua_isstring(L, idx) || tide__iserror(L, idx) ||
+      !luaL_getmetafield(L, idx, "__tostring"))
+    return 0;
+  lua_pop(L, 1);
+  lua_pushcfunction(L, meta_message_p);
+  lua_pushvalue(L, idx);
+  if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_type(L, -1) == LUA_TSTRING)
+    return 1;
+  lua_pop(L, 1);
+  return 0;
+}
+
 /* An event loop holds many sockets at once: lift the soft limit on open
  * files to the hard one, as Go's runtime does (the command only; an
  * application embedding tide decides for itself). */
@@ -560,6 +630,7 @@ int main(int argc, char **argv) {
   }
   lua_pushcfunction(L, l_print);
   lua_setglobal(L, "print");
+  install_pipe_checks(L);
   createargtable(L, argv, argc, script);
   lua_newtable(L);
   if (collect_steps(L, argv, argc, script, flags) != 0) {
@@ -579,7 +650,9 @@ int main(int argc, char **argv) {
       code = 128 + (sig > 0 ? sig : SIGINT); /* 130 after Ctrl-C, 143 after SIGTERM */
     } else {
       lua_getfield(L, LUA_REGISTRYINDEX, "tide.main_traceback");
-      if (lua_type(L, -1) == LUA_TSTRING)
+      if (meta_message(L, -3)) /* as lua5.4: its __tostring alone */
+        fprintf(stderr, "%s: %s\n", progname, lua_tostring(L, -1));
+      else if (lua_type(L, -1) == LUA_TSTRING)
         fprintf(stderr, "%s: %s\n", progname, lua_tostring(L, -1));
       else
         fprintf(stderr, "%s: %s\n", progname, luaL_tolstring(L, -3, NULL));

@@ -25,6 +25,7 @@
 #include "internal.h"
 
 static char sentinel_key, task_mt_key, gather_mt_key;
+static char tailcall_key; /* a task function's "call this next" mark */
 static char reraised_key, reraised_tb_key; /* last error await re-raised */
 static char sources_key;                   /* spawn sites (see source_id) */
 
@@ -435,10 +436,20 @@ static int task_msgh(lua_State *co) {
   return 1;
 }
 
+/* A task function that returns (core.tailcall, f, args...) has f(args...)
+ * called in its place, at the base of the task: the command's main task
+ * runs the script so, and the script then sees the stack lua5.4 gives a
+ * main chunk (one C frame below it; error levels and debug.getinfo
+ * agree), which a Lua tail call would not (a "(...tail calls...)" line). */
 static int task_body_k(lua_State *co, int status, lua_KContext ctx) {
   (void)ctx;
   if (status != LUA_OK && status != LUA_YIELD)
     return lua_error(co); /* its <close> handlers have run */
+  if (lua_gettop(co) >= 3 && lua_touserdata(co, 2) == &tailcall_key) {
+    lua_remove(co, 2);
+    return task_body_k(co, lua_pcallk(co, lua_gettop(co) - 2, LUA_MULTRET, 1,
+                                      0, task_body_k), 0);
+  }
   return lua_gettop(co) - 1; /* fn's results, above task_msgh */
 }
 
@@ -1632,7 +1643,44 @@ static const luaL_Reg task_methods[] = {
   {"add_done_callback", t_add_done_callback},
   {"remove_done_callback", t_remove_done_callback}, {NULL, NULL}};
 
+/* ---- the command's main chunk as Lua's main thread -------------------
+ * The `tide` command runs the main chunk in a task, yet lua5.4 runs it on
+ * the main thread, and scripts (and Lua's own tests) ask: there
+ * coroutine.running() says it is the main one, isyieldable() is false and
+ * a yield is an error. main.lua marks its task so; other tasks are
+ * coroutines as before. */
+
+int tide__is_lua_main(lua_State *L) {
+  tide_runtime *rt = tide__rt(L);
+  tide_task *t = rt->current;
+  return rt->lua_main != 0 && t != NULL && t->id == rt->lua_main && t->co == L;
+}
+
+/* core.set_lua_main(): the running task plays Lua's main thread */
+static int l_set_lua_main(lua_State *L) {
+  tide_runtime *rt = tide__rt(L);
+  rt->lua_main = rt->current && rt->current->co == L ? rt->current->id : 0;
+  return 0;
+}
+
+/* coroutine.running(), as Lua's but for the task that plays the main thread */
+static int l_running(lua_State *L) {
+  int ismain = lua_pushthread(L);
+  lua_pushboolean(L, ismain || tide__is_lua_main(L));
+  return 2;
+}
+
+/* coroutine.isyieldable([co]), likewise */
+static int l_isyieldable(lua_State *L) {
+  lua_State *co = lua_isnone(L, 1) ? L : lua_tothread(L, 1);
+  luaL_argexpected(L, co != NULL, 1, "coroutine");
+  lua_pushboolean(L, lua_isyieldable(co) && !tide__is_lua_main(co));
+  return 1;
+}
+
 static const luaL_Reg task_funcs[] = {
+  {"set_lua_main", l_set_lua_main}, {"running", l_running},
+  {"isyieldable", l_isyieldable},
   {"spawn", l_spawn}, {"current_task", l_current_task},
   {"all_tasks", l_all_tasks}, {"park", l_park}, {"wake", l_wake},
   {"uncancel", l_uncancel}, {"other_cancel", l_other_cancel}, {"istask", l_istask},
@@ -1719,5 +1767,7 @@ int tide__open_task(lua_State *L) {
   luaL_setfuncs(L, task_funcs, 0);
   lua_pushlightuserdata(L, tide__sentinel());
   lua_setfield(L, mod, "sentinel");
+  lua_pushlightuserdata(L, &tailcall_key);
+  lua_setfield(L, mod, "tailcall");
   return 1;
 }

@@ -227,6 +227,10 @@ static int l_sleep(lua_State *L) {
 static int l_yield(lua_State *L) {
   tide_runtime *rt = tide__rt(L);
   tide_task *t = rt->current;
+  if (tide__is_lua_main(L)) { /* as on lua5.4's main thread (no position) */
+    lua_pushliteral(L, "attempt to yield from outside a coroutine");
+    return lua_error(L);
+  }
   if (t == NULL || t->co != L || t->state != TS_RUNNING || !lua_isyieldable(L))
     return lua_yield(L, lua_gettop(L));
   lua_settop(L, 0);

@@ -25,6 +25,68 @@ describe("tide command", function()
     assert.equals("true\ta\tb c\t2\t2\ta\tb c\ntrue\n", out)
   end)
 
+  -- The same script under lua5.4 and under tide: the same stdout, exit
+  -- status and error message (program name aside); tide's traceback, if
+  -- any, has the same frames, then says which task (lua5.4: "[C]: in ?").
+  local function same_as_lua54(script, args)
+    local name = tmpfile(script)
+    local q = require("spec.support").shell_quote
+    local function go(bin)
+      local out, err, rc = sh("cd /tmp && " .. bin .. " " .. q(name) .. " " .. (args or ""))
+      err = err:gsub("^" .. bin:gsub("%p", "%%%0") .. ": ", "PROG: ")
+      err = err:gsub("\n\t%[C%]: in %?\n$", "\n"):gsub("\n\tin task 'main'\n$", "\n")
+      return out, err, rc
+    end
+    local lo, le, lrc = go("lua5.4")
+    local to, te, trc = go(TIDE)
+    os.remove(name)
+    assert.equals(lo, to)
+    assert.equals(le, te)
+    assert.equals(lrc, trc)
+  end
+
+  it("the main chunk is Lua's main thread as far as the coroutine library can tell", function()
+    same_as_lua54([[
+      local co, ismain = coroutine.running()
+      print(type(co), ismain, coroutine.isyieldable(), coroutine.isyieldable(co))
+      print(pcall(coroutine.yield, 1))
+      local gen = coroutine.wrap(function() print(coroutine.isyieldable(), select(2, coroutine.running())); coroutine.yield(1) end)
+      gen()
+      coroutine.yield()
+    ]])
+  end)
+
+  it("the main chunk has one C frame below it, as in lua5.4 (error levels, debug.getinfo)", function()
+    same_as_lua54([[
+      print(debug.getinfo(2, "S").what, debug.getinfo(3))
+      if pcall(debug.getlocal, 4, 1) then print("loaded as module") else print("run as main script") end
+      print(pcall(error, "x", 3))
+      error("level 2", 2)
+    ]])
+  end)
+
+  it("an error object with __tostring is reported by that text alone", function()
+    same_as_lua54([[error(setmetatable({}, { __tostring = function() return "custom!" end }))]])
+  end)
+
+  it("io.write into a pipe nobody reads ends the process by SIGPIPE, as lua5.4", function()
+    local q = require("spec.support").shell_quote
+    local out, err, rc = sh("bash -c " .. q("timeout -s KILL 10 " .. TIDE
+      .. " -e 'while true do io.write(\"y\\n\") end' | head -n 1; echo \"rc=${PIPESTATUS[0]}\""))
+    assert.equals(0, rc, err)
+    assert.equals("y\nrc=141\n", out)
+  end)
+
+  it("reads the script when its turn comes (a -e before it may write it) and -W applies in order", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    local out, err, rc = sh(("mkdir %s && cd %s && %s -e \"warn('before') io.open('gen.lua', 'w'):write('print(1) warn(\\'after\\')'):close()\" -W gen.lua; rm -r %s")
+      :format(dir, dir, TIDE, dir))
+    assert.equals(0, rc, err)
+    assert.equals("1\n", out)
+    assert.equals("Lua warning: after\n", err)
+  end)
+
   it("runs the main chunk as a task: top-level code may sleep and gather", function()
     local out, err, rc = run([[
       local tide = require "tide"
@@ -42,7 +104,7 @@ describe("tide command", function()
     assert.equals(0, rc, err)
     assert.equals("function\n", out)
     out = sh(TIDE .. " -v")
-    assert.matches("^tide %d+%.%d+%.%d+ %(Lua 5%.4", out)
+    assert.matches("^Lua 5%.4%.%d+  Copyright [^\n]+\ntide %d+%.%d+%.%d+\n$", out) -- lua5.4's line first
   end)
 
   it("warnings are off until -W or warn('@on'), as in lua5.4", function()
@@ -80,7 +142,7 @@ describe("tide command", function()
     os.remove(name)
     assert.equals(1, rc)
     assert.matches("early", err)
-    assert.matches("^tide %d[^\n]*\n$", out) -- the banner (-i implies -v), no prompt
+    assert.matches("^Lua 5%.4[^\n]*\ntide %d[^\n]*\n$", out) -- the banner (-i implies -v), no prompt
   end)
 
   it("finds Debian's packaged Lua modules", function()

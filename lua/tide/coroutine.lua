@@ -11,7 +11,7 @@ local co_resume, co_yield, co_create = coroutine.resume, coroutine.yield, corout
 local co_close, co_status = coroutine.close, coroutine.status
 
 if coroutine.tide_patched then
-  return coroutine
+  return true
 end
 
 -- Returns resume's results as they came (no padding: a coroutine that
@@ -49,6 +49,11 @@ end
 -- A bare yield in a task's own coroutine is sleep(0) (a cancellation is
 -- delivered there); in a user coroutine it is the plain yield.
 coroutine.yield = core.yield
+-- and the task that plays Lua's main thread (the command's main chunk)
+-- says so, as lua5.4's main thread does
+coroutine.running, coroutine.isyieldable = core.running, core.isyieldable
+-- only there: a traceback names a function by where it finds it first
+core.yield, core.running, core.isyieldable = nil, nil, nil
 
 coroutine.tide_patched = true
-return coroutine
+return true -- (not the table: tracebacks name coroutine.yield, not tide.coroutine.yield)

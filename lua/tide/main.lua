@@ -1,25 +1,45 @@
 -- tide.main: the body of the `tide` command's main task. Runs the steps
--- main.c prepared (LUA_INIT, -e chunks, -l libraries, the script with its
--- arguments, then the REPL for -i or a bare `tide` on a terminal) in
--- order, so every one of them may suspend.
+-- main.c prepared (LUA_INIT, -e chunks, -l libraries, -W, the script with
+-- its arguments, then the REPL for -i or a bare `tide` on a terminal) in
+-- order, as lua5.4 does, so every one of them may suspend.
+local core = require "tide.core"
+require "tide.coroutine" -- the main chunk is a task: coroutine.* must know
+
+local function fail(message)
+  io.stdout:flush()
+  io.stderr:write(message, "\n")
+  os.exit(1)
+end
+
 return function(steps)
-  for _, step in ipairs(steps) do
+  core.set_lua_main() -- this task is the main thread, as far as Lua code can tell
+  for i, step in ipairs(steps) do
     if step.lib then
       -- through pcall, so that a missing module's message carries no
       -- position inside tide (lua5.4 prints none)
       local ok, mod = pcall(require, step.lib)
       if not ok then error(mod, 0) end
       _G[step.global] = mod
+    elseif step.warn then
+      warn("@on")
     elseif step.repl then
       require("tide.repl").run(step)
     elseif step.fail then -- a chunk that did not compile, after steps that ran
-      io.stdout:flush()
-      io.stderr:write(step.fail, "\n")
-      os.exit(1)
+      fail(step.fail)
     else
+      local fn = step.fn
+      if fn == nil then -- the script: read now, after the steps before it ran
+        local err
+        fn, err = loadfile(step.file or nil)
+        if not fn then fail(step.progname .. ": " .. err) end
+      end
+      local args = step.args
+      if i == #steps then -- called in this function's place: see task.c
+        return core.tailcall, fn, table.unpack(args, 1, args.n)
+      end
       -- called through select so that tracebacks say "in main chunk", as
-      -- lua5.4's do, rather than naming this table field
-      select(2, nil, step.fn)(table.unpack(step.args, 1, step.args.n))
+      -- lua5.4's do, rather than naming this local
+      select(2, nil, fn)(table.unpack(args, 1, args.n))
     end
   end
 end

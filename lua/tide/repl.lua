@@ -104,15 +104,15 @@ local function handler(e)
   return tb
 end
 
-local function report(progname, msg)
+-- without the program's name, as lua5.4's REPL reports
+local function report(msg)
   io.stdout:flush()
-  io.stderr:write(progname, ": ", tostring(msg), "\n")
+  io.stderr:write(tostring(msg), "\n")
   io.stderr:flush()
 end
 
--- step: {progname = "tide"} (from main.c)
+-- step: {repl = true, progname = "tide"} (from main.c)
 function M.run(step)
-  local progname = step and step.progname or "tide"
   local core = require "tide.repl.core"
   local edit = core.init()
   if rawget(_G, "tide") == nil then -- as Python's asyncio REPL has asyncio
@@ -128,18 +128,18 @@ function M.run(step)
     elseif fn == false then
       break
     elseif not fn then
-      report(progname, err)
+      report(err)
     else
       local res = table.pack(xpcall(fn, handler))
       if not res[1] then
         if edit and iscancel(res[2]) then
           io.write("\n") -- after the terminal's "^C"
         end
-        report(progname, res[2])
+        report(res[2])
       elseif res.n > 1 then
         local pok, perr = pcall(print, table.unpack(res, 2, res.n))
         if not pok then
-          report(progname, "error calling 'print' (" .. tostring(perr) .. ")")
+          report("error calling 'print' (" .. tostring(perr) .. ")")
         end
       end
     end
