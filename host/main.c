@@ -628,6 +628,7 @@ int main(int argc, char **argv) {
     lua_setfield(L, -2, "cpath");
     lua_pop(L, 1);
   }
+  lua_gc(L, LUA_GCGEN, 0, 0); /* as lua5.4 (lua.c) runs scripts */
   lua_pushcfunction(L, l_print);
   lua_setglobal(L, "print");
   install_pipe_checks(L);

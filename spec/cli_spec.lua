@@ -65,6 +65,10 @@ describe("tide command", function()
     ]])
   end)
 
+  it("runs the collector in generational mode, as lua5.4 does", function()
+    same_as_lua54([[print(collectgarbage("incremental"), collectgarbage("generational"))]])
+  end)
+
   it("an error object with __tostring is reported by that text alone", function()
     same_as_lua54([[error(setmetatable({}, { __tostring = function() return "custom!" end }))]])
   end)
