@@ -248,6 +248,7 @@ void tide__task_line(lua_State *L, tide_task *t);
 int tide__open_task(lua_State *L);
 void *tide__sentinel(void);
 int tide__is_lua_main(lua_State *L); /* L plays Lua's main thread */
+void tide__call_soon_on(lua_State *L, tide_sched *s, int nargs);
 
 /* waitlist.c: a FIFO of parked tasks (see the file) */
 typedef struct tide_waitlist {

@@ -343,10 +343,10 @@ static void fire_waiter(lua_State *L, int ud, int w) {
     } else {
       gather_child_done(L, w, ud);
     }
-  } else if (lua_type(L, w) == LUA_TFUNCTION) {
+  } else if (lua_type(L, w) == LUA_TFUNCTION) { /* as asyncio: call_soon */
     lua_pushvalue(L, w);
     lua_pushvalue(L, ud);
-    tide__call_protected(L, 1, "done callback");
+    tide__call_soon_on(L, ((tide_task *)lua_touserdata(L, ud))->s, 1);
   }
 }
 

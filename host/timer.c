@@ -286,8 +286,10 @@ static tide_handle *check_handle(lua_State *L, int idx) {
   return luaL_checkudata(L, idx, TIDE_HANDLE_MT);
 }
 
-static int schedule(lua_State *L, uint64_t delay, int fidx) {
-  tide_sched *s = active_sched(L);
+/* [-0, +1] A handle for fn at fidx with the values above it as arguments,
+ * due after delay on s; soon: call_soon's, before every timer. */
+static int schedule_on(lua_State *L, tide_sched *s, uint64_t delay, int fidx,
+                       int soon) {
   int top = lua_gettop(L), n = top - fidx, i;
   tide_handle *h;
   luaL_checktype(L, fidx, LUA_TFUNCTION);
@@ -313,9 +315,21 @@ static int schedule(lua_State *L, uint64_t delay, int fidx) {
   h->when = deadline(s, delay);
   /* call_soon's sort before every timer (key 0, FIFO among themselves):
    * as in asyncio, they run before a call_later(0) made earlier */
-  tide__heap_push(s, &h->tn, fidx == 1 ? 0 : h->when);
+  tide__heap_push(s, &h->tn, soon ? 0 : h->when);
   tide__sched_update(s);
   return 1;
+}
+
+static int schedule(lua_State *L, uint64_t delay, int fidx) {
+  return schedule_on(L, active_sched(L), delay, fidx, fidx == 1);
+}
+
+/* [-(nargs+1), +0] call_soon on s of the function below nargs values on
+ * top (a finished task's done callbacks: asyncio schedules them so). */
+void tide__call_soon_on(lua_State *L, tide_sched *s, int nargs) {
+  int fidx = lua_gettop(L) - nargs;
+  schedule_on(L, s, 0, fidx, 1);
+  lua_settop(L, fidx - 1);
 }
 
 /* tide.call_soon(fn, ...) -> handle */

@@ -235,13 +235,23 @@ function Group:spawn(fn, ...)
   if self._closed then
     error(terror("invalid_state", "task group is finished; it takes no new tasks"), 2)
   end
+  if self._aborted then -- as asyncio's: the task would never run
+    error(terror("invalid_state", "task group is shutting down (a task in it failed); "
+      .. "it takes no new tasks"), 2)
+  end
   local t
   if opts then t = spawn(opts, fn, select(2, ...)) else t = spawn(fn, ...) end
   self._remaining = self._remaining + 1
   self.tasks[#self.tasks + 1] = t
   t:add_done_callback(self._on_done)
-  if self._aborted then t:cancel("task group is shutting down") end
   return t
+end
+
+-- Records an error in the order they came (n counts them: an error may be nil).
+function Group:_failed(err)
+  local n = self.errors.n + 1
+  self.errors[n], self.errors.n = err, n
+  self:_abort()
 end
 
 function Group:_abort()
@@ -261,15 +271,12 @@ function M.task_group(body, ...)
     argerror("task_group", 1, "function", body)
   end
   local parent = me("tide.task_group")
-  local g = setmetatable({ tasks = {}, errors = {}, _remaining = 0,
+  local g = setmetatable({ tasks = {}, errors = { n = 0 }, _remaining = 0,
     _parent = parent, _body_running = true }, Group)
   g._token = terror("cancelled", "task group aborted: a child failed")
   g._on_done = function(t)
     g._remaining = g._remaining - 1
-    if t:failed() then
-      g.errors[#g.errors + 1] = t:error()
-      g:_abort()
-    end
+    if t:failed() then g:_failed(t:error()) end
     if g._remaining == 0 and g._waiting then wake(parent) end
   end
   local r = pack(pcall(body, g, ...))
@@ -280,10 +287,10 @@ function M.task_group(body, ...)
     if r[2] ~= g._token then
       if core.iserror(r[2]) and r[2].kind == "cancelled" then
         outer_cancel = r[2]
-      else
-        table.insert(g.errors, 1, r[2])
+        g:_abort()
+      else -- after a child's error if that came first (and cancelled the body)
+        g:_failed(r[2])
       end
-      g:_abort()
     end
   end
   while g._remaining > 0 do
@@ -296,8 +303,8 @@ function M.task_group(body, ...)
     end
   end
   g._closed = true
-  if #g.errors > 0 then
-    for i = 2, #g.errors do
+  if g.errors.n > 0 then
+    for i = 2, g.errors.n do
       io.stderr:write("tide: task group: another child also failed: ",
         tostring(g.errors[i]), "\n")
     end

@@ -464,6 +464,15 @@ describe("tide.call_soon / tide.call_later", function()
     assert.same({ "soon", "late" }, log)
   end)
 
+  it("done callbacks are scheduled, as asyncio's: tasks ready in that turn run first", function()
+    local log = {}
+    local a = tide.spawn(function() tide.sleep(0.02) log[#log + 1] = "a ends" end)
+    local b = tide.spawn(function() tide.sleep(0.02) log[#log + 1] = "b runs" end)
+    a:add_done_callback(function() log[#log + 1] = "cb"; b:cancel() end)
+    pcall(b.await, b)
+    assert.same({ "a ends", "b runs", "cb" }, log)
+  end)
+
   it("call_soon callbacks run before timers due, even a call_later(0) made earlier", function()
     local log = {}
     tide.call_later(0, function() log[#log + 1] = "later0" end)
@@ -709,6 +718,62 @@ describe("tide.as_completed", function()
 end)
 
 describe("tide.task_group", function()
+
+  it("a child or the body raising nil is a failure: the group raises nil, not success", function()
+    local sibling_ok
+    local ok, e = pcall(tide.task_group, function(g)
+      g:spawn(function() tide.sleep(0.01) error(nil) end)
+      g:spawn(function() sibling_ok = pcall(tide.sleep, 0.1) end)
+    end)
+    assert.is_false(ok)
+    assert.is_nil(e)
+    assert.is_false(sibling_ok)
+    ok, e = pcall(tide.task_group, function() error(nil) end)
+    assert.is_false(ok)
+    assert.is_nil(e)
+  end)
+
+  it("a child that already finished waiting in the same turn as a failing sibling finishes (asyncio's order)", function()
+    local G
+    local log = {}
+    local ok, e = pcall(tide.task_group, function(g)
+      G = g
+      g:spawn(function() tide.sleep(0.05) error("a failed", 0) end)
+      g:spawn(function() local ok = pcall(tide.sleep, 0.05); log[#log + 1] = ok and "b finished" or "b cancelled" end)
+      g:spawn(function() tide.sleep(0.05) error("c failed", 0) end)
+    end)
+    assert.is_false(ok)
+    assert.equals("a failed", e)
+    assert.same({ "b finished" }, log)
+    assert.equals(2, G.errors.n)
+    assert.equals("c failed", G.errors[2])
+  end)
+
+  it("re-raises the first error when the body then fails while being cancelled", function()
+    local G
+    local ok, e = pcall(tide.task_group, function(g)
+      G = g
+      g:spawn(function() tide.sleep(0.01) error("child failed first", 0) end)
+      pcall(tide.sleep, 1)
+      error("body: cleanup failed", 0)
+    end)
+    assert.is_false(ok)
+    assert.equals("child failed first", e)
+    assert.same({ "child failed first", "body: cleanup failed", n = 2 }, G.errors)
+  end)
+
+  it("refuses a spawn while shutting down (the task would never run)", function()
+    local kind
+    pcall(tide.task_group, function(g)
+      g:spawn(function() tide.sleep(0.01) error("boom", 0) end)
+      g:spawn(function()
+        pcall(tide.sleep, 1)
+        local ok, e = pcall(g.spawn, g, function() end)
+        kind = not ok and e.kind
+      end)
+    end)
+    assert.equals("invalid_state", kind)
+  end)
   it("g:spawn takes the options tide.spawn takes", function()
     local name
     tide.task_group(function(g)
@@ -753,7 +818,7 @@ describe("tide.task_group", function()
     end)
     assert.is_false(ok)
     assert.equals("first", e)
-    assert.same({ "first", "second" }, group.errors)
+    assert.same({ "first", "second", n = 2 }, group.errors)
   end)
 
   it("an error in the body cancels the children", function()
