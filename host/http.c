@@ -849,12 +849,23 @@ static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
   x->hlist = curl_slist_append(NULL, "Expect:");
   lua_getfield(L, spec, "headers");
   for (i = 1; lua_istable(L, -1) && lua_rawgeti(L, -1, i) == LUA_TSTRING; i++) {
-    struct curl_slist *l = curl_slist_append(x->hlist, lua_tostring(L, -1));
+    const char *h = lua_tostring(L, -1);
+    struct curl_slist *l = curl_slist_append(x->hlist, h);
     if (l)
       x->hlist = l;
+    if (strncasecmp(h, "content-type:", 13) == 0)
+      has_body = 0; /* the caller's type: nothing to take away below */
     lua_pop(L, 1);
   }
   lua_pop(L, 2);
+  /* a body the caller gave no type gets none: curl would call it a form
+   * (application/x-www-form-urlencoded); opts.form and opts.json set
+   * theirs in http.lua */
+  if (has_body) {
+    struct curl_slist *l = curl_slist_append(x->hlist, "Content-Type:");
+    if (l)
+      x->hlist = l;
+  }
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->hlist);
 }
 

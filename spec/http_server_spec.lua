@@ -354,6 +354,24 @@ describe("tide.http_server", function()
       srv:close()
     end)
 
+    it("keeps a handler's Content-Length on HEAD and 304 (the size a GET would get)", function()
+      local srv, c = start(function(req)
+        if req.path == "/304" then return { status = 304, headers = { ["Content-Length"] = "55" } } end
+        if req.path == "/stream" then
+          return { headers = { ["Content-Length"] = "99" }, body = function() return nil end }
+        end
+        return { headers = { ["Content-Length"] = "1234", ["Content-Type"] = "application/zip" } }
+      end)
+      c:write("HEAD / HTTP/1.1\r\n\r\nHEAD /stream HTTP/1.1\r\n\r\n" .. get("/304"))
+      assert.equals("1234", read_response(c, { head = true }).headers["content-length"])
+      assert.equals("99", read_response(c, { head = true }).headers["content-length"])
+      local r = read_response(c, { head = true })
+      assert.equals(304, r.status)
+      assert.equals("55", r.headers["content-length"])
+      c:close()
+      srv:close()
+    end)
+
     it("closes a keep-alive connection idle for idle_timeout", function()
       local srv, c = start(nil, { idle_timeout = 0.2 })
       c:write(get("/"))

@@ -127,6 +127,17 @@ describe("tide.http", function()
       assert.equals("abc", e.body)
     end)
 
+    it("gives a body no Content-Type unless the caller, opts.json or opts.form does (curl would say form)", function()
+      assert.is_nil(echo(http.post(url("/anything"), { body = '{"a":1}' })).headers["content-type"])
+      assert.is_nil(echo(http.put(url("/anything"), { body = "raw" })).headers["content-type"])
+      assert.is_nil(echo(http.post(url("/anything"))).headers["content-type"])
+      assert.is_nil(echo(http.post(url("/anything"), { body = { "a", "b" } })).headers["content-type"])
+      local e = echo(http.post(url("/anything"), { body = "x", headers = { ["content-type"] = "text/csv" } }))
+      assert.equals("text/csv", e.headers["content-type"])
+      e = echo(http.post(url("/anything"), { form = { a = 1 } }))
+      assert.equals("application/x-www-form-urlencoded", e.headers["content-type"])
+    end)
+
     it("sends Content-Length: 0 for POST, PUT and PATCH without a body", function()
       for _, f in ipairs { http.post, http.put, http.patch } do
         local e = echo(f(url("/anything")))

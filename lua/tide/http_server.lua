@@ -166,20 +166,29 @@ local function respond(srv, s, raw)
   local res, status = call_handler(srv, req)
   local body = res.body or ""
   local keep = raw.keep_alive and not raw.upgrade and not srv.closed
+  local user_length -- a handler's Content-Length counts where no body is sent
   for name, v in pairs(res.headers or {}) do
-    if tostring(name):lower() == "connection" and tostring(v):lower() == "close" then
+    local lname = tostring(name):lower()
+    if lname == "connection" and tostring(v):lower() == "close" then
       keep = false
+    elseif lname == "content-length" then
+      user_length = tostring(type(v) == "table" and v[1] or v):match("^%s*(%d+)%s*$")
     end
   end
   local is_head = req.method == "HEAD"
   local no_body = is_head or status == 204 or status == 304
   local streamed = type(body) == "function"
   local extra = { "Date", http_date(), "Server", "tide" }
+  -- HEAD and 304 send no body: their Content-Length is the handler's (the
+  -- size a GET would get, RFC 9110 8.6), else that of the body it gave
+  local length = (is_head or status == 304) and user_length or nil
   if not streamed then
     body = tostring(body)
-    if status ~= 204 and status ~= 304 then
-      extra[#extra + 1], extra[#extra + 2] = "Content-Length", #body
+    if status ~= 204 and (status ~= 304 or length) then
+      extra[#extra + 1], extra[#extra + 2] = "Content-Length", length or #body
     end
+  elseif length and status ~= 204 then
+    extra[#extra + 1], extra[#extra + 2] = "Content-Length", length
   elseif not no_body then
     if req.version == "1.1" then
       extra[#extra + 1], extra[#extra + 2] = "Transfer-Encoding", "chunked"
