@@ -500,7 +500,7 @@ static void check_idle(lua_State *L, file *f) {
 static file *check_file(lua_State *L) {
   file_box *b = luaL_checkudata(L, 1, FILE_MT);
   if (b->f == NULL)
-    luaL_error(L, "attempt to use a closed file");
+    tide__err_raise(L, "closed", "attempt to use a closed file");
   check_idle(L, b->f);
   return b->f;
 }
@@ -746,7 +746,7 @@ static int f_close(lua_State *L) {
   fsreq *r;
   uv_file fd;
   if (f == NULL)
-    return luaL_error(L, "attempt to use a closed file");
+    return tide__err_raise(L, "closed", "attempt to use a closed file");
   if (f->next) /* another task's call waits for the file */
     check_idle(L, f);
   if (f->cur)

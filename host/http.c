@@ -1187,9 +1187,14 @@ static int read_k(lua_State *L, int status, lua_KContext ctx) {
 /* x:read([n]) -> up to n bytes of the streamed body (what is there when n
  * is absent), or nil at its end */
 static int x_read(lua_State *L) {
-  check_xfer(L);
-  luaL_argcheck(L, lua_isnoneornil(L, 2) || luaL_checkinteger(L, 2) > 0, 2,
-                "positive byte count expected");
+  xfer *x = check_xfer(L);
+  luaL_argcheck(L, lua_isnoneornil(L, 2) || luaL_checkinteger(L, 2) >= 0, 2,
+                "non-negative byte count expected");
+  if (lua_tointeger(L, 2) == 0 && !lua_isnoneornil(L, 2) &&
+      !(x->flags & XF_DONE && x->body.n == x->boff)) {
+    lua_pushliteral(L, ""); /* read(0), not at the end: as Lua's file:read(0) */
+    return 1;
+  }
   lua_settop(L, 2);
   return read_k(L, LUA_OK, 0);
 }

@@ -123,10 +123,15 @@ static void stream_close(stream *s) {
   }
 }
 
+/* Raises kind "closed" (a program can tell it from other failures). */
+static int closed_error(lua_State *L, const char *what) {
+  return tide__err_raise(L, "closed", "attempt to use a closed %s", what);
+}
+
 static stream *check_stream(lua_State *L, int idx) {
   stream_box *b = luaL_checkudata(L, idx, STREAM_MT);
   if (b->s == NULL || b->s->closed)
-    luaL_error(L, "attempt to use a closed stream");
+    closed_error(L, "stream");
   return b->s;
 }
 
@@ -224,10 +229,10 @@ static int read_k(lua_State *L, int status, lua_KContext ctx) {
   if (ctx)
     after_wait(L, s, 3, s ? &s->reader : NULL);
   if (s == NULL || s->closed)
-    return luaL_error(L, "attempt to use a closed stream");
-  n = luaL_optinteger(L, 2, 0);
+    return closed_error(L, "stream");
+  n = luaL_optinteger(L, 2, -1);
   if (s->len > 0) {
-    take(L, s, (n > 0 && (size_t)n < s->len) ? (size_t)n : s->len);
+    take(L, s, (n >= 0 && (size_t)n < s->len) ? (size_t)n : s->len);
     return 1;
   }
   if (s->err)
@@ -236,13 +241,17 @@ static int read_k(lua_State *L, int status, lua_KContext ctx) {
     lua_pushnil(L); /* the end */
     return 1;
   }
+  if (n == 0) { /* as asyncio's read(0) and Lua's file:read(0): no wait */
+    lua_pushliteral(L, "");
+    return 1;
+  }
   return wait_readable(L, s, 1, read_k);
 }
 
 static int st_read(lua_State *L) {
   check_stream(L, 1);
-  luaL_argcheck(L, lua_isnoneornil(L, 2) || luaL_checkinteger(L, 2) > 0, 2,
-                "positive byte count expected");
+  luaL_argcheck(L, lua_isnoneornil(L, 2) || luaL_checkinteger(L, 2) >= 0, 2,
+                "non-negative byte count expected");
   lua_settop(L, 2);
   return read_k(L, LUA_OK, 0);
 }
@@ -271,7 +280,7 @@ static int exact_k(lua_State *L, int status, lua_KContext ctx) {
   if (ctx & 1)
     after_wait(L, s, 3, s ? &s->reader : NULL);
   if (s == NULL || s->closed)
-    return luaL_error(L, "attempt to use a closed stream");
+    return closed_error(L, "stream");
   if ((n = wanted(L, s, until)) > 0) {
     take(L, s, n);
     return 1;
@@ -318,7 +327,7 @@ static int line_k(lua_State *L, int status, lua_KContext ctx) {
   if (ctx)
     after_wait(L, s, 2, s ? &s->reader : NULL);
   if (s == NULL || s->closed)
-    return luaL_error(L, "attempt to use a closed stream");
+    return closed_error(L, "stream");
   nl = s->len ? memchr(s->buf + s->off, '\n', s->len) : NULL;
   if (nl || ((s->eof || s->err) && s->len > 0)) {
     size_t n = nl ? (size_t)(nl - (s->buf + s->off)) + 1 : s->len;
@@ -371,7 +380,7 @@ static int write_k(lua_State *L, int status, lua_KContext ctx) {
   (void)ctx;
   after_wait(L, s, 3, s ? &s->writer : NULL);
   if (s == NULL || s->closed)
-    return luaL_error(L, "attempt to use a closed stream");
+    return closed_error(L, "stream");
   if (s->err)
     return raise_uv(L, s->err, "write");
   return 0;
@@ -772,7 +781,7 @@ static void on_uv_connection(uv_stream_t *h, int status) {
 static server *check_server(lua_State *L, int idx) {
   server_box *b = luaL_checkudata(L, idx, SERVER_MT);
   if (b->sv == NULL || b->sv->closed)
-    luaL_error(L, "attempt to use a closed server");
+    closed_error(L, "server");
   return b->sv;
 }
 

@@ -237,7 +237,7 @@ static void proc_release(proc_box *b) {
 static proc *check_proc(lua_State *L, int idx) {
   proc_box *b = luaL_checkudata(L, idx, PROCESS_MT);
   if (b->p == NULL)
-    luaL_error(L, "attempt to use a closed process");
+    tide__err_raise(L, "closed", "attempt to use a closed process");
   return b->p;
 }
 

@@ -174,7 +174,7 @@ static void on_run_end(tide_closer *c) {
 static watcher *check_open(lua_State *L, int idx) {
   sigbox *b = luaL_checkudata(L, idx, SIGNAL_MT);
   if (b->w == NULL)
-    luaL_error(L, "attempt to use a closed signal watcher");
+    tide__err_raise(L, "closed", "attempt to use a closed signal watcher");
   return b->w;
 }
 

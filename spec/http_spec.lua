@@ -486,6 +486,16 @@ describe("tide.http", function()
       assert.equals(servers.pattern(5000), a .. res:read_all())
     end)
 
+    it("read(0) gives \"\" (nil at the end); a bad count is an error at the caller's line", function()
+      local res <close> = http.get(url("/bytes/50"), { stream = true })
+      assert.equals("", res:read(0))
+      assert.equals(servers.pattern(50), res:read_all())
+      assert.is_nil(res:read(0))
+      local ok, e = pcall(function() return res:read(-1) end)
+      assert.is_false(ok)
+      assert.matches("^spec/http_spec.lua:%d+: bad argument #1 to 'read' %(non%-negative byte count", e)
+    end)
+
     it("pauses the transfer while the reader is slow (backpressure)", function()
       local produced, total = 0, 400
       local server <close> = http.serve("127.0.0.1", 0, function()

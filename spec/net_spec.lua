@@ -80,7 +80,7 @@ describe("tide.net", function()
       local srv, port = server(function(s) s:close() end)
       assert.is_true(port > 1024 and port < 65536)
       srv:close()
-      assert.has_error(function() srv:port() end, "attempt to use a closed server")
+      assert.equals("closed", errkind(srv.port, srv)) -- a kind a program can branch on
     end)
 
     it("a refused connection is kind connect, an unknown host kind dns", function()
@@ -185,6 +185,17 @@ sys.stdin.read()
       return net.connect("127.0.0.1", port), srv
     end
 
+    it("read(0) gives \"\" at once (nil at the end), as Lua's file:read(0) and asyncio's read(0)", function()
+      local c, srv = pair { 0.05, "ab" }
+      assert.equals("", c:read(0)) -- nothing there yet: no wait
+      assert.equals("ab", c:read())
+      assert.is_nil(c:read())
+      assert.is_nil(c:read(0))
+      assert.has_error(function() c:read(-1) end)
+      c:close()
+      srv:close()
+    end)
+
     it("read_exactly and read_until gather bytes across packets", function()
       local c, srv = pair { "ab", 0.01, "cdEND", 0.01, "xyz" }
       assert.equals("abc", c:read_exactly(3))
@@ -259,7 +270,8 @@ c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.cl
       c:close()
       local ok, e = pcall(t.await, t)
       assert.is_false(ok)
-      assert.matches("closed stream", e)
+      assert.equals("closed", e.kind)
+      assert.matches("closed stream", e.message)
       srv:close()
       tide.sleep(0.01)
     end)

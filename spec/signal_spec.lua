@@ -80,7 +80,7 @@ describe("tide.signal", function()
     s:close()
     assert.is_nil(S.await(t))
     assert.equals("tide.Signal(SIGUSR1, closed)", tostring(s))
-    S.raises_matching("attempt to use a closed signal watcher", s.wait, s)
+    assert.equals("closed", (S.errkind(s.wait, s)))
   end)
 
   it("<close> closes it", function()

@@ -167,6 +167,9 @@ function Response:ok() return self.status < 400 end
 -- Streamed bodies (opts.stream = true): read([n]) -> up to n bytes, or nil
 -- at the end; the transfer pauses while the reader is behind.
 function Response:read(n)
+  if n ~= nil and (math.type(n) ~= "integer" or n < 0) then
+    argerror("read", 1, "non-negative byte count expected, got " .. tostring(n))
+  end
   local x = rawget(self, "_x")
   if not x then
     if n ~= nil then error("bad argument #1 to 'read' (not a streamed response)", 2) end
