@@ -193,11 +193,14 @@ static int wait_readable(lua_State *L, stream *s, lua_KContext ctx,
     s->reading = 1;
   }
   s->reader = t;
+  t->s->io_pending++; /* a virtual clock waits for the bytes */
   return tide__park(L, t, ctx, k);
 }
 
-/* After a park in a stream continuation: on a cancel, leave and raise. */
+/* After a park in a stream continuation (counted in io_pending by the
+ * park): on a cancel, leave and raise. */
 static void after_wait(lua_State *L, stream *s, int base, tide_task **slot) {
+  tide__rt(L)->current->s->io_pending--;
   if (!lua_toboolean(L, base)) {
     if (s && *slot == tide__rt(L)->current)
       *slot = NULL;
@@ -414,6 +417,7 @@ static int st_write(lua_State *L) {
   if (uv_stream_get_write_queue_size(&s->h.stream) >= HIGH_WATER) {
     tide_task *t = tide__current(L);
     s->writer = t;
+    t->s->io_pending++; /* a virtual clock waits for the drain */
     return tide__park(L, t, 0, write_k);
   }
   return 0;

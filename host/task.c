@@ -1531,6 +1531,8 @@ static int l_gather_wait(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 3);
   lua_rawgeti(L, LUA_REGISTRYINDEX, tide__rt(L)->task_mt_ref); /* 4 */
+  /* 5: the metatable of a failed task (reports it when collected) */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, tide__rt(L)->task_gcmt_ref);
   for (i = 1; i <= n; i++) { /* all checks before spawning or registering */
     int ok = 0;
     switch (lua_rawgeti(L, 1, i)) {
@@ -1540,7 +1542,7 @@ static int l_gather_wait(lua_State *L) {
         break;
       case LUA_TUSERDATA:
         if (lua_getmetatable(L, -1)) {
-          ok = lua_rawequal(L, -1, 4);
+          ok = lua_rawequal(L, -1, 4) || lua_rawequal(L, -1, 5);
           lua_pop(L, 1);
         }
         if (ok && ((tide_task *)lua_touserdata(L, -1))->s != me->s)
@@ -1558,7 +1560,7 @@ static int l_gather_wait(lua_State *L) {
                                  luaL_typename(L, -1));
     lua_pop(L, 1);
   }
-  lua_pop(L, 1);
+  lua_pop(L, 2);
   if (funcs) { /* functions become tasks, in a list of our own */
     lua_createtable(L, (int)n, 0);
     for (i = 1; i <= n; i++) {

@@ -185,6 +185,20 @@ sys.stdin.read()
       return net.connect("127.0.0.1", port), srv
     end
 
+    it("a task waiting for bytes holds a virtual clock (it is not waiting on timers only)", function()
+      local line, waited = tide.run({ clock = "virtual" }, function()
+        local srv = net.serve("127.0.0.1", 0, function(s) s:write("hi\n") end)
+        local c = net.connect("127.0.0.1", srv:port())
+        local t0 = tide.time()
+        local l = tide.wait_for(function() return c:read_line() end, 5)
+        c:close()
+        srv:close()
+        return l, tide.time() - t0
+      end)
+      assert.equals("hi", line)
+      assert.is_true(waited < 1, "the clock jumped by " .. waited .. " s")
+    end)
+
     it("read(0) gives \"\" at once (nil at the end), as Lua's file:read(0) and asyncio's read(0)", function()
       local c, srv = pair { 0.05, "ab" }
       assert.equals("", c:read(0)) -- nothing there yet: no wait
