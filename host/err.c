@@ -117,9 +117,27 @@ static int l_iserror(lua_State *L) {
   return 1;
 }
 
-/* core.raise_at_user(msg): for tide's Lua modules */
+/* [-0, +1, v] Raises a tide error of `kind` whose message is located at
+ * the user's call: a call made where it cannot work (outside a task, a
+ * task awaiting itself...), which a program may want to tell apart. */
+int tide__raise_kind_at_user(lua_State *L, const char *kind, const char *fmt, ...) {
+  va_list ap;
+  tide__where_user(L);
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lua_concat(L, 2);
+  tide__err_push(L, kind, "%s", lua_tostring(L, -1));
+  return lua_error(L);
+}
+
+/* core.raise_at_user(msg [, kind]): for tide's Lua modules; with a kind, a
+ * tide error (tide__raise_kind_at_user), else a string */
 static int l_raise_at_user(lua_State *L) {
-  return tide__raise_at_user(L, "%s", luaL_checkstring(L, 1));
+  const char *msg = luaL_checkstring(L, 1);
+  if (!lua_isnoneornil(L, 2))
+    return tide__raise_kind_at_user(L, luaL_checkstring(L, 2), "%s", msg);
+  return tide__raise_at_user(L, "%s", msg);
 }
 
 static const luaL_Reg err_funcs[] = {

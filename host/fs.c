@@ -493,8 +493,8 @@ static int l_open(lua_State *L) {
  * abandoned request (the call then waits for it: start_file). */
 static void check_idle(lua_State *L, file *f) {
   if (f->next || (f->cur && f->cur->p))
-    luaL_error(L, "file %s is busy: a call on it from another task has not "
-                  "finished", f->path);
+    tide__raise_kind_at_user(L, "busy", "file %s is busy: a call on it from "
+                             "another task has not finished", f->path);
 }
 
 static file *check_file(lua_State *L) {

@@ -51,6 +51,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -103,7 +104,8 @@ static void push_signal(lua_State *L, int sig) {
   lua_pushinteger(L, sig);
 }
 
-/* A signal at idx: a number, or a name with or without "SIG". */
+/* A signal at idx: a number, or a name with or without "SIG", any case
+ * (as tide.signal takes them). */
 static int check_signal(lua_State *L, int idx, int def) {
   const char *name;
   size_t i;
@@ -116,8 +118,8 @@ static int check_signal(lua_State *L, int idx, int def) {
   }
   name = luaL_checkstring(L, idx);
   for (i = 0; i < NSIGNALS; i++)
-    if (strcmp(name, signals[i].name) == 0 ||
-        strcmp(name, signals[i].name + 3) == 0)
+    if (strcasecmp(name, signals[i].name) == 0 ||
+        strcasecmp(name, signals[i].name + 3) == 0)
       return signals[i].sig;
   return luaL_argerror(L, idx, lua_pushfstring(L, "unknown signal '%s'", name));
 }

@@ -84,9 +84,10 @@ tide_task *tide__current(lua_State *L) {
     const char *fn = "this function";
     if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "n", &ar) && ar.name)
       fn = ar.name;
-    luaL_error(L, "%s must be called from inside a task "
-                  "(the main chunk under tide, or a function run by "
-                  "tide.run or tide.spawn)", fn);
+    tide__raise_kind_at_user(L, "invalid_state",
+                             "%s must be called from inside a task (the main "
+                             "chunk under tide, or a function run by tide.run "
+                             "or tide.spawn)", fn);
   }
   if (rt->current->state != TS_RUNNING)
     luaL_error(L, "the task is not running here (a coroutine of a task "
@@ -1113,9 +1114,10 @@ static int t_await(lua_State *L) {
     return push_results(L, t, 1);
   me = tide__current(L);
   if (me == t)
-    return luaL_error(L, "a task cannot await itself");
+    return tide__raise_kind_at_user(L, "invalid_state", "a task cannot await itself");
   if (t->s != me->s)
-    return luaL_error(L, "cannot await a task of another tide.run loop");
+    return tide__raise_kind_at_user(L, "invalid_state",
+                                    "cannot await a task of another tide.run loop");
   tide__push_task(L, me);
   waiters_add(L, 1);
   return tide__park(L, me, 0, await_k);

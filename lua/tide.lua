@@ -37,7 +37,7 @@ end
 local function me(fname)
   local t = current_task()
   if not t then
-    error(fname .. " must be called from inside a task", 3)
+    core.raise_at_user(fname .. " must be called from inside a task", "invalid_state")
   end
   return t
 end
@@ -81,7 +81,7 @@ function M.gather(...)
   local nargs = select("#", ...)
   local first = ...
   if not current_task() then
-    error("tide.gather must be called from inside a task", 2)
+    core.raise_at_user("tide.gather must be called from inside a task", "invalid_state")
   end
   if nargs >= 1 and type(first) == "table" and not istask(first) then
     local opts = select(2, ...)

@@ -409,7 +409,7 @@ describe("fs.open", function()
     local f = fs.open(dir .. "/f")
     local t = tide.spawn(f.read, f)
     tide.sleep(0)
-    raises_matching("is busy", f.read, f, 1)
+    assert.equals("busy", (errkind(f.read, f, 1)))
     t:cancel()
     assert.equals("cancelled", (errkind(t.await, t)))
     f:close() -- closes once the pool's read is over
@@ -433,7 +433,7 @@ describe("fs.open", function()
     assert.equals("cancelled", (errkind(t.await, t)))
     local w = tide.spawn(f.write, f, "never") -- waits for it
     tide.sleep(0.05)
-    raises_matching("is busy", f.write, f, "no") -- w waits already
+    assert.equals("busy", (errkind(f.write, f, "no"))) -- w waits already
     w:cancel() -- and never runs
     assert.equals("cancelled", (errkind(w.await, w)))
     local ab = tide.spawn(f.write, f, "ab")

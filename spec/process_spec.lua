@@ -248,6 +248,9 @@ describe("tide.process", function()
       local q <close> = process.spawn({ "sleep", "10" })
       q:kill("SIGKILL")
       assert.same({ nil, "SIGKILL" }, { q:wait() })
+      local r <close> = process.spawn({ "sleep", "10" })
+      r:kill("term") -- any case, with or without SIG, as tide.signal takes names
+      assert.same({ nil, "SIGTERM" }, { r:wait() })
     end)
 
     it("wakes every task waiting", function()

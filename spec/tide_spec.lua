@@ -158,9 +158,25 @@ describe("Task", function()
     assert.equals(obj, e2)
   end)
 
-  it(":await() on itself is an error", function()
+  it(":await() on itself is an error of kind invalid_state, at the caller's line", function()
     local me = tide.current_task()
-    assert.has_error(function() me:await() end, "a task cannot await itself")
+    local kind, e = errkind(function() me:await() end)
+    assert.equals("invalid_state", kind)
+    assert.matches("^spec/tide_spec.lua:%d+: a task cannot await itself", e.message)
+  end)
+
+  it("suspending calls outside a task raise kind invalid_state", function()
+    local kinds = {}
+    tide.call_soon(function()
+      for _, f in ipairs { function() tide.sleep(0) end, function() tide.gather() end,
+                           function() tide.wait_for(function() end, 1) end,
+                           function() tide.Event():wait() end } do
+        local ok, e = pcall(f)
+        kinds[#kinds + 1] = not ok and tide.iserror(e) and e.kind or tostring(e)
+      end
+    end)
+    tide.sleep(0.01)
+    assert.same({ "invalid_state", "invalid_state", "invalid_state", "invalid_state" }, kinds)
   end)
 
   it(":done(), :result(), :error(), :cancelled()", function()

@@ -270,7 +270,7 @@ local function perform(sess, fname, argbase, method, url, opts)
   if opts == nil then opts = EMPTY else check_opts(fname, argbase + 1, opts) end
   if not tide.current_task() then
     raise_at_caller(("%s must be called from inside a task (the main chunk under tide, "
-      .. "or a function run by tide.run or tide.spawn)"):format(fname))
+      .. "or a function run by tide.run or tide.spawn)"):format(fname), "invalid_state")
   end
   local d = sess.defaults
   if sess.base_url then url = join(sess.base_url, url) end

@@ -40,8 +40,9 @@ end
 local current_task = core.current_task
 local function need_task(fname)
   if current_task() == nil then
-    error(("%s must be called from inside a task (the main chunk under tide,"
-      .. " or a function run by tide.run or tide.spawn)"):format(fname), 3)
+    core.raise_at_user(("%s must be called from inside a task (the main"
+      .. " chunk under tide, or a function run by tide.run or tide.spawn)"):format(fname),
+      "invalid_state")
   end
 end
 
