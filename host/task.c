@@ -1467,15 +1467,13 @@ static int gather_finish(lua_State *L) {
     return lua_error(L);
   }
   lua_pop(L, 1);
-  lua_createtable(L, (int)n, 1);
+  lua_createtable(L, (int)n, 0); /* a plain array, as asyncio's list */
   for (i = 1; i <= n; i++) {
     lua_rawgeti(L, 1, i);
     push_slot(L, lua_touserdata(L, -1), -1);
     lua_remove(L, -2);
     lua_rawseti(L, -2, i);
   }
-  lua_pushinteger(L, n);
-  lua_setfield(L, -2, "n");
   return 1;
 }
 
