@@ -386,10 +386,10 @@ void tide__cancel_all(tide_sched *s, const char *why) {
   lua_pop(L, 1);
 }
 
-static void list_pending(tide_sched *s) {
+/* TIDE_DEBUG: the tasks still pending (when: at what point of the end). */
+static void list_pending(tide_sched *s, const char *when) {
   if (s->ntasks > 0) {
-    fprintf(stderr, "tide: %d task(s) still pending at the end of the run:\n",
-            s->ntasks);
+    fprintf(stderr, "tide: %d task(s) still pending %s:\n", s->ntasks, when);
     lua_pushcfunction(s->L, tide__dump_tasks);
     tide__call_protected(s->L, 0, "dump_tasks");
   }
@@ -432,13 +432,15 @@ static tide_task *run_main(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
    * (they are ahead of the loop's stop in its ready queue) */
   if (main->state == TS_DONE)
     tide__fire_due(s);
+  if (rt->debug)
+    list_pending(s, "when the run's main task ended (cancelling them)");
   if (s->ntasks > 0) {
     tide__cancel_all(s, "the run's main task ended");
     tide__sched_update(s);
     uv_run(s->loop, UV_RUN_DEFAULT);
   }
   if (rt->debug)
-    list_pending(s);
+    list_pending(s, "after the cancel (abandoned)");
   tide__abandon_all(s);
   rt->sched = s->outer;
   rt->current = saved;

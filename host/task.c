@@ -689,25 +689,47 @@ static void take_pending(lua_State *L, tide_sched *s, int ud) {
   lua_remove(L, -2);
 }
 
-static void warn_slow(lua_State *L, tide_task *t, int ud, uint64_t ns) {
+/* [-0, +1, m] Pushes "file:line" where co is, in the user's code: the
+ * innermost Lua frame outside tide's own Lua modules (a task waiting in
+ * Lock:acquire is at the caller's line, not in sync.lua), else the
+ * innermost Lua frame; nil if it has none. */
+static void push_where(lua_State *L, lua_State *co) {
   lua_Debug ar;
-  int level = 0, line = -1;
-  const char *src = "?";
-  if (t->co) {
-    while (lua_getstack(t->co, level++, &ar)) {
-      lua_getinfo(t->co, "Sl", &ar);
-      if (ar.currentline > 0) {
-        src = ar.short_src;
-        line = ar.currentline;
-        break;
-      }
+  int level = 0, found = 0;
+  while (lua_getstack(co, level++, &ar)) {
+    lua_getinfo(co, "Sl", &ar);
+    if (ar.currentline <= 0)
+      continue;
+    if (!found || strncmp(ar.source, "@lua/tide", 9) != 0) {
+      if (found)
+        lua_pop(L, 1);
+      lua_pushfstring(L, "%s:%d", ar.short_src, ar.currentline);
+      found = 1;
+      if (strncmp(ar.source, "@lua/tide", 9) != 0)
+        return;
     }
   }
+  if (!found)
+    lua_pushnil(L);
+}
+
+static void warn_slow(lua_State *L, tide_task *t, int ud, uint64_t ns) {
+  if (t->co) {
+    lua_pushliteral(L, "now at ");
+    push_where(L, t->co);
+  } else { /* the step ended the task */
+    lua_pushliteral(L, "it ended; spawned at ");
+    push_site(L, t, ud);
+  }
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_pushliteral(L, "?");
+  }
+  lua_concat(L, 2);
   push_name(L, t, ud);
-  fprintf(stderr, "tide: warning: task '%s' held the loop for %.0f ms "
-                  "(now at %s:%d)\n", lua_tostring(L, -1), (double)ns / 1e6,
-          src, line);
-  lua_pop(L, 1);
+  fprintf(stderr, "tide: warning: task '%s' held the loop for %.0f ms (%s)\n",
+          lua_tostring(L, -1), (double)ns / 1e6, lua_tostring(L, -2));
+  lua_pop(L, 2);
 }
 
 /* The instruction cap (tide_options.instruction_limit): a task step that
@@ -1614,22 +1636,13 @@ static int l_gather_wait(lua_State *L) {
 /* core.task_info(task) -> state, id, parent id, "file:line" it waits at */
 static int l_task_info(lua_State *L) {
   tide_task *t = tide__check_task(L, 1);
-  lua_Debug ar;
-  int level = 0;
   lua_pushstring(L, state_name(t));
   lua_pushinteger(L, t->id);
   lua_pushinteger(L, t->parent);
-  if (t->co && t->state != TS_DONE) {
-    lua_State *co = t->state == TS_RUNNING ? L : t->co;
-    while (lua_getstack(co, level++, &ar)) {
-      lua_getinfo(co, "Sl", &ar);
-      if (ar.currentline > 0) {
-        lua_pushfstring(L, "%s:%d", ar.short_src, ar.currentline);
-        return 4;
-      }
-    }
-  }
-  lua_pushnil(L);
+  if (t->co && t->state != TS_DONE)
+    push_where(L, t->state == TS_RUNNING ? L : t->co);
+  else
+    lua_pushnil(L);
   return 4;
 }
 

@@ -337,6 +337,22 @@ describe("tide command", function()
     assert.matches("straggler", err)
   end)
 
+  it("TIDE_DEBUG=1 lists every task pending when main ends, at the user's lines", function()
+    local _, err, rc = run([[
+      local tide = require "tide"
+      tide.spawn({ name = "sleeper" }, function() tide.sleep(10) end)
+      local lock = tide.Lock(); lock:acquire()
+      tide.spawn({ name = "locked" }, function() lock:acquire() end)
+      tide.spawn({ name = "hog" }, function() local t0 = os.clock() while os.clock() - t0 < 0.15 do end end)
+      tide.sleep(0.3)
+    ]], "", "TIDE_DEBUG=1")
+    assert.equals(0, rc, err)
+    assert.matches("task 'hog' held the loop for %d+ ms %(it ended; spawned at [^)]*:5%)", err)
+    assert.matches("still pending when the run's main task ended", err)
+    assert.matches("sleeper%s+waiting%s+at [^\n]*:2\n", err)
+    assert.matches("locked%s+waiting%s+at [^\n]*:4\n", err) -- not inside tide's sync.lua
+  end)
+
   it("runs busted inside the host, where specs can suspend", function()
     local dir = os.tmpname()
     os.remove(dir)
