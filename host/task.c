@@ -637,6 +637,10 @@ static void finish_err(lua_State *L, tide_task *t, int ud) {
     if (t->parent == 0) /* a run's main task: nobody spawned it */
       lua_pushfstring(L, "%s\n\tin task '%s'", lua_tostring(L, -3),
                       lua_tostring(L, -2));
+    else if (t->s->main && t->parent == t->s->main->id) /* its name */
+      lua_pushfstring(L, "%s\n\tin task '%s' (spawned at %s by task 'main')",
+                      lua_tostring(L, -3), lua_tostring(L, -2),
+                      lua_tostring(L, -1));
     else
       lua_pushfstring(L, "%s\n\tin task '%s' (spawned at %s by task %d)",
                       lua_tostring(L, -3), lua_tostring(L, -2),

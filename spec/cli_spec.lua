@@ -170,7 +170,7 @@ describe("tide command", function()
     assert.matches("in task 'main'", err)
     -- and where the error came from: the awaited task, and where it was spawned
     assert.matches("re%-raised from the awaited task:", err)
-    assert.matches("in task 'worker' %(spawned at [^)]+:3 by task 1%)", err)
+    assert.matches("in task 'worker' %(spawned at [^)]+:3 by task 'main'%)", err)
   end)
 
   it("reports a syntax error like lua5.4, exit 1", function()
@@ -202,7 +202,7 @@ describe("tide command", function()
       tide.gather(function() return 1 end, bad)
     ]])
     assert.equals(1, rc)
-    assert.matches("re%-raised from the awaited task:.-child broke.-in task 'Task%-%d+' %(spawned at [^)]+:3 by task 1%)", err)
+    assert.matches("re%-raised from the awaited task:.-child broke.-in task 'Task%-%d+' %(spawned at [^)]+:3 by task 'main'%)", err)
   end)
 
   it("an error value that is not a string says what it is, as lua5.4", function()
