@@ -189,6 +189,29 @@ static void install_pipe_checks(lua_State *L) {
   lua_pop(L, 2);
 }
 
+/* os.exit(code, true), as lua5.4's: there lua_close closes the main
+ * chunk's pending <close> variables, which live on the main thread. Here
+ * the main chunk is a task's coroutine, so that coroutine is reset (its
+ * <close> handlers run, innermost first) before the library's os.exit
+ * (upvalue 1) closes the state. */
+static int l_exit(lua_State *L) {
+  if (lua_toboolean(L, 2) && tide__is_lua_main(L)) {
+    lua_State *M;
+    int status = lua_isboolean(L, 1) ? (lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE)
+                                     : (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    M = lua_tothread(L, -1);
+    lua_pop(L, 1);
+    lua_resetthread(L); /* this very coroutine: nothing of it runs after */
+    lua_close(M);
+    exit(status);
+  }
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, 0);
+  return 0;
+}
+
 /* print, as lua5.4's, but for die_if_epipe */
 static int l_print(lua_State *L) {
   int i, n = lua_gettop(L);
@@ -632,6 +655,11 @@ int main(int argc, char **argv) {
   lua_pushcfunction(L, l_print);
   lua_setglobal(L, "print");
   install_pipe_checks(L);
+  lua_getglobal(L, "os");
+  lua_getfield(L, -1, "exit");
+  lua_pushcclosure(L, l_exit, 1);
+  lua_setfield(L, -2, "exit");
+  lua_pop(L, 1);
   createargtable(L, argv, argc, script);
   lua_newtable(L);
   if (collect_steps(L, argv, argc, script, flags) != 0) {

@@ -65,6 +65,16 @@ describe("tide command", function()
     ]])
   end)
 
+  it("os.exit(code, true) closes the main chunk's pending <close> variables, as lua5.4", function()
+    same_as_lua54([[
+      local x <close> = setmetatable({}, { __close = function() print("closed x") end })
+      do
+        local y <close> = setmetatable({}, { __close = function(_, e) print("closed y", e) end })
+        os.exit(3, true)
+      end
+    ]])
+  end)
+
   it("runs the collector in generational mode, as lua5.4 does", function()
     same_as_lua54([[print(collectgarbage("incremental"), collectgarbage("generational"))]])
   end)
