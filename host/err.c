@@ -22,21 +22,43 @@ void tide__err_push(lua_State *L, const char *kind, const char *fmt, ...) {
   luaL_setmetatable(L, TIDE_ERROR_MT);
 }
 
-/* [-0, +1, m] Pushes "source:line: " of the innermost Lua function that
- * is not part of tide's own Lua modules ("@lua/tide..."): where the user
- * called a tide function implemented partly in Lua and partly in C. */
+/* Finds, from `level` of co up, the innermost Lua frame outside tide's own
+ * Lua modules ("@lua/tide..."): where the user called a tide function
+ * implemented partly in Lua. With `fallback`, the innermost Lua frame if
+ * all are tide's. Fills ar ("Sl"); 0 when there is none. */
+int tide__user_frame(lua_State *co, int level, int fallback, lua_Debug *ar) {
+  lua_Debug d;
+  int found = 0;
+  for (; lua_getstack(co, level, &d); level++) {
+    if (!lua_getinfo(co, "Sl", &d) || d.currentline <= 0)
+      continue; /* a C function */
+    if (strncmp(d.source, "@lua/tide", 9) != 0) {
+      *ar = d;
+      return 1;
+    }
+    if (fallback && !found) {
+      *ar = d;
+      found = 1;
+    }
+  }
+  return found;
+}
+
+/* [-0, +1, m] Pushes "source:line: " of the caller's frame in the user's
+ * code (tide__user_frame), or "". */
 void tide__where_user(lua_State *L) {
   lua_Debug ar;
-  int level;
-  for (level = 1; lua_getstack(L, level, &ar); level++) {
-    if (!lua_getinfo(L, "Sl", &ar) || ar.currentline <= 0)
-      continue; /* a C function */
-    if (strncmp(ar.source, "@lua/tide", 9) == 0)
-      continue;
+  if (tide__user_frame(L, 1, 0, &ar))
     lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
-    return;
-  }
-  lua_pushliteral(L, "");
+  else
+    lua_pushliteral(L, "");
+}
+
+/* [-0, +1, m] Pushes fmt's message located at the user's call. */
+static void push_at_user(lua_State *L, const char *fmt, va_list ap) {
+  tide__where_user(L);
+  lua_pushvfstring(L, fmt, ap);
+  lua_concat(L, 2);
 }
 
 /* [-0, +1, v] Raises a message (a string, as luaL_error's) located at the
@@ -44,11 +66,9 @@ void tide__where_user(lua_State *L) {
  * Lua, part C. */
 int tide__raise_at_user(lua_State *L, const char *fmt, ...) {
   va_list ap;
-  tide__where_user(L);
   va_start(ap, fmt);
-  lua_pushvfstring(L, fmt, ap);
+  push_at_user(L, fmt, ap);
   va_end(ap);
-  lua_concat(L, 2);
   return lua_error(L);
 }
 
@@ -122,11 +142,9 @@ static int l_iserror(lua_State *L) {
  * task awaiting itself...), which a program may want to tell apart. */
 int tide__raise_kind_at_user(lua_State *L, const char *kind, const char *fmt, ...) {
   va_list ap;
-  tide__where_user(L);
   va_start(ap, fmt);
-  lua_pushvfstring(L, fmt, ap);
+  push_at_user(L, fmt, ap);
   va_end(ap);
-  lua_concat(L, 2);
   tide__err_push(L, kind, "%s", lua_tostring(L, -1));
   return lua_error(L);
 }

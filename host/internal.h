@@ -211,6 +211,7 @@ void tide__err_push(lua_State *L, const char *kind, const char *fmt, ...);
 int tide__err_raise(lua_State *L, const char *kind, const char *fmt, ...);
 void tide__where_user(lua_State *L);
 int tide__raise_at_user(lua_State *L, const char *fmt, ...);
+int tide__user_frame(lua_State *co, int level, int fallback, lua_Debug *ar);
 int tide__raise_kind_at_user(lua_State *L, const char *kind, const char *fmt, ...);
 int tide__iserror(lua_State *L, int idx);
 int tide__err_is_kind(lua_State *L, int idx, const char *kind);

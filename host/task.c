@@ -693,27 +693,14 @@ static void take_pending(lua_State *L, tide_sched *s, int ud) {
   lua_remove(L, -2);
 }
 
-/* [-0, +1, m] Pushes "file:line" where co is, in the user's code: the
- * innermost Lua frame outside tide's own Lua modules (a task waiting in
- * Lock:acquire is at the caller's line, not in sync.lua), else the
- * innermost Lua frame; nil if it has none. */
+/* [-0, +1, m] Pushes "file:line" where co is, in the user's code (a task
+ * waiting in Lock:acquire is at the caller's line, not in sync.lua), else
+ * its innermost Lua frame; nil if it has none. */
 static void push_where(lua_State *L, lua_State *co) {
   lua_Debug ar;
-  int level = 0, found = 0;
-  while (lua_getstack(co, level++, &ar)) {
-    lua_getinfo(co, "Sl", &ar);
-    if (ar.currentline <= 0)
-      continue;
-    if (!found || strncmp(ar.source, "@lua/tide", 9) != 0) {
-      if (found)
-        lua_pop(L, 1);
-      lua_pushfstring(L, "%s:%d", ar.short_src, ar.currentline);
-      found = 1;
-      if (strncmp(ar.source, "@lua/tide", 9) != 0)
-        return;
-    }
-  }
-  if (!found)
+  if (tide__user_frame(co, 0, 1, &ar))
+    lua_pushfstring(L, "%s:%d", ar.short_src, ar.currentline);
+  else
     lua_pushnil(L);
 }
 
