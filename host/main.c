@@ -618,6 +618,23 @@ static void raise_fd_limit(void) {
   }
 }
 
+/* libuv's thread pool runs tide.to_thread's jobs besides files and DNS; its
+ * default of 4 threads leaves CPU-bound jobs 3 (to_thread keeps one for
+ * files), fewer than the cores of most machines. Unless UV_THREADPOOL_SIZE
+ * is set, the command sizes it as Python's default executor: cores + 4. The
+ * variable is set, not hidden: to_thread reads it as libuv does, and child
+ * processes see the pool their parent had. Before anything uses the pool
+ * (libuv reads the variable once). The command only: an application
+ * embedding tide sizes its process's pool itself. */
+static void size_threadpool(void) {
+  char n[16];
+  unsigned cores = uv_available_parallelism();
+  if (getenv("UV_THREADPOOL_SIZE") != NULL)
+    return;
+  snprintf(n, sizeof n, "%u", cores + 4 > 1024 ? 1024 : cores + 4);
+  setenv("UV_THREADPOOL_SIZE", n, 1);
+}
+
 int main(int argc, char **argv) {
   tide_runtime *rt;
   lua_State *L;
@@ -633,6 +650,7 @@ int main(int argc, char **argv) {
   if (flags & HAS_V)
     print_version();
   raise_fd_limit();
+  size_threadpool();
   rt = tide_runtime_new(NULL);
   if (rt == NULL) {
     fprintf(stderr, "%s: cannot create state: not enough memory\n", progname);

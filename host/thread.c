@@ -19,7 +19,8 @@
  *   table (of a long one, the first and last keys: "a.b.c ... x.y.z").
  * - Worker states (standard libraries, the caller's package.path/cpath) are
  *   made lazily on the worker thread and kept in a mutex-protected pool of
- *   at most the thread-pool size (UV_THREADPOOL_SIZE, default 4, max 1024).
+ *   at most the thread-pool size (UV_THREADPOOL_SIZE, libuv's default 4, the
+ *   tide command's cores + 4, max 1024).
  *   The pool hangs off the runtime's registry in a userdata; its __gc closes
  *   the idle states and marks the pool closed. The pool struct is counted:
  *   one reference for that userdata and one per job in flight, so a job that

@@ -376,5 +376,18 @@ describe("tide.to_thread", function()
       assert.equals(st.states, st.idle)
       assert.equals(tonumber(os.getenv("UV_THREADPOOL_SIZE") or 4), st.cap)
     end)
+
+    it("runs under the tide command on a pool of cores + 4 unless UV_THREADPOOL_SIZE says", function()
+      local process = require "tide.process"
+      local TIDE = require("spec.support").tide_bin()
+      local code = "print(require('tide.thread').stats().cap, os.getenv('UV_THREADPOOL_SIZE'))"
+      local cores = tonumber(process.run({"nproc"}).stdout)
+      local r = process.run({TIDE, "-e", code}, {env = {PATH = os.getenv("PATH")}})
+      assert.equals(0, r.code, r.stderr)
+      -- as Python's default executor: 4 CPU-bound jobs get 2 cores even on 2 cores
+      assert.equals(("%d\t%d\n"):format(cores + 4, cores + 4), r.stdout)
+      r = process.run({TIDE, "-e", code}, {env = {PATH = os.getenv("PATH"), UV_THREADPOOL_SIZE = "2"}})
+      assert.equals("2\t2\n", r.stdout)
+    end)
   end)
 end)

@@ -4,14 +4,20 @@
 -- Run: build/tide scripts/bench/to_thread.lua [J=4] [N=4000000]   (REPEAT=3 runs each)
 -- Prints RESULT with the threaded time in seconds=, the serial time, the speedup
 -- (bounded by the core count and by UV_THREADPOOL_SIZE - 1, the jobs tide runs
--- at once) and the ticker's worst and 99th-percentile delay, next to its worst
--- delay with nothing else running (the machine's noise floor).
+-- at once: the tide command's pool is cores + 4) and the ticker's worst and 99th-percentile delay, next to its worst
+-- delay with nothing else running (the machine's noise floor). Also prints the
+-- machine's own ceiling for the speed-up: J tide processes sieving at once
+-- against one alone (no shared state, no pool: what its cores give in
+-- parallel; on a VM they need not be equal).
 local tide = require "tide"
+local process = require "tide.process"
 local J = math.tointeger(tonumber(arg[1] or 4))
 local N = math.tointeger(tonumber(arg[2] or 4000000))
 
 -- Counts the primes up to n (no upvalues: it travels to the workers as bytecode).
-local function sieve(n)
+-- Kept as source too: the processes of the ceiling run the same code.
+local SIEVE = [[
+return function(n)
   local composite, count = {}, 0
   for i = 2, n do
     if not composite[i] then
@@ -20,7 +26,8 @@ local function sieve(n)
     end
   end
   return count
-end
+end]]
+local sieve = load(SIEVE)()
 
 -- Runs fn while a ticker sleeps 1 ms in a loop; returns fn's wall time (s), the
 -- worst lateness of a wake-up (s), the number of ticks and the 99th percentile.
@@ -71,6 +78,24 @@ for _ = 1, REPEAT do
   worst, p99 = math.max(worst, w), math.max(p99, q)
 end
 
+-- The machine's ceiling: J processes at once against one alone, best of REPEAT.
+local function processes(k)
+  local t0, ps = tide.time(), {}
+  for i = 1, k do
+    ps[i] = function()
+      local r = process.run({arg[-1], "-e", ("io.write((load(%q)())(%d))"):format(SIEVE, N)})
+      assert(tonumber(r.stdout) == expect, r.stderr)
+    end
+  end
+  tide.gather(ps)
+  return tide.time() - t0
+end
+local one, all = math.huge, math.huge
+for _ = 1, REPEAT do
+  one, all = math.min(one, processes(1)), math.min(all, processes(J))
+end
+local ceiling = J * one / all
+
 -- The same with jobs that allocate nothing (trial division): what is left of
 -- the ticker's delay is then the loop's own, not the memory system's (the
 -- sieves allocate hundreds of MB between them).
@@ -95,7 +120,10 @@ end)
 print(("serial: %.3f s (loop blocked up to %.0f ms); to_thread: %.3f s, %d ticks, "
   .. "tick delay worst %.2f ms, p99 %.2f ms (worst %.2f ms with the loop idle)")
   :format(serial, serial_worst * 1e3, threaded, ticks, worst * 1e3, p99 * 1e3, idle_worst * 1e3))
+print(("processes: one %.3f s, %d at once %.3f s: the machine's ceiling %.2fx")
+  :format(one, J, all, ceiling))
 print(("RESULT name=to_thread impl=tide n=%d seconds=%.3f serial_seconds=%.3f speedup=%.2f "
-  .. "worst_tick_ms=%.2f p99_tick_ms=%.2f idle_tick_ms=%.2f cpu_worst_tick_ms=%.2f")
+  .. "worst_tick_ms=%.2f p99_tick_ms=%.2f idle_tick_ms=%.2f cpu_worst_tick_ms=%.2f "
+  .. "process_one_seconds=%.3f process_all_seconds=%.3f ceiling=%.2f")
   :format(J, threaded, serial, serial / threaded, worst * 1e3, p99 * 1e3, idle_worst * 1e3,
-    cpu_worst * 1e3))
+    cpu_worst * 1e3, one, all, ceiling))
