@@ -276,7 +276,9 @@ int tide__open_queue(lua_State *L);
 /* net.c */
 void tide__net_close(uv_handle_t *h);
 void tide__net_close_servers(uv_handle_t *h, void *sched);
-uv_stream_t *tide__stream_new_pipe(lua_State *L, tide_sched *sched);
+uv_stream_t *tide__stream_new_pipe(lua_State *L, tide_sched *sched,
+                                   size_t limit);
+size_t tide__stream_limit(lua_State *L, int arg);
 void tide__stream_close(lua_State *L, int idx);
 int luaopen_tide_net(lua_State *L);
 

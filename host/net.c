@@ -17,6 +17,13 @@
  * A parked reader or writer is woken by the I/O callback; a cancelled one
  * just leaves (the data stays buffered for the next read).
  *
+ * read_line and read_until buffer at most the stream's limit (opts.limit of
+ * connect, serve and process.spawn; 64 KiB by default, as asyncio's
+ * streams) while they look for the separator: a longer line is kind
+ * "too_large". As asyncio's readuntil, read_until leaves the bytes
+ * buffered; as its readline, read_line drops the line (through its "\n"
+ * if that came, else what is buffered).
+ *
  * Errors: a clean end of stream is a nil read (or kind "eof" from
  * read_exactly/read_until); a reset is kind "reset"; other socket errors are
  * kind "net"; resolving is kind "dns"; a refused connection is "connect";
@@ -33,6 +40,7 @@
 #define STREAM_MT "tide.Stream"
 #define SERVER_MT "tide.Server"
 #define HIGH_WATER (256 * 1024)
+#define DEFAULT_LIMIT (64 * 1024) /* asyncio's streams' */
 
 typedef struct stream_box stream_box;
 typedef struct server_box server_box;
@@ -54,6 +62,7 @@ typedef struct stream {
   tide_runtime *rt;
   char *buf; /* bytes read and not yet taken: buf[off .. off + len) */
   size_t off, len, cap;
+  size_t limit; /* read_line/read_until: the most bytes before the separator */
   int eof, err;        /* end seen; a libuv error seen (< 0) */
   int reading, closed; /* uv_read_start active; close requested */
   tide_task *reader, *writer; /* parked on this stream */
@@ -69,6 +78,7 @@ typedef struct server {
   tide_sched *sched;
   int handler_ref; /* registry ref of the handler function */
   int closed;
+  size_t limit; /* its streams' */
 } server;
 
 struct server_box { server *sv; };
@@ -259,6 +269,26 @@ static int st_read(lua_State *L) {
   return read_k(L, LUA_OK, 0);
 }
 
+/* Where sep starts in the buffer; *over is set when the bytes before it
+ * (or, not found yet, the bytes that can no longer start it) pass the
+ * stream's limit (asyncio's LimitOverrunError). */
+static const char *find_sep(stream *s, const char *sep, size_t seplen,
+                            int *over) {
+  const char *p = s->len >= seplen
+                    ? memmem(s->buf + s->off, s->len, sep, seplen) : NULL;
+  size_t before = p ? (size_t)(p - (s->buf + s->off))
+                    : s->len + 1 > seplen ? s->len + 1 - seplen : 0;
+  *over = before > s->limit;
+  return p;
+}
+
+/* Raises kind "too_large": a line longer than the stream's limit. */
+static int limit_error(lua_State *L, stream *s, const char *what) {
+  return tide__err_raise(L, "too_large", "%s longer than the stream's limit "
+                         "of %I bytes (opts.limit)", what,
+                         (lua_Integer)s->limit);
+}
+
 /* Shared by read_exactly and read_until: how many bytes of the buffer make
  * the answer (0: not there yet). Stack: [stream, arg]. */
 static size_t wanted(lua_State *L, stream *s, int until) {
@@ -268,8 +298,10 @@ static size_t wanted(lua_State *L, stream *s, int until) {
   } else {
     size_t seplen;
     const char *sep = lua_tolstring(L, 2, &seplen);
-    const char *p = s->len >= seplen
-                      ? memmem(s->buf + s->off, s->len, sep, seplen) : NULL;
+    int over;
+    const char *p = find_sep(s, sep, seplen, &over);
+    if (over) /* the bytes stay, for read() */
+      limit_error(L, s, "the bytes before the separator are");
     return p ? (size_t)(p - (s->buf + s->off)) + seplen : 0;
   }
 }
@@ -326,12 +358,17 @@ static int line_k(lua_State *L, int status, lua_KContext ctx) {
   stream_box *b = lua_touserdata(L, 1);
   stream *s = b->s;
   const char *nl;
+  int over;
   (void)status;
   if (ctx)
     after_wait(L, s, 2, s ? &s->reader : NULL);
   if (s == NULL || s->closed)
     return closed_error(L, "stream");
-  nl = s->len ? memchr(s->buf + s->off, '\n', s->len) : NULL;
+  nl = find_sep(s, "\n", 1, &over);
+  if (over) { /* dropped, as asyncio's readline drops it */
+    take_keep(L, s, nl ? (size_t)(nl - (s->buf + s->off)) + 1 : s->len, 0);
+    return limit_error(L, s, "a line is");
+  }
   if (nl || ((s->eof || s->err) && s->len > 0)) {
     size_t n = nl ? (size_t)(nl - (s->buf + s->off)) + 1 : s->len;
     size_t keep = n;
@@ -513,6 +550,7 @@ static stream *new_stream(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
     uv_tcp_init(loop, &s->h.tcp);
   s->h.handle.data = s;
   s->kind = NET_STREAM;
+  s->limit = DEFAULT_LIMIT;
   s->rt = rt;
   s->box = b;
   b->s = s;
@@ -526,8 +564,10 @@ static void on_run_end(tide_closer *c) {
 /* [-0, +1, m] Pushes a new tide.Stream over an unopened pipe on sched's
  * loop (for uv_spawn to connect) and returns the pipe. The stream closes,
  * at the latest, when that run ends. */
-uv_stream_t *tide__stream_new_pipe(lua_State *L, tide_sched *sched) {
+uv_stream_t *tide__stream_new_pipe(lua_State *L, tide_sched *sched,
+                                   size_t limit) {
   stream *s = new_stream(L, tide__rt(L), sched->loop, 1);
+  s->limit = limit;
   s->closer.close = on_run_end;
   tide__closer_add(sched, &s->closer);
   return &s->h.stream;
@@ -556,6 +596,7 @@ typedef struct conn_req {
   uint64_t deadline; /* tide__now() time; 0: none */
   int status, fired; /* the last callback's result; whether it came */
   int used;          /* the stream tried an address already */
+  size_t limit;      /* the stream's */
   struct addrinfo *ai, *next; /* every address; the next to try */
 } conn_req;
 
@@ -614,6 +655,7 @@ static int conn_next(lua_State *L, conn_req *c) {
     if (c->used) {
       stream_close(s);
       s = new_stream(L, tide__rt(L), c->sched->loop, 0);
+      s->limit = c->limit;
       lua_replace(L, 5);
     }
     c->used = 1;
@@ -671,23 +713,55 @@ static int connect_k(lua_State *L, int status, lua_KContext ctx) {
   return conn_next(L, c);
 }
 
+/* Refuses anything at arg but nil or a table of the options named in
+ * known (NULL-terminated). */
+static void check_opts(lua_State *L, int arg, const char *const known[]) {
+  if (lua_isnoneornil(L, arg))
+    return;
+  if (!lua_istable(L, arg))
+    luaL_argerror(L, arg, lua_pushfstring(L, "table of options expected, "
+                                          "got %s", luaL_typename(L, arg)));
+  lua_pushnil(L);
+  while (lua_next(L, arg)) {
+    int i = 0;
+    if (lua_type(L, -2) == LUA_TSTRING)
+      while (known[i] && strcmp(lua_tostring(L, -2), known[i]) != 0)
+        i++;
+    if (lua_type(L, -2) != LUA_TSTRING || known[i] == NULL)
+      luaL_argerror(L, arg, lua_pushfstring(L, "unknown option '%s'",
+                                            luaL_tolstring(L, -2, NULL)));
+    lua_pop(L, 1);
+  }
+}
+
+/* opts.limit of the options table at arg (if it is one): the most bytes
+ * read_line and read_until buffer looking for their separator. A positive
+ * number (math.huge: none); nil: 64 KiB. */
+size_t tide__stream_limit(lua_State *L, int arg) {
+  size_t limit = DEFAULT_LIMIT;
+  if (lua_istable(L, arg) && lua_getfield(L, arg, "limit") != LUA_TNIL) {
+    lua_Number n = lua_tonumber(L, -1);
+    if (!lua_isnumber(L, -1) || !(n >= 1))
+      luaL_argerror(L, arg, lua_pushfstring(L, "opts.limit: a positive number "
+                                            "of bytes expected, got %s",
+                                            lua_type(L, -1) == LUA_TNUMBER
+                                              ? lua_tostring(L, -1)
+                                              : luaL_typename(L, -1)));
+    limit = n >= (lua_Number)(SIZE_MAX / 2) ? SIZE_MAX : (size_t)n;
+  }
+  if (lua_istable(L, arg))
+    lua_pop(L, 1);
+  return limit;
+}
+
 /* The connect timeout from opts (index 3), in ns; 0: none. Refuses
  * anything but a table of known options. */
 static uint64_t connect_opts(lua_State *L) {
+  static const char *const known[] = {"timeout", "limit", NULL};
   lua_Number sec = 30; /* as the HTTP client's connect_timeout */
+  check_opts(L, 3, known);
   if (lua_isnoneornil(L, 3))
     return (uint64_t)(sec * 1e9);
-  if (!lua_istable(L, 3))
-    luaL_argerror(L, 3, lua_pushfstring(L, "table of options expected, got %s",
-                                        luaL_typename(L, 3)));
-  lua_pushnil(L);
-  while (lua_next(L, 3)) {
-    if (lua_type(L, -2) != LUA_TSTRING ||
-        strcmp(lua_tostring(L, -2), "timeout") != 0)
-      luaL_argerror(L, 3, lua_pushfstring(L, "unknown option '%s'",
-                                          luaL_tolstring(L, -2, NULL)));
-    lua_pop(L, 1);
-  }
   lua_getfield(L, 3, "timeout");
   if (lua_toboolean(L, -1) == 0 && !lua_isnil(L, -1))
     sec = 0; /* false: none */
@@ -704,12 +778,13 @@ static uint64_t connect_opts(lua_State *L) {
   return (uint64_t)(sec * 1e9);
 }
 
-/* net.connect(host, port [, {timeout = 30}]) -> stream */
+/* net.connect(host, port [, {timeout = 30, limit = 64 KiB}]) -> stream */
 static int l_connect(lua_State *L) {
   tide_runtime *rt = tide__rt(L);
   const char *host = luaL_checkstring(L, 1);
   lua_Integer port = luaL_checkinteger(L, 2);
   uint64_t timeout = connect_opts(L);
+  size_t limit = tide__stream_limit(L, 3);
   tide_task *t = tide__current(L);
   conn_req *c;
   struct addrinfo hints;
@@ -724,9 +799,10 @@ static int l_connect(lua_State *L) {
   lua_pushlightuserdata(L, c);
   c->t = t;
   c->sched = t->s;
+  c->limit = limit;
   if (timeout)
     c->deadline = tide__now(t->s) + timeout;
-  new_stream(L, rt, t->s->loop, 0);
+  new_stream(L, rt, t->s->loop, 0)->limit = limit;
   memset(&hints, 0, sizeof(hints));
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -774,6 +850,7 @@ static void on_uv_connection(uv_stream_t *h, int status) {
   lua_pushcfunction(L, conn_task);
   lua_rawgeti(L, LUA_REGISTRYINDEX, sv->handler_ref);
   s = new_stream(L, sv->rt, h->loop, 0);
+  s->limit = sv->limit;
   if (uv_accept(h, &s->h.stream) < 0) {
     lua_pop(L, 3);
     return;
@@ -823,6 +900,7 @@ static int listen_on(lua_State *L, tide_sched *s, const struct sockaddr *addr) {
   server_box *b;
   server *sv;
   int rc, backlog = 128;
+  size_t limit = tide__stream_limit(L, 4);
   if (lua_istable(L, 4)) {
     lua_getfield(L, 4, "backlog");
     backlog = (int)luaL_optinteger(L, -1, 128);
@@ -840,6 +918,7 @@ static int listen_on(lua_State *L, tide_sched *s, const struct sockaddr *addr) {
   sv->box = b;
   sv->rt = tide__rt(L);
   sv->sched = s;
+  sv->limit = limit;
   lua_pushvalue(L, 3);
   sv->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   b->sv = sv;
@@ -908,7 +987,7 @@ static int serve_k(lua_State *L, int status, lua_KContext ctx) {
   return listen_on(L, tide__current(L)->s, (struct sockaddr *)&addr);
 }
 
-/* net.serve(host, port, handler [, {backlog =}]) -> server; port 0 picks
+/* net.serve(host, port, handler [, {backlog =, limit =}]) -> server; port 0 picks
  * a free one (server:port()). A host name (not a numeric address) is
  * resolved first, which suspends the task; the server listens on its
  * first address. Each connection runs handler(stream) in a task of its
@@ -921,7 +1000,11 @@ static int l_serve(lua_State *L) {
   tide_sched *s = rt->current ? rt->current->s : rt->sched;
   luaL_argcheck(L, port >= 0 && port < 65536, 2, "port out of range");
   luaL_checktype(L, 3, LUA_TFUNCTION);
-  luaL_argexpected(L, lua_isnoneornil(L, 4) || lua_istable(L, 4), 4, "table");
+  {
+    static const char *const known[] = {"backlog", "limit", NULL};
+    check_opts(L, 4, known);
+    tide__stream_limit(L, 4); /* checked now, not after resolving */
+  }
   lua_settop(L, 4);
   if (s == NULL)
     return luaL_error(L, "net.serve: no loop is running (call it inside a task)");

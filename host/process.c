@@ -14,7 +14,8 @@
  * Never through a shell unless asked (shell). opts: stdin, stdout, stderr
  * ("pipe" | "inherit" | "null"), env (name -> value: replaces the whole
  * environment; PATH included, execvp then searches /bin:/usr/bin without
- * one), cwd; run and shell add input (string fed to stdin, then closed;
+ * one), cwd, limit (the pipes' read_line/read_until limit, as net's); run
+ * and shell add input (string fed to stdin, then closed;
  * stdin defaults to "null" without it) and timeout (seconds); run returns
  * once the child exited and its output ended (a grandchild holding the
  * pipes holds run too, as in Python's subprocess.run). A child that
@@ -368,8 +369,9 @@ static const char *const io_modes[] = {"pipe", "inherit", "null", NULL};
 static const char *const io_names[] = {"stdin", "stdout", "stderr"};
 /* spawn's options, then the two run and shell add */
 static const char *const opt_names[] = {"stdin", "stdout", "stderr", "env",
-                                        "cwd", "input", "timeout", NULL};
-#define SPAWN_OPTS 5
+                                        "cwd", "limit", "input", "timeout",
+                                        NULL};
+#define SPAWN_OPTS 6
 
 /* [-0, +1, v] Pushes opts[name] (nil without opts); raises unless it is
  * nil or of type t. Returns its type. */
@@ -473,13 +475,14 @@ static void start(lua_State *L, int run) {
   uv_process_options_t o;
   uv_stdio_container_t stdio[3];
   int modes[3], i, rc, base;
-  size_t n;
+  size_t n, limit;
   const char **args;
   proc_box *b;
   proc *p;
   luaL_checktype(L, 1, LUA_TTABLE);
   check_opt_names(L, run);
   lua_settop(L, 2);
+  limit = tide__stream_limit(L, 2); /* the pipes' read_line limit */
   if (s == NULL)
     luaL_error(L, "no loop is running (call it inside a task)");
   memset(&o, 0, sizeof(o));
@@ -525,7 +528,7 @@ static void start(lua_State *L, int run) {
     if (modes[i] == IO_PIPE) {
       stdio[i].flags = UV_CREATE_PIPE | (i == 0 ? UV_READABLE_PIPE
                                                 : UV_WRITABLE_PIPE);
-      stdio[i].data.stream = tide__stream_new_pipe(L, s);
+      stdio[i].data.stream = tide__stream_new_pipe(L, s, limit);
       lua_setiuservalue(L, base, i + 1);
     } else if (modes[i] == IO_INHERIT) {
       stdio[i].flags = UV_INHERIT_FD;

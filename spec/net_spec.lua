@@ -142,6 +142,12 @@ sys.stdin.read()
       assert.has_error(function() net.connect("127.0.0.1", 70000) end)
       S.raises_matching("bad argument #3 to 'tide.net.connect' (table of options expected, got number)",
         net.connect, "127.0.0.1", 1, 42)
+      S.raises_matching("bad argument #3 to 'tide.net.connect' (opts.limit: a positive number of bytes expected, got 0)",
+        net.connect, "127.0.0.1", 1, { limit = 0 })
+      S.raises_matching("bad argument #4 to 'tide.net.serve' (opts.limit: a positive number of bytes expected, got string)",
+        net.serve, "127.0.0.1", 0, print, { limit = "big" })
+      S.raises_matching("bad argument #4 to 'tide.net.serve' (unknown option 'limt')",
+        net.serve, "127.0.0.1", 0, print, { limt = 1 })
       S.raises_matching("(unknown option 'timout')", net.connect, "127.0.0.1", 1, { timout = 1 })
       S.raises_matching("(opts.timeout: a positive number or false expected, got string)",
         net.connect, "127.0.0.1", 1, { timeout = "soon" })
@@ -234,6 +240,45 @@ sys.stdin.read()
       assert.equals("eof", kind)
       assert.equals("line without end", e.partial)
       assert.equals("", select(2, errkind(c.read_exactly, c, 1)).partial)
+      c:close()
+      srv:close()
+    end)
+
+    it("read_line over the limit (64 KiB by default) raises kind too_large and drops the line, as asyncio's readline", function()
+      local long = ("a"):rep(70000)
+      local c, srv = pair { long .. "\nnext\n" }
+      local kind, e = errkind(c.read_line, c)
+      assert.equals("too_large", kind)
+      assert.matches("65536", e.message)
+      assert.equals("next", c:read_line()) -- the long line went, through its newline
+      c:close()
+      srv:close()
+      -- no newline yet when the limit passes: what is buffered goes
+      c, srv = pair { ("b"):rep(20), 0.05, "\nrest\n" }
+      c:close()
+      srv:close()
+      srv = net.serve("127.0.0.1", 0, function(s) s:write(("b"):rep(20)) tide.sleep(0.05) s:write("\nrest\n") end)
+      c = net.connect("127.0.0.1", srv:port(), { limit = 10 })
+      assert.equals("too_large", (errkind(c.read_line, c)))
+      assert.equals("", c:read_line()) -- the rest of the long line
+      assert.equals("rest", c:read_line())
+      c:close()
+      srv:close()
+    end)
+
+    it("read_until over the limit raises kind too_large and keeps the bytes, as asyncio's readuntil", function()
+      local c, srv = pair { ("x"):rep(70000) .. "END" }
+      assert.equals("too_large", (errkind(c.read_until, c, "END")))
+      assert.equals(70003, #c:read(100000)) -- still buffered, nothing lost
+      c:close()
+      srv:close()
+      -- a bigger limit (math.huge: none), on either side
+      local got
+      srv = net.serve("127.0.0.1", 0, function(s) got = #s:read_until("END") end, { limit = 1e6 })
+      c = net.connect("127.0.0.1", srv:port(), { limit = math.huge })
+      c:write(("y"):rep(200000) .. "END")
+      tide.sleep(0.1)
+      assert.equals(200003, got)
       c:close()
       srv:close()
     end)

@@ -181,6 +181,16 @@ describe("tide.process", function()
       assert.same({ 0, nil }, { p:wait() })
     end)
 
+    it("opts.limit bounds the pipes' read_line as net's streams (64 KiB by default)", function()
+      local p <close> = process.spawn({ "sh", "-c", "printf '%0100d\\nok\\n' 0" }, -- one write
+        { limit = 50 })
+      assert.equals("too_large", (S.errkind(p.stdout.read_line, p.stdout)))
+      assert.equals("ok", p.stdout:read_line())
+      p:wait()
+      S.raises_matching("(opts.limit: a positive number of bytes expected, got table)",
+        process.spawn, { "true" }, { limit = {} })
+    end)
+
     it("has the child's pid, and shows its state", function()
       local p <close> = process.spawn({ "sh", "-c", "exit 7" }, { stdin = "null" })
       assert.is_true(math.type(p.pid) == "integer" and p.pid > 0)
