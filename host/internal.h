@@ -230,6 +230,9 @@ void tide__timer_arm(tide_sched *s);
 int tide__virtual_advance(tide_sched *s);
 int tide__open_timer(lua_State *L);
 
+/* require.c */
+int tide__open_require(lua_State *L);
+
 /* task.c */
 tide_task *tide__check_task(lua_State *L, int idx);
 tide_task *tide__current(lua_State *L);

@@ -96,6 +96,7 @@ int luaopen_tide_core(lua_State *L) {
   tide__open_task(L);
   tide__open_waitlist(L);
   tide__open_queue(L);
+  tide__open_require(L);
   luaL_setfuncs(L, loop_funcs, 0);
   return 1;
 }

@@ -95,8 +95,8 @@ tide_task *tide__current(lua_State *L) {
   if (!lua_isyieldable(L))
     luaL_error(L, "cannot suspend the task here: a C function without "
                   "continuation is on the stack (a metamethod such as "
-                  "__tostring, a table.sort comparator, a string.gsub "
-                  "callback, or the top level of a require'd chunk)");
+                  "__tostring or __gc, a table.sort comparator, a "
+                  "string.gsub callback, or a C module's callback)");
   return rt->current;
 }
 

@@ -121,6 +121,23 @@ describe("tide command", function()
     assert.matches("^Lua 5%.4%.%d+  Copyright [^\n]+\ntide %d+%.%d+%.%d+\n$", out) -- lua5.4's line first
   end)
 
+  it("-l of a missing module says so without a position inside tide, as lua5.4; -l may suspend", function()
+    local _, err, rc = sh(TIDE .. " -l spec_no_such_module -e 'print(1)'")
+    assert.equals(1, rc)
+    assert.matches("^[^\n]*tide: module 'spec_no_such_module' not found:\n\tno field", err)
+    local dir = os.tmpname()
+    os.remove(dir)
+    os.execute("mkdir " .. dir)
+    local f = io.open(dir .. "/slowmod.lua", "w")
+    f:write("require('tide').sleep(0.01) return { ready = true }")
+    f:close()
+    local out
+    out, err, rc = sh("cd " .. dir .. " && " .. TIDE .. " -l slowmod -e 'print(slowmod.ready)'")
+    os.execute("rm -rf " .. dir)
+    assert.equals(0, rc, err)
+    assert.equals("true\n", out)
+  end)
+
   it("warnings are off until -W or warn('@on'), as in lua5.4", function()
     local code = [[ -e "warn('a', 'b') warn('@off') warn('hidden') warn('@on') warn('c')"]]
     local _, err, rc = sh(TIDE .. " -W" .. code)

@@ -1083,6 +1083,62 @@ describe("user coroutines", function()
   end)
 end)
 
+describe("require", function()
+  local dir = os.tmpname()
+  os.remove(dir)
+  os.execute("mkdir -p " .. dir)
+  local function module(name, src)
+    local f = assert(io.open(dir .. "/" .. name .. ".lua", "w"))
+    f:write(src)
+    f:close()
+  end
+  local path = package.path
+  before_each(function() package.path = dir .. "/?.lua;" .. path end)
+  after_each(function() package.path = path end)
+  teardown(function() os.execute("rm -rf " .. dir) end)
+
+  it("a module's top level may suspend its task, and others run meanwhile", function()
+    module("spec_sleepy", "local tide = require 'tide'; tide.sleep(0.02); return { ok = true }")
+    local ran = false
+    local other = tide.spawn(function() ran = true end)
+    local m, where = require("spec_sleepy")
+    assert.is_true(m.ok)
+    assert.is_true(ran)
+    assert.matches("spec_sleepy.lua$", where)
+    assert.equals(m, require("spec_sleepy")) -- loaded once
+    other:await()
+    package.loaded.spec_sleepy = nil
+  end)
+
+  it("behaves as Lua's: true for a module returning nothing, messages, errors at the caller", function()
+    module("spec_nothing", "return nil")
+    assert.is_true(require("spec_nothing"))
+    assert.is_true(package.loaded.spec_nothing)
+    package.loaded.spec_nothing = nil
+    local ok, err = pcall(require, "spec_no_such_module")
+    assert.is_false(ok)
+    assert.matches("^module 'spec_no_such_module' not found:\n\tno field package.preload%['spec_no_such_module'%]\n\tno file", err)
+    local line = debug.getinfo(1, "l").currentline + 1
+    ok, err = pcall(function() require("spec_no_such_module") end)
+    assert.matches("^spec/tide_spec.lua:" .. line .. ": module", err)
+    assert.equals("bad argument #1 to 'require' (string expected, got no value)", select(2, pcall(require)))
+    module("spec_raises", "error('while loading')")
+    ok, err = pcall(require, "spec_raises")
+    assert.matches("spec_raises.lua:1: while loading", err)
+    assert.is_nil(package.loaded.spec_raises)
+    assert.equals("C", debug.getinfo(require, "S").what)
+  end)
+
+  it("cancelling a task while its module loads leaves the module unloaded", function()
+    module("spec_slow", "require('tide').sleep(10); return 1")
+    local t = tide.spawn(require, "spec_slow")
+    tide.sleep(0.01)
+    t:cancel()
+    assert.is_true(select(2, pcall(t.await, t)).kind == "cancelled")
+    assert.is_nil(package.loaded.spec_slow)
+  end)
+end)
+
 describe("cancellation at every suspension point", function()
   local function cancel_while(block)
     local t = tide.spawn(block)

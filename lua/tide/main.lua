@@ -15,11 +15,7 @@ return function(steps)
   core.set_lua_main() -- this task is the main thread, as far as Lua code can tell
   for i, step in ipairs(steps) do
     if step.lib then
-      -- through pcall, so that a missing module's message carries no
-      -- position inside tide (lua5.4 prints none)
-      local ok, mod = pcall(require, step.lib)
-      if not ok then error(mod, 0) end
-      _G[step.global] = mod
+      _G[step.global] = require(step.lib) -- (it may suspend: see tide.coroutine)
     elseif step.warn then
       warn("@on")
     elseif step.repl then

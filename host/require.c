@@ -1,0 +1,113 @@
+/*
+ * require.c: Lua 5.4's require (loadlib.c's ll_require and findloader),
+ * rebuilt with continuations so that a module's top level may suspend its
+ * task: a module that connects, sleeps or awaits while it loads. Lua's own
+ * require calls the searchers and the loader with lua_call, and a yield
+ * across it fails ("attempt to yield across a C-call boundary").
+ *
+ * The behaviour is the C function's, message for message: the package table
+ * is an upvalue (the one given when it is made, as loadlib's), the loaded
+ * table is the registry's, and it is a C function, so error levels,
+ * debug.getinfo and tracebacks ("in main chunk", "in function 'require'")
+ * read as they do under lua5.4. tide.coroutine installs it as the global
+ * require (core.new_require(package)).
+ */
+#include <string.h>
+
+#include <lauxlib.h>
+
+#include "internal.h"
+
+/* The loader returned. Stack: name, LOADED, searchers, msg, data, result. */
+static int loaded_k(lua_State *L, int status, lua_KContext ctx) {
+  const char *name = lua_tostring(L, 1);
+  (void)status;
+  (void)ctx;
+  if (!lua_isnil(L, -1))
+    lua_setfield(L, 2, name); /* LOADED[name] = result */
+  else
+    lua_pop(L, 1);
+  if (lua_getfield(L, 2, name) == LUA_TNIL) { /* the module set no value */
+    lua_pushboolean(L, 1);
+    lua_copy(L, -1, -2);
+    lua_setfield(L, 2, name); /* LOADED[name] = true */
+  }
+  lua_rotate(L, -2, 1); /* data <-> result */
+  return 2;
+}
+
+/* Raises "module 'name' not found:" and the searchers' messages, at the
+ * caller's line as luaL_error does, but for tide's own Lua (the command's
+ * -l), which is C as far as a user can tell: no position then. */
+static int not_found(lua_State *L) {
+  lua_Debug ar;
+  if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "S", &ar) &&
+      strncmp(ar.source, "@lua/tide/", 10) == 0)
+    lua_pushliteral(L, "");
+  else
+    luaL_where(L, 1);
+  lua_pushfstring(L, "module '%s' not found:%s", lua_tostring(L, 1),
+                  lua_tostring(L, 4));
+  lua_concat(L, 2);
+  return lua_error(L);
+}
+
+/* Searcher i (ctx; 0: none yet) returned loader, data: runs the loader if
+ * it is one, else notes its message and asks searcher i + 1. Stack: name,
+ * LOADED, searchers, msg [, loader, data]. */
+static int search_k(lua_State *L, int status, lua_KContext ctx) {
+  lua_Integer i = (lua_Integer)ctx;
+  (void)status;
+  if (i > 0) {
+    if (lua_isfunction(L, -2)) {
+      lua_rotate(L, -2, 1); /* loader <-> data */
+      lua_pushvalue(L, 1);  /* loader(name, data) */
+      lua_pushvalue(L, -3);
+      lua_callk(L, 2, 1, 0, loaded_k);
+      return loaded_k(L, LUA_OK, 0);
+    }
+    if (lua_isstring(L, -2)) { /* msg = msg .. "\n\t" .. its message */
+      lua_pop(L, 1);
+      lua_pushliteral(L, "\n\t");
+      lua_insert(L, -2);
+      lua_concat(L, 3);
+    } else {
+      lua_pop(L, 2);
+    }
+  }
+  if (lua_rawgeti(L, 3, ++i) == LUA_TNIL)
+    return not_found(L);
+  lua_pushvalue(L, 1);
+  lua_callk(L, 1, 2, (lua_KContext)i, search_k);
+  return search_k(L, LUA_OK, (lua_KContext)i);
+}
+
+/* require(name) -> module, loader data */
+static int l_require(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  lua_settop(L, 1);
+  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE); /* 2 */
+  lua_getfield(L, 2, name);
+  if (lua_toboolean(L, -1))
+    return 1; /* loaded already */
+  lua_pop(L, 1);
+  if (lua_getfield(L, lua_upvalueindex(1), "searchers") != LUA_TTABLE) /* 3 */
+    return luaL_error(L, "'package.searchers' must be a table");
+  lua_pushliteral(L, ""); /* 4: the searchers' messages */
+  return search_k(L, LUA_OK, 0);
+}
+
+/* core.new_require(package) -> require */
+static int l_new_require(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  lua_pushcclosure(L, l_require, 1);
+  return 1;
+}
+
+/* [-1, +1, m] Adds new_require to the table on top. */
+int tide__open_require(lua_State *L) {
+  lua_pushcfunction(L, l_new_require);
+  lua_setfield(L, -2, "new_require");
+  return 1;
+}
