@@ -14,8 +14,11 @@
  * Reading fills a C buffer while a task wants data and stops the socket
  * when the buffer passes a high-water mark (backpressure toward the peer);
  * writing suspends the writer while libuv's write queue is over the mark.
- * A parked reader or writer is woken by the I/O callback; a cancelled one
- * just leaves (the data stays buffered for the next read).
+ * A parked reader (one at a time) or writers (a waitlist) are woken by the
+ * I/O callbacks; a cancelled one just leaves (the data stays buffered for
+ * the next read). close() lets the queued writes finish before the handle
+ * closes (asyncio's transport.close()); a run's end and the loop's teardown
+ * abort them.
  *
  * read_line and read_until buffer at most the stream's limit (opts.limit of
  * connect, serve and process.spawn; 64 KiB by default, as asyncio's
@@ -30,10 +33,12 @@
  * a connect past its deadline is "timeout".
  */
 #define _GNU_SOURCE /* memmem */
+#include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "internal.h"
 
@@ -65,7 +70,11 @@ typedef struct stream {
   size_t limit; /* read_line/read_until: the most bytes before the separator */
   int eof, err;        /* end seen; a libuv error seen (< 0) */
   int reading, closed; /* uv_read_start active; close requested */
-  tide_task *reader, *writer; /* parked on this stream */
+  int writes;          /* uv_write requests not yet called back */
+  int flushing;        /* closed, uv_close waits for the writes to end */
+  int shut;            /* write_eof() was called */
+  tide_task *reader;     /* parked on this stream */
+  tide_waitlist writers; /* parked until the write queue drains */
 } stream;
 
 struct stream_box { stream *s; };
@@ -105,6 +114,7 @@ static int raise_uv(lua_State *L, int rc, const char *what) {
 
 static void on_uv_stream_closed(uv_handle_t *h) {
   stream *s = h->data;
+  tide__wl_free(&s->writers);
   free(s->buf);
   free(s);
 }
@@ -118,18 +128,37 @@ static void wake_task(tide_task **slot) {
   }
 }
 
-/* Closes the handle (the struct goes in the close callback), detaches the
- * box and wakes parked tasks, which then find the stream closed. */
+/* Closes the handle now (the struct goes in the close callback); pending
+ * writes are cancelled. */
+static void stream_abort(stream *s) {
+  if (!uv_is_closing(&s->h.handle)) {
+    tide__closer_remove(&s->closer);
+    uv_close(&s->h.handle, on_uv_stream_closed);
+  }
+}
+
+/* Detaches the box and wakes parked tasks, which then find the stream
+ * closed (a parked reader reads the end). The bytes write() took are
+ * still sent, as asyncio's transport.close() flushes them: with writes
+ * pending the handle closes when the last one ends (stream_abort at the
+ * run's end or the loop's teardown, or a write error, cuts that short). */
 static void stream_close(stream *s) {
   if (s && !s->closed) {
     s->closed = 1;
     if (s->box)
       s->box->s = NULL;
     s->box = NULL;
-    tide__closer_remove(&s->closer);
     wake_task(&s->reader);
-    wake_task(&s->writer);
-    uv_close(&s->h.handle, on_uv_stream_closed);
+    if (!tide__wl_empty(&s->writers))
+      tide__wl_wake_all(s->rt->L, &s->writers);
+    if (s->writes > 0 && !s->err) {
+      if (s->reading)
+        uv_read_stop(&s->h.stream);
+      s->reading = 0;
+      s->flushing = 1;
+    } else {
+      stream_abort(s);
+    }
   }
 }
 
@@ -167,6 +196,19 @@ static void on_uv_alloc(uv_handle_t *h, size_t hint, uv_buf_t *out) {
   out->len = s->cap - s->off - s->len;
 }
 
+/* An end that was a reset. On a hang-up after a short read libuv reports
+ * the end without reading again, so a reset that came right behind the
+ * last bytes would pass for a clean end: the socket's pending error tells. */
+static int pending_reset(stream *s) {
+  uv_os_fd_t fd;
+  int err = 0;
+  socklen_t len = sizeof(err);
+  if (s->h.handle.type != UV_TCP || uv_fileno(&s->h.handle, &fd) != 0 ||
+      getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+    return 0;
+  return err == ECONNRESET ? UV_ECONNRESET : 0;
+}
+
 static void on_uv_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b) {
   stream *s = h->data;
   (void)b;
@@ -178,6 +220,7 @@ static void on_uv_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b) {
     }
   } else if (n == UV_EOF) {
     s->eof = 1;
+    s->err = pending_reset(s);
   } else if (n < 0) {
     s->err = (int)n;
   }
@@ -195,7 +238,9 @@ static int wait_readable(lua_State *L, stream *s, lua_KContext ctx,
                          lua_KFunction k) {
   tide_task *t = tide__current(L);
   if (s->reader)
-    return luaL_error(L, "another task is already reading this stream");
+    return tide__raise_kind_at_user(L, "invalid_state",
+                                    "another task is already reading this "
+                                    "stream");
   if (!s->reading && !s->eof && !s->err) {
     int rc = uv_read_start(&s->h.stream, on_uv_alloc, on_uv_read);
     if (rc < 0)
@@ -241,6 +286,10 @@ static int read_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   if (ctx)
     after_wait(L, s, 3, s ? &s->reader : NULL);
+  if (ctx && (s == NULL || s->closed)) { /* closed while it waited: the end */
+    lua_pushnil(L);
+    return 1;
+  }
   if (s == NULL || s->closed)
     return closed_error(L, "stream");
   n = luaL_optinteger(L, 2, -1);
@@ -314,6 +363,13 @@ static int exact_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   if (ctx & 1)
     after_wait(L, s, 3, s ? &s->reader : NULL);
+  if ((ctx & 1) && (s == NULL || s->closed)) { /* closed while it waited */
+    tide__err_push(L, "eof", "the stream was closed before %s",
+                   until ? "the separator" : "the count asked");
+    lua_pushliteral(L, "");
+    lua_setfield(L, -2, "partial");
+    return lua_error(L);
+  }
   if (s == NULL || s->closed)
     return closed_error(L, "stream");
   if ((n = wanted(L, s, until)) > 0) {
@@ -337,8 +393,13 @@ static int exact_k(lua_State *L, int status, lua_KContext ctx) {
  * bytes before the end, consumed) */
 static int st_read_exactly(lua_State *L) {
   check_stream(L, 1);
-  luaL_argcheck(L, luaL_checkinteger(L, 2) > 0, 2, "positive byte count expected");
+  luaL_argcheck(L, luaL_checkinteger(L, 2) >= 0, 2,
+                "non-negative byte count expected");
   lua_settop(L, 2);
+  if (lua_tointeger(L, 2) == 0) { /* as asyncio's readexactly(0) */
+    lua_pushliteral(L, "");
+    return 1;
+  }
   return exact_k(L, LUA_OK, 0);
 }
 
@@ -362,6 +423,10 @@ static int line_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   if (ctx)
     after_wait(L, s, 2, s ? &s->reader : NULL);
+  if (ctx && (s == NULL || s->closed)) { /* closed while it waited: the end */
+    lua_pushnil(L);
+    return 1;
+  }
   if (s == NULL || s->closed)
     return closed_error(L, "stream");
   nl = find_sep(s, "\n", 1, &over);
@@ -406,11 +471,17 @@ typedef struct wreq {
 static void on_uv_write(uv_write_t *req, int status) {
   wreq *w = (wreq *)req;
   stream *s = w->s;
+  free(w);
+  s->writes--;
   if (status < 0 && status != UV_ECANCELED && !s->err)
     s->err = status;
-  if (!s->closed && uv_stream_get_write_queue_size(&s->h.stream) < HIGH_WATER)
-    wake_task(&s->writer);
-  free(w);
+  if (s->flushing) { /* closed: the handle goes after the last write */
+    if (s->writes == 0 || s->err)
+      stream_abort(s);
+  } else if (!s->closed && !tide__wl_empty(&s->writers) &&
+             uv_stream_get_write_queue_size(&s->h.stream) < HIGH_WATER) {
+    tide__wl_wake_all(s->rt->L, &s->writers);
+  }
 }
 
 static int write_k(lua_State *L, int status, lua_KContext ctx) {
@@ -418,9 +489,15 @@ static int write_k(lua_State *L, int status, lua_KContext ctx) {
   stream *s = b->s;
   (void)status;
   (void)ctx;
-  after_wait(L, s, 3, s ? &s->writer : NULL);
+  tide__rt(L)->current->s->io_pending--;
+  if (!lua_toboolean(L, 3)) { /* cancelled: the bytes stay queued */
+    if (s)
+      tide__wl_remove(&s->writers, tide__rt(L)->current);
+    lua_pushvalue(L, 4);
+    return lua_error(L);
+  }
   if (s == NULL || s->closed)
-    return closed_error(L, "stream");
+    return 0; /* closed while it waited: the bytes are still sent */
   if (s->err)
     return raise_uv(L, s->err, "write");
   return 0;
@@ -438,6 +515,9 @@ static int st_write(lua_State *L) {
   lua_settop(L, 2);
   if (s->err)
     return raise_uv(L, s->err, "write");
+  if (s->shut)
+    return tide__raise_kind_at_user(L, "invalid_state",
+                                    "write after write_eof()");
   if (len == 0)
     return 0;
   w = malloc(sizeof(*w) + len);
@@ -451,9 +531,10 @@ static int st_write(lua_State *L) {
     free(w);
     return raise_uv(L, rc, "write");
   }
+  s->writes++;
   if (uv_stream_get_write_queue_size(&s->h.stream) >= HIGH_WATER) {
     tide_task *t = tide__current(L);
-    s->writer = t;
+    tide__wl_push(L, &s->writers, t);
     t->s->io_pending++; /* a virtual clock waits for the drain */
     return tide__park(L, t, 0, write_k);
   }
@@ -500,9 +581,13 @@ static int write_eof_k(lua_State *L, int status, lua_KContext ctx) {
 static int st_write_eof(lua_State *L) {
   stream *s = check_stream(L, 1);
   tide_task *t = tide__current(L);
-  shut_req *r = calloc(1, sizeof(*r));
+  shut_req *r;
   int rc;
   lua_settop(L, 1);
+  if (s->shut)
+    return 0; /* once is enough, as asyncio's */
+  s->shut = 1;
+  r = calloc(1, sizeof(*r));
   if (r == NULL)
     return luaL_error(L, "not enough memory");
   r->t = t;
@@ -558,7 +643,9 @@ static stream *new_stream(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
 }
 
 static void on_run_end(tide_closer *c) {
-  stream_close((stream *)((char *)c - offsetof(stream, closer)));
+  stream *s = (stream *)((char *)c - offsetof(stream, closer));
+  stream_close(s);
+  stream_abort(s); /* the run is over: pending writes go too */
 }
 
 /* [-0, +1, m] Pushes a new tide.Stream over an unopened pipe on sched's
@@ -888,8 +975,10 @@ void tide__net_close_servers(uv_handle_t *h, void *sched) {
 /* Loop teardown (loop.c) closes tide's TCP handles through here. */
 void tide__net_close(uv_handle_t *h) {
   int kind = *(int *)h->data; /* both structs start with it */
-  if (kind == NET_STREAM)
+  if (kind == NET_STREAM) {
     stream_close(h->data);
+    stream_abort(h->data); /* the loop is going: pending writes go too */
+  }
   else if (kind == NET_SERVER)
     server_close(((server *)h->data)->rt->L, h->data);
 }

@@ -321,18 +321,59 @@ c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.cl
       srv:close()
     end)
 
-    it("closing a stream wakes its reader with an error", function()
+    it("closing a stream ends its waiting reader's read as the end (asyncio's b''); later calls raise kind closed", function()
       local srv, port = server(function(s) s:read() s:close() end)
       local c = net.connect("127.0.0.1", port)
       local t = tide.spawn(c.read, c)
+      local l = tide.spawn(c.read_line, c)
       tide.sleep(0.01)
       c:close()
-      local ok, e = pcall(t.await, t)
-      assert.is_false(ok)
+      assert.same({ true, nil }, { pcall(t.await, t) })
+      local e = select(2, errkind(c.read, c))
       assert.equals("closed", e.kind)
       assert.matches("closed stream", e.message)
       srv:close()
       tide.sleep(0.01)
+      assert.equals("invalid_state", (errkind(l.await, l))) -- it came second
+    end)
+
+    it("a second task reading at once raises kind invalid_state at its line", function()
+      local c, srv = pair { 0.05, "x" }
+      local t = tide.spawn(c.read, c)
+      tide.sleep(0.01)
+      local line = debug.getinfo(1, "l").currentline + 1
+      local _, e = pcall(c.read, c)
+      assert.equals("invalid_state", e.kind)
+      assert.matches("net_spec.lua:" .. line, e.message)
+      assert.equals("x", t:await())
+      c:close()
+      srv:close()
+    end)
+
+    it("read_exactly(0) gives \"\" at once, as asyncio's readexactly(0)", function()
+      local c, srv = pair { 0.05, "x" }
+      assert.equals("", c:read_exactly(0))
+      assert.equals("x", c:read_exactly(1))
+      c:close()
+      srv:close()
+    end)
+
+    it("a reset right behind the last bytes is kind reset, not the end", function()
+      local py = io.popen([[python3 -c '
+import socket, struct, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept(); time.sleep(0.05); c.sendall(b"partial")
+c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.close()
+']])
+      local port = tonumber(py:read("l"))
+      local c = net.connect("127.0.0.1", port)
+      tide.sleep(0.3) -- the bytes and the reset are both there
+      assert.equals("partial", c:read())
+      local kind = errkind(c.read, c)
+      py:close()
+      assert.equals("reset", kind)
+      c:close()
     end)
   end)
 
@@ -360,6 +401,81 @@ c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.cl
       assert.equals(16 << 20, received)
       c:close()
       srv:close()
+    end)
+
+    -- A server that reads slowly and counts what arrives before the end.
+    local function slow_sink()
+      local done, received = tide.Event(), 0
+      local srv, port = server(function(s)
+        tide.sleep(0.2)
+        while true do
+          local d = s:read(65536)
+          if not d then break end
+          received = received + #d
+        end
+        done:set()
+      end)
+      return srv, port, function() done:wait() return received end
+    end
+
+    it("several writers held back at once all go on when the queue drains", function()
+      local srv, port, received = slow_sink()
+      local c = net.connect("127.0.0.1", port)
+      local big = string.rep("w", 4 << 20)
+      local a = tide.spawn(c.write, c, big)
+      local b = tide.spawn(c.write, c, big)
+      local done = tide.wait({ a, b }, { timeout = 5 })
+      assert.equals(2, #done)
+      c:close()
+      assert.equals(8 << 20, received())
+      srv:close()
+    end)
+
+    it("close() still sends what write() took, as asyncio's transport.close()", function()
+      local srv, port, received = slow_sink()
+      local c = net.connect("127.0.0.1", port)
+      for _ = 1, 512 do c:write(string.rep("y", 16384)) end -- the last ones wait in libuv's queue
+      c:close()
+      assert.equals(512 * 16384, received())
+      srv:close()
+      -- a handler that returns after writing: the same
+      local got = 0
+      srv = server(function(s) for _ = 1, 512 do s:write(string.rep("z", 16384)) end end)
+      c = net.connect("127.0.0.1", srv:port())
+      tide.sleep(0.2)
+      while true do
+        local d = c:read(65536)
+        if not d then break end
+        got = got + #d
+      end
+      assert.equals(512 * 16384, got)
+      c:close()
+      srv:close()
+    end)
+
+    it("closing wakes writers held back; their bytes are still sent", function()
+      local srv, port, received = slow_sink()
+      local c = net.connect("127.0.0.1", port)
+      local t = tide.spawn(c.write, c, string.rep("v", 4 << 20))
+      tide.sleep(0.01)
+      assert.is_false(t:done())
+      c:close()
+      tide.wait({ t }, { timeout = 1 })
+      assert.is_true(t:done())
+      assert.equals(4 << 20, received())
+      srv:close()
+    end)
+
+    it("write after write_eof() is kind invalid_state; a second write_eof() does nothing", function()
+      local srv = server(function(s) s:read() end)
+      local c = net.connect("127.0.0.1", srv:port())
+      c:write("x")
+      c:write_eof()
+      c:write_eof()
+      assert.equals("invalid_state", (errkind(c.write, c, "y")))
+      c:close()
+      srv:close()
+      tide.sleep(0.01)
     end)
   end)
 
