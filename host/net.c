@@ -338,6 +338,35 @@ static int limit_error(lua_State *L, stream *s, const char *what) {
                          (lua_Integer)s->limit);
 }
 
+/* read_all() -> every byte to the end ("" at the end already), as
+ * asyncio's read(-1); a reset or error before the end raises. */
+static int all_k(lua_State *L, int status, lua_KContext ctx) {
+  stream_box *b = lua_touserdata(L, 1);
+  stream *s = b->s;
+  (void)status;
+  if (ctx)
+    after_wait(L, s, 2, s ? &s->reader : NULL);
+  if (ctx && (s == NULL || s->closed)) { /* closed while it waited */
+    lua_pushliteral(L, "");
+    return 1;
+  }
+  if (s == NULL || s->closed)
+    return closed_error(L, "stream");
+  if (s->err)
+    return raise_uv(L, s->err, "read");
+  if (s->eof) {
+    take(L, s, s->len);
+    return 1;
+  }
+  return wait_readable(L, s, 1, all_k);
+}
+
+static int st_read_all(lua_State *L) {
+  check_stream(L, 1);
+  lua_settop(L, 1);
+  return all_k(L, LUA_OK, 0);
+}
+
 /* Shared by read_exactly and read_until: how many bytes of the buffer make
  * the answer (0: not there yet). Stack: [stream, arg]. */
 static size_t wanted(lua_State *L, stream *s, int until) {
@@ -1175,7 +1204,7 @@ static int st_peer(lua_State *L) {
 
 static const luaL_Reg stream_methods[] = {
   {"peer", st_peer},
-  {"read", st_read}, {"read_line", st_read_line},
+  {"read", st_read}, {"read_all", st_read_all}, {"read_line", st_read_line},
   {"read_exactly", st_read_exactly}, {"read_until", st_read_until},
   {"write", st_write}, {"write_eof", st_write_eof}, {"close", st_close},
   {NULL, NULL}};

@@ -350,6 +350,21 @@ c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.cl
       srv:close()
     end)
 
+    it("read() gives the bytes there are; read_all() every byte to the end, as asyncio's read()", function()
+      local c, srv = pair { "aaa", 0.05, "bbb", 0.05, "ccc" }
+      assert.equals("aaa", c:read())
+      assert.equals("bbbccc", c:read_all())
+      assert.equals("", c:read_all()) -- at the end already
+      assert.is_nil(c:read())
+      c:close()
+      srv:close()
+      local big = string.rep("q", 3 << 20) -- past the read-ahead mark
+      c, srv = pair { big, 0.05, big }
+      assert.equals(6 << 20, #c:read_all())
+      c:close()
+      srv:close()
+    end)
+
     it("read_exactly(0) gives \"\" at once, as asyncio's readexactly(0)", function()
       local c, srv = pair { 0.05, "x" }
       assert.equals("", c:read_exactly(0))
