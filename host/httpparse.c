@@ -11,9 +11,16 @@
  *   p:feed(data) -> list of events, in order (pipelined requests included):
  *     {type = "headers", request = req}   the head is complete, body to come
  *     {type = "request", request = req}   the same req, with its body
- *     {type = "error", status = 400 | 413 | 431, errno =, message =}
+ *     {type = "error", status = 400 | 413 | 414 | 431 | 501 | 505, errno =,
+ *      message =}
  *   After an error or an upgrade the parser takes no more data (feed -> {}).
- *   p:pending() -> true while a request has begun and is not complete
+ *   p:pending() -> true while a request has begun and is not complete, and
+ *                  whether its head is still coming
+ *   Besides libhttp-parser's own checks (400), the head must be sound by
+ *   RFC 9112: no whitespace before a header name's colon and exactly one
+ *   Host in HTTP/1.1 (400), no transfer coding but chunked (501), HTTP/1.0
+ *   or 1.1 (505), a target within max_header_size (414); HTTP/1.0 with a
+ *   Transfer-Encoding is answered, then the connection closes.
  *   parser.reason(status) -> "OK", "Not Found", ... ("<unknown>" if unknown)
  *
  *   req = {method =, url =, path =, query = raw query or nil, version = "1.1",
@@ -31,7 +38,8 @@
 typedef tide_buf buf;
 
 enum { EV_NONE, EV_HEADERS, EV_MESSAGE };
-enum { FAIL_NONE, FAIL_HEADER, FAIL_BODY, FAIL_MEMORY };
+enum { FAIL_NONE, FAIL_HEADER, FAIL_BODY, FAIL_MEMORY, FAIL_URL, FAIL_BAD,
+       FAIL_CODING, FAIL_VERSION };
 
 typedef struct hparser {
   http_parser hp;
@@ -42,7 +50,10 @@ typedef struct hparser {
   size_t header_bytes, max_header, max_body;
   int event;            /* the event a callback paused for */
   int fail;             /* why a callback stopped the parser */
+  const char *why;      /* FAIL_BAD's message */
   int in_message, done; /* done: after an error or an upgrade */
+  int in_head;          /* a request has begun and its head is not complete */
+  int close_after;      /* framing that must not be trusted further (1.0 + TE) */
 } hparser;
 
 
@@ -62,14 +73,16 @@ static int on_message_begin(http_parser *hp) {
   p->url.n = p->hdr.n = p->body.n = 0;
   p->nspans = p->last = 0;
   p->header_bytes = 0;
-  p->in_message = 1;
+  p->in_message = p->in_head = 1;
   return 0;
 }
 
 static int on_url(http_parser *hp, const char *at, size_t n) {
   hparser *p = hp->data;
-  if (count_header(p, n))
+  if (count_header(p, n)) {
+    p->fail = FAIL_URL; /* 414: the target alone is over the limit */
     return 1;
+  }
   if (tide__buf_add(&p->url, at, n) < 0) {
     p->fail = FAIL_MEMORY;
     return 1;
@@ -111,8 +124,63 @@ static int on_header_value(http_parser *hp, const char *at, size_t n) {
   return header_piece(hp->data, 2, at, n);
 }
 
+/* Whether the n bytes at s are name, case-insensitively. */
+static int is_name(const char *s, size_t n, const char *name) {
+  size_t i;
+  for (i = 0; i < n && name[i]; i++)
+    if ((s[i] | 0x20) != name[i])
+      return 0;
+  return i == n && name[i] == '\0';
+}
+
+/* Checks what libhttp-parser (built lenient in Debian) lets through and
+ * RFC 9112 does not: returns the failure, FAIL_NONE if the head is sound. */
+static int check_head(hparser *p) {
+  http_parser *hp = &p->hp;
+  int i, hosts = 0, te = 0;
+  if (hp->http_major != 1 || hp->http_minor > 1)
+    return FAIL_VERSION; /* 505 */
+  for (i = 0; i + 1 < p->nspans; i += 2) {
+    const char *name = p->hdr.p + p->spans[i];
+    size_t n = p->spans[i + 1] - p->spans[i], k;
+    for (k = 0; k < n; k++)
+      if (name[k] == ' ' || name[k] == '\t') { /* RFC 9112 5.1: a MUST */
+        p->why = "whitespace between a header field name and the colon";
+        return FAIL_BAD;
+      }
+    if (is_name(name, n, "host"))
+      hosts++;
+    if (is_name(name, n, "transfer-encoding")) {
+      size_t end = i + 2 < p->nspans ? p->spans[i + 2] : p->hdr.n;
+      const char *v = p->hdr.p + p->spans[i + 1], *e = p->hdr.p + end;
+      te = 1;
+      while (v < e) { /* every coding must be chunked: 501 for others */
+        const char *c = v, *t;
+        while (c < e && (*c == ' ' || *c == '\t' || *c == ','))
+          c++;
+        for (t = c; t < e && *t != ','; t++)
+          ;
+        v = t;
+        while (t > c && (t[-1] == ' ' || t[-1] == '\t'))
+          t--;
+        if (t > c && !is_name(c, (size_t)(t - c), "chunked"))
+          return FAIL_CODING;
+      }
+    }
+  }
+  if (hp->http_minor == 1 && hosts != 1) { /* RFC 9112 3.2: a MUST */
+    p->why = hosts ? "more than one Host header" : "no Host header";
+    return FAIL_BAD;
+  }
+  p->close_after = te && hp->http_minor == 0; /* RFC 9112 6.1 */
+  return FAIL_NONE;
+}
+
 static int on_headers_complete(http_parser *hp) {
   hparser *p = hp->data;
+  p->in_head = 0;
+  if ((p->fail = check_head(p)) != FAIL_NONE)
+    return -1;
   if ((hp->flags & F_CONTENTLENGTH) && hp->content_length > p->max_body) {
     p->fail = FAIL_BODY;
     return -1;
@@ -203,7 +271,7 @@ static void push_request(lua_State *L, hparser *p) {
     lua_rawseti(L, -2, i + 1);
   }
   lua_setfield(L, -2, "headers");
-  set_bool(L, "keep_alive", http_should_keep_alive(hp));
+  set_bool(L, "keep_alive", http_should_keep_alive(hp) && !p->close_after);
   set_bool(L, "upgrade", hp->upgrade);
   set_bool(L, "chunked", (hp->flags & F_CHUNKED) != 0);
   if (hp->flags & F_CONTENTLENGTH) {
@@ -225,7 +293,20 @@ static void push_error(lua_State *L, hparser *p, enum http_errno e) {
   int status = 400;
   lua_createtable(L, 0, 4);
   set_str(L, "type", "error", 5);
-  if (p->fail == FAIL_HEADER || e == HPE_HEADER_OVERFLOW) {
+  if (p->fail == FAIL_URL) {
+    status = 414;
+    lua_pushfstring(L, "request target too long (limit %I bytes)",
+                    (lua_Integer)p->max_header);
+  } else if (p->fail == FAIL_BAD) {
+    lua_pushstring(L, p->why);
+  } else if (p->fail == FAIL_CODING) {
+    status = 501;
+    lua_pushliteral(L, "a transfer coding other than chunked");
+  } else if (p->fail == FAIL_VERSION) {
+    status = 505;
+    lua_pushfstring(L, "HTTP/%d.%d is not supported", (int)p->hp.http_major,
+                    (int)p->hp.http_minor);
+  } else if (p->fail == FAIL_HEADER || e == HPE_HEADER_OVERFLOW) {
     status = 431;
     lua_pushfstring(L, "request header too large (limit %I bytes)",
                     (lua_Integer)p->max_header);
@@ -289,10 +370,13 @@ static int p_feed(lua_State *L) {
   return 1;
 }
 
+/* p:pending() -> whether a request has begun and is not complete, and
+ * whether its head is still coming */
 static int p_pending(lua_State *L) {
   hparser *p = check_parser(L);
   lua_pushboolean(L, p->in_message);
-  return 1;
+  lua_pushboolean(L, p->in_message && p->in_head);
+  return 2;
 }
 
 static int p_gc(lua_State *L) {
@@ -306,16 +390,18 @@ static int p_gc(lua_State *L) {
   return 0;
 }
 
+/* opts[k]: a non-negative number of bytes (a fraction is dropped; from
+ * 2^53 on, math.huge included, no limit), dflt if absent. */
 static size_t opt_size(lua_State *L, const char *k, size_t dflt) {
-  lua_Integer v;
+  lua_Number v;
   if (!lua_istable(L, 1))
     return dflt;
   lua_getfield(L, 1, k);
-  v = luaL_optinteger(L, -1, (lua_Integer)dflt);
+  v = luaL_optnumber(L, -1, (lua_Number)dflt);
   lua_pop(L, 1);
-  if (v < 0)
+  if (!(v >= 0))
     luaL_error(L, "parser.new: %s must not be negative", k);
-  return (size_t)v;
+  return v >= 9007199254740992.0 ? (size_t)-1 : (size_t)v;
 }
 
 /* parser.new([{max_header_size =, max_body_size =}]) -> parser */

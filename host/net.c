@@ -634,6 +634,18 @@ static int st_close(lua_State *L) {
   return 0;
 }
 
+/* abort(): closes at once, dropping what is still queued (asyncio's
+ * transport.abort()); for a peer that will not read. */
+static int st_abort(lua_State *L) {
+  stream_box *b = luaL_checkudata(L, 1, STREAM_MT);
+  stream *s = b->s;
+  if (s) {
+    stream_close(s);
+    stream_abort(s);
+  }
+  return 0;
+}
+
 static int st_gc(lua_State *L) {
   stream_box *b = luaL_checkudata(L, 1, STREAM_MT);
   stream_close(b->s);
@@ -1204,7 +1216,7 @@ static int st_peer(lua_State *L) {
 
 static const luaL_Reg stream_methods[] = {
   {"peer", st_peer},
-  {"read", st_read}, {"read_all", st_read_all}, {"read_line", st_read_line},
+  {"abort", st_abort}, {"read", st_read}, {"read_all", st_read_all}, {"read_line", st_read_line},
   {"read_exactly", st_read_exactly}, {"read_until", st_read_until},
   {"write", st_write}, {"write_eof", st_write_eof}, {"close", st_close},
   {NULL, NULL}};

@@ -117,7 +117,7 @@ describe("tide.http.parser", function()
     it("gives pipelined requests in order, decodes chunked bodies, keeps empty values", function()
       local p = parser.new()
       local ev = p:feed(get("/1", "X-Empty:\r\n") ..
-        "POST /2 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n" ..
+        "POST /2 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n" ..
         "GET /3 HTTP/1.0\r\n\r\n")
       local reqs = {}
       for _, e in ipairs(ev) do
@@ -137,10 +137,10 @@ describe("tide.http.parser", function()
       assert.equals("HPE_INVALID_METHOD", e.errno)
       e = parser.new({ max_header_size = 100 }):feed(get("/", "X: " .. ("x"):rep(200) .. "\r\n"))[1]
       assert.same({ "error", 431 }, { e.type, e.status })
-      e = parser.new({ max_body_size = 10 }):feed("POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\n")[1]
+      e = parser.new({ max_body_size = 10 }):feed("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\n")[1]
       assert.same({ "error", 413 }, { e.type, e.status })
       local p = parser.new({ max_body_size = 4 })
-      local ev = p:feed("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n3\r\ndef\r\n")
+      local ev = p:feed("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n3\r\ndef\r\n")
       assert.same({ "headers", "error" }, { ev[1].type, ev[2].type })
       assert.equals(413, ev[2].status)
       assert.same({}, p:feed(get("/"))) -- a failed parser takes no more
@@ -170,7 +170,9 @@ describe("tide.http_server", function()
       assert.equals("GET", seen.method)
       assert.equals("/search", seen.path)
       assert.equals("q=a+b%26c&x=1&x=2&e=&caf%C3%A9=%E2%82%AC", seen.raw_query)
-      assert.same({ q = "a b&c", x = "2", e = "", ["café"] = "€" }, seen.query)
+      assert.same({ q = "a b&c", x = "1", e = "", ["café"] = "€" }, seen.query) -- the first, as headers
+      assert.same({ "1", "2" }, seen.query_all.x)
+      assert.same({ "€" }, seen.query_all["café"])
       assert.equals("Abc", seen.headers["x-token"])
       assert.equals("Abc", seen.headers["X-TOKEN"])
       assert.equals("1.1", seen.version)
@@ -183,11 +185,11 @@ describe("tide.http_server", function()
 
     it("passes a POST body, and a chunked request body decoded", function()
       local srv, c = start()
-      c:write("POST /p HTTP/1.1\r\nContent-Length: 11\r\n\r\nhello world")
+      c:write("POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello world")
       local r = read_response(c)
       assert.equals("POST /p 1.1 [hello world]", r.body)
       assert.equals("POST", r.headers["x-method"])
-      c:write("PUT /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+      c:write("PUT /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
       tide.sleep(0.01)
       c:write("5\r\nhello\r\n")
       tide.sleep(0.01)
@@ -288,7 +290,7 @@ describe("tide.http_server", function()
         if req.path == "/slow" then tide.sleep(0.05) end
         return req.path
       end)
-      c:write(get("/slow") .. "POST /2 HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi" .. get("/3"))
+      c:write(get("/slow") .. "POST /2 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi" .. get("/3"))
       assert.equals("/slow", read_response(c).body)
       assert.equals("/2", read_response(c).body)
       assert.equals("/3", read_response(c).body)
@@ -343,7 +345,7 @@ describe("tide.http_server", function()
     it("answers HEAD with the headers only", function()
       local srv, c = start(function() return ("x"):rep(100) end)
       -- a body after the HEAD answer would be read as the next status line
-      c:write("HEAD / HTTP/1.1\r\n\r\n" .. get("/"))
+      c:write("HEAD / HTTP/1.1\r\nHost: h\r\n\r\n" .. get("/"))
       local r = read_response(c, { head = true })
       assert.equals(200, r.status)
       assert.equals("100", r.headers["content-length"])
@@ -362,7 +364,7 @@ describe("tide.http_server", function()
         end
         return { headers = { ["Content-Length"] = "1234", ["Content-Type"] = "application/zip" } }
       end)
-      c:write("HEAD / HTTP/1.1\r\n\r\nHEAD /stream HTTP/1.1\r\n\r\n" .. get("/304"))
+      c:write("HEAD / HTTP/1.1\r\nHost: h\r\n\r\nHEAD /stream HTTP/1.1\r\nHost: h\r\n\r\n" .. get("/304"))
       assert.equals("1234", read_response(c, { head = true }).headers["content-length"])
       assert.equals("99", read_response(c, { head = true }).headers["content-length"])
       local r = read_response(c, { head = true })
@@ -498,7 +500,7 @@ describe("tide.http_server", function()
 
     it("answers Expect: 100-continue before the body is sent", function()
       local srv, c = start()
-      c:write("POST /up HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+      c:write("POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
       local r = read_response(c)
       assert.same({ 100, "Continue" }, { r.status, r.reason })
       c:write("12345")
@@ -526,18 +528,94 @@ describe("tide.http_server", function()
 
     it("431 for a head over max_header_size", function()
       expect_error(431, nil, get("/", "X-Big: " .. ("x"):rep(20000) .. "\r\n"))
-      expect_error(431, { max_header_size = 100 }, get("/" .. ("p"):rep(200)))
+      expect_error(414, { max_header_size = 100 }, get("/" .. ("p"):rep(200))) -- the target alone
     end)
 
     it("413 for a body over max_body_size, said or chunked", function()
-      expect_error(413, nil, "POST / HTTP/1.1\r\nContent-Length: " .. (17 << 20) .. "\r\n\r\nabc")
+      expect_error(413, nil, "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: " .. (17 << 20) .. "\r\n\r\nabc")
       expect_error(413, { max_body_size = 4 },
-        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n")
+        "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n")
     end)
 
     it("400 for garbage", function()
       expect_error(400, nil, "BLAH BLAH\r\n\r\n")
-      expect_error(400, nil, "GET / HTTP/1.1\r\nBad Header\r\n\r\n")
+      expect_error(400, nil, "GET / HTTP/1.1\r\nHost: h\r\nBad Header\r\n\r\n")
+    end)
+
+    it("400 for what RFC 9112 says MUST be: space before a colon, no Host or two in HTTP/1.1", function()
+      expect_error(400, nil, "POST / HTTP/1.1\r\nHost: h\r\nContent-Length : 3\r\n\r\nabc")
+      expect_error(400, nil, "GET / HTTP/1.1\r\n\r\n")
+      expect_error(400, nil, "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+      local srv, c = start() -- HTTP/1.0 needs no Host
+      c:write("GET /old HTTP/1.0\r\n\r\n")
+      assert.equals(200, read_response(c).status)
+      c:close()
+      srv:close()
+    end)
+
+    it("501 for a transfer coding other than chunked, 505 for a version other than 1.x, with a Date", function()
+      expect_error(501, nil, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n")
+      expect_error(505, nil, "GET / HTTP/2.0\r\nHost: h\r\n\r\n")
+      local srv, c = start()
+      c:write("HELLO\r\n\r\n")
+      local r = read_response(c)
+      assert.equals(400, r.status)
+      assert.matches("GMT$", r.headers.date)
+      c:close()
+      srv:close()
+    end)
+
+    it("closes after answering an HTTP/1.0 request framed by Transfer-Encoding", function()
+      local srv, c = start()
+      c:write("POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        .. "GET /second HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+      local r = read_response(c)
+      assert.equals("POST / 1.0 [abc]", r.body)
+      assert.is_nil(read_eof(c))
+      c:close()
+      srv:close()
+    end)
+
+    it("takes max_body_size = math.huge as no limit", function()
+      local srv, c = start(nil, { max_body_size = math.huge })
+      c:write("POST /big HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc")
+      assert.equals("POST /big 1.1 [abc]", read_response(c).body)
+      c:close()
+      srv:close()
+    end)
+
+    it("drops a peer that takes nothing for idle_timeout while a response waits for it", function()
+      local srv, c = start(function() return { body = string.rep("x", 8 << 20) } end,
+        { idle_timeout = 0.3 })
+      c:write(get("/big"))
+      tide.sleep(1) -- never reading meanwhile
+      local got, ok = 0, true
+      tide.timeout(2, function()
+        while ok do
+          local d
+          ok, d = pcall(c.read, c, 65536)
+          ok = ok and d ~= nil
+          if ok then got = got + #d end
+        end
+      end)
+      assert.is_true(got < 8 << 20, "the whole body came: " .. got)
+      c:close()
+      srv:close()
+    end)
+
+    it("closes a connection whose head trickles in slower than idle_timeout (slowloris)", function()
+      local srv, c = start(nil, { idle_timeout = 0.3 })
+      local t0 = tide.time()
+      local closed = tide.spawn(function() return c:read() end)
+      for byte in ("GET / HTTP/1.1\r\nHost: h\r\nX-A: bcdefghijklmn"):gmatch(".") do
+        if closed:done() then break end
+        pcall(c.write, c, byte)
+        tide.sleep(0.05)
+      end
+      assert.is_nil(closed:await())
+      assert.is_true(tide.time() - t0 < 1, "took " .. tide.time() - t0)
+      c:close()
+      srv:close()
     end)
 
     it("500 for a handler error, without the message, reported once on stderr", function()
@@ -585,6 +663,42 @@ describe("tide.http_server", function()
       assert.is_nil(r3.body:find("table:", 1, true))
       assert.matches("handler for GET /body: body is a table, not a string or a function",
         table.concat(lines), 1, true)
+      c:close()
+      srv:close()
+    end)
+
+    it("500 for a NUL in a header value; Connection = {\"close\"} closes; a bare body is application/octet-stream", function()
+      local srv, c = start(function(req)
+        if req.path == "/nul" then return { headers = { ["X-Bad"] = "a\0b" }, body = "n" } end
+        if req.path == "/bare" then return { body = "x" } end
+        return { headers = { Connection = { "close" } }, body = "c" }
+      end, { log = false })
+      c:write(get("/nul") .. get("/bare") .. get("/close"))
+      local r1, r2, r3 = read_response(c), read_response(c), read_response(c)
+      assert.same({ 500, 200, 200 }, { r1.status, r2.status, r3.status })
+      assert.equals("application/octet-stream", r2.headers["content-type"])
+      assert.equals("close", r3.headers.connection)
+      assert.is_nil(read_eof(c))
+      c:close()
+      srv:close()
+    end)
+
+    it("a body function giving a chunk that is not a string ends the connection, reported, not sent", function()
+      local lines = {}
+      local real = io.stderr
+      io.stderr = { write = function(_, ...) -- luacheck: ignore
+        for _, x in ipairs({ ... }) do lines[#lines + 1] = x end
+      end }
+      local srv, c = start(function()
+        local n = 0
+        return { body = function() n = n + 1 if n < 3 then return {} end end }
+      end)
+      c:write(get("/"))
+      local ok, r = pcall(read_response, c)
+      io.stderr = real -- luacheck: ignore
+      assert.is_false(ok) -- cut off mid-body
+      assert.is_nil(tostring(r):find("table: ", 1, true))
+      assert.matches("returned a table, not a string or nil", table.concat(lines), 1, true)
       c:close()
       srv:close()
     end)

@@ -6,11 +6,14 @@
 --   local srv <close> = serve(host, port, handler [, opts])
 --   handler(req) -> {status =, headers = {name = value | {values}}, body =}
 --                   or a string (200, text/plain)
---   req: method, url, path, query (decoded, last value wins), raw_query,
---        headers (tide.http_headers map), body, version, keep_alive
---   opts: max_header_size (16 KiB, else 431), max_body_size (16 MiB, else
---         413), idle_timeout (60 s per read), shutdown_timeout (5 s),
---         linger (1 s), backlog, log; checked at the call
+--   req: method, url, path (as sent), query (decoded, first value wins),
+--        query_all (name -> every value), raw_query, headers
+--        (tide.http_headers map), body, version, keep_alive
+--   opts: max_header_size (16 KiB, else 431; a longer target 414),
+--         max_body_size (16 MiB, else 413; math.huge: none), idle_timeout
+--         (60 s: for each read, for a whole request head, and for each
+--         write a peer holds back), shutdown_timeout (5 s), linger (1 s),
+--         backlog, log; checked at the call
 --   srv:port(), srv:url(path), srv:close() / <close>
 --
 -- A body that is a function is called until it returns nil and sent as it
@@ -35,13 +38,16 @@ local DEFAULTS = {
 
 local decode = Headers.urldecode
 
+-- The query's first value of each name, and every value of each name (split
+-- on "&" only, as WHATWG and Python since 3.10).
 local function parse_query(raw)
-  local q = {}
-  for pair in raw:gmatch("[^&;]+") do
+  local q, all = {}, {}
+  for pair in raw:gmatch("[^&]+") do
     local k, v = pair:match("^([^=]*)=?(.*)$")
-    q[decode(k)] = decode(v)
+    k, v = decode(k), decode(v)
+    if q[k] == nil then q[k], all[k] = v, { v } else all[k][#all[k] + 1] = v end
   end
-  return q
+  return q, all
 end
 
 local function iscancel(e)
@@ -83,10 +89,24 @@ local function head(status, user, extra)
   return table.concat(out)
 end
 
+-- Writes data, or drops the connection (abort: nothing more is sent) when
+-- the peer takes nothing for idle_timeout: its queued bytes would pin
+-- memory for as long as it likes (nginx's send_timeout). Raises kind
+-- "timeout" then, which ends the connection quietly.
+local function send(srv, s, data)
+  local ok, err = pcall(tide.timeout, srv.opts.idle_timeout, s.write, s, data)
+  if not ok then
+    if tide.iserror(err) and err.kind == "timeout" then s:abort() end
+    error(err, 0)
+  end
+end
+
 -- Writes what is still queued, then drains what the peer may still send
 -- (so closing does not reset the connection under the response), closes.
 local function finish(srv, s, linger)
-  pcall(s.write_eof, s)
+  if not pcall(tide.timeout, srv.opts.idle_timeout, s.write_eof, s) then
+    return s:abort()
+  end
   if linger then
     pcall(tide.timeout, srv.opts.linger, function()
       while s:read() do end
@@ -95,10 +115,11 @@ local function finish(srv, s, linger)
   s:close()
 end
 
-local function error_response(s, status)
+local function error_response(srv, s, status)
   local text = reason(status) .. "\n"
-  pcall(s.write, s, head(status, nil, { "Content-Type", "text/plain; charset=utf-8",
-    "Content-Length", #text, "Connection", "close" }) .. text)
+  pcall(send, srv, s, head(status, nil, { "Date", http_date(), "Server", "tide",
+    "Content-Type", "text/plain; charset=utf-8", "Content-Length", #text,
+    "Connection", "close" }) .. text)
 end
 
 local function report(srv, msg)
@@ -139,7 +160,7 @@ local function call_handler(srv, req)
     and ("bad status %s"):format(tostring(res.status))
   for name, v in pairs(res.headers or {}) do
     for _, one in ipairs(type(v) == "table" and v or { v }) do
-      if not tostring(name):match("^[%w!#$%%&'*+.^_`|~-]+$") or tostring(one):find("[\r\n]") then
+      if not tostring(name):match("^[%w!#$%%&'*+.^_`|~-]+$") or tostring(one):find("[%z\1-\8\10-\31\127]") then
         bad = ("bad header %q: %q"):format(tostring(name), tostring(one))
       end
     end
@@ -157,9 +178,10 @@ end
 
 -- Answers one request; returns true to keep the connection open.
 local function respond(srv, s, raw)
+  local query, query_all = parse_query(raw.query or "")
   local req = {
     method = raw.method, url = raw.url, path = raw.path, raw_query = raw.query or "",
-    query = parse_query(raw.query or ""), headers = Headers.new(raw.headers),
+    query = query, query_all = query_all, headers = Headers.new(raw.headers),
     body = raw.body, version = raw.version, keep_alive = raw.keep_alive,
   }
   req.remote, req.remote_port = s:peer()
@@ -167,10 +189,17 @@ local function respond(srv, s, raw)
   local body = res.body or ""
   local keep = raw.keep_alive and not raw.upgrade and not srv.closed
   local user_length -- a handler's Content-Length counts where no body is sent
+  local typed = false
   for name, v in pairs(res.headers or {}) do
     local lname = tostring(name):lower()
-    if lname == "connection" and tostring(v):lower() == "close" then
-      keep = false
+    if lname == "connection" then
+      for _, one in ipairs(type(v) == "table" and v or { v }) do
+        for token in tostring(one):gmatch("[^,%s]+") do
+          if token:lower() == "close" then keep = false end
+        end
+      end
+    elseif lname == "content-type" then
+      typed = true
     elseif lname == "content-length" then
       user_length = tostring(type(v) == "table" and v[1] or v):match("^%s*(%d+)%s*$")
     end
@@ -179,6 +208,9 @@ local function respond(srv, s, raw)
   local no_body = is_head or status == 204 or status == 304
   local streamed = type(body) == "function"
   local extra = { "Date", http_date(), "Server", "tide" }
+  if not typed and (streamed or #tostring(body) > 0) then -- as aiohttp and nginx
+    extra[#extra + 1], extra[#extra + 2] = "Content-Type", "application/octet-stream"
+  end
   -- HEAD and 304 send no body: their Content-Length is the handler's (the
   -- size a GET would get, RFC 9110 8.6), else that of the body it gave
   local length = (is_head or status == 304) and user_length or nil
@@ -204,40 +236,50 @@ local function respond(srv, s, raw)
   local h = head(status, res.headers, extra)
   if no_body or not streamed then
     if no_body or #body == 0 then
-      s:write(h)
+      send(srv, s, h)
     elseif #body < 65536 then
-      s:write(h .. body) -- one write: no Nagle delay between head and body
+      send(srv, s, h .. body) -- one write: no Nagle delay between head and body
     else
-      s:write(h)
-      s:write(body)
+      send(srv, s, h)
+      send(srv, s, body)
     end
     return keep
   end
-  s:write(h)
+  send(srv, s, h)
   local chunked = req.version == "1.1"
   while true do
     local ok, chunk = call("body function", body)
+    if ok and chunk ~= nil and type(chunk) ~= "string" then
+      ok, chunk = false, ("body function for %s %s returned a %s, not a string or nil")
+        :format(req.method, req.url, type(chunk))
+    end
     if not ok then
       report(srv, chunk)
       return false -- the head is out: closing is the only way to tell
     end
     if chunk == nil then break end
-    chunk = tostring(chunk)
     if #chunk > 0 then
-      s:write(chunked and ("%x\r\n%s\r\n"):format(#chunk, chunk) or chunk)
+      send(srv, s, chunked and ("%x\r\n%s\r\n"):format(#chunk, chunk) or chunk)
     end
   end
-  if chunked then s:write("0\r\n\r\n") end
+  if chunked then send(srv, s, "0\r\n\r\n") end
   return keep
 end
 
 -- One connection: requests in order until the peer or we close.
 local function serve_conn(srv, conn)
   local s, p = conn.stream, parser.new(srv.opts)
+  local idle, head_since = srv.opts.idle_timeout, nil
   while true do
-    conn.idle = not p:pending()
+    local pending, in_head = p:pending()
+    conn.idle = not pending
     if srv.closed and conn.idle then return s:close() end
-    local ok, data = pcall(tide.timeout, srv.opts.idle_timeout, s.read, s)
+    -- a head must come whole within idle_timeout (nginx's
+    -- client_header_timeout), however slowly its bytes trickle in
+    head_since = in_head and (head_since or tide.time()) or nil
+    local wait = head_since and head_since + idle - tide.time() or idle
+    local ok, data = false, tide.error("timeout", "request head too slow")
+    if wait > 0 then ok, data = pcall(tide.timeout, wait, s.read, s) end
     conn.idle = false
     if not ok then
       if iscancel(data) then error(data, 0) end
@@ -251,12 +293,12 @@ local function serve_conn(srv, conn)
         local next_ev = events[i + 1]
         if expect and expect:lower() == "100-continue" and ev.request.version == "1.1"
             and not (next_ev and next_ev.request == ev.request) then
-          s:write("HTTP/1.1 100 Continue\r\n\r\n")
+          send(srv, s, "HTTP/1.1 100 Continue\r\n\r\n")
         end
       elseif ev.type == "request" then
         if not respond(srv, s, ev.request) then return finish(srv, s, true) end
       else
-        error_response(s, ev.status)
+        error_response(srv, s, ev.status)
         return finish(srv, s, true)
       end
     end
@@ -364,7 +406,8 @@ function M.serve(host, port, handler, opts)
     stream:close()
     if not ok then
       if iscancel(err) then error(err, 0) end
-      if not (tide.iserror(err) and (err.kind == "reset" or err.kind == "net"))
+      if not (tide.iserror(err) and (err.kind == "reset" or err.kind == "net"
+          or err.kind == "timeout"))
           and not tostring(err):find("closed stream", 1, true) then
         report(srv, tostring(err))
       end
