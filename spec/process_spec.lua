@@ -181,6 +181,14 @@ describe("tide.process", function()
       assert.same({ 0, nil }, { p:wait() })
     end)
 
+    it("closing stdin still delivers what write() took (a slow reader gets every byte)", function()
+      local p <close> = process.spawn({ "sh", "-c", "sleep 0.2; wc -c" })
+      for _ = 1, 256 do p.stdin:write(string.rep("s", 16384)) end
+      p.stdin:close()
+      assert.equals(256 * 16384, tonumber(p.stdout:read_all()))
+      p:wait()
+    end)
+
     it("opts.limit bounds the pipes' read_line as net's streams (64 KiB by default)", function()
       local p <close> = process.spawn({ "sh", "-c", "printf '%0100d\\nok\\n' 0" }, -- one write
         { limit = 50 })
