@@ -505,8 +505,15 @@ static size_t on_write(char *p, size_t size, size_t n, void *ud) {
     x->flags |= XF_RECVPAUSED; /* the reader is behind: hold the peer */
     return CURL_WRITEFUNC_PAUSE;
   }
-  if (x->boff > 0 && x->boff == x->body.n)
+  if (x->boff > 0 && x->boff == x->body.n) {
     x->body.n = x->boff = 0;
+  } else if (x->boff >= HIGH_WATER) { /* read already: drop it, or a reader
+                                       * taking less than there is would
+                                       * keep the whole body */
+    memmove(x->body.p, x->body.p + x->boff, x->body.n - x->boff);
+    x->body.n -= x->boff;
+    x->boff = 0;
+  }
   if (tide__buf_add(&x->body, p, len) < 0)
     return 0;
   if (x->idle_ms)
@@ -814,6 +821,8 @@ static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
   /* the body: a string, or chunks the task feeds (chunked upload); POST,
    * PUT and PATCH without one send an empty one (Content-Length: 0, which
    * servers such as nginx want), as aiohttp and requests do */
+  if (body_fn && (blen = (size_t)opt_int(L, spec, "body_size", -1)) != (size_t)-1)
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
   lua_getfield(L, spec, "body");
   s = lua_tolstring(L, -1, &blen);
   if (s == NULL && method && !body_fn &&

@@ -138,6 +138,16 @@ describe("tide.http", function()
       assert.equals("application/x-www-form-urlencoded", e.headers["content-type"])
     end)
 
+    it("sends a body function with the caller's Content-Length as it is, not chunked", function()
+      local parts = { "abc", "abc" }
+      local i = 0
+      local e = echo(http.put(url("/anything"), { headers = { ["Content-Length"] = "6" },
+        body = function() i = i + 1 return parts[i] end }))
+      assert.equals("abcabc", e.body)
+      assert.equals("6", e.headers["content-length"])
+      assert.is_nil(e.headers["transfer-encoding"])
+    end)
+
     it("sends Content-Length: 0 for POST, PUT and PATCH without a body", function()
       for _, f in ipairs { http.post, http.put, http.patch } do
         local e = echo(f(url("/anything")))
@@ -275,6 +285,64 @@ describe("tide.http", function()
       assert.equals(200, res.status)
       res:close()
     end)
+
+    it("a followed redirect uses only its own request's options, whatever other tasks ask meanwhile", function()
+      -- PUT is followed by tide; meanwhile another task's request sets http_version 1.0
+      local server <close> = http.serve("127.0.0.1", 0, function(req)
+        if req.path == "/to" then
+          tide.sleep(0.2)
+          return { status = 307, headers = { Location = "/hop" } }
+        end
+        return req.method .. " " .. req.version .. " " .. tostring(req.headers.cookie)
+      end)
+      local s = http.session { cookies = { secret = "B" } }
+      local a = tide.spawn(http.put, server:url("/to"), { body = "a" })
+      tide.sleep(0.05)
+      s:get(server:url("/hop"), { http_version = "1.0" })
+      assert.equals("PUT 1.1 nil", a:await().body)
+      s:close()
+    end)
+
+    it("counts timeout over every hop it follows, as curl does for the ones it follows", function()
+      local server <close> = http.serve("127.0.0.1", 0, function(req)
+        local n = tonumber(req.path:match("^/hop/(%d+)$"))
+        tide.sleep(0.3)
+        if n and n > 0 then return { status = 307, headers = { Location = "/hop/" .. (n - 1) } } end
+        return "end"
+      end)
+      local t0 = tide.time()
+      assert.equals("timeout", (errkind(http.put, server:url("/hop/3"), { body = "x", timeout = 0.5 })))
+      assert.is_true(tide.time() - t0 < 0.9, "took " .. tide.time() - t0)
+    end)
+
+    it("refuses a Location that is not http or https for every method", function()
+      local server <close> = http.serve("127.0.0.1", 0, function()
+        return { status = 302, headers = { Location = "javascript:alert(1)" } }
+      end)
+      assert.equals("invalid_url", (errkind(http.put, server:url("/"), { body = "x" })))
+      assert.equals("invalid_url", (errkind(http.get, server:url("/"))))
+    end)
+
+    it("joins a Cookie header of the caller's with the session's cookies in one line", function()
+      local server <close> = http.serve("127.0.0.1", 0, function(req)
+        if req.path == "/set" then return { headers = { ["Set-Cookie"] = "a=1; Path=/" } } end
+        if req.path == "/away" then
+          return { status = 302, headers = { Location = req.query.to } }
+        end
+        return table.concat(req.headers:get_all("cookie"), " | ")
+      end)
+      local s = http.session { cookies = true }
+      s:get(server:url("/set"))
+      assert.equals("a=1; h=1", s:get(server:url("/echo"), { headers = { Cookie = "h=1" } }).body)
+      s:close()
+      s = http.session { cookies = { x = "1" } }
+      assert.equals("x=1; h=1", s:get(server:url("/echo"), { headers = { Cookie = "h=1" } }).body)
+      -- to another origin (here: 127.0.0.1 vs localhost) the caller's Cookie does not follow
+      local other = server:url("/echo"):gsub("127%.0%.0%.1", "localhost")
+      assert.equals("x=1", s:get(server:url("/away?to=" .. http.urlencode({ u = other }):sub(3)),
+        { headers = { Cookie = "h=1" } }).body)
+      s:close()
+    end)
   end)
 
   describe("errors", function()
@@ -317,6 +385,25 @@ describe("tide.http", function()
         end
       end
       fds_back(base)
+    end)
+
+    it("refuses query and form values that cannot be sent, and more than one body option", function()
+      S.raises_matching("(opts.query: value of 'a' must be a string, number or boolean, got table)",
+        http.get, url("/get"), { query = { a = { 1, { 2 } } } })
+      S.raises_matching("(opts.query: value of 'a' is a table that is not an array)",
+        http.get, url("/get"), { query = { a = { x = 1 } } })
+      S.raises_matching("(opts.form: value of 'a' must be a string, number or boolean, got function)",
+        http.post, url("/anything"), { form = { a = print } })
+      S.raises_matching("(opts.body, opts.json and opts.form: give one of them)",
+        http.post, url("/anything"), { json = { b = 1 }, body = "RAW" })
+      assert.equals("invalid_url", (errkind(http.get, "127.0.0.1:1/x")))
+    end)
+
+    it("takes math.huge as no limit for max_body_size and max_redirects, and refuses fractions", function()
+      assert.equals(200, http.get(url("/bytes/5"), { max_body_size = math.huge }).status)
+      assert.equals(200, http.get(url("/redirect/2"), { max_redirects = math.huge }).status)
+      S.raises_matching("(opts.max_redirects: an integer or math.huge expected, got 1.5)",
+        http.get, url("/get"), { max_redirects = 1.5 })
     end)
 
     it("rejects bad arguments naming the argument", function()
@@ -467,6 +554,25 @@ describe("tide.http", function()
   end)
 
   describe("stream", function()
+    it("keeps the buffer bounded for a reader taking less than there is", function()
+      local function rss()
+        local f = io.open("/proc/self/status")
+        local kb = tonumber(f:read("a"):match("VmRSS:%s*(%d+)"))
+        f:close()
+        return kb
+      end
+      local res = http.get(url("/bytes/" .. (32 << 20)), { stream = true })
+      local before, got = rss(), 0
+      for chunk in res:chunks(65536) do -- a slow reader: the buffer stays full
+        got = got + #chunk
+        tide.sleep(0.001)
+      end
+      local grew = rss() - before -- the engine's buffer is still there: not collected yet
+      assert.equals(32 << 20, got)
+      assert.is_true(grew < 16 * 1024, "RSS grew by " .. grew .. " kB")
+      res:close()
+    end)
+
     it("returns at the headers and reads the body in chunks", function()
       local t0 = tide.time()
       local res <close> = http.get(url("/stream-bytes/300000?chunk=10000&delay=0.01"), { stream = true })

@@ -75,6 +75,9 @@ local function check_table(fname, argn, opts, types)
       argerror(fname, argn, ("opts.%s: %s number expected, got %s"):format(k,
         POSITIVE[k] and "a positive" or "a non-negative", tostring(v)))
     end
+    if NONNEGATIVE[k] and type(v) == "number" and v ~= math.huge and math.type(v) ~= "integer" then
+      argerror(fname, argn, ("opts.%s: an integer or math.huge expected, got %s"):format(k, tostring(v)))
+    end
   end
   return opts
 end
@@ -110,6 +113,34 @@ local function header_lines(fname, argn, list, seen, ...)
     end
   end
   return list
+end
+
+-- A count option as the engine takes it: math.huge is "no limit", which is
+-- none (nil) for max_body_size and the largest integer elsewhere.
+local function count(v)
+  if v == math.huge then return math.maxinteger end
+  return v
+end
+
+-- Checks a query or form table: names to strings, numbers or booleans, or
+-- arrays of them (a repeated name).
+local function check_params(fname, argn, what, t)
+  for k, v in pairs(t) do
+    local vs = type(v) == "table" and v or { v }
+    if type(k) ~= "string" and type(k) ~= "number" then
+      argerror(fname, argn, ("opts.%s: names must be strings, got %s"):format(what, type(k)))
+    end
+    if type(v) == "table" and next(v) ~= nil and #v == 0 then
+      argerror(fname, argn, ("opts.%s: value of '%s' is a table that is not an array"):format(what, k))
+    end
+    for _, one in pairs(vs) do
+      local ty = type(one)
+      if ty ~= "string" and ty ~= "number" and ty ~= "boolean" then
+        argerror(fname, argn, ("opts.%s: value of '%s' must be a string, number or boolean, got %s")
+          :format(what, k, ty))
+      end
+    end
+  end
 end
 
 local function seconds(v, default)
@@ -274,8 +305,17 @@ local function perform(sess, fname, argbase, method, url, opts)
   end
   local d = sess.defaults
   if sess.base_url then url = join(sess.base_url, url) end
+  if not url:find("^%a[%w+.-]*://") then -- no guessing, as curl would
+    error(tide.error("invalid_url", ("%s: a URL with a scheme expected (http:// or https://)")
+      :format(url), { url = url }), 0)
+  end
+  local given = (opts.body ~= nil and 1 or 0) + (opts.json ~= nil and 1 or 0) + (opts.form ~= nil and 1 or 0)
+  if given > 1 then
+    argerror(fname, argbase + 1, "opts.body, opts.json and opts.form: give one of them")
+  end
   local q = opts.query
   if q then
+    if type(q) == "table" then check_params(fname, argbase + 1, "query", q) end
     q = type(q) == "table" and M.urlencode(q) or q
     if q ~= "" then -- before a #fragment
       local base, frag = url:match("^([^#]*)(.*)$")
@@ -289,6 +329,7 @@ local function perform(sess, fname, argbase, method, url, opts)
     if not ok then argerror(fname, argbase + 1, "opts.json: " .. tostring(v):gsub("^[^:]*:%d+: ", "")) end
     body, ctype = v, "application/json"
   elseif opts.form then
+    check_params(fname, argbase + 1, "form", opts.form)
     body, ctype = M.urlencode(opts.form), "application/x-www-form-urlencoded"
   end
   if type(body) ~= "string" and body ~= nil then body_fn, body = body_source(body), nil end
@@ -297,6 +338,22 @@ local function perform(sess, fname, argbase, method, url, opts)
     header_lines(fname, argbase + 1, headers, {}, opts.headers or EMPTY, d.headers or EMPTY,
       ctype and { ["Content-Type"] = ctype } or EMPTY)
   end
+  -- A Cookie header of the caller's joins the session's cookies in one
+  -- line (RFC 6265 5.4), through curl's CURLOPT_COOKIE; tide then follows
+  -- the redirects, so that it does not go to another origin.
+  local cookie, own_cookie = sess.cookie, nil
+  local body_size
+  for i = #headers, 1, -1 do
+    local name, value = headers[i]:match("^([^:;]*)[:;]%s*(.*)$")
+    name = name:lower()
+    if name == "cookie" then
+      own_cookie = own_cookie and value .. "; " .. own_cookie or value
+      table.remove(headers, i)
+    elseif name == "content-length" and body_fn then -- sent as it is, not chunked
+      body_size = math.tointeger(tonumber(value))
+    end
+  end
+  if own_cookie then cookie = cookie and cookie .. "; " .. own_cookie or own_cookie end
   local stream = opts.stream or false
   local version = opts.http_version or d.http_version
   if version and not VERSIONS[version] then
@@ -314,12 +371,14 @@ local function perform(sess, fname, argbase, method, url, opts)
   spec.timeout = seconds(timeout)
   spec.connect_timeout = seconds(opts.connect_timeout or d.connect_timeout, DEFAULTS.connect_timeout)
   spec.idle_timeout = stream and seconds(opts.idle_timeout or d.idle_timeout, DEFAULTS.idle_timeout) or 0
-  spec.max_redirects = opts.max_redirects or d.max_redirects or DEFAULTS.max_redirects
+  spec.max_redirects = count(opts.max_redirects or d.max_redirects or DEFAULTS.max_redirects)
   spec.verify, spec.cafile, spec.proxy = verify, opts.cafile or d.cafile, opts.proxy or d.proxy
+  if max_body == math.huge then max_body = nil end
   spec.max_body, spec.http_version, spec.stream = max_body or -1, version, stream
-  spec.cookie = sess.cookie
+  spec.cookie, spec.body_size = cookie, body_size
   local max_redirects, saved = spec.max_redirects, nil
-  if max_redirects > 0 and not CURL_FOLLOWS[method] then
+  local deadline = timeout and timeout > 0 and tide.time() + timeout -- over every hop
+  if max_redirects > 0 and (not CURL_FOLLOWS[method] or own_cookie) then
     spec.max_redirects = 0 -- followed below
     saved = {}
     for k, v in pairs(spec) do saved[k] = v end
@@ -328,7 +387,14 @@ local function perform(sess, fname, argbase, method, url, opts)
   if cs == "default" then cs = core.default_session() end
   local x, r = exchange(cs, method, url, body_fn)
   local n = 0
-  while saved and REDIRECT[r.status] and r._redirect_url do
+  while saved and REDIRECT[r.status] do
+    if not r._redirect_url then
+      if r.headers.location == nil then break end -- nothing to follow
+      if stream then x:close() end
+      error(tide.error("invalid_url", ("%s %s: the %d redirect's Location %q is not an "
+        .. "http or https URL"):format(saved.method, saved.url, r.status, r.headers.location),
+        { url = saved.url }), 0)
+    end
     if stream then x:close() end
     if n == max_redirects then
       error(tide.error("too_many_redirects", ("%s %s: Number of redirects hit maximum amount "
@@ -337,22 +403,42 @@ local function perform(sess, fname, argbase, method, url, opts)
     end
     n = n + 1
     local to, hs = r._redirect_url, saved.headers
-    if r.status == 303 then -- See Other: GET it, without the body
+    if not to:find("^[Hh][Tt][Tt][Pp][Ss]?://") then
+      error(tide.error("invalid_url", ("%s %s: the %d redirect goes to %s, not an http or "
+        .. "https URL"):format(saved.method, saved.url, r.status, to), { url = to }), 0)
+    end
+    if saved.method ~= "HEAD" and (r.status == 303 or (saved.method == "POST"
+        and (r.status == 301 or r.status == 302))) then
+      -- See Other (and POST on 301/302, as curl and browsers): GET it, without the body
       saved.method, saved.body, saved.body_fn, body_fn = "GET", nil, false, nil
+      saved.body_size = nil
       hs = without(hs, GET_DROPS)
     elseif body_fn then
       error(tide.error("http_transfer", ("%s %s: the %d redirect needs the body sent again, "
         .. "which a body function cannot do (give the body as a string)"):format(
           saved.method, saved.url, r.status), { url = saved.url }), 0)
     end
-    if origin(to) ~= origin(saved.url) then hs = without(hs, CREDENTIALS) end
+    if origin(to) ~= origin(saved.url) then
+      hs = without(hs, CREDENTIALS)
+      saved.cookie = sess.cookie -- the caller's own Cookie stays with its origin
+    end
     saved.url, saved.headers = to, hs
+    if deadline then
+      local left = deadline - tide.time()
+      if left <= 0 then
+        error(tide.error("timeout", ("%s %s: timed out after %d milliseconds (timeout, "
+          .. "over %d redirect(s))"):format(saved.method, to, math.floor(timeout * 1000), n),
+          { url = to, curl_code = 28 }), 0)
+      end
+      saved.timeout = seconds(left)
+    end
+    for k in pairs(spec) do spec[k] = nil end -- only this request's options
     for k, v in pairs(saved) do spec[k] = v end
     x, r = exchange(cs, saved.method, to, nil)
   end
   if saved then r.redirects = n end
   r._redirect_url = nil
-  Headers.wrap(r.headers, r.header_block)
+  r.headers = Headers.wrap(r.headers, r.header_block)
   r.header_block = nil
   if stream then r._x = x end
   return setmetatable(r, Response)

@@ -2,7 +2,9 @@
 -- client's responses and the server's requests. A map answers h[name] with
 -- the first value of that name in any letter case; h:get_all(name) gives
 -- every value in order and h:list() every (name, value) pair as received.
--- pairs(h) walks lower-case names to first values.
+-- pairs(h) walks lower-case names to first values. The map is an empty
+-- proxy (values in a side table), so a header named "list" or "get_all"
+-- cannot hide the methods: h.list is the method, h["List"] the header.
 local M = {}
 
 -- URL encoding, for the client's query strings and forms and the server's
@@ -39,6 +41,7 @@ end
 -- map -> {name, value, ...}, or the header lines as received (a client
 -- response's), split into that list on first use
 local lists = setmetatable({}, { __mode = "k" })
+local values = setmetatable({}, { __mode = "k" }) -- map -> {lower name = first value}
 
 local function list_of(h)
   local l = lists[h]
@@ -73,27 +76,28 @@ local mt = {
   __index = function(h, k)
     local m = methods[k]
     if m then return m end
-    if type(k) == "string" then return rawget(h, k:lower()) end
+    if type(k) == "string" then return values[h][k:lower()] end
   end,
   __newindex = function() error("headers are read-only", 2) end,
+  __pairs = function(h) return next, values[h], nil end,
   __name = "tide.Headers",
 }
 
--- Builds a map from a flat list {name1, value1, name2, value2, ...}.
-function M.new(list)
-  local h = {}
-  for i = #list - 1, 1, -2 do -- backwards, so the first value wins
-    rawset(h, list[i]:lower(), list[i + 1])
-  end
-  lists[h] = list
-  return setmetatable(h, mt)
+-- Makes a map of v ({lower-case name = first value}) and its list (or its
+-- header lines, "Name: value\r\n"...).
+function M.wrap(v, list)
+  local h = setmetatable({}, mt)
+  values[h], lists[h] = v, list
+  return h
 end
 
--- Makes a map of h (already {lower-case name = first value}) and its list
--- (or its header lines, "Name: value\r\n"...).
-function M.wrap(h, list)
-  lists[h] = list
-  return setmetatable(h, mt)
+-- Builds a map from a flat list {name1, value1, name2, value2, ...}.
+function M.new(list)
+  local v = {}
+  for i = #list - 1, 1, -2 do -- backwards, so the first value wins
+    v[list[i]:lower()] = list[i + 1]
+  end
+  return M.wrap(v, list)
 end
 
 function M.is(v) return getmetatable(v) == mt end
