@@ -93,6 +93,22 @@ describe("tide.http", function()
       assert.equals("json", kind)
     end)
 
+    it("sends and reads JSON integers exactly, as Python's json (lua-cjson alone would round them)", function()
+      local server <close> = http.serve("127.0.0.1", 0, function(req)
+        return { headers = { ["Content-Type"] = "application/json" }, body = req.body }
+      end)
+      local res = http.post(server:url("/"), { json = { id = 123456789012345, n = 3, f = 0.5,
+        nested = { { big = 9007199254740993 } }, s = "\0\1 kept" } })
+      assert.matches('"id":123456789012345[,}]', res.body)
+      local v = res:json()
+      assert.equals(123456789012345, v.id)
+      assert.equals("integer", math.type(v.n))
+      assert.equals(0.5, v.f)
+      assert.equals(9007199254740993, v.nested[1].big)
+      assert.equals("\0\1 kept", v.s)
+      assert.equals(cjson.null, http.post(server:url("/"), { body = '{"x": null}' }):json().x)
+    end)
+
     it("runs thousands of requests concurrently in one loop", function()
       local s <close> = http.session()
       local tasks = {}

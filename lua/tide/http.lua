@@ -23,10 +23,69 @@ local DEFAULTS = {
   max_redirects = 10,
 }
 
+-- JSON: lua-cjson for speed, made exact for integers as Python's json is.
+-- cjson 2.1.0 prints numbers with 14 significant digits and reads every
+-- number as a float: 123456789012345 would go out as 1.2345678901234e+14,
+-- and {"n": 3} come back as 3.0. So integers of 15 digits and more travel
+-- as placeholders cjson prints as strings, put back as digits after; and
+-- read numbers that are whole become integers, but for a document with
+-- one past 2^53 (a float cannot hold it), which Debian's dkjson reads
+-- (exact, pure Lua, slower). JSON null stays cjson.null either way.
 local cjson
-local function json()
+local MARK = "\0\1" -- cjson writes it "\u0000\u0001": no JSON text has it raw
+
+local function has_big(v, seen)
+  if math.type(v) == "integer" then return v >= 1e14 or v <= -1e14 end
+  if type(v) ~= "table" or seen[v] then return false end
+  seen[v] = true
+  for k, x in next, v do
+    if has_big(k, seen) or has_big(x, seen) then return true end
+  end
+  return false
+end
+
+-- A copy of v with its big integers as marked strings (cycles kept, for
+-- cjson to refuse).
+local function marked(v, copies)
+  if math.type(v) == "integer" and (v >= 1e14 or v <= -1e14) then
+    return MARK .. v
+  end
+  if type(v) ~= "table" then return v end
+  if copies[v] then return copies[v] end
+  local t = {}
+  copies[v] = t
+  for k, x in next, v do t[marked(k, copies)] = marked(x, copies) end
+  return setmetatable(t, getmetatable(v))
+end
+
+local function json_encode(v)
   cjson = cjson or require "cjson"
-  return cjson
+  if not has_big(v, {}) then return cjson.encode(v) end
+  return (cjson.encode(marked(v, {})):gsub('"\\u0000\\u0001(%-?%d+)"', "%1"))
+end
+
+-- Whole floats of t become integers; false if one is past 2^53.
+local function integers(t)
+  for k, v in next, t do
+    if math.type(v) == "float" and v == math.floor(v) then
+      if v >= 2^53 or v <= -2^53 then
+        if v ~= math.huge and v ~= -math.huge then return false end
+      else
+        t[k] = math.tointeger(v)
+      end
+    elseif type(v) == "table" and not integers(v) then
+      return false
+    end
+  end
+  return true
+end
+
+local function json_decode(s)
+  cjson = cjson or require "cjson"
+  local v = cjson.decode(s)
+  if math.type(v) == "float" then v = math.tointeger(v) or v end
+  if type(v) ~= "table" or integers(v) then return v end
+  return require("dkjson").decode(s, 1, cjson.null, nil, nil)
 end
 
 M.urlencode, M.urldecode = Headers.urlencode, Headers.urldecode
@@ -178,7 +237,7 @@ end
 function Response:json()
   local body = self.body
   if body == nil then body = self:read_all() end
-  local ok, v = pcall(json().decode, body)
+  local ok, v = pcall(json_decode, body)
   if not ok then
     error(tide.error("json", ("%s: the body is not JSON (%s)"):format(self.url, tostring(v)), { url = self.url }), 2)
   end
@@ -325,7 +384,7 @@ local function perform(sess, fname, argbase, method, url, opts)
   end
   local body, body_fn, ctype = opts.body, nil, nil
   if opts.json ~= nil then
-    local ok, v = pcall(json().encode, opts.json)
+    local ok, v = pcall(json_encode, opts.json)
     if not ok then argerror(fname, argbase + 1, "opts.json: " .. tostring(v):gsub("^[^:]*:%d+: ", "")) end
     body, ctype = v, "application/json"
   elseif opts.form then
