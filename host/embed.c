@@ -310,6 +310,15 @@ void tide_preload(tide_runtime *rt, const char *name, lua_CFunction open) {
   lua_pop(L, 1);
 }
 
+static int loaded_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)L;
+  (void)status;
+  (void)ctx;
+  return 1; /* the chunk's result */
+}
+
+/* The preload loader of tide_preload_lua: compiles the source, runs it
+ * with a continuation, so its top level may suspend (as a file's may). */
 static int load_source(lua_State *L) {
   size_t len;
   const char *src = lua_tolstring(L, lua_upvalueindex(1), &len);
@@ -318,8 +327,8 @@ static int load_source(lua_State *L) {
   if (luaL_loadbuffer(L, src, len, lua_tostring(L, -1)) != LUA_OK)
     return lua_error(L);
   lua_pushvalue(L, 1);
-  lua_call(L, 1, 1);
-  return 1;
+  lua_callk(L, 1, 1, 0, loaded_k);
+  return loaded_k(L, LUA_OK, 0);
 }
 
 void tide_preload_lua(tide_runtime *rt, const char *name, const char *src,

@@ -232,6 +232,7 @@ int tide__open_timer(lua_State *L);
 
 /* require.c */
 int tide__open_require(lua_State *L);
+void tide__install_require(lua_State *L);
 
 /* task.c */
 tide_task *tide__check_task(lua_State *L, int idx);

@@ -154,6 +154,40 @@ static void wrap_signal(int signum) {
   sigaction(signum, &sa, NULL);
 }
 
+/* tide's default watchers (SIGINT, SIGTERM, SIGUSR1) go only where the
+ * signal is at its default (or already tide's: a nested run), as asyncio's
+ * Runner installs its SIGINT handler only over the default one: a handler
+ * the application (or lua5.4's lua.c) installed stays, and libuv's reset to
+ * SIG_DFL when the last watcher stops is then the right restore. Counted
+ * process-wide per signal: how many of tide's default watchers are on. */
+static atomic_int ours[3]; /* SIGINT, SIGTERM, SIGUSR1 */
+
+static atomic_int *ours_of(int signum) {
+  return &ours[signum == SIGINT ? 0 : signum == SIGTERM ? 1 : 2];
+}
+
+/* Starts h on signum if tide may take the signal; returns whether it did. */
+static int start_default(uv_signal_t *h, uv_signal_cb cb, int signum) {
+  struct sigaction sa;
+  if (atomic_load(ours_of(signum)) == 0 &&
+      (sigaction(signum, NULL, &sa) != 0 || (sa.sa_flags & SA_SIGINFO) ||
+       sa.sa_handler != SIG_DFL))
+    return 0;
+  if (uv_signal_start(h, cb, signum) != 0)
+    return 0;
+  atomic_fetch_add(ours_of(signum), 1);
+  wrap_signal(signum);
+  uv_unref((uv_handle_t *)h);
+  return 1;
+}
+
+/* Closes a watcher start_default may have started. */
+static void close_default(uv_signal_t *h, uv_close_cb cb) {
+  if (uv_is_active((uv_handle_t *)h))
+    atomic_fetch_sub(ours_of(h->signum), 1);
+  uv_close((uv_handle_t *)h, cb);
+}
+
 void tide__signal_watching(int signum, int delta) {
   int slot = sig_slot(signum);
   if (slot >= 0)
@@ -205,7 +239,7 @@ static void on_uv_close_sigterm(uv_handle_t *h) {
 }
 
 static void close_sigterm(tide_closer *c) {
-  uv_close((uv_handle_t *)&((sigterm_watch *)c)->h, on_uv_close_sigterm);
+  close_default(&((sigterm_watch *)c)->h, on_uv_close_sigterm);
 }
 
 static void start_sigterm(tide_sched *s) {
@@ -214,9 +248,7 @@ static void start_sigterm(tide_sched *s) {
     return; /* SIGTERM then just kills the process, as by default */
   uv_signal_init(s->loop, &w->h);
   w->h.data = s;
-  uv_signal_start(&w->h, on_uv_interrupt, SIGTERM);
-  wrap_signal(SIGTERM);
-  uv_unref((uv_handle_t *)&w->h);
+  start_default(&w->h, on_uv_interrupt, SIGTERM);
   w->closer.close = close_sigterm;
   tide__closer_add(s, &w->closer);
 }
@@ -269,12 +301,9 @@ tide_sched *tide__sched_new(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
   uv_unref((uv_handle_t *)&s->check);
   /* a run with a main task (tide.run, the command), not on an app's loop */
   if (signals && (s->own_loop || loop == rt->owned_loop)) {
-    uv_signal_start(&s->sigint, on_uv_interrupt, SIGINT);
-    wrap_signal(SIGINT);
-    uv_unref((uv_handle_t *)&s->sigint);
+    start_default(&s->sigint, on_uv_interrupt, SIGINT);
     start_sigterm(s);
-    uv_signal_start(&s->sigusr1, on_uv_sigusr1, SIGUSR1);
-    uv_unref((uv_handle_t *)&s->sigusr1);
+    start_default(&s->sigusr1, on_uv_sigusr1, SIGUSR1);
   }
   s->tasks_ref = new_table_ref(L, NULL);
   s->handles_ref = new_table_ref(L, NULL);
@@ -342,8 +371,8 @@ int tide__sched_close(tide_sched *s) {
   uv_close((uv_handle_t *)&s->check, on_uv_close_sched);
   uv_close((uv_handle_t *)&s->idle, on_uv_close_sched);
   uv_close((uv_handle_t *)&s->timer, on_uv_close_sched);
-  uv_close((uv_handle_t *)&s->sigint, on_uv_close_sched);
-  uv_close((uv_handle_t *)&s->sigusr1, on_uv_close_sched);
+  close_default(&s->sigint, on_uv_close_sched);
+  close_default(&s->sigusr1, on_uv_close_sched);
   if (s->own_loop) { /* run it until every handle is closed, then close it */
     uv_walk(s->loop, tide__walk_close, NULL);
     uv_run(s->loop, UV_RUN_DEFAULT);

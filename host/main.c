@@ -635,6 +635,22 @@ static void size_threadpool(void) {
   setenv("UV_THREADPOOL_SIZE", n, 1);
 }
 
+/* The runtime takes SIGINT and SIGTERM only where they are at their
+ * default, leaving an application's choice alone. The command is the
+ * application: as lua.c sets its SIGINT handler whatever it inherited, it
+ * takes them even when its parent ignored them (a background job of a
+ * non-interactive shell ignores SIGINT), so kill -INT still stops it
+ * cleanly. */
+static void take_signals(void) {
+  static const int sigs[] = {SIGINT, SIGTERM};
+  size_t i;
+  for (i = 0; i < sizeof sigs / sizeof *sigs; i++) {
+    struct sigaction sa;
+    if (sigaction(sigs[i], NULL, &sa) == 0 && sa.sa_handler == SIG_IGN)
+      signal(sigs[i], SIG_DFL);
+  }
+}
+
 int main(int argc, char **argv) {
   tide_runtime *rt;
   lua_State *L;
@@ -651,6 +667,7 @@ int main(int argc, char **argv) {
     print_version();
   raise_fd_limit();
   size_threadpool();
+  take_signals();
   rt = tide_runtime_new(NULL);
   if (rt == NULL) {
     fprintf(stderr, "%s: cannot create state: not enough memory\n", progname);

@@ -9,8 +9,9 @@
  * is an upvalue (the one given when it is made, as loadlib's), the loaded
  * table is the registry's, and it is a C function, so error levels,
  * debug.getinfo and tracebacks ("in main chunk", "in function 'require'")
- * read as they do under lua5.4. tide.coroutine installs it as the global
- * require (core.new_require(package)).
+ * read as they do under lua5.4. tide_open installs it as the global
+ * require (tide__install_require), and so does tide.coroutine in a state
+ * whose require was set after (core.new_require(package)).
  */
 #include <string.h>
 
@@ -103,6 +104,19 @@ static int l_new_require(lua_State *L) {
   lua_settop(L, 1);
   lua_pushcclosure(L, l_require, 1);
   return 1;
+}
+
+/* Makes the global require this one, if the state has Lua's (a state
+ * without the package library keeps what it has). */
+void tide__install_require(lua_State *L) {
+  int top = lua_gettop(L);
+  if (lua_getglobal(L, "package") == LUA_TTABLE &&
+      lua_getglobal(L, "require") == LUA_TFUNCTION) {
+    lua_pop(L, 1); /* the package table, the closure's upvalue */
+    lua_pushcclosure(L, l_require, 1);
+    lua_setglobal(L, "require");
+  }
+  lua_settop(L, top);
 }
 
 /* [-1, +1, m] Adds new_require to the table on top. */

@@ -223,6 +223,7 @@ tide_runtime *tide_open(lua_State *L) {
     signal(SIGPIPE, SIG_IGN);
   luaL_requiref(L, "tide.core", luaopen_tide_core, 0);
   lua_pop(L, 1);
+  tide__install_require(L); /* a module's top level may suspend */
   return rt;
 }
 
@@ -333,7 +334,6 @@ tide_runtime *tide_runtime_new_with(const tide_options *opts) {
     tide__arena_free(a);
     return NULL;
   }
-  signal(SIGPIPE, SIG_IGN);
   if (opts->memory_limit) {
     m = calloc(1, sizeof(*m));
     if (m == NULL) {

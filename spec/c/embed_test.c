@@ -619,6 +619,41 @@ static void test_signals_stay_the_apps(void) {
   sigaction(SIGTERM, &old, NULL);
 }
 
+static volatile sig_atomic_t app_got_int;
+static void app_on_int(int sig) {
+  (void)sig;
+  app_got_int++;
+}
+static void app_on_pipe(int sig) {
+  (void)sig;
+}
+
+/* A blocking run on tide's own loop takes SIGINT only where it is at its
+ * default (as asyncio's Runner): the application's handlers for SIGINT and
+ * SIGPIPE are still there after the run and the close. */
+static void test_signals_restored(void) {
+  struct sigaction sa, old_int, old_pipe, now;
+  tide_runtime *rt;
+  int n = 0, st;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = app_on_int;
+  sigaction(SIGINT, &sa, &old_int);
+  sa.sa_handler = app_on_pipe;
+  sigaction(SIGPIPE, &sa, &old_pipe);
+  app_got_int = 0;
+  rt = tide_runtime_new(NULL);
+  luaL_loadstring(tide_runtime_L(rt), "require('tide').sleep(0.001) return 1");
+  st = tide_runtime_run(rt, 0, &n);
+  tide_runtime_close(rt);
+  sigaction(SIGPIPE, NULL, &now);
+  check(st == LUA_OK && now.sa_handler == app_on_pipe,
+        "the application's SIGPIPE handler stays", NULL);
+  raise(SIGINT);
+  check(app_got_int == 1, "the application's SIGINT handler stays after a run", NULL);
+  sigaction(SIGINT, &old_int, NULL);
+  sigaction(SIGPIPE, &old_pipe, NULL);
+}
+
 static void test_sandbox(void) {
   env e;
   tide_options opts;
@@ -741,6 +776,7 @@ static void test_preload(void) {
   result r = {0};
   static const char src[] =
     "local tide = require 'tide'\n"
+    "tide.sleep(0.001) -- a module's top level may suspend\n"
     "return {hi = function(n) tide.sleep(0.001) return 'hi ' .. n end}\n"
     "this is past len and never parsed";
   tide_preload_lua(rt, "greet.mod", src, strlen(src) - 33);
@@ -908,6 +944,7 @@ int main(void) {
   test_close_handler_error();
   test_close_in_callback();
   test_signals_stay_the_apps();
+  test_signals_restored();
   test_unobserved_failure();
   test_close_runs_cleanup();
   test_async_complete_fail();
