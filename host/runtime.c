@@ -416,12 +416,17 @@ void tide_runtime_close(tide_runtime *rt) {
   tide_mem *m;
   tide_arena *a;
   uv_loop_t *own;
-  if (rt == NULL || !rt->owns_L)
+  if (rt == NULL)
     return;
   if (rt->incb > 0 || rt->current != NULL) { /* its own code is on the C stack */
     fprintf(stderr, "tide: tide_runtime_close called from inside the runtime "
                     "(a done callback or a Lua call): refused; close it from "
                     "the application's own callback instead\n");
+    return;
+  }
+  if (!rt->owns_L) { /* tide_open's: the state is the application's */
+    if (rt->root)
+      tide__root_close(rt); /* tasks started from C, and their loop */
     return;
   }
   L = rt->L;

@@ -117,7 +117,15 @@ int tide_pending_tasks(tide_runtime *rt);
  * started from C that had not ended get their done callback with a
  * "cancelled" error. Not from inside a done callback or a Lua call of this
  * runtime (it is refused there: close it from the application's own
- * callback, or after tide_loop_run returns). */
+ * callback, or after tide_loop_run returns).
+ * Work already running on libuv's thread pool (a to_thread job, a blocking
+ * file read, a name lookup) cannot be stopped: on tide's own loop close
+ * waits for it; on an application's loop it keeps that loop busy until it
+ * ends, so run the loop (UV_RUN_DEFAULT) before uv_loop_close there.
+ * For a runtime from tide_open(), close does the same for the tasks started
+ * from C and the loop tide made for them, and leaves the Lua state (and the
+ * runtime, still usable) to the application, which closes it with
+ * lua_close() afterwards. */
 void tide_runtime_close(tide_runtime *rt);
 
 /* ---- async C functions ---------------------------------------------- */

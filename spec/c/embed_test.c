@@ -5,6 +5,7 @@
  * non-zero if any failed. It also runs under ASan/LeakSanitizer, so every
  * test frees what it makes.
  */
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,6 +55,15 @@ static void on_done(tide_runtime *rt, int status, lua_State *L, int n,
   }
   append(r, luaL_tolstring(L, -1, NULL));
   lua_pop(L, 1);
+}
+
+/* Open file descriptors of this process. */
+static int fd_count(void) {
+  int n = 0, fd;
+  for (fd = 0; fd < 1024; fd++)
+    if (fcntl(fd, F_GETFD) != -1)
+      n++;
+  return n;
 }
 
 static int spawn_code(tide_runtime *rt, const char *code, result *r) {
@@ -917,6 +927,25 @@ static void test_open(void) {
   check(st == LUA_OK && n == 1 && lua_tointeger(L, -1) == 5,
         "a state opened with tide_open runs tasks", NULL);
   lua_close(L);
+  {
+    /* tasks started from C on a tide_open runtime: close ends them (done
+     * callbacks told), and frees the loop tide made for them */
+    result r = {0};
+    int before = fd_count(), i;
+    for (i = 0; i < 20; i++) {
+      L = luaL_newstate();
+      luaL_openlibs(L);
+      rt = tide_open(L);
+      memset(&r, 0, sizeof r);
+      tide_dostring(rt, "require('tide').sleep(10)", "=sleeper", on_done, &r);
+      tide_loop_run(rt, UV_RUN_NOWAIT);
+      tide_runtime_close(rt);
+      lua_close(L);
+    }
+    check(r.status == LUA_ERRRUN && strcmp(r.kind, "cancelled") == 0,
+          "tide_open: close cancels the tasks started from C", r.text);
+    check(fd_count() <= before, "tide_open: close frees the loop it made", NULL);
+  }
   L = luaL_newstate();
   luaL_openlibs(L);
   lua_pushcfunction(L, luaopen_tide_core);
