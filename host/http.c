@@ -560,6 +560,8 @@ static const char *kind_of(const xfer *x) {
     return "closed";
   if (x->flags & XF_TOOLARGE)
     return "too_large";
+  if (x->result == CURLE_OUT_OF_MEMORY && !(x->flags & XF_HDRS))
+    return "too_large"; /* see raise_failure */
   switch (x->result) {
   case CURLE_OPERATION_TIMEDOUT:
     return "timeout";
@@ -626,6 +628,10 @@ static int raise_failure(lua_State *L, xfer *x) {
   else if (x->flags & XF_TOOLARGE || x->result == CURLE_FILESIZE_EXCEEDED)
     why = lua_pushfstring(L, "the response body is over max_body_size (%I bytes)",
                           (lua_Integer)x->max_body);
+  else if (x->result == CURLE_OUT_OF_MEMORY && !(x->flags & XF_HDRS))
+    /* what curl 7.88 answers, silently, to a header line over its limit */
+    why = "a response header is over curl's limit of 100 KB "
+          "(CURL_MAX_HTTP_HEADER), or memory ran out";
   else if (x->err[0])
     why = lua_pushfstring(L, "%s (%s)", why, x->err);
   tide__err_push(L, kind, "%s %s: %s", x->method, url, why);
@@ -929,8 +935,18 @@ static int event_k(lua_State *L, int status, lua_KContext ctx) {
 
 /* session:request(spec) -> transfer, event (see event_k) */
 static int s_request(lua_State *L) {
-  hsession *S = check_session(L, 1);
-  tide_task *t = tide__current(L);
+  hsession *S = luaL_checkudata(L, 1, SESSION_MT);
+  tide_task *t;
+  if (S->closed && lua_istable(L, 2)) { /* the message names the request */
+    const char *url = opt_string(L, 2, "url");
+    tide__err_push(L, "closed", "%s %s: the HTTP session was closed",
+                   opt_string(L, 2, "method"), url);
+    lua_pushstring(L, url);
+    lua_setfield(L, -2, "url");
+    return lua_error(L);
+  }
+  S = check_session(L, 1);
+  t = tide__current(L);
   hmulti *m;
   xfer *x;
   CURLMcode rc;

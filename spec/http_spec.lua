@@ -403,6 +403,18 @@ describe("tide.http", function()
       fds_back(base)
     end)
 
+    it("a response header over curl's 100 KB limit is kind too_large, saying so", function()
+      local net = require "tide.net"
+      local srv <close> = net.serve("127.0.0.1", 0, function(c)
+        c:read()
+        c:write("HTTP/1.1 200 OK\r\nX-Big: " .. ("a"):rep(110000) .. "\r\nContent-Length: 2\r\n\r\nok")
+        tide.sleep(0.2)
+      end)
+      local kind, e = errkind(http.get, "http://127.0.0.1:" .. srv:port() .. "/")
+      assert.equals("too_large", kind)
+      assert.matches("response header is over curl's limit", e.message, 1, true)
+    end)
+
     it("refuses query and form values that cannot be sent, and more than one body option", function()
       S.raises_matching("(opts.query: value of 'a' must be a string, number or boolean, got table)",
         http.get, url("/get"), { query = { a = { 1, { 2 } } } })
@@ -523,7 +535,8 @@ describe("tide.http", function()
       end
       local kind, e = errkind(s.get, s, url("/get"))
       assert.equals("closed", kind)
-      assert.matches("closed HTTP session", e.message)
+      assert.equals("GET " .. url("/get") .. ": the HTTP session was closed", e.message)
+      assert.equals(url("/get"), e.url) -- the message names the URL, as every HTTP error's
     end)
 
     it("names the caller's function when called outside a task", function()
