@@ -831,14 +831,19 @@ static void step(tide_sched *s, tide_task *t) {
 
 /* Runs the ready queue in rounds: each round runs the tasks ready at its
  * start (FIFO), and tasks made ready meanwhile run in the next round. The
- * rounds go on in this loop turn until the queue is empty or a budget of
- * steps is spent, so ping-ponging tasks do not pay a poll syscall per
- * switch, and tasks that keep yielding still let I/O in every turn. */
+ * rounds go on in this loop turn until the queue is empty or a budget is
+ * spent (steps, or 10 ms of wall time, checked between rounds), so
+ * ping-ponging tasks do not pay a poll syscall per switch, and tasks that
+ * keep yielding (a loop of work chunks with sleep(0) between) still let
+ * I/O and signals in within milliseconds. */
 #define STEP_BUDGET 4096
+#define TIME_BUDGET_NS 10000000u
 
 void tide__run_ready(tide_sched *s) {
   int steps = 0;
-  while (s->rq_len > 0 && steps < STEP_BUDGET) {
+  uint64_t start = uv_hrtime();
+  while (s->rq_len > 0 && steps < STEP_BUDGET &&
+         (steps == 0 || uv_hrtime() - start < TIME_BUDGET_NS)) {
     int n;
     /* a round is a loop iteration as far as tasks can tell: callbacks
      * and timers due by now run first (call_soon then sleep(0) runs it) */

@@ -395,6 +395,20 @@ describe("Task", function()
 end)
 
 describe("tide.sleep", function()
+  it("sleep(0) between chunks of work lets I/O in within milliseconds, as asyncio polls every turn", function()
+    local fs = require "tide.fs"
+    local t0 = tide.time()
+    local io_task = tide.spawn(function() fs.stat("/") return tide.time() - t0 end)
+    for _ = 1, 15 do
+      local c = os.clock()
+      while os.clock() - c < 0.02 do end -- 20 ms of work, then yield
+      tide.sleep(0)
+    end
+    local work = tide.time() - t0
+    local io = io_task:await()
+    assert.is_true(io < work / 2, ("the stat ended at %.3f s, the work at %.3f s"):format(io, work))
+  end)
+
   it("returns its extra arguments", function()
     local a, b, c = tide.sleep(0, "a", nil, 3)
     assert.same({ "a", nil, 3 }, { a, b, c })
