@@ -114,6 +114,8 @@ static int raise_uv(lua_State *L, int rc, const char *what) {
 
 static void on_uv_stream_closed(uv_handle_t *h) {
   stream *s = h->data;
+  if (s->box)
+    s->box->s = NULL;
   tide__wl_free(&s->writers);
   free(s->buf);
   free(s);
@@ -144,10 +146,8 @@ static void stream_abort(stream *s) {
  * run's end or the loop's teardown, or a write error, cuts that short). */
 static void stream_close(stream *s) {
   if (s && !s->closed) {
-    s->closed = 1;
-    if (s->box)
-      s->box->s = NULL;
-    s->box = NULL;
+    s->closed = 1; /* the box still points here, for abort() (until the
+                    * close callback or the box's collection) */
     wake_task(&s->reader);
     if (!tide__wl_empty(&s->writers))
       tide__wl_wake_all(s->rt->L, &s->writers);
@@ -648,7 +648,11 @@ static int st_abort(lua_State *L) {
 
 static int st_gc(lua_State *L) {
   stream_box *b = luaL_checkudata(L, 1, STREAM_MT);
-  stream_close(b->s);
+  if (b->s) {
+    stream_close(b->s);
+    b->s->box = NULL; /* the struct may outlive the box (a flush) */
+    b->s = NULL;
+  }
   return 0;
 }
 

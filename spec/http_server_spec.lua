@@ -603,6 +603,23 @@ describe("tide.http_server", function()
       srv:close()
     end)
 
+    it("gives a slow reader that keeps taking bytes the whole body, however long it takes", function()
+      local size = 6 << 20
+      local srv, c = start(function() return { body = string.rep("y", size) } end, { idle_timeout = 0.3 })
+      c:write(get("/big"))
+      local got, t0 = 0, tide.time()
+      while got < size + 100 do -- 64 KB every 5 ms: slower than 0.3 s for the whole body
+        local d = c:read(65536)
+        if not d then break end
+        got = got + #d
+        tide.sleep(0.005)
+      end
+      assert.is_true(got > size, ("got %d of %d bytes"):format(got, size))
+      assert.is_true(tide.time() - t0 > 0.3, "the reader was not slow enough to test this")
+      c:close()
+      srv:close()
+    end)
+
     it("closes a connection whose head trickles in slower than idle_timeout (slowloris)", function()
       local srv, c = start(nil, { idle_timeout = 0.3 })
       local t0 = tide.time()

@@ -481,6 +481,16 @@ c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.cl
       srv:close()
     end)
 
+    it("abort() after close() drops what close() was still sending", function()
+      local srv, port, received = slow_sink()
+      local c = net.connect("127.0.0.1", port)
+      for _ = 1, 512 do c:write(string.rep("a", 16384)) end
+      c:close()
+      c:abort()
+      assert.is_true(received() < 512 * 16384, "every byte went out")
+      srv:close()
+    end)
+
     it("write after write_eof() is kind invalid_state; a second write_eof() does nothing", function()
       local srv = server(function(s) s:read() end)
       local c = net.connect("127.0.0.1", srv:port())

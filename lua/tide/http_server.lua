@@ -93,12 +93,22 @@ end
 -- the peer takes nothing for idle_timeout: its queued bytes would pin
 -- memory for as long as it likes (nginx's send_timeout). Raises kind
 -- "timeout" then, which ends the connection quietly.
-local function send(srv, s, data)
+local SLICE = 256 * 1024 -- the stream's high-water mark: a slice waits for
+                         -- the one before it, so the timeout is per progress
+
+local function send_slice(srv, s, data)
   local ok, err = pcall(tide.timeout, srv.opts.idle_timeout, s.write, s, data)
   if not ok then
-    if tide.iserror(err) and err.kind == "timeout" then s:abort() end
+    if tide.iserror(err) and (err.kind == "timeout" or err.kind == "cancelled") then
+      s:abort() -- what is queued goes too: a peer that reads nothing keeps nothing
+    end
     error(err, 0)
   end
+end
+
+local function send(srv, s, data)
+  if #data <= SLICE then return send_slice(srv, s, data) end
+  for i = 1, #data, SLICE do send_slice(srv, s, data:sub(i, i + SLICE - 1)) end
 end
 
 -- Writes what is still queued, then drains what the peer may still send
@@ -403,9 +413,12 @@ function M.serve(host, port, handler, opts)
       return debug.traceback(tostring(e), 2)
     end, srv, conn)
     srv._conns[conn] = nil
+    if not ok and iscancel(err) then
+      stream:abort() -- cancelled (srv:close() past shutdown_timeout): nothing more goes out
+      error(err, 0)
+    end
     stream:close()
     if not ok then
-      if iscancel(err) then error(err, 0) end
       if not (tide.iserror(err) and (err.kind == "reset" or err.kind == "net"
           or err.kind == "timeout"))
           and not tostring(err):find("closed stream", 1, true) then
