@@ -325,8 +325,8 @@ static int then_stat(fsreq *r, lua_State *L) {
 
 static int then_exists(fsreq *r, lua_State *L) {
   int rc = (int)r->req.result;
-  if (rc < 0 && rc != UV_ENOENT && rc != UV_ENOTDIR)
-    return fail(r, L, rc);
+  if (rc < 0 && rc != UV_ENOENT && rc != UV_ENOTDIR && rc != UV_ELOOP)
+    return fail(r, L, rc); /* a link loop does not exist, as for Python */
   lua_pushboolean(L, rc >= 0);
   return 1;
 }
@@ -740,6 +740,14 @@ static int f_gc(lua_State *L) {
 
 /* file:close(): waits for the close and raises its error; a file still in
  * use by a request (of a cancelled call) is closed when that ends. */
+/* f:close() -> true, as Lua's file:close() */
+static int then_true(fsreq *r, lua_State *L) {
+  if (r->req.result < 0)
+    return fail(r, L, (int)r->req.result);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 static int f_close(lua_State *L) {
   file_box *b = luaL_checkudata(L, 1, FILE_MT);
   file *f = b->f;
@@ -749,9 +757,12 @@ static int f_close(lua_State *L) {
     return tide__err_raise(L, "closed", "attempt to use a closed file");
   if (f->next) /* another task's call waits for the file */
     check_idle(L, f);
-  if (f->cur)
-    return f_gc(L);
-  r = new_req(L, "close", f->path, NULL, then_none);
+  if (f->cur) {
+    f_gc(L);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  r = new_req(L, "close", f->path, NULL, then_true);
   fd = f->fd;
   b->f = NULL;
   free(f);

@@ -137,9 +137,9 @@ static int is_name(const char *s, size_t n, const char *name) {
  * RFC 9112 does not: returns the failure, FAIL_NONE if the head is sound. */
 static int check_head(hparser *p) {
   http_parser *hp = &p->hp;
-  int i, hosts = 0, te = 0;
-  if (hp->http_major != 1 || hp->http_minor > 1)
-    return FAIL_VERSION; /* 505 */
+  int i, hosts = 0, te = 0, chunked = 0;
+  if (hp->http_major != 1) /* 1.x: served as 1.1 (RFC 9110 2.5) */
+    return FAIL_VERSION;    /* 505 */
   for (i = 0; i + 1 < p->nspans; i += 2) {
     const char *name = p->hdr.p + p->spans[i];
     size_t n = p->spans[i + 1] - p->spans[i], k;
@@ -153,7 +153,7 @@ static int check_head(hparser *p) {
     if (is_name(name, n, "transfer-encoding")) {
       size_t end = i + 2 < p->nspans ? p->spans[i + 2] : p->hdr.n;
       const char *v = p->hdr.p + p->spans[i + 1], *e = p->hdr.p + end;
-      te = 1;
+      te++;
       while (v < e) { /* every coding must be chunked: 501 for others */
         const char *c = v, *t;
         while (c < e && (*c == ' ' || *c == '\t' || *c == ','))
@@ -165,11 +165,18 @@ static int check_head(hparser *p) {
           t--;
         if (t > c && !is_name(c, (size_t)(t - c), "chunked"))
           return FAIL_CODING;
+        if (t > c)
+          chunked++;
       }
     }
   }
-  if (hp->http_minor == 1 && hosts != 1) { /* RFC 9112 3.2: a MUST */
+  if (hosts > 1 || (hp->http_minor >= 1 && hosts == 0)) { /* RFC 9112 3.2 */
     p->why = hosts ? "more than one Host header" : "no Host header";
+    return FAIL_BAD;
+  }
+  if (te && chunked != 1) { /* before a 100 Continue could go out */
+    p->why = chunked ? "chunked more than once in Transfer-Encoding"
+                     : "an empty Transfer-Encoding";
     return FAIL_BAD;
   }
   p->close_after = te && hp->http_minor == 0; /* RFC 9112 6.1 */
@@ -258,7 +265,8 @@ static void push_request(lua_State *L, hparser *p) {
   } else {
     set_str(L, "path", p->url.p ? p->url.p : "", p->url.n);
   }
-  lua_pushfstring(L, "%d.%d", (int)hp->http_major, (int)hp->http_minor);
+  lua_pushfstring(L, "%d.%d", (int)hp->http_major,
+                  hp->http_minor > 1 ? 1 : (int)hp->http_minor); /* 1.x: 1.1 */
   lua_setfield(L, -2, "version");
   lua_createtable(L, p->nspans + 1, 0);
   for (i = 0; i < p->nspans; i++) {

@@ -373,6 +373,14 @@ static const char *const opt_names[] = {"stdin", "stdout", "stderr", "env",
                                         NULL};
 #define SPAWN_OPTS 6
 
+/* Whether the string at idx has a zero byte (exec and chdir would stop
+ * there: a different program, argument or directory, silently). */
+static int has_zero(lua_State *L, int idx) {
+  size_t len;
+  const char *s = lua_tolstring(L, idx, &len);
+  return s && strlen(s) != len;
+}
+
 /* [-0, +1, v] Pushes opts[name] (nil without opts); raises unless it is
  * nil or of type t. Returns its type. */
 static int opt(lua_State *L, const char *name, int t) {
@@ -457,6 +465,8 @@ static char **check_env(lua_State *L) {
         !lua_isstring(L, -1))
       luaL_argerror(L, 2, "opts.env: names without '=' mapped to strings "
                           "or numbers expected");
+    if (has_zero(L, -2) || has_zero(L, -1))
+      luaL_argerror(L, 2, "opts.env: a name or value contains a zero byte");
     env[n] = lua_pushfstring(L, "%s=%s", lua_tostring(L, -2),
                              lua_tostring(L, -1));
     lua_rawseti(L, t + 2, (lua_Integer)++n);
@@ -493,6 +503,9 @@ static void start(lua_State *L, int run) {
     if (lua_rawgeti(L, 1, i + 1) != LUA_TSTRING)
       luaL_argerror(L, 1, lua_pushfstring(L, "argv[%d]: string expected, "
                                           "got %s", i + 1, luaL_typename(L, -1)));
+    if (has_zero(L, -1))
+      luaL_argerror(L, 1, lua_pushfstring(L, "argv[%d] contains a zero byte",
+                                          i + 1));
     args[i] = lua_tostring(L, -1); /* the table keeps it */
     lua_pop(L, 1);
   }
@@ -510,7 +523,9 @@ static void start(lua_State *L, int run) {
     lua_pop(L, 2);
   }
   o.env = check_env(L); /* 4: array, 5: anchors */
-  if (opt(L, "cwd", LUA_TSTRING) != LUA_TNIL) /* 6 */
+  if (opt(L, "cwd", LUA_TSTRING) != LUA_TNIL && has_zero(L, -1)) /* 6 */
+    luaL_argerror(L, 2, "opts.cwd contains a zero byte");
+  if (lua_type(L, -1) == LUA_TSTRING)
     o.cwd = lua_tostring(L, -1);
   o.file = args[0];
   o.args = (char **)args;

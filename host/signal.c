@@ -239,8 +239,8 @@ static int l_wait(lua_State *L) {
     return push_signal(L, ((sigbox *)lua_touserdata(L, 1))->signum);
   }
   if (w->waiter)
-    return luaL_error(L, "another task is already waiting on this signal "
-                         "watcher");
+    return tide__raise_kind_at_user(L, "invalid_state", "another task is "
+                                    "already waiting on this signal watcher");
   set_waiter(w, t);
   return tide__park(L, t, 0, wait_k);
 }

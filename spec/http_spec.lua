@@ -107,6 +107,10 @@ describe("tide.http", function()
       assert.equals(9007199254740993, v.nested[1].big)
       assert.equals("\0\1 kept", v.s)
       assert.equals(cjson.null, http.post(server:url("/"), { body = '{"x": null}' }):json().x)
+      -- a big integer key is a JSON string with its exact digits
+      local keyed = http.post(server:url("/"), { json = { [123456789012345] = "x" } })
+      assert.equals('{"123456789012345":"x"}', keyed.body)
+      assert.equals(200, http.get(url("/get"), { max_body_size = 2^20 }).status) -- a whole float
     end)
 
     it("runs thousands of requests concurrently in one loop", function()

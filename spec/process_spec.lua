@@ -148,6 +148,13 @@ describe("tide.process", function()
         function() process.run({ "cat" }, { input = "x", stdin = "null" }) end)
       raises("bad argument #2 to 'run' (opts.env: names without '='",
         function() process.run({ "true" }, { env = { "x" } }) end)
+      -- exec and chdir would stop at a zero byte: another program, argument or directory
+      raises("bad argument #1 to 'run' (argv[1] contains a zero byte)",
+        function() process.run({ "/bin/sh\0ignored", "-c", "echo ran" }) end)
+      raises("bad argument #2 to 'run' (opts.cwd contains a zero byte)",
+        function() process.run({ "pwd" }, { cwd = "/tmp\0/x" }) end)
+      raises("bad argument #2 to 'run' (opts.env: a name or value contains a zero byte)",
+        function() process.run({ "env" }, { env = { ["A\0B"] = "1" } }) end)
     end)
   end)
 

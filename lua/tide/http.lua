@@ -54,7 +54,14 @@ local function marked(v, copies)
   if copies[v] then return copies[v] end
   local t = {}
   copies[v] = t
-  for k, x in next, v do t[marked(k, copies)] = marked(x, copies) end
+  for k, x in next, v do
+    if math.type(k) == "integer" and (k >= 1e14 or k <= -1e14) then
+      k = tostring(k) -- a key is a JSON string: its exact digits
+    else
+      k = marked(k, copies)
+    end
+    t[k] = marked(x, copies)
+  end
   return setmetatable(t, getmetatable(v))
 end
 
@@ -134,7 +141,7 @@ local function check_table(fname, argn, opts, types)
       argerror(fname, argn, ("opts.%s: %s number expected, got %s"):format(k,
         POSITIVE[k] and "a positive" or "a non-negative", tostring(v)))
     end
-    if NONNEGATIVE[k] and type(v) == "number" and v ~= math.huge and math.type(v) ~= "integer" then
+    if NONNEGATIVE[k] and type(v) == "number" and v ~= math.huge and not math.tointeger(v) then
       argerror(fname, argn, ("opts.%s: an integer or math.huge expected, got %s"):format(k, tostring(v)))
     end
   end
@@ -178,7 +185,7 @@ end
 -- none (nil) for max_body_size and the largest integer elsewhere.
 local function count(v)
   if v == math.huge then return math.maxinteger end
-  return v
+  return math.tointeger(v) or v
 end
 
 -- Checks a query or form table: names to strings, numbers or booleans, or
