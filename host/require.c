@@ -9,7 +9,18 @@
  * is an upvalue (the one given when it is made, as loadlib's), the loaded
  * table is the registry's, and it is a C function, so error levels,
  * debug.getinfo and tracebacks ("in main chunk", "in function 'require'")
- * read as they do under lua5.4. tide_open installs it as the global
+ * read as they do under lua5.4.
+ *
+ * Because a loader may now suspend, two tasks could load one module at
+ * once and get two copies of it. So while a task runs a module's loader,
+ * the module is marked loading (a registry table, name -> a "loading"
+ * userdata with the loading task and a waitlist, held in a to-be-closed
+ * slot that unmarks it and wakes the waiters however the loader ends);
+ * another task's require of it waits, then finds it loaded (or, if the
+ * loader failed, tries itself), as Python's per-module import lock. The
+ * loading task itself requiring it again (a cycle) goes on as in Lua.
+ *
+ * tide_open installs it as the global
  * require (tide__install_require), and so does tide.coroutine in a state
  * whose require was set after (core.new_require(package)).
  */
@@ -18,6 +29,113 @@
 #include <lauxlib.h>
 
 #include "internal.h"
+
+#define LOADING_MT "tide.loading"
+
+typedef struct loading {
+  tide_task *owner;  /* the task running the loader */
+  tide_waitlist wl;  /* tasks waiting for it */
+} loading;
+
+static char loading_key; /* registry: name -> loading userdata */
+
+/* Pushes the registry's table of modules being loaded. */
+static void push_loading(lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &loading_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &loading_key);
+  }
+}
+
+/* __close of a loading mark (user value 1: the name): unmarks the module
+ * and wakes the tasks waiting for it, whether the loader returned or
+ * raised. */
+static int loading_close(lua_State *L) {
+  loading *ld = luaL_checkudata(L, 1, LOADING_MT);
+  push_loading(L);
+  lua_getiuservalue(L, 1, 1);
+  if (lua_rawget(L, -2) == LUA_TUSERDATA && lua_touserdata(L, -1) == ld) {
+    lua_getiuservalue(L, 1, 1);
+    lua_pushnil(L);
+    lua_rawset(L, -4);
+  }
+  ld->owner = NULL;
+  if (!tide__wl_empty(&ld->wl))
+    tide__wl_wake_all(L, &ld->wl);
+  return 0;
+}
+
+static int loading_gc(lua_State *L) {
+  tide__wl_free(&((loading *)luaL_checkudata(L, 1, LOADING_MT))->wl);
+  return 0;
+}
+
+static int l_require(lua_State *L);
+
+/* A task waiting for another's load of the module woke: asks again (it is
+ * loaded now, or its loader failed and this task tries). Stack: name,
+ * mark, resume values. */
+static int waited_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  if (!lua_toboolean(L, 3)) { /* cancelled */
+    tide__wl_remove(&((loading *)lua_touserdata(L, 2))->wl, tide__rt(L)->current);
+    lua_pushvalue(L, 4);
+    return lua_error(L);
+  }
+  lua_settop(L, 1);
+  return l_require(L);
+}
+
+/* Another task is loading the module: waits for it (goes on in waited_k),
+ * or returns -1 when there is nothing to wait for. Stack: name, LOADED. */
+static int wait_loading(lua_State *L) {
+  tide_runtime *rt = tide__rt(L);
+  loading *ld;
+  if (rt->current == NULL || !lua_isyieldable(L))
+    return -1;
+  push_loading(L);
+  lua_pushvalue(L, 1);
+  if (lua_rawget(L, -2) != LUA_TUSERDATA ||
+      (ld = lua_touserdata(L, -1))->owner == NULL || ld->owner == rt->current) {
+    lua_pop(L, 2);
+    return -1;
+  }
+  lua_replace(L, 2); /* name, mark */
+  lua_settop(L, 2);
+  tide__wl_push(L, &ld->wl, tide__current(L));
+  return tide__park(L, rt->current, 0, waited_k);
+}
+
+/* Marks the module loading by the running task: a to-be-closed mark at
+ * index 5 (see loading_close). Nothing outside a task. */
+static void mark_loading(lua_State *L) {
+  tide_runtime *rt = tide__rt(L);
+  loading *ld;
+  if (rt->current == NULL || !lua_isyieldable(L))
+    return;
+  ld = lua_newuserdatauv(L, sizeof(*ld), 1);
+  memset(ld, 0, sizeof(*ld));
+  ld->owner = rt->current;
+  if (luaL_newmetatable(L, LOADING_MT)) {
+    lua_pushcfunction(L, loading_close);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, loading_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, -2, 1);
+  push_loading(L);
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, -3);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  lua_insert(L, 5); /* under the loader and its data */
+  lua_toclose(L, 5);
+}
 
 /* The loader returned. Stack: name, LOADED, searchers, msg, data, result. */
 static int loaded_k(lua_State *L, int status, lua_KContext ctx) {
@@ -61,6 +179,7 @@ static int search_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   if (i > 0) {
     if (lua_isfunction(L, -2)) {
+      mark_loading(L); /* name, LOADED, searchers, msg, [mark,] loader, data */
       lua_rotate(L, -2, 1); /* loader <-> data */
       lua_pushvalue(L, 1);  /* loader(name, data) */
       lua_pushvalue(L, -3);
@@ -92,6 +211,11 @@ static int l_require(lua_State *L) {
   if (lua_toboolean(L, -1))
     return 1; /* loaded already */
   lua_pop(L, 1);
+  {
+    int w = wait_loading(L);
+    if (w >= 0)
+      return w;
+  }
   if (lua_getfield(L, lua_upvalueindex(1), "searchers") != LUA_TTABLE) /* 3 */
     return luaL_error(L, "'package.searchers' must be a table");
   lua_pushliteral(L, ""); /* 4: the searchers' messages */

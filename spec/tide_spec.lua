@@ -1143,6 +1143,19 @@ describe("require", function()
     assert.equals("C", debug.getinfo(require, "S").what)
   end)
 
+  it("two tasks requiring a module while it loads get one copy: the second waits, as Python's import lock", function()
+    module("spec_once", "SPEC_ONCE = (SPEC_ONCE or 0) + 1; require('tide').sleep(0.03); return {}")
+    local a, b = tide.spawn(require, "spec_once"), tide.spawn(require, "spec_once")
+    assert.equals(a:await(), b:await())
+    assert.equals(1, SPEC_ONCE)
+    package.loaded.spec_once, SPEC_ONCE = nil, nil
+    -- a loader that fails: the waiter tries itself, and fails the same way
+    module("spec_fails", "require('tide').sleep(0.02); error('broken')")
+    local x, y = tide.spawn(pcall, require, "spec_fails"), tide.spawn(pcall, require, "spec_fails")
+    assert.matches("broken", select(2, x:await()))
+    assert.matches("broken", select(2, y:await()))
+  end)
+
   it("cancelling a task while its module loads leaves the module unloaded", function()
     module("spec_slow", "require('tide').sleep(10); return 1")
     local t = tide.spawn(require, "spec_slow")
