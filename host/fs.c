@@ -405,6 +405,13 @@ static int then_realpath(fsreq *r, lua_State *L) {
   return 1;
 }
 
+/* readlink(path) -> where the symbolic link points (then_realpath's shape:
+ * a string in req.ptr) */
+static int l_readlink(lua_State *L) {
+  fsreq *r = path_req(L, "readlink", then_realpath);
+  return start(L, r, uv_fs_readlink(r->s->loop, &r->req, r->path, on_fs));
+}
+
 /* realpath(path) -> the absolute path, symbolic links resolved */
 static int l_realpath(lua_State *L) {
   fsreq *r = path_req(L, "realpath", then_realpath);
@@ -789,7 +796,7 @@ static const luaL_Reg fs_funcs[] = {
   {"open", l_open}, {"stat", l_stat}, {"lstat", l_lstat},
   {"exists", l_exists}, {"rename", l_rename}, {"mkdir", l_mkdir},
   {"rmdir", l_rmdir}, {"unlink", l_unlink}, {"scandir", l_scandir},
-  {"temp_name", l_temp_name}, {"realpath", l_realpath},
+  {"temp_name", l_temp_name}, {"realpath", l_realpath}, {"readlink", l_readlink},
   {"fchmod", l_fchmod}, {NULL, NULL}};
 
 int luaopen_tide_fs(lua_State *L) {

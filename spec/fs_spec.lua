@@ -184,6 +184,14 @@ describe("fs.write_file", function()
     assert.same({ "link", "real" }, entries(dir))
   end)
 
+  it("atomic: through a dangling symbolic link, creates its target as open() would", function()
+    local dir = tmpdir()
+    assert(os.execute("mkdir " .. dir .. "/sub && ln -s sub/new " .. dir .. "/link"))
+    fs.write_file(dir .. "/link", "made", { atomic = true })
+    assert.equals("link", fs.lstat(dir .. "/link").type)
+    assert.equals("made", get(dir .. "/sub/new"))
+  end)
+
   it("atomic: killed with SIGKILL midway, the old content is intact", function()
     local dir = tmpdir()
     local target = dir .. "/data"

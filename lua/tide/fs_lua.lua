@@ -102,8 +102,23 @@ end
 -- Through a symbolic link the link's target is replaced (the temp file goes
 -- next to it), and an existing file keeps its permission bits unless perm
 -- is given.
+-- Where a write to path lands: its real path, or, when it does not exist
+-- yet, the end of its chain of symbolic links (a dangling link's target is
+-- created, as open() would).
+local function landing(path)
+  local real = try(C.realpath, path)
+  if real then return real end
+  for _ = 1, 40 do -- the kernel's limit on links followed
+    local st = try(C.lstat, path)
+    if not (st and st.type == "link") then return path end
+    local to = C.readlink(path)
+    path = to:sub(1, 1) == "/" and to or (path:match("^(.*/)") or "") .. to
+  end
+  return path
+end
+
 local function write_atomic(path, data, perm)
-  local real = try(C.realpath, path) or path -- nil: no such file yet
+  local real = landing(path) -- nil: no such file yet
   local old = not perm and try(C.stat, real)
   local tmp
   local ok, e = pcall(function()
