@@ -268,8 +268,14 @@ describe("fs.write_file", function()
       fs.write_file, "/tmp/x")
     raises_matching("bad argument #3 to 'write_file' (unknown option 'atomc')",
       fs.write_file, "/tmp/x", "", { atomc = true })
-    raises_matching("bad argument #3 to 'write_file' (option 'mode' must be a number)",
+    raises_matching("bad argument #3 to 'write_file' (option 'mode' must be an integer)",
       fs.write_file, "/tmp/x", "", { mode = "644" })
+    raises_matching("bad argument #3 to 'write_file' (option 'mode' must be an integer)",
+      fs.write_file, "/tmp/x", "", { mode = 1.5 })
+    raises_matching("bad argument #1 to 'write_file' (path contains a zero byte)",
+      fs.write_file, "/tmp/x\0y", "", { atomic = true })
+    raises_matching("bad argument #1 to 'read_file' (path contains a zero byte)", fs.read_file, "a\0b")
+    raises_matching("bad argument #1 to 'remove' (path contains a zero byte)", fs.remove, "a\0b")
   end)
 end)
 

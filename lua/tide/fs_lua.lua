@@ -27,6 +27,17 @@ local function check_string(fname, i, v)
   end
 end
 
+-- The same for a path: open(2) would stop at a zero byte.
+local function check_path(fname, i, v)
+  local t = type(v)
+  if t ~= "string" and t ~= "number" then
+    error(bad(fname, i, "string expected, got " .. (v == nil and "no value" or t)), 3)
+  end
+  if t == "string" and v:find("\0", 1, true) then
+    error(bad(fname, i, "path contains a zero byte"), 3)
+  end
+end
+
 -- The options table (or {}); unknown names and wrong types are errors.
 local function options(fname, i, opts, types)
   if opts == nil then return {} end
@@ -36,8 +47,9 @@ local function options(fname, i, opts, types)
   for k, v in pairs(opts) do
     if types[k] == nil then
       error(bad(fname, i, ("unknown option '%s'"):format(tostring(k))), 3)
-    elseif type(v) ~= types[k] then
-      error(bad(fname, i, ("option '%s' must be a %s"):format(k, types[k])), 3)
+    elseif type(v) ~= types[k] and not (types[k] == "integer" and math.tointeger(v)) then
+      error(bad(fname, i, ("option '%s' must be a%s %s"):format(k,
+        types[k] == "integer" and "n" or "", types[k])), 3)
     end
   end
   return opts
@@ -53,7 +65,7 @@ local function try(fn, ...)
 end
 
 function fs.read_file(path)
-  check_string("read_file", 1, path)
+  check_path("read_file", 1, path)
   local f <close> = C.open(path, "r")
   local data = f:read() or "" -- nil at the end: an empty file
   f:close()
@@ -137,9 +149,9 @@ local function write_atomic(path, data, perm)
 end
 
 function fs.write_file(path, data, opts)
-  check_string("write_file", 1, path)
+  check_path("write_file", 1, path)
   check_string("write_file", 2, data)
-  opts = options("write_file", 3, opts, { atomic = "boolean", mode = "number" })
+  opts = options("write_file", 3, opts, { atomic = "boolean", mode = "integer" })
   if opts.atomic then
     return write_atomic(path, data, opts.mode)
   end
@@ -147,7 +159,7 @@ function fs.write_file(path, data, opts)
 end
 
 function fs.append_file(path, data)
-  check_string("append_file", 1, path)
+  check_path("append_file", 1, path)
   check_string("append_file", 2, data)
   return write(path, data, "a")
 end
@@ -158,8 +170,8 @@ local function isdir(path)
 end
 
 function fs.mkdir(path, opts)
-  check_string("mkdir", 1, path)
-  opts = options("mkdir", 2, opts, { parents = "boolean", mode = "number" })
+  check_path("mkdir", 1, path)
+  opts = options("mkdir", 2, opts, { parents = "boolean", mode = "integer" })
   if not opts.parents then
     return C.mkdir(path, opts.mode)
   end
@@ -177,7 +189,7 @@ function fs.mkdir(path, opts)
 end
 
 function fs.list_dir(path)
-  check_string("list_dir", 1, path)
+  check_path("list_dir", 1, path)
   local names, types = C.scandir(path)
   local i = 0
   return function()
@@ -187,7 +199,7 @@ function fs.list_dir(path)
 end
 
 function fs.remove(path, opts)
-  check_string("remove", 1, path)
+  check_path("remove", 1, path)
   opts = options("remove", 2, opts, { recursive = "boolean" })
   local _, e = try(C.unlink, path)
   if not e then return end
