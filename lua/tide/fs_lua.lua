@@ -47,7 +47,8 @@ local function options(fname, i, opts, types)
   for k, v in pairs(opts) do
     if types[k] == nil then
       error(bad(fname, i, ("unknown option '%s'"):format(tostring(k))), 3)
-    elseif type(v) ~= types[k] and not (types[k] == "integer" and math.tointeger(v)) then
+    elseif type(v) ~= types[k] and not (types[k] == "integer" and type(v) == "number"
+        and math.tointeger(v)) then
       error(bad(fname, i, ("option '%s' must be a%s %s"):format(k,
         types[k] == "integer" and "n" or "", types[k])), 3)
     end
