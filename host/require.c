@@ -38,6 +38,7 @@ typedef struct loading {
 } loading;
 
 static char loading_key; /* registry: name -> loading userdata */
+static char waiting_key; /* registry: task (light) -> the mark it waits on */
 
 /* Pushes the registry's table of modules being loaded. */
 static void push_loading(lua_State *L) {
@@ -67,6 +68,47 @@ static int loading_close(lua_State *L) {
   return 0;
 }
 
+static void push_waiting(lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &waiting_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &waiting_key);
+  }
+}
+
+/* Records (mark at idx) or clears (idx 0) what task t waits for. */
+static void set_waiting(lua_State *L, tide_task *t, int idx) {
+  if (idx)
+    idx = lua_absindex(L, idx);
+  push_waiting(L);
+  if (idx)
+    lua_pushvalue(L, idx);
+  else
+    lua_pushnil(L);
+  lua_rawsetp(L, -2, t);
+  lua_pop(L, 1);
+}
+
+/* Whether waiting for ld would close a cycle of tasks waiting for each
+ * other's modules (a requires b while another task's b requires a): then
+ * the task loads the module itself, as a cycle within one task does. */
+static int would_deadlock(lua_State *L, loading *ld, tide_task *self) {
+  int hops = 0;
+  push_waiting(L);
+  while (ld != NULL && ld->owner != NULL && hops++ < 10000) {
+    if (ld->owner == self) {
+      lua_pop(L, 1);
+      return 1;
+    }
+    lua_rawgetp(L, -1, ld->owner);
+    ld = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return 0;
+}
+
 static int loading_gc(lua_State *L) {
   tide__wl_free(&((loading *)luaL_checkudata(L, 1, LOADING_MT))->wl);
   return 0;
@@ -80,6 +122,7 @@ static int l_require(lua_State *L);
 static int waited_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
+  set_waiting(L, tide__rt(L)->current, 0);
   if (!lua_toboolean(L, 3)) { /* cancelled */
     tide__wl_remove(&((loading *)lua_touserdata(L, 2))->wl, tide__rt(L)->current);
     lua_pushvalue(L, 4);
@@ -99,12 +142,14 @@ static int wait_loading(lua_State *L) {
   push_loading(L);
   lua_pushvalue(L, 1);
   if (lua_rawget(L, -2) != LUA_TUSERDATA ||
-      (ld = lua_touserdata(L, -1))->owner == NULL || ld->owner == rt->current) {
+      (ld = lua_touserdata(L, -1))->owner == NULL || ld->owner == rt->current ||
+      would_deadlock(L, ld, rt->current)) {
     lua_pop(L, 2);
     return -1;
   }
   lua_replace(L, 2); /* name, mark */
   lua_settop(L, 2);
+  set_waiting(L, rt->current, 2);
   tide__wl_push(L, &ld->wl, tide__current(L));
   return tide__park(L, rt->current, 0, waited_k);
 }
