@@ -1156,6 +1156,17 @@ describe("require", function()
     assert.matches("broken", select(2, y:await()))
   end)
 
+  it("two tasks loading modules that require each other do not wait for each other forever", function()
+    module("spec_ma", "require('tide').sleep(0.02); require('spec_mb'); return { 'a' }")
+    module("spec_mb", "require('tide').sleep(0.02); if not SPEC_DEEP then SPEC_DEEP = true; "
+      .. "require('spec_ma') end; return { 'b' }")
+    local x = tide.spawn(require, "spec_ma")
+    local y = tide.spawn(require, "spec_mb")
+    local done = tide.wait({ x, y }, { timeout = 2 })
+    assert.equals(2, #done)
+    package.loaded.spec_ma, package.loaded.spec_mb, SPEC_DEEP = nil, nil, nil
+  end)
+
   it("cancelling a task while its module loads leaves the module unloaded", function()
     module("spec_slow", "require('tide').sleep(10); return 1")
     local t = tide.spawn(require, "spec_slow")
