@@ -137,7 +137,7 @@ static int is_name(const char *s, size_t n, const char *name) {
  * RFC 9112 does not: returns the failure, FAIL_NONE if the head is sound. */
 static int check_head(hparser *p) {
   http_parser *hp = &p->hp;
-  int i, hosts = 0, te = 0, chunked = 0;
+  int i, hosts = 0, te = 0, chunked = 0, exact = 0;
   if (hp->http_major != 1) /* 1.x: served as 1.1 (RFC 9110 2.5) */
     return FAIL_VERSION;    /* 505 */
   for (i = 0; i + 1 < p->nspans; i += 2) {
@@ -153,7 +153,13 @@ static int check_head(hparser *p) {
     if (is_name(name, n, "transfer-encoding")) {
       size_t end = i + 2 < p->nspans ? p->spans[i + 2] : p->hdr.n;
       const char *v = p->hdr.p + p->spans[i + 1], *e = p->hdr.p + end;
+      const char *b = v, *f = e;
       te++;
+      while (b < f && (*b == ' ' || *b == '\t'))
+        b++;
+      while (f > b && (f[-1] == ' ' || f[-1] == '\t'))
+        f--;
+      exact = is_name(b, (size_t)(f - b), "chunked");
       while (v < e) { /* every coding must be chunked: 501 for others */
         const char *c = v, *t;
         while (c < e && (*c == ' ' || *c == '\t' || *c == ','))
@@ -174,9 +180,10 @@ static int check_head(hparser *p) {
     p->why = hosts ? "more than one Host header" : "no Host header";
     return FAIL_BAD;
   }
-  if (te && chunked != 1) { /* before a 100 Continue could go out */
-    p->why = chunked ? "chunked more than once in Transfer-Encoding"
-                     : "an empty Transfer-Encoding";
+  if (te && (te > 1 || !exact)) { /* what libhttp-parser would refuse
+                                    * after the head: refused before a
+                                    * 100 Continue could go out */
+    p->why = "a Transfer-Encoding other than one \"chunked\"";
     return FAIL_BAD;
   }
   p->close_after = te && hp->http_minor == 0; /* RFC 9112 6.1 */

@@ -139,7 +139,7 @@ static void stream_abort(stream *s) {
   }
 }
 
-/* Detaches the box and wakes parked tasks, which then find the stream
+/* Marks the stream closed and wakes parked tasks, which then find it
  * closed (a parked reader reads the end). The bytes write() took are
  * still sent, as asyncio's transport.close() flushes them: with writes
  * pending the handle closes when the last one ends (stream_abort at the

@@ -143,7 +143,10 @@ static int wait_loading(lua_State *L) {
   lua_pushvalue(L, 1);
   if (lua_rawget(L, -2) != LUA_TUSERDATA ||
       (ld = lua_touserdata(L, -1))->owner == NULL || ld->owner == rt->current ||
+      ld->owner->state == TS_DONE || ld->owner->s != rt->current->s ||
       would_deadlock(L, ld, rt->current)) {
+    /* none, ours (a cycle), stale (its task ended without closing it, or
+     * belongs to an outer run that cannot go on meanwhile): load it */
     lua_pop(L, 2);
     return -1;
   }
@@ -159,9 +162,12 @@ static int wait_loading(lua_State *L) {
 static void mark_loading(lua_State *L) {
   tide_runtime *rt = tide__rt(L);
   loading *ld;
-  if (rt->current == NULL || !lua_isyieldable(L))
+  /* only in the task's own coroutine: a loader in a user coroutine could be
+   * abandoned mid-way (a plain yield, a coroutine never closed), and its
+   * mark with it */
+  if (rt->current == NULL || rt->current->co != L || !lua_isyieldable(L))
     return;
-  ld = lua_newuserdatauv(L, sizeof(*ld), 1);
+  ld = lua_newuserdatauv(L, sizeof(*ld), 2);
   memset(ld, 0, sizeof(*ld));
   ld->owner = rt->current;
   if (luaL_newmetatable(L, LOADING_MT)) {
@@ -173,6 +179,8 @@ static void mark_loading(lua_State *L) {
   lua_setmetatable(L, -2);
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, 1);
+  tide__push_task(L, rt->current); /* kept alive: ld->owner stays valid */
+  lua_setiuservalue(L, -2, 2);
   push_loading(L);
   lua_pushvalue(L, 1);
   lua_pushvalue(L, -3);

@@ -549,6 +549,10 @@ describe("tide.http_server", function()
       expect_error(400, nil, "GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n") -- any version
       expect_error(400, nil, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n")
       expect_error(400, nil, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding:\r\n\r\n")
+      expect_error(400, nil, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked,\r\n"
+        .. "Expect: 100-continue\r\n\r\n") -- a 400, not a 100 Continue first
+      expect_error(400, nil, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n"
+        .. "Transfer-Encoding:\r\n\r\n0\r\n\r\n")
       local srv, c = start() -- HTTP/1.0 needs no Host; 1.2 is served as 1.1 (RFC 9110 2.5)
       c:write("GET /old HTTP/1.0\r\n\r\n")
       assert.equals(200, read_response(c).status)

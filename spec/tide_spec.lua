@@ -1167,6 +1167,22 @@ describe("require", function()
     package.loaded.spec_ma, package.loaded.spec_mb, SPEC_DEEP = nil, nil, nil
   end)
 
+  it("a load abandoned in a user coroutine, or in an outer run, leaves no one waiting", function()
+    module("spec_dropped", "require('tide').sleep(0.01); error('boom')")
+    assert.is_false(coroutine.resume(coroutine.create(function() return require "spec_dropped" end)))
+    module("spec_dropped", "return 'fine'") -- loading it again works, at once
+    local t = tide.spawn(require, "spec_dropped")
+    assert.equals("fine", tide.wait_for(function() return t:await() end, 1))
+    package.loaded.spec_dropped = nil
+    -- a nested run requiring a module an outer task is loading loads its own
+    module("spec_outer", "require('tide').sleep(0.05); return {}")
+    local outer = tide.spawn(require, "spec_outer")
+    tide.sleep(0.01)
+    assert.is_table(tide.run(function() return require "spec_outer" end))
+    outer:await()
+    package.loaded.spec_outer = nil
+  end)
+
   it("cancelling a task while its module loads leaves the module unloaded", function()
     module("spec_slow", "require('tide').sleep(10); return 1")
     local t = tide.spawn(require, "spec_slow")

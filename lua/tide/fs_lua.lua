@@ -119,6 +119,7 @@ end
 -- yet, the end of its chain of symbolic links (a dangling link's target is
 -- created, as open() would).
 local function landing(path)
+  path = tostring(path) -- a number names a file too
   local real = try(C.realpath, path)
   if real then return real end
   for _ = 1, 40 do -- the kernel's limit on links followed
