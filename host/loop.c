@@ -457,6 +457,14 @@ static tide_task *run_main(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
                 "wake it (no timers, I/O or ready tasks)");
     uv_run(s->loop, UV_RUN_DEFAULT);
   }
+  /* a SIGINT or SIGTERM that came while main never gave the loop a turn
+   * (a spinning main chunk) is still in libuv's pipe: one turn delivers it
+   * (on_uv_interrupt then ends the process, as after main ended) */
+  if (main->state == TS_DONE && atomic_load(&raw_count) > 0 && rt->sigints == 0) {
+    uv_ref((uv_handle_t *)&s->sigint); /* a loop with nothing alive does not poll */
+    uv_run(s->loop, UV_RUN_NOWAIT);
+    uv_unref((uv_handle_t *)&s->sigint);
+  }
   /* callbacks already due when main ended run, as they would in asyncio
    * (they are ahead of the loop's stop in its ready queue) */
   if (main->state == TS_DONE)

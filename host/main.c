@@ -638,17 +638,13 @@ static void size_threadpool(void) {
 /* The runtime takes SIGINT and SIGTERM only where they are at their
  * default, leaving an application's choice alone. The command is the
  * application: as lua.c sets its SIGINT handler whatever it inherited, it
- * takes them even when its parent ignored them (a background job of a
+ * takes SIGINT even when its parent ignored it (a background job of a
  * non-interactive shell ignores SIGINT), so kill -INT still stops it
- * cleanly. */
+ * cleanly. An ignored SIGTERM stays ignored, as under lua5.4. */
 static void take_signals(void) {
-  static const int sigs[] = {SIGINT, SIGTERM};
-  size_t i;
-  for (i = 0; i < sizeof sigs / sizeof *sigs; i++) {
-    struct sigaction sa;
-    if (sigaction(sigs[i], NULL, &sa) == 0 && sa.sa_handler == SIG_IGN)
-      signal(sigs[i], SIG_DFL);
-  }
+  struct sigaction sa;
+  if (sigaction(SIGINT, NULL, &sa) == 0 && sa.sa_handler == SIG_IGN)
+    signal(SIGINT, SIG_DFL);
 }
 
 int main(int argc, char **argv) {

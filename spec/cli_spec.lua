@@ -138,6 +138,19 @@ describe("tide command", function()
     assert.equals("true\n", out)
   end)
 
+  it("a SIGINT or SIGTERM that comes while the main chunk never suspends is not lost", function()
+    local process = require "tide.process"
+    local name = tmpfile("print('start') io.stdout:flush()\n"
+      .. "local t = os.clock() while os.clock() - t < 0.6 do end print('end')\n")
+    for sig, code in pairs({ SIGINT = 130, SIGTERM = 143 }) do
+      local p <close> = process.spawn({ TIDE, name }, { stderr = "null" })
+      assert.equals("start", p.stdout:read_line())
+      p:kill(sig)
+      assert.equals(code, p:wait(), sig)
+    end
+    os.remove(name)
+  end)
+
   it("warnings are off until -W or warn('@on'), as in lua5.4", function()
     local code = [[ -e "warn('a', 'b') warn('@off') warn('hidden') warn('@on') warn('c')"]]
     local _, err, rc = sh(TIDE .. " -W" .. code)
