@@ -157,13 +157,38 @@ static void die_if_epipe(int err) {
   }
 }
 
-/* io.write, file:write, io.flush, file:flush: the io library's function
- * (upvalue 1), then die_if_epipe on its failure (nil, message, errno). */
-static int l_pipe_checked(lua_State *L) {
+/* Calls the library function (upvalue 1) with this function's arguments;
+ * its errors are raised again as this function's. Called from C, the
+ * library function would say "bad argument #3 to '?'" with no position;
+ * lua5.4 says "x.lua:2: bad argument #2 to 'write'". */
+static void call_as_self(lua_State *L) {
   int n = lua_gettop(L);
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_insert(L, 1);
-  lua_call(L, n, LUA_MULTRET);
+  if (lua_pcall(L, n, LUA_MULTRET, 0) != LUA_OK) {
+    static const char pre[] = "bad argument #";
+    const char *msg = lua_tostring(L, -1), *p;
+    char *end;
+    long arg;
+    if (lua_type(L, -1) != LUA_TSTRING)
+      lua_error(L);
+    if (strncmp(msg, pre, sizeof pre - 1) == 0 &&
+        (arg = strtol(msg + sizeof pre - 1, &end, 10)) > 0 &&
+        strncmp(end, " to '?' (", 9) == 0 && (p = strrchr(end, ')')) != NULL) {
+      lua_pushlstring(L, end + 9, (size_t)(p - (end + 9)));
+      luaL_argerror(L, (int)arg, lua_tostring(L, -1));
+    }
+    luaL_where(L, 1); /* luaL_error's position, as the caller sees it */
+    lua_insert(L, -2);
+    lua_concat(L, 2);
+    lua_error(L);
+  }
+}
+
+/* io.write, file:write, io.flush, file:flush: the io library's function
+ * (upvalue 1), then die_if_epipe on its failure (nil, message, errno). */
+static int l_pipe_checked(lua_State *L) {
+  call_as_self(L);
   if (lua_gettop(L) >= 3 && lua_isnil(L, 1) && lua_isinteger(L, 3))
     die_if_epipe((int)lua_tointeger(L, 3));
   return lua_gettop(L);
@@ -206,9 +231,7 @@ static int l_exit(lua_State *L) {
     lua_close(M);
     exit(status);
   }
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_insert(L, 1);
-  lua_call(L, lua_gettop(L) - 1, 0);
+  call_as_self(L);
   return 0;
 }
 
@@ -320,12 +343,7 @@ static int collect_steps(lua_State *L, char **argv, int argc, int script,
         if (glen >= sizeof global)
           glen = sizeof global - 1;
         memcpy(global, extra, glen);
-        global[glen] = '\0';
-        if (!eq) { /* like lua5.4.6: global name stops at the first '-' */
-          char *dash = strchr(global, '-');
-          if (dash)
-            *dash = '\0';
-        }
+        global[glen] = '\0'; /* the whole name, as Debian's lua5.4 (5.4.4) */
         add_step(L, steps, mod, global, NULL, 0);
       }
     } else if (opt == 'W') { /* in order: warnings before it stay off */

@@ -138,6 +138,28 @@ describe("tide command", function()
     assert.equals("true\n", out)
   end)
 
+  it("-l a-b sets the global a-b, as Debian's lua5.4 (5.4.4) does", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    os.execute("mkdir " .. dir)
+    local f = io.open(dir .. "/lm-x.lua", "w")
+    f:write("return {x = 1}")
+    f:close()
+    local out, err = sh("cd " .. dir .. " && " .. TIDE .. [[ -l lm-x -e "print(_G['lm-x'].x, lm)"]])
+    os.execute("rm -rf " .. dir)
+    assert.equals("1\tnil\n", out, err)
+  end)
+
+  it("io.write, file:write and os.exit name themselves and the caller's line in errors, as in lua5.4", function()
+    local _, err, rc = run("local x\nio.stdout:write('a', x)\n")
+    assert.equals(1, rc)
+    assert.matches(":2: bad argument #2 to 'write' %(string expected, got nil%)", err)
+    assert.matches("%[C%]: in method 'write'", err)
+    local out = sh(TIDE .. [[ -e "print(pcall(io.write, nil)) print(pcall(os.exit, {}))"]])
+    assert.equals("false\tbad argument #1 to 'io.write' (string expected, got nil)\n"
+      .. "false\tbad argument #1 to 'os.exit' (number expected, got table)\n", out)
+  end)
+
   it("a SIGINT or SIGTERM that comes while the main chunk never suspends is not lost", function()
     local process = require "tide.process"
     local name = tmpfile("print('start') io.stdout:flush()\n"
