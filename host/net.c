@@ -38,7 +38,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <linux/sockios.h> /* SIOCOUTQ */
 
 #include "internal.h"
 
@@ -568,6 +570,39 @@ static int st_write(lua_State *L) {
     return tide__park(L, t, 0, write_k);
   }
   return 0;
+}
+
+/* drain() -> waits while more than the high-water mark waits to be sent
+ * (asyncio's drain); returns at once below it. */
+static int st_drain(lua_State *L) {
+  stream *s = check_stream(L, 1);
+  lua_settop(L, 1);
+  lua_pushnil(L); /* write_k's stack: [stream, data, resume values] */
+  if (s->err)
+    return raise_uv(L, s->err, "write");
+  if (uv_stream_get_write_queue_size(&s->h.stream) >= HIGH_WATER) {
+    tide_task *t = tide__current(L);
+    tide__wl_push(L, &s->writers, t);
+    t->s->io_pending++;
+    return tide__park(L, t, 0, write_k);
+  }
+  return 0;
+}
+
+/* queued() -> bytes written and not yet taken by the peer: libuv's queue
+ * plus, for TCP, the kernel's send queue (SIOCOUTQ: unsent and unacked).
+ * It shrinks as the peer reads, even while the kernel, whose buffer may
+ * be megabytes, does not yet take more from libuv. */
+static int st_queued(lua_State *L) {
+  stream *s = check_stream(L, 1);
+  lua_Integer n = (lua_Integer)uv_stream_get_write_queue_size(&s->h.stream);
+  uv_os_fd_t fd;
+  int outq = 0;
+  if (s->h.handle.type == UV_TCP && uv_fileno(&s->h.handle, &fd) == 0 &&
+      ioctl(fd, SIOCOUTQ, &outq) == 0 && outq > 0)
+    n += outq;
+  lua_pushinteger(L, n);
+  return 1;
 }
 
 typedef struct shut_req {
@@ -1220,7 +1255,7 @@ static int st_peer(lua_State *L) {
 
 static const luaL_Reg stream_methods[] = {
   {"peer", st_peer},
-  {"abort", st_abort}, {"read", st_read}, {"read_all", st_read_all}, {"read_line", st_read_line},
+  {"abort", st_abort}, {"drain", st_drain}, {"queued", st_queued}, {"read", st_read}, {"read_all", st_read_all}, {"read_line", st_read_line},
   {"read_exactly", st_read_exactly}, {"read_until", st_read_until},
   {"write", st_write}, {"write_eof", st_write_eof}, {"close", st_close},
   {NULL, NULL}};

@@ -481,6 +481,19 @@ c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.cl
       srv:close()
     end)
 
+    it("queued() counts what the peer has not taken, the kernel's send queue included; drain() waits below the mark", function()
+      local srv, port, received = slow_sink() -- reads nothing for 0.2 s
+      local c = net.connect("127.0.0.1", port)
+      c:write(string.rep("q", 100000)) -- under the mark: the kernel takes it all
+      tide.sleep(0.02)
+      local q = c:queued() -- in the kernel's send queue (not the peer's receive buffer)
+      assert.is_true(q > 0 and q <= 100000, "queued " .. q)
+      c:drain() -- nothing to wait for
+      c:close()
+      assert.equals(100000, received())
+      srv:close()
+    end)
+
     it("abort() after close() drops what close() was still sending", function()
       local srv, port, received = slow_sink()
       local c = net.connect("127.0.0.1", port)

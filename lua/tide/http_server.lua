@@ -93,11 +93,23 @@ end
 -- the peer takes nothing for idle_timeout: its queued bytes would pin
 -- memory for as long as it likes (nginx's send_timeout). Raises kind
 -- "timeout" then, which ends the connection quietly.
-local SLICE = 256 * 1024 -- the stream's high-water mark: a slice waits for
-                         -- the one before it, so the timeout is per progress
+local SLICE = 256 * 1024 -- the stream's high-water mark
 
+-- Writes a slice. The wait is cut off only when, for idle_timeout, the peer
+-- took nothing: s:queued() (libuv's queue and the kernel's send queue)
+-- did not shrink. The kernel may hold megabytes and take more from libuv
+-- only in big steps, so a write can wait longer than idle_timeout for a
+-- peer reading steadily.
 local function send_slice(srv, s, data)
-  local ok, err = pcall(tide.timeout, srv.opts.idle_timeout, s.write, s, data)
+  local idle = srv.opts.idle_timeout
+  local last = s:queued() + #data
+  local ok, err = pcall(tide.timeout, idle, s.write, s, data)
+  while not ok and tide.iserror(err) and err.kind == "timeout" do
+    local now = s:queued()
+    if now >= last then break end -- nothing taken meanwhile
+    last = now
+    ok, err = pcall(tide.timeout, idle, s.drain, s)
+  end
   if not ok then
     if tide.iserror(err) and (err.kind == "timeout" or err.kind == "cancelled") then
       s:abort() -- what is queued goes too: a peer that reads nothing keeps nothing
