@@ -97,12 +97,7 @@ int tide_spawn(tide_runtime *rt, int nargs, tide_done_cb done, void *data) {
   d->cb = done;
   d->data = data;
   d->called = 0;
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &cstarted_key) == LUA_TNIL) {
-    lua_pop(L, 1);
-    lua_newtable(L);
-    lua_pushvalue(L, -1);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &cstarted_key);
-  }
+  tide__registry_table(L, &cstarted_key);
   lua_pushvalue(L, fidx);
   lua_pushvalue(L, -3);
   lua_rawset(L, -3);

@@ -682,13 +682,7 @@ static int l_session(lua_State *L) {
 /* core.default_session() -> the session of module-level calls in this run */
 static int l_default_session(lua_State *L) {
   tide_task *t = tide__current(L);
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &defaults_key);
-  if (!lua_istable(L, -1)) {
-    lua_pop(L, 1);
-    lua_newtable(L);
-    lua_pushvalue(L, -1);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &defaults_key);
-  }
+  tide__registry_table(L, &defaults_key);
   if (lua_rawgetp(L, -1, t->s) == LUA_TNIL) {
     lua_pop(L, 1);
     new_session(L, 0)->is_default = 1;

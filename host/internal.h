@@ -231,8 +231,8 @@ int tide__virtual_advance(tide_sched *s);
 int tide__open_timer(lua_State *L);
 
 /* require.c */
-int tide__open_require(lua_State *L);
 void tide__install_require(lua_State *L);
+void tide__registry_table(lua_State *L, const void *key); /* runtime.c */
 
 /* task.c */
 tide_task *tide__check_task(lua_State *L, int idx);

@@ -534,6 +534,19 @@ static int write_k(lua_State *L, int status, lua_KContext ctx) {
   return 0;
 }
 
+/* Suspends the task (returning via write_k) while libuv holds the
+ * high-water mark or more; returns 0 at once below it. Stack: [stream,
+ * data or nil]. */
+static int wait_drained(lua_State *L, stream *s) {
+  if (uv_stream_get_write_queue_size(&s->h.stream) >= HIGH_WATER) {
+    tide_task *t = tide__current(L);
+    tide__wl_push(L, &s->writers, t);
+    t->s->io_pending++; /* a virtual clock waits for the drain */
+    return tide__park(L, t, 0, write_k);
+  }
+  return 0;
+}
+
 /* write(data): queued at once; suspends while the kernel and libuv hold
  * more than the high-water mark (backpressure). */
 static int st_write(lua_State *L) {
@@ -563,13 +576,7 @@ static int st_write(lua_State *L) {
     return raise_uv(L, rc, "write");
   }
   s->writes++;
-  if (uv_stream_get_write_queue_size(&s->h.stream) >= HIGH_WATER) {
-    tide_task *t = tide__current(L);
-    tide__wl_push(L, &s->writers, t);
-    t->s->io_pending++; /* a virtual clock waits for the drain */
-    return tide__park(L, t, 0, write_k);
-  }
-  return 0;
+  return wait_drained(L, s);
 }
 
 /* drain() -> waits while more than the high-water mark waits to be sent
@@ -580,13 +587,7 @@ static int st_drain(lua_State *L) {
   lua_pushnil(L); /* write_k's stack: [stream, data, resume values] */
   if (s->err)
     return raise_uv(L, s->err, "write");
-  if (uv_stream_get_write_queue_size(&s->h.stream) >= HIGH_WATER) {
-    tide_task *t = tide__current(L);
-    tide__wl_push(L, &s->writers, t);
-    t->s->io_pending++;
-    return tide__park(L, t, 0, write_k);
-  }
-  return 0;
+  return wait_drained(L, s);
 }
 
 /* queued() -> bytes written and not yet taken by the peer: libuv's queue

@@ -20,9 +20,8 @@
  * loader failed, tries itself), as Python's per-module import lock. The
  * loading task itself requiring it again (a cycle) goes on as in Lua.
  *
- * tide_open installs it as the global
- * require (tide__install_require), and so does tide.coroutine in a state
- * whose require was set after (core.new_require(package)).
+ * Opening tide.core (tide_open, require "tide") installs it as the global
+ * require (tide__install_require).
  */
 #include <string.h>
 
@@ -42,12 +41,7 @@ static char waiting_key; /* registry: task (light) -> the mark it waits on */
 
 /* Pushes the registry's table of modules being loaded. */
 static void push_loading(lua_State *L) {
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &loading_key) != LUA_TTABLE) {
-    lua_pop(L, 1);
-    lua_newtable(L);
-    lua_pushvalue(L, -1);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &loading_key);
-  }
+  tide__registry_table(L, &loading_key);
 }
 
 /* __close of a loading mark (user value 1: the name): unmarks the module
@@ -69,12 +63,7 @@ static int loading_close(lua_State *L) {
 }
 
 static void push_waiting(lua_State *L) {
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &waiting_key) != LUA_TTABLE) {
-    lua_pop(L, 1);
-    lua_newtable(L);
-    lua_pushvalue(L, -1);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &waiting_key);
-  }
+  tide__registry_table(L, &waiting_key);
 }
 
 /* Records (mark at idx) or clears (idx 0) what task t waits for. */
@@ -275,14 +264,6 @@ static int l_require(lua_State *L) {
   return search_k(L, LUA_OK, 0);
 }
 
-/* core.new_require(package) -> require */
-static int l_new_require(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE);
-  lua_settop(L, 1);
-  lua_pushcclosure(L, l_require, 1);
-  return 1;
-}
-
 /* Makes the global require this one, if the state has Lua's (a state
  * without the package library keeps what it has). */
 void tide__install_require(lua_State *L) {
@@ -294,11 +275,4 @@ void tide__install_require(lua_State *L) {
     lua_setglobal(L, "require");
   }
   lua_settop(L, top);
-}
-
-/* [-1, +1, m] Adds new_require to the table on top. */
-int tide__open_require(lua_State *L) {
-  lua_pushcfunction(L, l_new_require);
-  lua_setfield(L, -2, "new_require");
-  return 1;
 }

@@ -96,12 +96,23 @@ int luaopen_tide_core(lua_State *L) {
   tide__open_task(L);
   tide__open_waitlist(L);
   tide__open_queue(L);
-  tide__open_require(L);
   luaL_setfuncs(L, loop_funcs, 0);
+  tide__install_require(L); /* a module's top level may suspend */
   return 1;
 }
 
 /* ---- helpers shared by the C modules ----------------------------------- */
+
+/* [-0, +1, m] Pushes the table the registry holds at key, made on first
+ * use. */
+void tide__registry_table(lua_State *L, const void *key) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, key);
+  }
+}
 
 int tide__buf_add(tide_buf *b, const void *p, size_t n) {
   if (n == 0)
@@ -223,7 +234,6 @@ tide_runtime *tide_open(lua_State *L) {
     signal(SIGPIPE, SIG_IGN);
   luaL_requiref(L, "tide.core", luaopen_tide_core, 0);
   lua_pop(L, 1);
-  tide__install_require(L); /* a module's top level may suspend */
   return rt;
 }
 

@@ -5,10 +5,8 @@
 -- the scheduler sends back. Other yields behave exactly as in plain Lua,
 -- but for a bare yield at a task's own level, which is tide.sleep(0).
 --
--- It also replaces require with the same function built with continuations,
--- so that a module's top level may suspend (a module that connects or
--- sleeps while it loads): Lua's own require calls the loader with
--- lua_call, and a yield across it fails.
+-- (require, which a module's top level may suspend through, is tide.core's:
+-- host/require.c.)
 local core = require "tide.core"
 
 local SENTINEL = core.sentinel
@@ -59,12 +57,6 @@ coroutine.yield = core.yield
 coroutine.running, coroutine.isyieldable = core.running, core.isyieldable
 -- only there: a traceback names a function by where it finds it first
 core.yield, core.running, core.isyieldable = nil, nil, nil
-
--- require: the same function with continuations (host/require.c)
-if type(package) == "table" and require then
-  require = core.new_require(package)
-end
-core.new_require = nil
 
 coroutine.tide_patched = true
 return true -- (not the table: tracebacks name coroutine.yield, not tide.coroutine.yield)
