@@ -39,13 +39,17 @@ typedef struct xfer xfer;
 
 typedef tide_buf buf;
 
-/* One socket curl watches: its poll handle lives until the close callback. */
+/* One socket curl opened: its poll handle lives until curl closes the fd.
+ * When curl stops watching it (CURL_POLL_REMOVE: the connection went back
+ * to curl's cache) the handle keeps polling for what it last polled, so
+ * that the next request on the connection, which asks for the same, costs
+ * no epoll_ctl; an event that comes while curl is not watching stops it. */
 typedef struct hsock {
   uv_poll_t poll;
   curl_socket_t fd;
   hmulti *m;
-  struct hsock *next, *prev;
-  int closing;
+  int events;  /* what the poll handle polls for (UV_READABLE...) */
+  int watched; /* curl watches it */
 } hsock;
 
 typedef struct hsession {
@@ -67,7 +71,8 @@ struct hmulti {
   long nattached, peak; /* transfers in the multi now, and at most */
   int open;        /* uv handles not closed yet; freed at 0 once dead */
   int dead;
-  hsock *socks;
+  hsock **socks;   /* by fd; nsocks slots */
+  int nsocks;
   xfer *xfers;     /* transfers that hold an easy handle of this multi */
   xfer *dirty;     /* transfers whose waiter may now go on */
   CURL *pool[POOL_MAX];
@@ -220,9 +225,15 @@ static void action(hmulti *m, curl_socket_t fd, int flags) {
 
 /* ---- curl's socket and timer callbacks -------------------------------- */
 
+static void poll_events(hsock *k, int events);
+
 static void on_uv_poll(uv_poll_t *h, int status, int events) {
   hsock *k = (hsock *)h;
   int flags = 0;
+  if (!k->watched) { /* a cached connection's peer closed or wrote */
+    poll_events(k, 0);
+    return;
+  }
   if (status < 0)
     flags = CURL_CSELECT_ERR;
   else {
@@ -234,67 +245,80 @@ static void on_uv_poll(uv_poll_t *h, int status, int events) {
   action(k->m, k->fd, flags);
 }
 
-static void sock_close(hsock *k) {
-  hmulti *m = k->m;
-  if (k->closing)
-    return;
-  k->closing = 1;
-  if (k->prev)
-    k->prev->next = k->next;
+static void poll_events(hsock *k, int events) {
+  if (events == k->events)
+    return; /* uv_poll_start would take the fd out of epoll and put it back */
+  k->events = events;
+  if (events)
+    uv_poll_start(&k->poll, events, on_uv_poll);
   else
-    m->socks = k->next;
-  if (k->next)
-    k->next->prev = k->prev;
-  uv_poll_stop(&k->poll);
-  uv_close((uv_handle_t *)&k->poll, on_handle_closed);
-  curl_multi_assign(m->multi, k->fd, NULL);
+    uv_poll_stop(&k->poll);
+}
+
+static void sock_close(hmulti *m, curl_socket_t fd) {
+  hsock *k = fd >= 0 && fd < m->nsocks ? m->socks[fd] : NULL;
+  if (k) {
+    m->socks[fd] = NULL;
+    uv_poll_stop(&k->poll);
+    uv_close((uv_handle_t *)&k->poll, on_handle_closed);
+  }
+}
+
+static hsock *sock_new(hmulti *m, curl_socket_t fd) {
+  hsock *k;
+  if (fd >= m->nsocks) {
+    int n = m->nsocks ? m->nsocks : 64;
+    hsock **a;
+    while (n <= fd)
+      n *= 2;
+    if ((a = realloc(m->socks, n * sizeof(*a))) == NULL)
+      return NULL;
+    memset(a + m->nsocks, 0, (n - m->nsocks) * sizeof(*a));
+    m->socks = a;
+    m->nsocks = n;
+  }
+  if ((k = calloc(1, sizeof(*k))) == NULL)
+    return NULL;
+  if (uv_poll_init_socket(m->sched->loop, &k->poll, fd) < 0) {
+    free(k);
+    return NULL;
+  }
+  k->poll.data = m;
+  k->fd = fd;
+  k->m = m;
+  m->socks[fd] = k;
+  m->open++;
+  return k;
 }
 
 static int on_curl_socket(CURL *e, curl_socket_t fd, int what, void *ud,
                           void *sockp) {
   hmulti *m = ud;
-  hsock *k = sockp;
+  hsock *k = fd >= 0 && fd < m->nsocks ? m->socks[fd] : NULL;
   int events = 0;
   (void)e;
+  (void)sockp;
+  if (m->dead)
+    return what == CURL_POLL_REMOVE ? 0 : -1;
   if (what == CURL_POLL_REMOVE) {
     if (k)
-      sock_close(k);
+      k->watched = 0; /* polled on, until an event or curl closes it */
     return 0;
   }
-  if (k == NULL) {
-    if (m->dead || (k = calloc(1, sizeof(*k))) == NULL)
-      return -1;
-    if (uv_poll_init_socket(m->sched->loop, &k->poll, fd) < 0) {
-      free(k);
-      return -1;
-    }
-    k->poll.data = m;
-    k->fd = fd;
-    k->m = m;
-    k->next = m->socks;
-    if (k->next)
-      k->next->prev = k;
-    m->socks = k;
-    m->open++;
-    curl_multi_assign(m->multi, fd, k);
-  }
+  if (k == NULL && (k = sock_new(m, fd)) == NULL)
+    return -1;
+  k->watched = 1;
   if (what & CURL_POLL_IN)
     events |= UV_READABLE;
   if (what & CURL_POLL_OUT)
     events |= UV_WRITABLE;
-  uv_poll_start(&k->poll, events, on_uv_poll);
+  poll_events(k, events);
   return 0;
 }
 
 /* The poll handle goes before the fd does (NOTES 1.3). */
 static int on_curl_closesocket(void *ud, curl_socket_t fd) {
-  hmulti *m = ud;
-  hsock *k;
-  for (k = m->socks; k; k = k->next)
-    if (k->fd == fd) {
-      sock_close(k);
-      break;
-    }
+  sock_close(ud, fd);
   return close(fd);
 }
 
@@ -372,7 +396,7 @@ static int defaults_key;
  * to a "closed" error), then curl, then the uv handles. */
 static void hmulti_close(hmulti *m, lua_State *L) {
   xfer *x;
-  hsock *k;
+  int i;
   m->dead = 1;
   tide__closer_remove(&m->closer);
   if (m->sess) {
@@ -411,12 +435,11 @@ static void hmulti_close(hmulti *m, lua_State *L) {
     curl_easy_cleanup(m->pool[--m->npool]);
   curl_multi_cleanup(m->multi);
   m->multi = NULL;
-  while ((k = m->socks) != NULL) {
-    m->socks = k->next;
-    k->closing = 1;
-    uv_poll_stop(&k->poll);
-    uv_close((uv_handle_t *)&k->poll, on_handle_closed);
-  }
+  for (i = 0; i < m->nsocks; i++)
+    sock_close(m, i);
+  free(m->socks);
+  m->socks = NULL;
+  m->nsocks = 0;
   uv_close((uv_handle_t *)&m->timer, on_handle_closed);
   uv_close((uv_handle_t *)&m->kick, on_handle_closed);
   uv_close((uv_handle_t *)&m->sweep, on_handle_closed);

@@ -496,6 +496,25 @@ describe("tide.http", function()
       assert.is_true(hb.stats().connections_total <= 40, "connections opened: " .. hb.stats().connections_total)
     end)
 
+    it("neither spins nor fails when the server closes a kept-alive connection while it is idle", function()
+      -- The engine keeps polling a connection curl put back in its cache
+      -- (no epoll_ctl per request); the server's close must stop that.
+      local server <close> = http.serve("127.0.0.1", 0, function()
+        return { status = 200, body = "ok" }
+      end, { idle_timeout = 0.05 })
+      local u = ("http://127.0.0.1:%d/"):format(server:port())
+      local s <close> = http.session()
+      local base = fds()
+      assert.equals("ok", s:get(u).body)
+      local cpu = os.clock()
+      tide.sleep(0.5) -- the server drops the connection after 0.05 s
+      assert.is_true(os.clock() - cpu < 0.1, ("the idle loop used %.2f s of CPU"):format(os.clock() - cpu))
+      assert.equals("ok", s:get(u).body)
+      assert.equals("ok", s:get(u).body)
+      s:close()
+      fds_back(base)
+    end)
+
     it("caps connections per host with max_per_host (counted by the server)", function()
       local open = servers.httpbin().reset_stats().connections_open -- other sessions' idle ones
       local s <close> = http.session { max_per_host = 3 }
