@@ -113,6 +113,18 @@ describe("tide.http", function()
       assert.equals(200, http.get(url("/get"), { max_body_size = 2^20 }).status) -- a whole float
     end)
 
+    it("sends JSON floats with every digit they need, as Python's json (lua-cjson alone prints 14)", function()
+      local server <close> = http.serve("127.0.0.1", 0, function(req) return { body = req.body } end)
+      local floats = { 0.1 + 0.2, 1 / 3, 2^53 + 0.0, 1e22, 1e-7, 0.5, -2.5e-300, 123456.789 }
+      local body = http.post(server:url("/"), { json = floats }).body
+      -- what python3 -c 'import json; print(json.dumps([...], separators=(",", ":")))' prints
+      assert.equals("[0.30000000000000004,0.3333333333333333,9007199254740992.0,1e+22,1e-07,0.5,"
+        .. "-2.5e-300,123456.789]", body)
+      local back = http.post(server:url("/"), { json = floats }):json()
+      for i, f in ipairs(floats) do assert.equals(f, back[i]) end
+      assert.equals('{"0.30000000000000004":1}', http.post(server:url("/"), { json = { [0.1 + 0.2] = 1 } }).body)
+    end)
+
     it("runs thousands of requests concurrently in one loop", function()
       local s <close> = http.session()
       local tasks = {}

@@ -23,20 +23,40 @@ local DEFAULTS = {
   max_redirects = 10,
 }
 
--- JSON: lua-cjson for speed, made exact for integers as Python's json is.
+-- JSON: lua-cjson for speed, made exact for numbers as Python's json is.
 -- cjson 2.1.0 prints numbers with 14 significant digits and reads every
 -- number as a float: 123456789012345 would go out as 1.2345678901234e+14,
--- and {"n": 3} come back as 3.0. So integers of 15 digits and more travel
--- as placeholders cjson prints as strings, put back as digits after; and
--- read numbers that are whole become integers, but for a document with
+-- 0.1 + 0.2 as 0.3, and {"n": 3} come back as 3.0. So integers of 15
+-- digits and more, and floats that 14 digits do not give back, travel as
+-- placeholders cjson prints as strings, put back after as their digits
+-- (for floats the shortest that reads back the same, as Python's repr);
+-- and read numbers that are whole become integers, but for a document with
 -- one past 2^53 (a float cannot hold it), which Debian's dkjson reads
 -- (exact, pure Lua, slower). JSON null stays cjson.null either way.
 local cjson
 local MARK = "\0\1" -- cjson writes it "\u0000\u0001": no JSON text has it raw
 
+-- The exact text of a number cjson would not print exactly, or nil.
+local function exact(v)
+  local mt = math.type(v)
+  if mt == "integer" then
+    return (v >= 1e14 or v <= -1e14) and tostring(v) or nil
+  end
+  if mt ~= "float" or v ~= v or v == math.huge or v == -math.huge
+      or tonumber(("%.14g"):format(v)) == v then
+    return nil
+  end
+  for digits = 15, 17 do
+    local s = ("%." .. digits .. "g"):format(v)
+    if tonumber(s) == v then
+      return s:find("[.eE]") and s or s .. ".0" -- still a float, as in Python
+    end
+  end
+end
+
 local function has_big(v, seen)
-  if math.type(v) == "integer" then return v >= 1e14 or v <= -1e14 end
-  if type(v) ~= "table" or seen[v] then return false end
+  if type(v) ~= "table" then return exact(v) ~= nil end
+  if seen[v] then return false end
   seen[v] = true
   for k, x in next, v do
     if has_big(k, seen) or has_big(x, seen) then return true end
@@ -44,23 +64,17 @@ local function has_big(v, seen)
   return false
 end
 
--- A copy of v with its big integers as marked strings (cycles kept, for
+-- A copy of v with its inexact numbers as marked strings (cycles kept, for
 -- cjson to refuse).
 local function marked(v, copies)
-  if math.type(v) == "integer" and (v >= 1e14 or v <= -1e14) then
-    return MARK .. v
-  end
+  local e = exact(v)
+  if e then return MARK .. e end
   if type(v) ~= "table" then return v end
   if copies[v] then return copies[v] end
   local t = {}
   copies[v] = t
   for k, x in next, v do
-    if math.type(k) == "integer" and (k >= 1e14 or k <= -1e14) then
-      k = tostring(k) -- a key is a JSON string: its exact digits
-    else
-      k = marked(k, copies)
-    end
-    t[k] = marked(x, copies)
+    t[exact(k) or marked(k, copies)] = marked(x, copies) -- a key is a string: its digits
   end
   return setmetatable(t, getmetatable(v))
 end
@@ -68,7 +82,7 @@ end
 local function json_encode(v)
   cjson = cjson or require "cjson"
   if not has_big(v, {}) then return cjson.encode(v) end
-  return (cjson.encode(marked(v, {})):gsub('"\\u0000\\u0001(%-?%d+)"', "%1"))
+  return (cjson.encode(marked(v, {})):gsub('"\\u0000\\u0001([-+.%deE]+)"', "%1"))
 end
 
 -- Whole floats of t become integers; false if one is past 2^53.
