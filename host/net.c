@@ -77,6 +77,7 @@ typedef struct stream {
   int shut;            /* write_eof() was called */
   tide_task *reader;     /* parked on this stream */
   tide_waitlist writers; /* parked until the write queue drains */
+  tide_waitlist closers; /* parked in wait_closed() */
 } stream;
 
 struct stream_box { stream *s; };
@@ -118,6 +119,8 @@ static void on_uv_stream_closed(uv_handle_t *h) {
   stream *s = h->data;
   if (s->box)
     s->box->s = NULL;
+  tide__wl_wake_all(s->rt->L, &s->closers);
+  tide__wl_free(&s->closers);
   tide__wl_free(&s->writers);
   free(s->buf);
   free(s);
@@ -680,6 +683,38 @@ static int st_abort(lua_State *L) {
     stream_abort(s);
   }
   return 0;
+}
+
+static int wait_closed_k(lua_State *L, int status, lua_KContext flushing) {
+  stream_box *b = lua_touserdata(L, 1);
+  (void)status;
+  if (flushing)
+    tide__rt(L)->current->s->io_pending--;
+  if (!lua_toboolean(L, 2)) { /* cancelled */
+    if (b->s)
+      tide__wl_remove(&b->s->closers, tide__rt(L)->current);
+    lua_pushvalue(L, 3);
+    return lua_error(L);
+  }
+  return 0;
+}
+
+/* wait_closed(): waits until the stream is closed for good: after close(),
+ * when what write() took has gone to the kernel (or was dropped: abort(), a
+ * write error, the run's end); before close(), until someone closes it
+ * (asyncio's StreamWriter.wait_closed()). */
+static int st_wait_closed(lua_State *L) {
+  stream_box *b = luaL_checkudata(L, 1, STREAM_MT);
+  stream *s = b->s;
+  tide_task *t;
+  lua_settop(L, 1);
+  if (s == NULL)
+    return 0;
+  t = tide__current(L);
+  tide__wl_push(L, &s->closers, t);
+  if (s->closed) /* a flush: I/O a virtual clock waits for */
+    t->s->io_pending++;
+  return tide__park(L, t, s->closed, wait_closed_k);
 }
 
 static int st_gc(lua_State *L) {
@@ -1259,6 +1294,7 @@ static const luaL_Reg stream_methods[] = {
   {"abort", st_abort}, {"drain", st_drain}, {"queued", st_queued}, {"read", st_read}, {"read_all", st_read_all}, {"read_line", st_read_line},
   {"read_exactly", st_read_exactly}, {"read_until", st_read_until},
   {"write", st_write}, {"write_eof", st_write_eof}, {"close", st_close},
+  {"wait_closed", st_wait_closed},
   {NULL, NULL}};
 
 static const luaL_Reg server_methods[] = {

@@ -494,6 +494,35 @@ c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.cl
       srv:close()
     end)
 
+    it("wait_closed() returns once close() has handed every byte to the kernel, as asyncio's", function()
+      local srv, port, received = slow_sink() -- reads nothing for 0.2 s
+      local c = net.connect("127.0.0.1", port)
+      local big = string.rep("c", 32 << 20) -- more than the kernel takes
+      tide.spawn(c.write, c, big)
+      local waiter = tide.spawn(c.wait_closed, c) -- before close(): waits for it
+      tide.sleep(0.02)
+      assert.is_false(waiter:done())
+      local t0 = tide.time()
+      c:close()
+      c:wait_closed()
+      assert.is_true(tide.time() - t0 > 0.1, "returned before the peer took the bytes")
+      tide.sleep(0)
+      assert.is_true(waiter:done())
+      c:wait_closed() -- closed: returns at once
+      assert.equals(32 << 20, received())
+      srv:close()
+      -- cancelled while it waits: the close goes on
+      srv, port, received = slow_sink()
+      c = net.connect("127.0.0.1", port)
+      tide.spawn(c.write, c, big)
+      tide.sleep(0.02)
+      c:close()
+      assert.equals("timeout", (errkind(tide.wait_for, c.wait_closed, 0.02, c)))
+      c:wait_closed()
+      assert.equals(32 << 20, received())
+      srv:close()
+    end)
+
     it("abort() after close() drops what close() was still sending", function()
       local srv, port, received = slow_sink()
       local c = net.connect("127.0.0.1", port)
