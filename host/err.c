@@ -44,6 +44,31 @@ int tide__user_frame(lua_State *co, int level, int fallback, lua_Debug *ar) {
   return found;
 }
 
+/* Refuses, as luaL_argerror does for argument arg, anything but nil or a
+ * table whose keys are all among the first n names of known (n < 0: all
+ * of the NULL-terminated list): a mistyped option must not go unnoticed. */
+void tide__check_opts(lua_State *L, int arg, const char *const known[], int n) {
+  if (lua_isnoneornil(L, arg))
+    return;
+  if (!lua_istable(L, arg))
+    luaL_argerror(L, arg, lua_pushfstring(L, "table of options expected, "
+                                          "got %s", luaL_typename(L, arg)));
+  if (n < 0)
+    for (n = 0; known[n]; n++)
+      ;
+  lua_pushnil(L);
+  while (lua_next(L, arg)) {
+    int i = 0;
+    if (lua_type(L, -2) == LUA_TSTRING)
+      while (i < n && strcmp(lua_tostring(L, -2), known[i]) != 0)
+        i++;
+    if (lua_type(L, -2) != LUA_TSTRING || i == n)
+      luaL_argerror(L, arg, lua_pushfstring(L, "unknown option '%s'",
+                                            luaL_tolstring(L, -2, NULL)));
+    lua_pop(L, 1);
+  }
+}
+
 /* [-0, +1, m] Pushes "source:line: " of the caller's frame in the user's
  * code (tide__user_frame), or "". */
 void tide__where_user(lua_State *L) {

@@ -492,7 +492,9 @@ int tide__run(lua_State *L) {
   int virtual_clock = 0, fidx = 1;
   tide_task *main;
   if (lua_type(L, 1) == LUA_TTABLE) {
+    static const char *const known[] = {"clock", NULL};
     const char *clock;
+    tide__check_opts(L, 1, known, -1);
     lua_getfield(L, 1, "clock");
     clock = luaL_optstring(L, -1, "real");
     if (strcmp(clock, "virtual") == 0)

@@ -916,27 +916,6 @@ static int connect_k(lua_State *L, int status, lua_KContext ctx) {
   return conn_next(L, c);
 }
 
-/* Refuses anything at arg but nil or a table of the options named in
- * known (NULL-terminated). */
-static void check_opts(lua_State *L, int arg, const char *const known[]) {
-  if (lua_isnoneornil(L, arg))
-    return;
-  if (!lua_istable(L, arg))
-    luaL_argerror(L, arg, lua_pushfstring(L, "table of options expected, "
-                                          "got %s", luaL_typename(L, arg)));
-  lua_pushnil(L);
-  while (lua_next(L, arg)) {
-    int i = 0;
-    if (lua_type(L, -2) == LUA_TSTRING)
-      while (known[i] && strcmp(lua_tostring(L, -2), known[i]) != 0)
-        i++;
-    if (lua_type(L, -2) != LUA_TSTRING || known[i] == NULL)
-      luaL_argerror(L, arg, lua_pushfstring(L, "unknown option '%s'",
-                                            luaL_tolstring(L, -2, NULL)));
-    lua_pop(L, 1);
-  }
-}
-
 /* opts.limit of the options table at arg (if it is one): the most bytes
  * read_line and read_until buffer looking for their separator. A positive
  * number (math.huge: none); nil: 64 KiB. */
@@ -962,7 +941,7 @@ size_t tide__stream_limit(lua_State *L, int arg) {
 static uint64_t connect_opts(lua_State *L) {
   static const char *const known[] = {"timeout", "limit", NULL};
   lua_Number sec = 30; /* as the HTTP client's connect_timeout */
-  check_opts(L, 3, known);
+  tide__check_opts(L, 3, known, -1);
   if (lua_isnoneornil(L, 3))
     return (uint64_t)(sec * 1e9);
   lua_getfield(L, 3, "timeout");
@@ -1207,7 +1186,7 @@ static int l_serve(lua_State *L) {
   luaL_checktype(L, 3, LUA_TFUNCTION);
   {
     static const char *const known[] = {"backlog", "limit", NULL};
-    check_opts(L, 4, known);
+    tide__check_opts(L, 4, known, -1);
     tide__stream_limit(L, 4); /* checked now, not after resolving */
   }
   lua_settop(L, 4);

@@ -396,25 +396,6 @@ static int opt(lua_State *L, const char *name, int t) {
   return got;
 }
 
-/* Checks the option names in opts (arg 2): spawn's, or run's if run. */
-static void check_opt_names(lua_State *L, int run) {
-  if (lua_isnoneornil(L, 2))
-    return;
-  luaL_checktype(L, 2, LUA_TTABLE);
-  lua_pushnil(L);
-  while (lua_next(L, 2)) {
-    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
-    int i, n = run ? (int)(sizeof(opt_names) / sizeof(*opt_names)) - 1
-                   : SPAWN_OPTS;
-    for (i = 0; i < n && strcmp(k, opt_names[i]) != 0; i++)
-      ;
-    if (i == n)
-      luaL_argerror(L, 2, lua_pushfstring(L, "unknown option '%s'",
-                                          luaL_tolstring(L, -2, NULL)));
-    lua_pop(L, 1);
-  }
-}
-
 /* [-0, +1, v] Pushes a NULL-terminated array of n + 1 pointers (a
  * userdata, collected with the call's stack). */
 static const char **new_ptrs(lua_State *L, size_t n) {
@@ -490,7 +471,7 @@ static void start(lua_State *L, int run) {
   proc_box *b;
   proc *p;
   luaL_checktype(L, 1, LUA_TTABLE);
-  check_opt_names(L, run);
+  tide__check_opts(L, 2, opt_names, run ? -1 : SPAWN_OPTS);
   lua_settop(L, 2);
   limit = tide__stream_limit(L, 2); /* the pipes' read_line limit */
   if (s == NULL)

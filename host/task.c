@@ -1298,11 +1298,14 @@ static int l_spawn(lua_State *L) {
   tide_runtime *rt = tide__rt(L);
   int fidx = 1, named = 0;
   if (lua_type(L, 1) == LUA_TTABLE) {
+    static const char *const known[] = {"name", NULL};
+    tide__check_opts(L, 1, known, -1);
     fidx = 2;
     lua_getfield(L, 1, "name");
     named = !lua_isnil(L, -1);
-    luaL_argexpected(L, !named || lua_type(L, -1) == LUA_TSTRING, 1,
-                     "opts.name as a string");
+    if (named && lua_type(L, -1) != LUA_TSTRING)
+      luaL_argerror(L, 1, lua_pushfstring(L, "opts.name: string expected, got %s",
+                                          luaL_typename(L, -1)));
     lua_replace(L, 1); /* slot 1 now holds the name (or nil) */
   }
   luaL_checktype(L, fidx, LUA_TFUNCTION);

@@ -29,9 +29,33 @@ local function typename(v)
   return type(v)
 end
 
-local function argerror(fname, i, expected, v, level)
-  error(("bad argument #%d to '%s' (%s expected, got %s)"):format(
-    i, fname, expected, typename(v)), (level or 2) + 1)
+-- Errors about arguments are located at the user's call, whatever the
+-- depth inside this module (and in a tail call, at its caller, as Lua's).
+local raise_at_user = core.raise_at_user
+
+local function argerror(fname, i, expected, v)
+  raise_at_user(("bad argument #%d to '%s' (%s expected, got %s)"):format(
+    i, fname, expected, typename(v)))
+end
+
+local function badarg(fname, i, msg)
+  raise_at_user(("bad argument #%d to '%s' (%s)"):format(i, fname, msg))
+end
+
+-- opts must be nil or a table of the options named in known (a typo is
+-- an error, not a silent default).
+local function check_opts(fname, i, opts, known)
+  if opts == nil then return end
+  if type(opts) ~= "table" then argerror(fname, i, "table of options", opts) end
+  for k in pairs(opts) do
+    if not known[k] then badarg(fname, i, ("unknown option '%s'"):format(tostring(k))) end
+  end
+end
+
+-- A timeout: nil, or a number that is not NaN.
+local function check_timeout(fname, i, what, v)
+  if v ~= nil and type(v) ~= "number" then argerror(fname, i, what .. " as a number", v) end
+  if v ~= v then badarg(fname, i, what .. " is NaN") end
 end
 
 local function me(fname)
@@ -47,7 +71,7 @@ local function to_tasks(list, n, fname, argbase)
   for i = 1, n do
     local v = list[i]
     if type(v) ~= "function" and not istask(v) then
-      argerror(fname, argbase + i - 1, "task or function", v, 3)
+      argerror(fname, argbase + i - 1, "task or function", v)
     end
   end
   local tasks = {}
@@ -75,6 +99,8 @@ local function join(t)
   return err
 end
 
+local GATHER_OPTS = { return_exceptions = true }
+
 -- tide.gather(t1, t2, ...) | tide.gather({t1, ...} [, {return_exceptions}])
 -- (the checks, spawning of functions and the wait are C: gather_wait)
 function M.gather(...)
@@ -85,37 +111,37 @@ function M.gather(...)
   end
   if nargs >= 1 and type(first) == "table" and not istask(first) then
     local opts = select(2, ...)
-    if opts ~= nil and type(opts) ~= "table" then
-      argerror("gather", 2, "table of options", opts)
+    check_opts("gather", 2, opts, GATHER_OPTS)
+    local n = first.n
+    if n ~= nil and math.type(n) ~= "integer" then
+      if math.type(n) == "float" and n == math.floor(n) then n = math.tointeger(n)
+      else argerror("gather", 1, "array of tasks or functions with an integer n", n) end
     end
-    return gather_wait(first, first.n or #first, opts and opts.return_exceptions, true)
+    return gather_wait(first, n or #first, opts and opts.return_exceptions, true)
   end
   return gather_wait({ ... }, nargs, false)
 end
 
 local RETURN_WHEN = { all_completed = true, first_completed = true, first_error = true }
+local WAIT_OPTS = { timeout = true, return_when = true }
 
 -- tide.wait(tasks, {timeout =, return_when =}) -> done, pending
 function M.wait(tasks, opts)
   if type(tasks) ~= "table" or istask(tasks) then
     argerror("wait", 1, "array of tasks", tasks)
   end
-  if opts ~= nil and type(opts) ~= "table" then
-    argerror("wait", 2, "table of options", opts)
-  end
+  check_opts("wait", 2, opts, WAIT_OPTS)
   opts = opts or {}
   local timeout, when = opts.timeout, opts.return_when or "all_completed"
-  if timeout ~= nil and type(timeout) ~= "number" then
-    argerror("wait", 2, "opts.timeout as a number", timeout)
-  end
+  check_timeout("wait", 2, "opts.timeout", timeout)
   if not RETURN_WHEN[when] then
-    error(("bad argument #2 to 'wait' (opts.return_when must be " ..
-      "\"all_completed\", \"first_completed\" or \"first_error\", got %q)"):format(
-      tostring(when)), 2)
+    badarg("wait", 2, ("opts.return_when must be " ..
+      "\"all_completed\", \"first_completed\" or \"first_error\", got %q"):format(
+      tostring(when)))
   end
   local n = #tasks
   if n == 0 then
-    error("bad argument #1 to 'wait' (the set of tasks is empty)", 2)
+    badarg("wait", 1, "the set of tasks is empty")
   end
   tasks = to_tasks(tasks, n, "wait", 1)
   local self = me("tide.wait")
@@ -166,9 +192,7 @@ function M.as_completed(tasks, timeout)
   if type(tasks) ~= "table" or istask(tasks) then
     argerror("as_completed", 1, "array of tasks", tasks)
   end
-  if timeout ~= nil and type(timeout) ~= "number" then
-    argerror("as_completed", 2, "number", timeout)
-  end
+  check_timeout("as_completed", 2, "timeout", timeout)
   local n = #tasks
   tasks = to_tasks(tasks, n, "as_completed", 1)
   local finished, head, tail, remaining, waiter, expired = {}, 1, 0, n, nil, false
@@ -220,6 +244,7 @@ end
 
 local Group = {}
 Group.__index = Group
+local SPAWN_OPTS = { name = true }
 
 -- g:spawn([opts,] fn, ...) -> task, a child of the group (opts as tide.spawn's)
 function Group:spawn(fn, ...)
@@ -232,12 +257,18 @@ function Group:spawn(fn, ...)
   elseif type(fn) ~= "function" then
     argerror("spawn", 1, "function or table of options", fn)
   end
+  if opts ~= nil then
+    check_opts("spawn", 1, opts, SPAWN_OPTS)
+    if opts.name ~= nil and type(opts.name) ~= "string" then
+      argerror("spawn", 1, "opts.name as a string", opts.name)
+    end
+  end
   if self._closed then
-    error(terror("invalid_state", "task group is finished; it takes no new tasks"), 2)
+    raise_at_user("task group is finished; it takes no new tasks", "invalid_state")
   end
   if self._aborted then -- as asyncio's: the task would never run
-    error(terror("invalid_state", "task group is shutting down (a task in it failed); "
-      .. "it takes no new tasks"), 2)
+    raise_at_user("task group is shutting down (a task in it failed); "
+      .. "it takes no new tasks", "invalid_state")
   end
   local t
   if opts then t = spawn(opts, fn, select(2, ...)) else t = spawn(fn, ...) end
@@ -318,10 +349,10 @@ end
 
 local function check_seconds(fname, i, s)
   if type(s) ~= "number" then
-    argerror(fname, i, "number of seconds", s, 3)
+    argerror(fname, i, "number of seconds", s)
   end
   if s ~= s then
-    error(("bad argument #%d to '%s' (seconds is NaN)"):format(i, fname), 3)
+    badarg(fname, i, "seconds is NaN")
   end
 end
 
@@ -420,6 +451,10 @@ end
 -- task that spawned them), with state and the line each one waits at.
 function M.dump_tasks(out)
   out = out or io.stderr
+  local ok, write = pcall(function() return out.write end)
+  if not ok or write == nil then
+    argerror("dump_tasks", 1, "file (an object with write and flush)", out)
+  end
   local rows, kids, roots, n = {}, {}, {}, 0
   for _, t in ipairs(core.all_tasks()) do
     n = n + 1

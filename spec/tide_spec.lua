@@ -649,6 +649,39 @@ describe("tide.gather", function()
     ok, e = pcall(function() tide.wait_for(function() end, "x") end)
     assert.matches("^spec/tide_spec.lua:%d+: bad argument #2 to 'wait_for'", e)
   end)
+
+  it("locates a bad argument in a tail call at the caller, as Lua's own functions do", function()
+    local function tail() return tide.wait_for(function() end, "x") end
+    local line = debug.getinfo(1, "l").currentline + 1
+    local ok, e = pcall(function() tail() end)
+    assert.is_false(ok)
+    assert.equals("spec/tide_spec.lua:" .. line .. ": bad argument #2 to 'wait_for' "
+      .. "(number of seconds expected, got string)", e)
+    ok, e = pcall(function() local _ = tide.gather({ n = 1.5 }) end)
+    assert.matches("^spec/tide_spec.lua:%d+: bad argument #1 to 'gather' %(.*integer n", e)
+  end)
+
+  it("refuses an unknown option: a typo is an error, not a silent default", function()
+    local function f() end
+    local cases = {
+      { "gather", 2, function() tide.gather({ f }, { return_exeptions = true }) end },
+      { "wait", 2, function() tide.wait({ tide.spawn(f) }, { timout = 0.1 }) end },
+      { "spawn", 1, function() tide.spawn({ nmae = "x" }, f) end },
+      { "run", 1, function() tide.run({ clok = "virtual" }, f) end },
+      { "spawn", 1, function() tide.task_group(function(g) g:spawn({ nam = "x" }, f) end) end },
+    }
+    for _, c in ipairs(cases) do
+      local ok, e = pcall(c[3])
+      assert.is_false(ok)
+      assert.matches(("bad argument #%d to '[%%w.]*%s' %%(unknown option '[%%w_]+'%%)"):format(c[2], c[1]), e)
+    end
+    local ok, e = pcall(tide.wait, { tide.spawn(f) }, { timeout = 0 / 0 })
+    assert.is_false(ok)
+    assert.matches("opts.timeout is NaN", e)
+    ok, e = pcall(function() for _ in tide.as_completed({ tide.spawn(f) }, 0 / 0) do end end)
+    assert.matches("^spec/tide_spec.lua:%d+: bad argument #2 to 'as_completed' %(timeout is NaN%)", e)
+    tide.sleep(0) -- the tasks made for the calls end
+  end)
 end)
 
 describe("tide.wait", function()
