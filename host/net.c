@@ -550,16 +550,21 @@ static int wait_drained(lua_State *L, stream *s) {
   return 0;
 }
 
-/* write(data): queued at once; suspends while the kernel and libuv hold
- * more than the high-water mark (backpressure). */
+/* write(data, ...): the strings (or numbers), in order, as one write,
+ * queued at once; suspends while the kernel and libuv hold more than the
+ * high-water mark (backpressure). */
 static int st_write(lua_State *L) {
   stream *s = check_stream(L, 1);
-  size_t len;
-  const char *data = luaL_checklstring(L, 2, &len);
+  int i, n = lua_gettop(L);
+  size_t len = 0, off = 0, l;
   wreq *w;
   uv_buf_t buf;
   int rc;
-  lua_settop(L, 2);
+  luaL_checkstring(L, 2);
+  for (i = 2; i <= n; i++) {
+    luaL_checklstring(L, i, &l);
+    len += l;
+  }
   if (s->err)
     return raise_uv(L, s->err, "write");
   if (s->shut)
@@ -570,7 +575,12 @@ static int st_write(lua_State *L) {
   w = malloc(sizeof(*w) + len);
   if (w == NULL)
     return luaL_error(L, "not enough memory");
-  memcpy(w->data, data, len);
+  for (i = 2; i <= n; i++) {
+    const char *p = lua_tolstring(L, i, &l);
+    memcpy(w->data + off, p, l);
+    off += l;
+  }
+  lua_settop(L, 2); /* write_k's stack: [stream, data, resume values] */
   w->s = s;
   buf = uv_buf_init(w->data, (unsigned)len);
   rc = uv_write(&w->req, &s->h.stream, &buf, 1, on_uv_write);
