@@ -468,6 +468,38 @@ describe("tide.http", function()
       S.raises_matching("bad argument #1 to 'session' (opts.max_per_host: a non-negative number expected, got -2)", http.session, { max_per_host = -2 })
     end)
 
+    it("refuses values it would have sent as garbage or dropped, at the call that gave them", function()
+      S.raises_matching("bad argument #1 to 'session' (opts.cookies: names and values must be strings",
+        http.session, { cookies = { a = {} } })
+      S.raises_matching("bad argument #1 to 'session' (opts.headers: bad header name", http.session, { headers = { "x" } })
+      S.raises_matching("bad argument #1 to 'session' (opts.http_version", http.session, { http_version = "9" })
+      S.raises_matching("bad argument #2 to 'get' (opts.headers: value of 'X-A' is a table that is not an array)",
+        http.get, url("/get"), { headers = { ["X-A"] = { k = "v" } } })
+      S.raises_matching("bad argument #2 to 'post' (opts.body[2]: string expected, got number)",
+        http.post, url("/post"), { body = { "a", 2 } })
+      S.raises_matching("bad argument #1 to 'urlencode' (value of 'a' must be a string, number or boolean, got function)",
+        http.urlencode, { a = print })
+      S.raises_matching("bad argument #1 to 'urldecode' (string expected, got number)", http.urldecode, 1)
+    end)
+
+    it("names the method and the object when a method is called with '.' instead of ':'", function()
+      local res = http.get(url("/get"))
+      local s <close> = http.session()
+      for name, f in pairs({ json = res.json, ok = res.ok, read = res.read, close = res.close,
+        raise_for_status = res.raise_for_status }) do
+        S.raises_matching(("bad argument #1 to '%s' (tide.http.Response expected, got no value)"):format(name), f)
+      end
+      S.raises_matching("bad argument #1 to 'get' (tide.http.Session expected, got string)", s.get, "http://x/")
+      S.raises_matching("bad argument #1 to 'get_all' (tide.Headers expected, got no value)", res.headers.get_all)
+      local server <close> = http.serve("127.0.0.1", 0, function() return "x" end)
+      S.raises_matching("bad argument #1 to 'port' (tide.HttpServer expected, got no value)", server.port)
+      assert.equals(("http://127.0.0.1:%d/x"):format(server:port()), server:url("x"))
+      S.raises_matching("bad argument #1 to 'url' (string expected, got number)", server.url, server, 7)
+      -- a JSON error says what is wrong with the body, not where the decoder is
+      local e = select(2, pcall(res.json, setmetatable({ body = "{", url = "u" }, getmetatable(res))))
+      assert.equals("u: the body is not JSON (Expected object key string but found T_END at character 2)", e.message)
+    end)
+
     it("has fds back at baseline after 10,000 faulted requests", function()
       local base = fds()
       local session <close> = http.session()

@@ -179,6 +179,12 @@ local function header_lines(fname, argn, list, seen, ...)
       if not seen[lname] then
         seen[lname] = true
         local values = type(value) == "table" and value or { value }
+        for k in pairs(values) do
+          if math.type(k) ~= "integer" or k < 1 or k > #values then
+            argerror(fname, argn, ("opts.headers: value of '%s' is a table that is not an array")
+              :format(name))
+          end
+        end
         for _, v in ipairs(values) do
           if type(v) ~= "string" and type(v) ~= "number" then
             argerror(fname, argn, ("opts.headers: value of '%s' must be a string, got %s"):format(name, type(v)))
@@ -202,25 +208,10 @@ local function count(v)
   return math.tointeger(v) or v
 end
 
--- Checks a query or form table: names to strings, numbers or booleans, or
--- arrays of them (a repeated name).
+-- Checks a query or form table.
 local function check_params(fname, argn, what, t)
-  for k, v in pairs(t) do
-    local vs = type(v) == "table" and v or { v }
-    if type(k) ~= "string" and type(k) ~= "number" then
-      argerror(fname, argn, ("opts.%s: names must be strings, got %s"):format(what, type(k)))
-    end
-    if type(v) == "table" and next(v) ~= nil and #v == 0 then
-      argerror(fname, argn, ("opts.%s: value of '%s' is a table that is not an array"):format(what, k))
-    end
-    for _, one in pairs(vs) do
-      local ty = type(one)
-      if ty ~= "string" and ty ~= "number" and ty ~= "boolean" then
-        argerror(fname, argn, ("opts.%s: value of '%s' must be a string, number or boolean, got %s")
-          :format(what, k, ty))
-      end
-    end
-  end
+  local problem = Headers.params_problem(t)
+  if problem then argerror(fname, argn, ("opts.%s: %s"):format(what, problem)) end
 end
 
 local function seconds(v, default)
@@ -243,6 +234,27 @@ end
 local Response = {}
 Response.__name = "tide.http.Response"
 
+-- self of a method called with "." instead of ":" (or on something else)
+local function check_self(self, class, fname)
+  if getmetatable(self) ~= class then
+    local mt = getmetatable(self)
+    argerror(fname, 1, ("%s expected, got %s"):format(class.__name,
+      type(mt) == "table" and type(mt.__name) == "string" and mt.__name
+      or (self == nil and "no value" or type(self))))
+  end
+end
+
+-- A byte count: nil, or a non-negative integer (whole floats too).
+local function byte_count(fname, n)
+  if n == nil then return nil end
+  local i = math.tointeger(n)
+  if not i or i < 0 then
+    argerror(fname, 1, "non-negative byte count expected, got " ..
+      (type(n) == "number" and tostring(n) or type(n)))
+  end
+  return i
+end
+
 -- res.timings is named from the engine's array on first use
 local TIMINGS = { "dns", "connect", "tls", "pretransfer", "first_byte", "total", "redirect" }
 function Response.__index(self, k)
@@ -256,16 +268,19 @@ function Response.__index(self, k)
 end
 
 function Response:json()
+  check_self(self, Response, "json")
   local body = self.body
   if body == nil then body = self:read_all() end
   local ok, v = pcall(json_decode, body)
   if not ok then
-    error(tide.error("json", ("%s: the body is not JSON (%s)"):format(self.url, tostring(v)), { url = self.url }), 2)
+    v = tostring(v):gsub("^[^:]*:%d+: ", "") -- the decoder's reason, not where it is
+    error(tide.error("json", ("%s: the body is not JSON (%s)"):format(self.url, v), { url = self.url }), 2)
   end
   return v
 end
 
 function Response:raise_for_status()
+  check_self(self, Response, "raise_for_status")
   if self.status >= 400 then
     error(tide.error("http", ("%d %s for %s"):format(self.status, self.reason or "", self.url),
       { status = self.status, url = self.url, response = self }), 2)
@@ -273,14 +288,16 @@ function Response:raise_for_status()
   return self
 end
 
-function Response:ok() return self.status < 400 end
+function Response:ok()
+  check_self(self, Response, "ok")
+  return self.status < 400
+end
 
 -- Streamed bodies (opts.stream = true): read([n]) -> up to n bytes, or nil
 -- at the end; the transfer pauses while the reader is behind.
 function Response:read(n)
-  if n ~= nil and (math.type(n) ~= "integer" or n < 0) then
-    argerror("read", 1, "non-negative byte count expected, got " .. tostring(n))
-  end
+  check_self(self, Response, "read")
+  n = byte_count("read", n)
   local x = rawget(self, "_x")
   if not x then
     if n ~= nil then error("bad argument #1 to 'read' (not a streamed response)", 2) end
@@ -293,10 +310,13 @@ end
 
 -- for chunk in res:chunks([size]) do ... end
 function Response:chunks(size)
+  check_self(self, Response, "chunks")
+  size = byte_count("chunks", size)
   return function() return self:read(size) end
 end
 
 function Response:read_all()
+  check_self(self, Response, "read_all")
   local parts = {}
   for chunk in self:chunks() do parts[#parts + 1] = chunk end
   return table.concat(parts)
@@ -304,6 +324,7 @@ end
 
 -- Ends a streamed transfer early (also what <close> and the collector do).
 function Response:close()
+  check_self(self, Response, "close")
   local x = rawget(self, "_x")
   if x then x:close() end
 end
@@ -411,6 +432,15 @@ local function perform(sess, fname, argbase, method, url, opts)
   elseif opts.form then
     check_params(fname, argbase + 1, "form", opts.form)
     body, ctype = M.urlencode(opts.form), "application/x-www-form-urlencoded"
+  end
+  if type(body) == "table" then
+    for k, v in pairs(body) do
+      if math.type(k) ~= "integer" or k < 1 or k > #body then
+        argerror(fname, argbase + 1, "opts.body: a table that is not an array of strings")
+      elseif type(v) ~= "string" then
+        argerror(fname, argbase + 1, ("opts.body[%d]: string expected, got %s"):format(k, type(v)))
+      end
+    end
   end
   if type(body) ~= "string" and body ~= nil then body_fn, body = body_source(body), nil end
   local headers = {}
@@ -542,17 +572,20 @@ local function check_method(method)
 end
 
 function Session:request(method, url, opts)
+  check_self(self, Session, "request")
   return perform(self, "request", 2, check_method(method), url, opts)
 end
 
 for _, name in ipairs(METHODS) do
   local method = name:upper()
   Session[name] = function(self, url, opts)
+    check_self(self, Session, name)
     return perform(self, name, 1, method, url, opts)
   end
 end
 
 function Session:close()
+  check_self(self, Session, "close")
   if self.core ~= "default" then self.core:close() end
 end
 Session.__close = Session.close
@@ -574,10 +607,21 @@ function M.session(opts)
   opts = opts or {}
   local defaults = {}
   for k in pairs(OPTION_TYPES) do defaults[k] = opts[k] end
+  if opts.headers then header_lines("session", 1, {}, {}, opts.headers) end
+  if opts.http_version and not VERSIONS[opts.http_version] then
+    argerror("session", 1, ("opts.http_version: one of 1.0, 1.1, 2, 2-prior-knowledge expected, got %q")
+      :format(opts.http_version))
+  end
   local cookie
   if type(opts.cookies) == "table" then
     local parts = {}
-    for k, v in pairs(opts.cookies) do parts[#parts + 1] = k .. "=" .. tostring(v) end
+    for k, v in pairs(opts.cookies) do
+      if type(k) ~= "string" or type(v) ~= "string" and type(v) ~= "number" then
+        argerror("session", 1, ("opts.cookies: names and values must be strings (or numbers), "
+          .. "got %s = %s"):format(type(k), type(v)))
+      end
+      parts[#parts + 1] = k .. "=" .. tostring(v)
+    end
     table.sort(parts)
     cookie = table.concat(parts, "; ")
   end

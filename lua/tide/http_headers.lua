@@ -6,6 +6,31 @@
 -- proxy (values in a side table), so a header named "list" or "get_all"
 -- cannot hide the methods: h.list is the method, h["List"] the header.
 local M = {}
+local raise_at_user = require("tide.core").raise_at_user
+
+local function argerror(fname, argn, msg)
+  raise_at_user(("bad argument #%d to '%s' (%s)"):format(argn, fname, msg))
+end
+
+-- What is wrong with a query or form table (names to strings, numbers or
+-- booleans, or arrays of them: a repeated name), or nil.
+function M.params_problem(t)
+  for k, v in pairs(t) do
+    local vs = type(v) == "table" and v or { v }
+    if type(k) ~= "string" and type(k) ~= "number" then
+      return ("names must be strings, got %s"):format(type(k))
+    end
+    if type(v) == "table" and next(v) ~= nil and #v == 0 then
+      return ("value of '%s' is a table that is not an array"):format(k)
+    end
+    for _, one in pairs(vs) do
+      local ty = type(one)
+      if ty ~= "string" and ty ~= "number" and ty ~= "boolean" then
+        return ("value of '%s' must be a string, number or boolean, got %s"):format(k, ty)
+      end
+    end
+  end
+end
 
 -- URL encoding, for the client's query strings and forms and the server's
 -- queries.
@@ -17,6 +42,9 @@ end
 
 -- urlencode({a = 1, b = {"x", "y"}}) -> "a=1&b=x&b=y" (keys sorted)
 function M.urlencode(t)
+  if type(t) ~= "table" then argerror("urlencode", 1, "table expected, got " .. type(t)) end
+  local problem = M.params_problem(t)
+  if problem then argerror("urlencode", 1, problem) end
   local keys, out = {}, {}
   for k in pairs(t) do keys[#keys + 1] = tostring(k) end
   table.sort(keys)
@@ -33,6 +61,7 @@ function M.urlencode(t)
 end
 
 function M.urldecode(s)
+  if type(s) ~= "string" then argerror("urldecode", 1, "string expected, got " .. type(s)) end
   return (s:gsub("%+", " "):gsub("%%(%x%x)", function(h)
     return string.char(tonumber(h, 16))
   end))
@@ -58,7 +87,15 @@ end
 
 local methods = {}
 
+local function check_map(h, fname)
+  if getmetatable(h) ~= M.mt then
+    argerror(fname, 1, "tide.Headers expected, got " .. (h == nil and "no value" or type(h)))
+  end
+end
+
 function methods.get_all(h, name)
+  check_map(h, "get_all")
+  if type(name) ~= "string" then argerror("get_all", 2, "string expected, got " .. type(name)) end
   local out, l, want = {}, list_of(h), name:lower()
   for i = 1, #l, 2 do
     if l[i]:lower() == want then out[#out + 1] = l[i + 1] end
@@ -67,6 +104,7 @@ function methods.get_all(h, name)
 end
 
 function methods.list(h)
+  check_map(h, "list")
   local out, l = {}, list_of(h)
   for i = 1, #l, 2 do out[#out + 1] = { l[i], l[i + 1] } end
   return out
@@ -85,6 +123,8 @@ local mt = {
 
 -- Makes a map of v ({lower-case name = first value}) and its list (or its
 -- header lines, "Name: value\r\n"...).
+M.mt = mt
+
 function M.wrap(v, list)
   local h = setmetatable({}, mt)
   values[h], lists[h] = v, list

@@ -327,13 +327,34 @@ local function serve_conn(srv, conn)
   end
 end
 
+-- Raises as luaL_argerror would, at the first caller outside tide's modules.
+local raise_at_caller = require("tide.core").raise_at_user
+local function argerror_at(fname, n, msg)
+  raise_at_caller(("bad argument #%d to '%s' (%s)"):format(n, fname, msg))
+end
+
 local Server = {}
 Server.__index = Server
 Server.__name = "tide.HttpServer"
 
-function Server:port() return self._port end
+local function check_self(self, fname)
+  if getmetatable(self) ~= Server then
+    argerror_at(fname, 1, "tide.HttpServer expected, got " .. (self == nil and "no value" or type(self)))
+  end
+end
 
+function Server:port()
+  check_self(self, "port")
+  return self._port
+end
+
+-- srv:url([path]) -> "http://host:port/path" (a path without a leading "/" gets one)
 function Server:url(path)
+  check_self(self, "url")
+  if path ~= nil and type(path) ~= "string" then
+    argerror_at("url", 1, "string expected, got " .. type(path))
+  end
+  if path and path:sub(1, 1) ~= "/" then path = "/" .. path end
   local host = self._host
   if host == "0.0.0.0" then host = "127.0.0.1"
   elseif host == "::" then host = "::1" end
@@ -345,6 +366,7 @@ end
 -- every connection task has ended (requests in progress get
 -- shutdown_timeout seconds, then are cancelled).
 function Server:close()
+  check_self(self, "close")
   if not self.closed then
     self.closed = true
     self._net:close()
@@ -373,12 +395,7 @@ local OPTIONS = { max_header_size = "count", max_body_size = "number",
   idle_timeout = "positive", shutdown_timeout = "number", linger = "number",
   backlog = "count", log = "boolean" }
 
--- Raises msg at the first caller outside tide's own modules.
-local raise_at_caller = require("tide.core").raise_at_user
-
-local function argerror(n, msg)
-  raise_at_caller(("bad argument #%d to 'serve' (%s)"):format(n, msg))
-end
+local function argerror(n, msg) argerror_at("serve", n, msg) end
 
 local function check_opts(opts)
   if opts ~= nil and type(opts) ~= "table" then
