@@ -44,6 +44,38 @@ int tide__user_frame(lua_State *co, int level, int fallback, lua_Debug *ar) {
   return found;
 }
 
+/* [-0, +1, m] Pushes and returns the name under which the function at idx
+ * is in a loaded module ("tide.sleep", "print"), as lauxlib names a function
+ * called through pcall; "this function" if it is in none. */
+const char *tide__global_name(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) { /* [loaded, modname, module] */
+    if (lua_type(L, -2) == LUA_TSTRING && lua_istable(L, -1) &&
+        strcmp(lua_tostring(L, -2), "tide.core") != 0) { /* internal */
+      lua_pushnil(L);
+      while (lua_next(L, -2)) { /* [.., module, key, value] */
+        if (lua_type(L, -2) == LUA_TSTRING && lua_rawequal(L, -1, idx)) {
+          const char *mod = lua_tostring(L, -4);
+          if (strcmp(mod, LUA_GNAME) == 0)
+            lua_pushvalue(L, -2);
+          else
+            lua_pushfstring(L, "%s.%s", mod, lua_tostring(L, -2));
+          lua_replace(L, -6); /* over loaded */
+          lua_pop(L, 4);
+          return lua_tostring(L, -1);
+        }
+        lua_pop(L, 1);
+      }
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  lua_pushliteral(L, "this function");
+  return lua_tostring(L, -1);
+}
+
 /* Refuses, as luaL_argerror does for argument arg, anything but nil or a
  * table whose keys are all among the first n names of known (n < 0: all
  * of the NULL-terminated list): a mistyped option must not go unnoticed. */

@@ -1096,8 +1096,13 @@ static int listen_on(lua_State *L, tide_sched *s, const struct sockaddr *addr) {
   int rc, backlog = 128;
   size_t limit = tide__stream_limit(L, 4);
   if (lua_istable(L, 4)) {
-    lua_getfield(L, 4, "backlog");
-    backlog = (int)luaL_optinteger(L, -1, 128);
+    lua_Integer n = 128;
+    int isint = 1;
+    if (lua_getfield(L, 4, "backlog") != LUA_TNIL)
+      n = lua_tointegerx(L, -1, &isint);
+    if (!isint || n < 1 || n > 65535)
+      luaL_argerror(L, 4, "opts.backlog: an integer from 1 to 65535 expected");
+    backlog = (int)n;
     lua_pop(L, 1);
   }
   b = lua_newuserdatauv(L, sizeof(*b), 0);

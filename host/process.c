@@ -577,6 +577,7 @@ static int run_k(lua_State *L, int status, lua_KContext ctx) {
  * then hands the process to the Lua half (upvalue 1) with argv, input and
  * timeout. */
 static int l_run(lua_State *L) {
+  tide__current(L); /* it waits: refused before a child starts */
   start(L, 1); /* [argv, opts, process] */
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_pushvalue(L, 3);

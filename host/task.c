@@ -76,6 +76,23 @@ tide_task *tide__check_task(lua_State *L, int idx) {
   return lua_touserdata(L, idx);
 }
 
+/* Raises kind "invalid_state": fn was called outside any task. */
+static int outside_task(lua_State *L, const char *fn) {
+  return tide__raise_kind_at_user(L, "invalid_state",
+                                  "%s must be called from inside a task (the "
+                                  "main chunk under tide, or a function run "
+                                  "by tide.run or tide.spawn)", fn);
+}
+
+/* core.need_task(fname): for tide's Lua modules, whose functions suspend
+ * in a C call with another name (the message names what the user called). */
+static int l_need_task(lua_State *L) {
+  const char *fn = luaL_checkstring(L, 1);
+  if (tide__rt(L)->current == NULL)
+    return outside_task(L, fn);
+  return 0;
+}
+
 /* The task running now; raises if there is none or if L cannot yield. */
 tide_task *tide__current(lua_State *L) {
   tide_runtime *rt = tide__rt(L);
@@ -84,10 +101,11 @@ tide_task *tide__current(lua_State *L) {
     const char *fn = "this function";
     if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "n", &ar) && ar.name)
       fn = ar.name;
-    tide__raise_kind_at_user(L, "invalid_state",
-                             "%s must be called from inside a task (the main "
-                             "chunk under tide, or a function run by tide.run "
-                             "or tide.spawn)", fn);
+    else if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "f", &ar)) {
+      fn = tide__global_name(L, -1); /* called through pcall: "tide.sleep" */
+      lua_remove(L, -2);
+    }
+    outside_task(L, fn);
   }
   if (rt->current->state != TS_RUNNING)
     luaL_error(L, "the task is not running here (a coroutine of a task "
@@ -1223,6 +1241,7 @@ static int t_add_done_callback(lua_State *L) {
 static int t_remove_done_callback(lua_State *L) {
   lua_Integer n = 0;
   tide__check_task(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
   while (waiters_remove(L, 1, 2))
     n++;
   lua_pushinteger(L, n);
@@ -1695,7 +1714,7 @@ static int l_isyieldable(lua_State *L) {
 static const luaL_Reg task_funcs[] = {
   {"set_lua_main", l_set_lua_main}, {"running", l_running},
   {"isyieldable", l_isyieldable},
-  {"spawn", l_spawn}, {"current_task", l_current_task},
+  {"spawn", l_spawn}, {"current_task", l_current_task}, {"need_task", l_need_task},
   {"all_tasks", l_all_tasks}, {"park", l_park}, {"wake", l_wake},
   {"uncancel", l_uncancel}, {"other_cancel", l_other_cancel}, {"istask", l_istask},
   {"gather_wait", l_gather_wait},

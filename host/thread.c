@@ -924,9 +924,7 @@ static int writer(lua_State *L, const void *p, size_t sz, void *ud) {
   return tide__buf_add(ud, p, sz);
 }
 
-/* Raises "bad argument #pos to 'to_thread' (<fmt>)". By hand: called
- * through tide.to_thread, Lua would name the wrapper's line, not the
- * caller's, so no position (like tide.sleep's argument errors). */
+/* Raises "bad argument #pos to 'to_thread' (<fmt>)" at the user's call. */
 static int arg_error(lua_State *L, int pos, const char *fmt, ...) {
   va_list ap;
   lua_pushfstring(L, "bad argument #%d to 'to_thread' (", pos);
@@ -935,7 +933,7 @@ static int arg_error(lua_State *L, int pos, const char *fmt, ...) {
   va_end(ap);
   lua_pushliteral(L, ")");
   lua_concat(L, 3);
-  return lua_error(L);
+  return tide__raise_at_user(L, "%s", lua_tostring(L, -1));
 }
 
 static void arg_fail(lua_State *L, int pos, const char *msg) {

@@ -58,12 +58,11 @@ local function check_timeout(fname, i, what, v)
   if v ~= v then badarg(fname, i, what .. " is NaN") end
 end
 
+local need_task = core.need_task
+
 local function me(fname)
-  local t = current_task()
-  if not t then
-    core.raise_at_user(fname .. " must be called from inside a task", "invalid_state")
-  end
-  return t
+  need_task(fname)
+  return current_task()
 end
 
 -- Turns a list of tasks or functions into tasks (functions are spawned).
@@ -106,9 +105,7 @@ local GATHER_OPTS = { return_exceptions = true }
 function M.gather(...)
   local nargs = select("#", ...)
   local first = ...
-  if not current_task() then
-    core.raise_at_user("tide.gather must be called from inside a task", "invalid_state")
-  end
+  need_task("tide.gather")
   if nargs >= 1 and type(first) == "table" and not istask(first) then
     local opts = select(2, ...)
     check_opts("gather", 2, opts, GATHER_OPTS)

@@ -121,6 +121,18 @@ describe("fs.read_file", function()
   it("checks its argument", function()
     raises_matching("bad argument #1 to 'read_file' (string expected, got no value)", fs.read_file)
     raises_matching("bad argument #1 to 'read_file' (string expected, got table)", fs.read_file, {})
+    local function tail() return fs.read_file({}) end -- located at its caller, as Lua's own
+    local line = debug.getinfo(1, "l").currentline + 1
+    local ok, e = pcall(function() tail() end)
+    assert.equals("spec/fs_spec.lua:" .. line .. ": bad argument #1 to 'read_file' (string expected, got table)", e)
+    local got
+    tide.call_soon(function() got = select(2, pcall(fs.read_file, "/etc/hostname")) end)
+    tide.sleep(0.01)
+    assert.matches("read_file must be called from inside a task", tostring(got))
+    raises_matching("bad argument #3 to 'write_file' (option 'mode' must be permission bits (0 to 0o7777), got -1)",
+      fs.write_file, "/nonexistent/x", "", { mode = -1 })
+    raises_matching("bad argument #2 to 'mkdir' (option 'mode' must be permission bits", fs.mkdir,
+      "/nonexistent/x/y", { parents = true, mode = 1 << 20 })
   end)
 end)
 

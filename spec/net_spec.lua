@@ -149,6 +149,8 @@ sys.stdin.read()
       S.raises_matching("bad argument #4 to 'tide.net.serve' (unknown option 'limt')",
         net.serve, "127.0.0.1", 0, print, { limt = 1 })
       S.raises_matching("(unknown option 'timout')", net.connect, "127.0.0.1", 1, { timout = 1 })
+      S.raises_matching("bad argument #4 to 'tide.net.serve' (opts.backlog: an integer from 1 to 65535 expected)",
+        net.serve, "127.0.0.1", 0, print, { backlog = "x" })
       S.raises_matching("(opts.timeout: a positive number or false expected, got string)",
         net.connect, "127.0.0.1", 1, { timeout = "soon" })
       assert.has_error(function() net.serve("127.0.0.1", 0, "not a function") end)

@@ -135,6 +135,11 @@ describe("tide.process", function()
     it("checks its arguments", function()
       raises("bad argument #1 to 'run' (table expected, got no value)", function() process.run() end)
       raises("bad argument #1 to 'run' (argv must not be empty)", function() process.run({}) end)
+      -- outside a task: refused by name, before a child starts
+      local got
+      tide.call_soon(function() got = select(2, pcall(process.run, { "sh", "-c", "echo started >&2" })) end)
+      tide.sleep(0.05)
+      assert.matches("tide.process.run must be called from inside a task", tostring(got))
       raises("bad argument #1 to 'run' (argv[2]: string expected, got number)",
         function() process.run({ "echo", 1 }) end)
       raises("bad argument #2 to 'run' (unknown option 'imput')", function() process.run({ "true" }, { imput = "" }) end)

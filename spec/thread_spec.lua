@@ -102,6 +102,9 @@ describe("tide.to_thread", function()
         raised(tide.to_thread, print), 1, true)
       assert.matches("bad argument #1 to 'to_thread' (Lua function expected, got number)",
         raised(tide.to_thread, 1), 1, true)
+      local ok, e = pcall(function() tide.to_thread(1) end) -- at the caller's line
+      assert.is_false(ok)
+      assert.matches("^spec/thread_spec.lua:%d+: bad argument #1 to 'to_thread'", e)
     end)
 
     it("refuses functions, userdata and threads, naming the argument", function()

@@ -388,6 +388,8 @@ describe("Task", function()
     t:add_done_callback(cb)
     assert.equals(2, t:remove_done_callback(cb))
     assert.equals(0, t:remove_done_callback(cb))
+    assert.matches("bad argument #1 to 'remove_done_callback' %(function expected, got no value%)",
+      select(2, pcall(function() t:remove_done_callback() end)))
     t:await()
     tide.sleep(0)
     assert.equals(0, n)

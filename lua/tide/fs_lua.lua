@@ -15,15 +15,19 @@ local fs = {
   rename = C.rename,
 }
 
-local function bad(fname, i, msg)
-  return ("bad argument #%d to '%s' (%s)"):format(i, fname, msg)
+local raise_at_user = require("tide.core").raise_at_user
+local need_task = require("tide.core").need_task
+
+-- Raises as luaL_argerror would, at the user's call (a tail call: its caller).
+local function argerror(fname, i, msg)
+  raise_at_user(("bad argument #%d to '%s' (%s)"):format(i, fname, msg))
 end
 
--- Raises a luaL_checkstring-style error at the caller's caller.
+-- Raises a luaL_checkstring-style error at the user's call.
 local function check_string(fname, i, v)
   local t = type(v)
   if t ~= "string" and t ~= "number" then
-    error(bad(fname, i, "string expected, got " .. (v == nil and "no value" or t)), 3)
+    argerror(fname, i, "string expected, got " .. (v == nil and "no value" or t))
   end
 end
 
@@ -31,10 +35,10 @@ end
 local function check_path(fname, i, v)
   local t = type(v)
   if t ~= "string" and t ~= "number" then
-    error(bad(fname, i, "string expected, got " .. (v == nil and "no value" or t)), 3)
+    argerror(fname, i, "string expected, got " .. (v == nil and "no value" or t))
   end
   if t == "string" and v:find("\0", 1, true) then
-    error(bad(fname, i, "path contains a zero byte"), 3)
+    argerror(fname, i, "path contains a zero byte")
   end
 end
 
@@ -42,15 +46,17 @@ end
 local function options(fname, i, opts, types)
   if opts == nil then return {} end
   if type(opts) ~= "table" then
-    error(bad(fname, i, "table expected, got " .. type(opts)), 3)
+    argerror(fname, i, "table expected, got " .. type(opts))
   end
   for k, v in pairs(opts) do
     if types[k] == nil then
-      error(bad(fname, i, ("unknown option '%s'"):format(tostring(k))), 3)
+      argerror(fname, i, ("unknown option '%s'"):format(tostring(k)))
     elseif type(v) ~= types[k] and not (types[k] == "integer" and type(v) == "number"
         and math.tointeger(v)) then
-      error(bad(fname, i, ("option '%s' must be a%s %s"):format(k,
-        types[k] == "integer" and "n" or "", types[k])), 3)
+      argerror(fname, i, ("option '%s' must be a%s %s"):format(k,
+        types[k] == "integer" and "n" or "", types[k]))
+    elseif k == "mode" and (v < 0 or v > 4095) then
+      argerror(fname, i, ("option 'mode' must be permission bits (0 to 0o7777), got %s"):format(v))
     end
   end
   return opts
@@ -66,6 +72,7 @@ local function try(fn, ...)
 end
 
 function fs.read_file(path)
+  need_task("read_file")
   check_path("read_file", 1, path)
   local f <close> = C.open(path, "r")
   local data = f:read() or "" -- nil at the end: an empty file
@@ -151,6 +158,7 @@ local function write_atomic(path, data, perm)
 end
 
 function fs.write_file(path, data, opts)
+  need_task("write_file")
   check_path("write_file", 1, path)
   check_string("write_file", 2, data)
   opts = options("write_file", 3, opts, { atomic = "boolean", mode = "integer" })
@@ -161,6 +169,7 @@ function fs.write_file(path, data, opts)
 end
 
 function fs.append_file(path, data)
+  need_task("append_file")
   check_path("append_file", 1, path)
   check_string("append_file", 2, data)
   return write(path, data, "a")
@@ -172,6 +181,7 @@ local function isdir(path)
 end
 
 function fs.mkdir(path, opts)
+  need_task("mkdir")
   check_path("mkdir", 1, path)
   opts = options("mkdir", 2, opts, { parents = "boolean", mode = "integer" })
   if not opts.parents then
@@ -191,6 +201,7 @@ function fs.mkdir(path, opts)
 end
 
 function fs.list_dir(path)
+  need_task("list_dir")
   check_path("list_dir", 1, path)
   local names, types = C.scandir(path)
   local i = 0
@@ -201,6 +212,7 @@ function fs.list_dir(path)
 end
 
 function fs.remove(path, opts)
+  need_task("remove")
   check_path("remove", 1, path)
   opts = options("remove", 2, opts, { recursive = "boolean" })
   local _, e = try(C.unlink, path)

@@ -116,6 +116,7 @@ M.urlencode, M.urldecode = Headers.urlencode, Headers.urldecode
 
 -- Raises msg at the first caller outside tide's own modules.
 local raise_at_caller = require("tide.core").raise_at_user
+local need_task = require("tide.core").need_task
 
 -- Raises as luaL_argerror would, at the first caller outside this file.
 local function argerror(fname, argn, msg)
@@ -400,10 +401,7 @@ local function perform(sess, fname, argbase, method, url, opts)
     argerror(fname, argbase, "URL string expected, got " .. type(url))
   end
   if opts == nil then opts = EMPTY else check_opts(fname, argbase + 1, opts) end
-  if not tide.current_task() then
-    raise_at_caller(("%s must be called from inside a task (the main chunk under tide, "
-      .. "or a function run by tide.run or tide.spawn)"):format(fname), "invalid_state")
-  end
+  need_task(fname)
   local d = sess.defaults
   if sess.base_url then url = join(sess.base_url, url) end
   if not url:find("^%a[%w+.-]*://") then -- no guessing, as curl would

@@ -37,14 +37,7 @@ end
 
 -- Blocking methods check they run in a task before changing any state
 -- (Condition:wait must not give its lock away, then fail).
-local current_task = core.current_task
-local function need_task(fname)
-  if current_task() == nil then
-    core.raise_at_user(("%s must be called from inside a task (the main"
-      .. " chunk under tide, or a function run by tide.run or tide.spawn)"):format(fname),
-      "invalid_state")
-  end
-end
+local need_task = core.need_task
 
 -- Counts: integers, or floats with an integral value (10.0, as `/` makes).
 local function count_arg(v, fname, what)
