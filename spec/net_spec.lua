@@ -496,30 +496,49 @@ c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.cl
       srv:close()
     end)
 
+    -- A server that reads nothing until go() (then everything): writes to it
+    -- past the kernel's buffers wait however loaded the machine is.
+    local function gated_sink()
+      local go, done, received = tide.Event(), tide.Event(), 0
+      local srv = server(function(s)
+        go:wait()
+        while true do
+          local d = s:read(65536)
+          if not d then break end
+          received = received + #d
+        end
+        done:set()
+      end)
+      return srv, function() go:set() end, function() done:wait() return received end
+    end
+
     it("wait_closed() returns once close() has handed every byte to the kernel, as asyncio's", function()
-      local srv, port, received = slow_sink() -- reads nothing for 0.2 s
-      local c = net.connect("127.0.0.1", port)
-      local big = string.rep("c", 32 << 20) -- more than the kernel takes
-      tide.spawn(c.write, c, big)
-      local waiter = tide.spawn(c.wait_closed, c) -- before close(): waits for it
+      local srv, go, received = gated_sink()
+      local c = net.connect("127.0.0.1", srv:port())
+      tide.spawn(c.write, c, string.rep("c", 32 << 20)) -- more than the kernel takes
+      local early = tide.spawn(c.wait_closed, c) -- before close(): waits for it
       tide.sleep(0.02)
-      assert.is_false(waiter:done())
-      local t0 = tide.time()
       c:close()
+      local late = tide.spawn(c.wait_closed, c)
+      tide.sleep(0.05)
+      assert.is_false(early:done())
+      assert.is_false(late:done()) -- the peer has not taken the bytes
+      go()
       c:wait_closed()
-      assert.is_true(tide.time() - t0 > 0.1, "returned before the peer took the bytes")
-      tide.sleep(0)
-      assert.is_true(waiter:done())
+      assert.is_true(early:done() and late:done()) -- woken first, in order
       c:wait_closed() -- closed: returns at once
       assert.equals(32 << 20, received())
       srv:close()
-      -- cancelled while it waits: the close goes on
-      srv, port, received = slow_sink()
-      c = net.connect("127.0.0.1", port)
-      tide.spawn(c.write, c, big)
+    end)
+
+    it("wait_closed() cancelled: the close goes on", function()
+      local srv, go, received = gated_sink()
+      local c = net.connect("127.0.0.1", srv:port())
+      tide.spawn(c.write, c, string.rep("c", 32 << 20))
       tide.sleep(0.02)
       c:close()
-      assert.equals("timeout", (errkind(tide.wait_for, c.wait_closed, 0.02, c)))
+      assert.equals("timeout", (errkind(tide.wait_for, c.wait_closed, 0.01, c)))
+      go()
       c:wait_closed()
       assert.equals(32 << 20, received())
       srv:close()
