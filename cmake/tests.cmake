@@ -49,7 +49,7 @@ foreach(f IN LISTS TIDE_EXAMPLES)
 endforeach()
 
 # The whole busted suite again under Debian's lua5.4 with tide.so: each test
-# body then runs inside tide.run (spec/helper.lua).
+# run happens inside one tide.run (lua/tide/busted.lua, the helper .busted names).
 add_test(NAME specs_lua54
   COMMAND ${CMAKE_BINARY_DIR}/lua54-tide ${BUSTED} --no-auto-insulate -o utfTerminal spec/
   WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})

@@ -493,4 +493,7 @@ M.Event, M.Condition = sync.Event, sync.Condition
 function M.to_thread(...) return require("tide.thread").to_thread(...) end
 function M.signal(...) return require("tide.signal").signal(...) end
 
+-- A busted run in this Lua state: tests must not leave tasks running.
+if type(package.loaded.busted) == "table" then require "tide.busted" end
+
 return M
