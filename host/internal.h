@@ -212,6 +212,7 @@ int tide__err_raise(lua_State *L, const char *kind, const char *fmt, ...);
 void tide__where_user(lua_State *L);
 void tide__check_opts(lua_State *L, int arg, const char *const known[], int n);
 const char *tide__global_name(lua_State *L, int idx);
+int tide__raise_no_loop(lua_State *L);
 int tide__raise_at_user(lua_State *L, const char *fmt, ...);
 int tide__user_frame(lua_State *co, int level, int fallback, lua_Debug *ar);
 int tide__raise_kind_at_user(lua_State *L, const char *kind, const char *fmt, ...);

@@ -506,8 +506,9 @@ int tide__run(lua_State *L) {
   }
   luaL_checktype(L, fidx, LUA_TFUNCTION);
   if (rt->incb && rt->current == NULL)
-    return luaL_error(L, "tide.run cannot be called from a loop callback "
-                         "(only from a task or outside any loop)");
+    return tide__raise_kind_at_user(L, "invalid_state", "tide.run cannot be "
+                                    "called from a loop callback (only from "
+                                    "a task or outside any loop)");
   lua_rotate(L, 1, -(fidx - 1));
   lua_settop(L, lua_gettop(L) - (fidx - 1));
   main = run_main(L, rt, rt->current == NULL ? rt->loop : NULL, virtual_clock,

@@ -1206,7 +1206,7 @@ static int l_serve(lua_State *L) {
   }
   lua_settop(L, 4);
   if (s == NULL)
-    return luaL_error(L, "net.serve: no loop is running (call it inside a task)");
+    return tide__raise_no_loop(L);
   if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)&addr) == 0 ||
       uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)&addr) == 0)
     return listen_on(L, s, (struct sockaddr *)&addr);

@@ -475,7 +475,7 @@ static void start(lua_State *L, int run) {
   lua_settop(L, 2);
   limit = tide__stream_limit(L, 2); /* the pipes' read_line limit */
   if (s == NULL)
-    luaL_error(L, "no loop is running (call it inside a task)");
+    tide__raise_no_loop(L);
   memset(&o, 0, sizeof(o));
   n = lua_rawlen(L, 1);
   luaL_argcheck(L, n > 0, 1, "argv must not be empty");

@@ -76,6 +76,28 @@ tide_task *tide__check_task(lua_State *L, int idx) {
   return lua_touserdata(L, idx);
 }
 
+/* The name of the C function running at level 0, as the user called it
+ * (through pcall: as it is in its module); pushed on the stack. */
+static const char *own_name(lua_State *L) {
+  lua_Debug ar;
+  if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "n", &ar) && ar.name)
+    return lua_pushstring(L, ar.name);
+  if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "f", &ar)) {
+    const char *name = tide__global_name(L, -1);
+    lua_remove(L, -2);
+    return name;
+  }
+  return lua_pushliteral(L, "this function");
+}
+
+/* Raises kind "invalid_state" at the user's call: the running C function
+ * needs a loop and none runs (outside tide.run under lua5.4). */
+int tide__raise_no_loop(lua_State *L) {
+  return tide__raise_kind_at_user(L, "invalid_state", "%s: no loop is running "
+                                  "(call it inside tide.run or from a task)",
+                                  own_name(L));
+}
+
 /* Raises kind "invalid_state": fn was called outside any task. */
 static int outside_task(lua_State *L, const char *fn) {
   return tide__raise_kind_at_user(L, "invalid_state",
@@ -96,17 +118,8 @@ static int l_need_task(lua_State *L) {
 /* The task running now; raises if there is none or if L cannot yield. */
 tide_task *tide__current(lua_State *L) {
   tide_runtime *rt = tide__rt(L);
-  if (rt->current == NULL) {
-    lua_Debug ar;
-    const char *fn = "this function";
-    if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "n", &ar) && ar.name)
-      fn = ar.name;
-    else if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "f", &ar)) {
-      fn = tide__global_name(L, -1); /* called through pcall: "tide.sleep" */
-      lua_remove(L, -2);
-    }
-    outside_task(L, fn);
-  }
+  if (rt->current == NULL)
+    outside_task(L, own_name(L));
   if (rt->current->state != TS_RUNNING)
     luaL_error(L, "the task is not running here (a coroutine of a task "
                   "resumed outside it?)");
@@ -1329,8 +1342,7 @@ static int l_spawn(lua_State *L) {
   }
   luaL_checktype(L, fidx, LUA_TFUNCTION);
   if (rt->sched == NULL)
-    return luaL_error(L, "tide.spawn: no loop is running (call it inside "
-                         "tide.run or from a task)");
+    return tide__raise_no_loop(L);
   tide__spawn(L, rt->current ? rt->current->s : rt->sched, fidx,
               lua_gettop(L) - fidx);
   if (named) {

@@ -192,7 +192,7 @@ static uint64_t to_ns(lua_State *L, int idx) {
 static tide_sched *active_sched(lua_State *L) {
   tide_runtime *rt = tide__rt(L);
   if (rt->sched == NULL)
-    luaL_error(L, "no tide loop is running (call this inside tide.run)");
+    tide__raise_no_loop(L);
   return rt->sched;
 }
 

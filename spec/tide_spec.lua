@@ -55,6 +55,26 @@ describe("tide.run", function()
     assert.matches("bad argument #1 to '[%w.]*run' %(function expected, got number%)", e)
   end)
 
+  it("is refused in a loop callback, and calls that need a loop are refused outside one, as kind invalid_state", function()
+    local e
+    tide.call_soon(function() e = select(2, pcall(tide.run, print)) end)
+    tide.sleep(0.01)
+    assert.equals("invalid_state", e.kind)
+    -- lua5.4 with tide.so, no run going on
+    local lua54 = S.tide_bin():gsub("tide$", "lua54-tide")
+    local r = require("tide.process").run({ lua54, "-e", [[
+      local tide = require "tide"
+      for _, f in ipairs { function() tide.spawn(print) end, function() tide.call_soon(print) end,
+          function() tide.call_later(1, print) end } do
+        local _, e = pcall(f)
+        print(tide.iserror(e) and e.kind, tide.iserror(e) and e.message)
+      end]] })
+    assert.equals("invalid_state\t(command line):2: spawn: no loop is running (call it inside tide.run or from a task)\n"
+      .. "invalid_state\t(command line):2: call_soon: no loop is running (call it inside tide.run or from a task)\n"
+      .. "invalid_state\t(command line):3: call_later: no loop is running (call it inside tide.run or from a task)\n",
+      r.stdout)
+  end)
+
   it("reports a deadlock instead of hanging", function()
     local kind = errkind(tide.run, function() tide.Event():wait() end)
     assert.equals("deadlock", kind)
