@@ -478,6 +478,17 @@ local function child(script, steps)
 end
 
 describe("tide command and signals", function()
+  it("Ctrl-C stops the crawl example at once, also while it fetches one URL after another", function()
+    local process = require "tide.process"
+    local p <close> = process.spawn({ TIDE, "scripts/examples/crawl.lua" }, { stderr = "null" })
+    tide.sleep(1) -- in the sequential phase (about 10 s): each fetch is in a pcall
+    local t0 = tide.time()
+    p:kill("SIGINT")
+    assert.equals(130, p:wait())
+    assert.is_true(tide.time() - t0 < 2, "it went on after the Ctrl-C")
+    assert.equals("", p.stdout:read_all())
+  end)
+
   it("SIGTERM cancels the main task so pcall and <close> clean-up run, then exits 143", function()
     local out, err, rc = child([[
       local tide = require "tide"

@@ -17,7 +17,7 @@ local function usage(msg)
 end
 
 local function parse_args(args)
-  local concurrency, urls = 10, {}
+  local concurrency, urls, given = 10, {}, false
   local i = 1
   while i <= #args do
     local a = args[i]
@@ -27,9 +27,13 @@ local function parse_args(args)
       i = i + 1
     elseif a:match("^%a[%w+.-]*://") then
       urls[#urls + 1] = a
+      given = true
     else
       local f = a == "-" and io.stdin or io.open(a)
-      if not f then usage("not a URL nor a readable file: " .. a) end
+      if not f or select(2, f:read(0)) then -- a directory opens, then fails to read
+        usage("not a URL nor a readable file: " .. a)
+      end
+      given = true
       for line in f:lines() do
         line = line:match("^%s*(.-)%s*$")
         if line ~= "" and not line:match("^#") then urls[#urls + 1] = line end
@@ -38,7 +42,7 @@ local function parse_args(args)
     end
     i = i + 1
   end
-  return concurrency, urls
+  return concurrency, urls, given
 end
 
 -- A progress bar on stderr, drawn only when stderr is a terminal.
@@ -54,20 +58,25 @@ local function progress(total)
   end
 end
 
+-- One URL: its status, size and time, or the error that stopped it. A
+-- cancellation (Ctrl-C) is not a failed fetch: it goes on up.
 local function fetch(session, url)
   local ok, res = pcall(session.get, session, url)
   if ok then
     return { url = url, status = res.status, size = #res.body, time = res.timings.total }
   end
+  if tide.iserror(res) and res.kind == "cancelled" then error(res, 0) end
   return { url = url, err = tide.iserror(res) and (res.kind .. ": " .. res.message) or tostring(res) }
 end
 
 local function crawl_sequential(session, urls)
   local tick = progress(#urls)
-  for _, url in ipairs(urls) do
-    fetch(session, url)
+  local results = {}
+  for i, url in ipairs(urls) do
+    results[i] = fetch(session, url)
     tick()
   end
+  return results
 end
 
 local function crawl_concurrent(session, urls, concurrency)
@@ -91,6 +100,13 @@ local function timed(fn, ...)
   return tide.time() - t0, r
 end
 
+-- The first failed fetch of results, or nil.
+local function first_error(results)
+  for _, r in ipairs(results) do
+    if r.err then return r end
+  end
+end
+
 local function demo(concurrency)
   local server <close> = http.serve("127.0.0.1", 0, function(req)
     tide.sleep(0.1)
@@ -99,9 +115,16 @@ local function demo(concurrency)
   local urls = {}
   for n = 1, 100 do urls[n] = server:url("/delay?n=" .. n) end
   local session <close> = http.session()
-  local sync = timed(crawl_sequential, session, urls)
+  -- the demo's own server: a fetch that fails is an error, not a timing
+  local function phase(crawl_all)
+    local elapsed, results = timed(crawl_all, session, urls, concurrency)
+    local bad = first_error(results)
+    if bad then error(("crawl: %s: %s"):format(bad.url, bad.err), 0) end
+    return elapsed
+  end
+  local sync = phase(crawl_sequential)
   print(("one after another: %d URLs in %.2f s"):format(#urls, sync))
-  local async = timed(crawl_concurrent, session, urls, concurrency)
+  local async = phase(crawl_concurrent)
   print(("concurrently, %d at a time: %d URLs in %.2f s"):format(concurrency, #urls, async))
   print(("speed-up: %.1fx"):format(sync / async))
 end
@@ -124,9 +147,9 @@ local function crawl(concurrency, urls)
     #urls, concurrency, ok, failed, bytes, elapsed))
 end
 
-local concurrency, urls = parse_args({ ... })
+local concurrency, urls, given = parse_args({ ... })
 tide.run(function()
-  if #urls == 0 then
+  if not given then
     demo(concurrency)
   else
     crawl(concurrency, urls)
