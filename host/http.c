@@ -820,8 +820,14 @@ static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
   }
   if ((s = opt_string(L, spec, "cafile")) != NULL)
     curl_easy_setopt(e, CURLOPT_CAINFO, s);
-  if ((s = opt_string(L, spec, "proxy")) != NULL)
-    curl_easy_setopt(e, CURLOPT_PROXY, s);
+  /* A proxy only when asked: the proxy option, or the environment's
+   * (http_proxy, https_proxy, all_proxy, no_proxy) with trust_env, as
+   * aiohttp; "" stops curl reading the environment itself. */
+  s = opt_string(L, spec, "proxy");
+  if (s != NULL || !opt_bool(L, spec, "trust_env", 0))
+    curl_easy_setopt(e, CURLOPT_PROXY, s ? s : "");
+  if (!opt_bool(L, spec, "trust_env", 0))
+    curl_easy_setopt(e, CURLOPT_NOPROXY, "");
   if ((s = opt_string(L, spec, "cookie")) != NULL)
     curl_easy_setopt(e, CURLOPT_COOKIE, s);
   if (version >= 0)

@@ -218,6 +218,30 @@ describe("tide.http", function()
       assert.equals("HTTP/1.0", echo(http.get(url("/get"), { http_version = "1.0" })).http_version)
     end)
 
+    it("uses the environment's proxy only with trust_env, as aiohttp", function()
+      -- a child with http_proxy set: the httpbin server is the proxy
+      local process = require "tide.process"
+      local script = [[
+        local http = require "tide.http"
+        local cjson = require "cjson"
+        local function host(opts) return cjson.decode(http.get("http://example.invalid/get", opts).body).headers.host end
+        print(pcall(http.get, "http://example.invalid/get"))
+        print(host({ trust_env = true }), host({ proxy = os.getenv("http_proxy") }))
+        local s <close> = http.session({ trust_env = true })
+        print(cjson.decode(s:get("http://example.invalid/get").body).headers.host)
+      ]]
+      local env = {}
+      for _, name in ipairs({ "PATH", "HOME", "LUA_PATH", "LUA_CPATH" }) do env[name] = os.getenv(name) end
+      env.http_proxy = servers.httpbin().base
+      local r = process.run({ S.tide_bin(), "-e", script }, { env = env, timeout = 30 })
+      assert.equals(0, r.code, r.stderr)
+      local lines = {}
+      for line in r.stdout:gmatch("[^\n]+") do lines[#lines + 1] = line end
+      assert.matches("^false\tdns: ", lines[1]) -- not through the proxy: example.invalid does not resolve
+      assert.equals("example.invalid\texample.invalid", lines[2])
+      assert.equals("example.invalid", lines[3])
+    end)
+
     it("sends HEAD without a body and OPTIONS as asked", function()
       local res = http.head(url("/bytes/1000"))
       assert.equals(200, res.status)

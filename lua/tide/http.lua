@@ -129,6 +129,7 @@ local OPTION_TYPES = {
   connect_timeout = "number", idle_timeout = "number", max_redirects = "number",
   verify = "boolean", cafile = "string", proxy = "string",
   max_body_size = "number|false", http_version = "string", stream = "boolean",
+  trust_env = "boolean",
 }
 
 -- Numbers that must be positive (> 0) or at least 0.
@@ -475,6 +476,8 @@ local function perform(sess, fname, argbase, method, url, opts)
   if timeout == nil and not stream then timeout = DEFAULTS.timeout end
   local verify = opts.verify
   if verify == nil then verify = d.verify end
+  local trust_env = opts.trust_env
+  if trust_env == nil then trust_env = d.trust_env or false end
   spec.method, spec.url, spec.headers, spec.body, spec.body_fn = method, url, headers, body, body_fn ~= nil
   spec.timeout = seconds(timeout)
   spec.connect_timeout = seconds(opts.connect_timeout or d.connect_timeout, DEFAULTS.connect_timeout)
@@ -483,7 +486,7 @@ local function perform(sess, fname, argbase, method, url, opts)
   spec.verify, spec.cafile, spec.proxy = verify, opts.cafile or d.cafile, opts.proxy or d.proxy
   if max_body == math.huge then max_body = nil end
   spec.max_body, spec.http_version, spec.stream = max_body or -1, version, stream
-  spec.cookie, spec.body_size = cookie, body_size
+  spec.cookie, spec.body_size, spec.trust_env = cookie, body_size, trust_env
   local max_redirects, saved = spec.max_redirects, nil
   local deadline = timeout and timeout > 0 and tide.time() + timeout -- over every hop
   if max_redirects > 0 and (not CURL_FOLLOWS[method] or own_cookie) then
@@ -593,7 +596,7 @@ local SESSION_OPTIONS = {
   connect_timeout = "number", max_connections = "number", max_per_host = "number",
   cookies = "boolean|table", verify = "boolean", cafile = "string", proxy = "string",
   max_body_size = "number|false", http_version = "string", max_redirects = "number",
-  idle_timeout = "number",
+  idle_timeout = "number", trust_env = "boolean",
 }
 
 -- http.session{base_url =, headers =, timeout =, max_connections =,
