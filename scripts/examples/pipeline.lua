@@ -12,6 +12,8 @@ local function main()
   local dir = os.tmpname()
   os.remove(dir)
   fs.mkdir(dir)
+  -- removed however main ends (an error, Ctrl-C): <close> runs then too
+  local _ <close> = setmetatable({}, { __close = function() fs.remove(dir, { recursive = true }) end })
   local ticks, running = 0, true
   local ticker = tide.spawn(function()
     while running do tide.sleep(0.01); ticks = ticks + 1 end
@@ -48,7 +50,6 @@ local function main()
   running = false
   ticker:await()
   print("the loop kept ticking: " .. (ticks > 0 and "yes" or "no"))
-  fs.remove(dir, { recursive = true })
 end
 
 tide.run(main)
