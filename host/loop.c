@@ -253,6 +253,61 @@ static void start_sigterm(tide_sched *s) {
   tide__closer_add(s, &w->closer);
 }
 
+/* Under lua5.4 (tide.so) SIGINT is lua.c's: it sets a hook on the main
+ * thread that stops the next Lua instruction there ("interrupted!"), and
+ * tide leaves another's handler alone. A run waiting in libuv runs no Lua
+ * on that thread, so a Ctrl-C went unnoticed until the run ended. While
+ * another handler has SIGINT, the run looks ten times a second for lua.c's
+ * hook (every event, count 1) and, when it is set, cancels the main task
+ * as tide's own watcher would; the hook then stops the script where it
+ * goes on, as lua5.4 would have. */
+typedef struct hook_watch {
+  tide_closer closer;
+  uv_timer_t h;
+} hook_watch;
+
+static int has_stop_hook(lua_State *L) {
+  return lua_gethook(L) != NULL && lua_gethookcount(L) == 1 &&
+         lua_gethookmask(L) ==
+             (LUA_MASKCALL | LUA_MASKRET | LUA_MASKLINE | LUA_MASKCOUNT);
+}
+
+static void on_uv_hook_watch(uv_timer_t *h) {
+  tide_sched *s = h->data;
+  lua_State *main;
+  lua_rawgeti(s->L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  main = lua_tothread(s->L, -1);
+  lua_pop(s->L, 1);
+  if (main == NULL || !has_stop_hook(main) || s->rt->sched != s)
+    return;
+  uv_timer_stop(h);
+  cancel_main(s, "cancelled", "interrupted (SIGINT)");
+}
+
+static void on_uv_close_hook_watch(uv_handle_t *h) {
+  free((char *)h - offsetof(hook_watch, h));
+}
+
+static void close_hook_watch(tide_closer *c) {
+  uv_close((uv_handle_t *)&((hook_watch *)c)->h, on_uv_close_hook_watch);
+}
+
+static void start_hook_watch(tide_sched *s) {
+  struct sigaction sa;
+  hook_watch *w;
+  if (uv_is_active((uv_handle_t *)&s->sigint) || sigaction(SIGINT, NULL, &sa) != 0 ||
+      (!(sa.sa_flags & SA_SIGINFO) &&
+       (sa.sa_handler == SIG_DFL || sa.sa_handler == SIG_IGN)) ||
+      (w = calloc(1, sizeof(*w))) == NULL)
+    return;
+  uv_timer_init(s->loop, &w->h);
+  w->h.data = s;
+  uv_timer_start(&w->h, on_uv_hook_watch, 100, 100);
+  uv_unref((uv_handle_t *)&w->h);
+  w->closer.close = close_hook_watch;
+  tide__closer_add(s, &w->closer);
+}
+
 static int new_table_ref(lua_State *L, const char *mode) {
   lua_newtable(L);
   if (mode) {
@@ -302,6 +357,7 @@ tide_sched *tide__sched_new(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
   /* a run with a main task (tide.run, the command), not on an app's loop */
   if (signals && (s->own_loop || loop == rt->owned_loop)) {
     start_default(&s->sigint, on_uv_interrupt, SIGINT);
+    start_hook_watch(s);
     start_sigterm(s);
     start_default(&s->sigusr1, on_uv_sigusr1, SIGUSR1);
   }

@@ -478,6 +478,30 @@ local function child(script, steps)
 end
 
 describe("tide command and signals", function()
+  it("under lua5.4 (tide.so), Ctrl-C during tide.run cancels its main task too, then lua5.4 stops", function()
+    local process = require "tide.process"
+    local name = tmpfile([[
+      local tide = require "tide"
+      io.stdout:setvbuf("no")
+      tide.run(function()
+        print("ready")
+        local ok, e = pcall(tide.sleep, 30)
+        print("cleanup", tostring(e))
+        error(e, 0)
+      end)
+      print("not reached")
+    ]])
+    local p <close> = process.spawn({ TIDE:gsub("tide$", "lua54-tide"), name }, { stderr = "pipe" })
+    assert.equals("ready", p.stdout:read_line())
+    local t0 = tide.time()
+    p:kill("SIGINT")
+    assert.equals(1, p:wait()) -- lua5.4's status for an error
+    assert.is_true(tide.time() - t0 < 2, "the run went on after the Ctrl-C")
+    assert.equals("cleanup\tcancelled: interrupted (SIGINT)\n", p.stdout:read_all())
+    assert.matches("interrupted", p.stderr:read_all())
+    os.remove(name)
+  end)
+
   it("Ctrl-C stops the crawl example at once, also while it fetches one URL after another", function()
     local process = require "tide.process"
     local p <close> = process.spawn({ TIDE, "scripts/examples/crawl.lua" }, { stderr = "null" })
