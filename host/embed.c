@@ -198,6 +198,7 @@ struct tide_pending {
   void *data;
   int state;
   int base; /* stack top of the suspended C function */
+  int keep; /* registry ref: results that own a resource (TIDE_DROP_FIELD) */
   tide_pending *prev, *next; /* the runtime's live handles */
 };
 
@@ -222,8 +223,32 @@ void tide__abandon_pending(tide_sched *s) {
     unlink_pending(p);
     if (p->state == P_WAITING && p->on_cancel)
       p->on_cancel(p, p->data);
+    luaL_unref(s->L, LUA_REGISTRYINDEX, p->keep);
     free(p);
   }
+}
+
+/* A cancel that comes after tide_complete, before the task resumed, drops
+ * the results: those that own a resource (a File just opened: their
+ * metatable's TIDE_DROP_FIELD) are released now, not when collected. */
+static void release_dropped(lua_State *L, tide_pending *p) {
+  int i, n;
+  if (p->keep == LUA_NOREF)
+    return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, p->keep);
+  luaL_unref(L, LUA_REGISTRYINDEX, p->keep);
+  p->keep = LUA_NOREF;
+  n = (int)lua_rawlen(L, -1);
+  for (i = 1; i <= n; i++) {
+    lua_rawgeti(L, -1, i);
+    if (luaL_getmetafield(L, -1, TIDE_DROP_FIELD) != LUA_TNIL) {
+      lua_insert(L, -2);
+      lua_call(L, 1, 0);
+    } else {
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
 }
 
 static int pending_k(lua_State *L, int status, lua_KContext ctx) {
@@ -234,10 +259,12 @@ static int pending_k(lua_State *L, int status, lua_KContext ctx) {
   if (!lua_toboolean(L, base + 1)) { /* cancelled */
     if (st == P_WAITING && p->on_cancel)
       p->on_cancel(p, p->data);
+    release_dropped(L, p);
     free(p);
     lua_pushvalue(L, base + 2);
     return lua_error(L);
   }
+  luaL_unref(L, LUA_REGISTRYINDEX, p->keep);
   free(p);
   if (st == P_FAILED) {
     lua_pushvalue(L, base + 2);
@@ -265,6 +292,7 @@ int tide_suspend(lua_State *L, tide_cancel_cb on_cancel, void *data,
   p->on_cancel = on_cancel;
   p->data = data;
   p->state = P_WAITING;
+  p->keep = LUA_NOREF;
   p->base = lua_gettop(L);
   p->prev = NULL;
   p->next = p->rt->pendings;
@@ -281,6 +309,18 @@ lua_State *tide_pending_L(tide_pending *p) {
 
 static void finish(tide_pending *p, int state, int n) {
   lua_State *L = p->rt->L;
+  int i, top = lua_gettop(L);
+  for (i = top - n + 1; state == P_COMPLETED && i <= top; i++)
+    if (luaL_getmetafield(L, i, TIDE_DROP_FIELD) != LUA_TNIL) {
+      lua_pop(L, 1); /* one owns a resource: keep them all, for a cancel */
+      lua_createtable(L, n, 0);
+      for (i = 1; i <= n; i++) {
+        lua_pushvalue(L, top - n + i);
+        lua_rawseti(L, -2, i);
+      }
+      p->keep = luaL_ref(L, LUA_REGISTRYINDEX);
+      break;
+    }
   lua_pushboolean(L, 1);
   lua_insert(L, -(n + 1));
   p->state = state;

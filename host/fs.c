@@ -803,6 +803,10 @@ int luaopen_tide_fs(lua_State *L) {
   const tide_embedded *m = tide__lua_modules;
   tide_open(L);
   tide__new_type(L, FILE_MT, file_methods, f_gc, NULL, f_tostring);
+  luaL_getmetatable(L, FILE_MT); /* a File a cancel drops closes at once */
+  lua_pushcfunction(L, f_gc);
+  lua_setfield(L, -2, TIDE_DROP_FIELD);
+  lua_pop(L, 1);
   while (m->name && strcmp(m->name, "tide.fs_lua") != 0)
     m++;
   if (m->name == NULL)

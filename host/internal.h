@@ -213,6 +213,10 @@ void tide__where_user(lua_State *L);
 void tide__check_opts(lua_State *L, int arg, const char *const known[], int n);
 const char *tide__global_name(lua_State *L, int idx);
 int tide__raise_no_loop(lua_State *L);
+/* A metatable field: a function releasing the value's resource at once,
+ * called when the value, the result of an async call, is dropped by a
+ * cancel before its task resumed (embed.c). */
+#define TIDE_DROP_FIELD "__tide_drop"
 int tide__raise_at_user(lua_State *L, const char *fmt, ...);
 int tide__user_frame(lua_State *co, int level, int fallback, lua_Debug *ar);
 int tide__raise_kind_at_user(lua_State *L, const char *kind, const char *fmt, ...);

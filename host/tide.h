@@ -153,7 +153,10 @@ lua_State *tide_pending_L(tide_pending *p);
 /* Completes the suspended call: the `nresults` values on top of
  * tide_pending_L(p) are popped and become the C function's results. The
  * handle is dead afterwards. Call from any libuv callback (not from inside
- * Lua code of the same runtime). */
+ * Lua code of the same runtime). A task cancelled after this but before it
+ * resumed drops the values (as asyncio drops a result a cancel overtakes):
+ * a value that owns a resource is released by its __gc when collected, or
+ * at once if its metatable has a function "__tide_drop" (called with it). */
 void tide_complete(tide_pending *p, int nresults);
 
 /* Fails the suspended call with the value on top of tide_pending_L(p) (a

@@ -306,6 +306,19 @@ describe("fs.append_file", function()
 end)
 
 describe("fs.open", function()
+  it("closes a file whose open finished just before a cancel, without waiting for the collector", function()
+    local dir = tmpdir()
+    put(dir .. "/f", "x")
+    collectgarbage("stop") -- a leak must show, not be hidden by a collection
+    local before = fd_count()
+    for _ = 1, 100 do pcall(tide.timeout, 0, function() local f <close> = fs.open(dir .. "/f") end) end
+    for _ = 1, 100 do pcall(tide.timeout, 0.0005, fs.read_file, dir .. "/f") end
+    for _ = 1, 4 do tide.sleep(0.02) end
+    local after = fd_count()
+    collectgarbage("restart")
+    assert.equals(before, after)
+  end)
+
   it("reads in pieces: read(n) up to n bytes, read() the rest, both nil at the end", function()
     local dir = tmpdir()
     put(dir .. "/f", "hello world")
