@@ -1466,7 +1466,17 @@ static void gather_child_done(lua_State *L, int g, int ud) {
   if (gs->draining) {
     /* cancelled: without return_exceptions the first child that ends
      * cancelled or failed ends the gather (asyncio's future completes
-     * then), with them once every child has ended */
+     * then: with that child's error if it failed, else the cancel), with
+     * them once every child has ended (and their errors count as looked
+     * at, as asyncio's gather collects them) */
+    if (child->flags & TF_FAILED) {
+      if (gs->return_exceptions)
+        child->flags |= TF_RETRIEVED;
+      else {
+        lua_pushvalue(L, ud);
+        lua_setiuservalue(L, g, 1);
+      }
+    }
     if (gs->remaining == 0 ||
         (!gs->return_exceptions && (child->flags & (TF_FAILED | TF_CANCELLED)))) {
       gs->live = gs->draining = 0;
@@ -1508,17 +1518,23 @@ static void push_slot(lua_State *L, tide_task *t, int ud) {
   }
 }
 
-/* Gather's end: raise the failed child's error, or return the results. */
-static int gather_finish(lua_State *L) {
-  lua_Integer i, n = lua_tointeger(L, 2);
+/* Raises the error of the child that ended the gather (the state is at
+ * index 4), if one did. */
+static void raise_failed_child(lua_State *L) {
   if (lua_getiuservalue(L, 4, 1) == LUA_TUSERDATA) {
     tide_task *f = lua_touserdata(L, -1);
     f->flags |= TF_RETRIEVED;
     remember_reraise(L, f, -1);
     tide__push_error(L, f, lua_gettop(L));
-    return lua_error(L);
+    lua_error(L);
   }
   lua_pop(L, 1);
+}
+
+/* Gather's end: raise the failed child's error, or return the results. */
+static int gather_finish(lua_State *L) {
+  lua_Integer i, n = lua_tointeger(L, 2);
+  raise_failed_child(L);
   lua_createtable(L, (int)n, 0); /* a plain array, as asyncio's list */
   for (i = 1; i <= n; i++) {
     lua_rawgeti(L, 1, i);
@@ -1541,6 +1557,7 @@ static int gather_drain_k(lua_State *L, int status, lua_KContext ctx) {
     return tide__park(L, gs->parent, 0, gather_drain_k);
   }
   gs->draining = 0;
+  raise_failed_child(L); /* a child failed while cancelling: its error */
   lua_pushvalue(L, 6);
   return lua_error(L);
 }

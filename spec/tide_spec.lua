@@ -652,6 +652,33 @@ describe("tide.gather", function()
     assert.equals("early", r[1].value)
   end)
 
+  it("cancelled: a child that fails while cancelling ends it with its error, as asyncio's; with return_exceptions the cancel", function()
+    local function failing() pcall(tide.sleep, 1); error("cleanup failed", 0) end
+    local g = tide.spawn(tide.gather, failing, function() tide.sleep(1) end)
+    tide.sleep(0.01)
+    g:cancel()
+    local ok, e = pcall(g.await, g)
+    assert.is_false(ok)
+    assert.equals("cleanup failed", e)
+    g = tide.spawn(tide.gather, { failing }, { return_exceptions = true })
+    tide.sleep(0.01)
+    g:cancel()
+    ok, e = pcall(g.await, g)
+    assert.equals("cancelled", e.kind)
+    -- neither failure is reported as "nobody awaited" (run in a child to see its stderr)
+    local r = require("tide.process").run({ S.tide_bin(), "-e", [[
+      local tide = require "tide"
+      local function failing() pcall(tide.sleep, 1); error("cleanup failed", 0) end
+      for _, args in ipairs { { failing, function() tide.sleep(1) end }, { { failing }, { return_exceptions = true } } } do
+        local g = tide.spawn(tide.gather, table.unpack(args))
+        tide.sleep(0.01)
+        g:cancel()
+        pcall(g.await, g)
+      end
+      collectgarbage() collectgarbage()]] })
+    assert.equals("", r.stderr)
+  end)
+
   it("of nothing returns an empty list", function()
     assert.same({}, tide.gather())
   end)
