@@ -1186,8 +1186,10 @@ static int t_error(lua_State *L) {
   tide_task *t = tide__check_task(L, 1);
   if (t->state != TS_DONE)
     return tide__err_raise(L, "invalid_state", "task is not done yet");
-  if (!(t->flags & (TF_FAILED | TF_CANCELLED)))
-    return 0;
+  if (!(t->flags & (TF_FAILED | TF_CANCELLED))) {
+    lua_pushnil(L); /* one value, as asyncio's exception() gives None */
+    return 1;
+  }
   t->flags |= TF_RETRIEVED;
   tide__push_error(L, t, 1);
   return 1;

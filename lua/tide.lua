@@ -222,6 +222,15 @@ function M.as_completed(tasks, timeout)
     if remaining == 0 and h then h:cancel() end
     return t
   end
+  -- a loop left early (break, an error, a cancel) leaves nothing on the
+  -- tasks still running: the generic for closes its fourth value
+  local function stop()
+    if remaining > 0 and not expired then
+      expired = true
+      for i = 1, n do tasks[i]:remove_done_callback(on_done) end
+      if h then h:cancel() end
+    end
+  end
   return function()
     if finished[head] then return take() end
     if remaining == 0 then return nil end
@@ -229,12 +238,12 @@ function M.as_completed(tasks, timeout)
       waiter = me("tide.as_completed")
       local ok, err = park()
       waiter = nil
-      if not ok then error(err, 0) end
+      if not ok then stop(); error(err, 0) end
       if finished[head] then return take() end
     end
     error(terror("timeout", ("as_completed: %d task(s) not done after %g s"):format(
       remaining, timeout)), 0)
-  end
+  end, nil, nil, setmetatable({}, { __close = stop })
 end
 
 -- Task groups ---------------------------------------------------------

@@ -207,6 +207,7 @@ describe("Task", function()
     assert.is_true(t:done())
     assert.equals("r", t:result())
     assert.is_nil(t:error())
+    assert.equals(1, select("#", t:error())) -- nil, as asyncio's None: tostring(t:error()) works
     assert.is_false(t:cancelled())
     local f = tide.spawn(function() error("bad", 0) end)
     tide.sleep(0); tide.sleep(0)
@@ -804,6 +805,23 @@ describe("tide.wait", function()
 end)
 
 describe("tide.as_completed", function()
+  it("left early (break, a cancel) leaves nothing on the tasks still running", function()
+    local long = tide.spawn(tide.sleep, 100)
+    local function mem() collectgarbage(); collectgarbage(); return collectgarbage("count") end
+    local before = mem()
+    for _ = 1, 1000 do
+      local t = tide.spawn(function() for _ in tide.as_completed({ long }, 60) do end end)
+      tide.sleep(0)
+      t:cancel()
+      pcall(t.await, t)
+      for _ in tide.as_completed({ long, tide.spawn(function() end) }) do break end
+    end
+    local grown = mem() - before
+    long:cancel()
+    tide.sleep(0)
+    assert.is_true(grown < 100, ("%.0f KB kept by 1,000 abandoned loops"):format(grown))
+  end)
+
   it("yields tasks as they finish", function()
     local order = {}
     local ts = {}
