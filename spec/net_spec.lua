@@ -420,11 +420,12 @@ c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.cl
       srv:close()
     end)
 
-    -- A server that reads slowly and counts what arrives before the end.
-    local function slow_sink()
+    -- A server that calls hold(), then reads and counts what arrives before
+    -- the end: -> server, port, received() (waits for the end).
+    local function sink(hold)
       local done, received = tide.Event(), 0
       local srv, port = server(function(s)
-        tide.sleep(0.2)
+        hold()
         while true do
           local d = s:read(65536)
           if not d then break end
@@ -434,6 +435,9 @@ c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.cl
       end)
       return srv, port, function() done:wait() return received end
     end
+
+    -- One that starts reading after 0.2 s.
+    local function slow_sink() return sink(function() tide.sleep(0.2) end) end
 
     it("several writers held back at once all go on when the queue drains", function()
       local srv, port, received = slow_sink()
@@ -496,20 +500,12 @@ c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.cl
       srv:close()
     end)
 
-    -- A server that reads nothing until go() (then everything): writes to it
-    -- past the kernel's buffers wait however loaded the machine is.
+    -- One that reads nothing until go(): writes to it past the kernel's
+    -- buffers wait however loaded the machine is. -> server, go, received
     local function gated_sink()
-      local go, done, received = tide.Event(), tide.Event(), 0
-      local srv = server(function(s)
-        go:wait()
-        while true do
-          local d = s:read(65536)
-          if not d then break end
-          received = received + #d
-        end
-        done:set()
-      end)
-      return srv, function() go:set() end, function() done:wait() return received end
+      local go = tide.Event()
+      local srv, _, received = sink(function() go:wait() end)
+      return srv, function() go:set() end, received
     end
 
     it("wait_closed() returns once close() has handed every byte to the kernel, as asyncio's", function()
