@@ -39,17 +39,22 @@ typedef struct xfer xfer;
 
 typedef tide_buf buf;
 
-/* One socket curl opened: its poll handle lives until curl closes the fd.
- * When curl stops watching it (CURL_POLL_REMOVE: the connection went back
- * to curl's cache) the handle keeps polling for what it last polled, so
- * that the next request on the connection, which asks for the same, costs
- * no epoll_ctl; an event that comes while curl is not watching stops it. */
+/* One socket curl asked about: its poll handle. A connection's socket
+ * (opened through on_curl_opensocket, so closed through
+ * on_curl_closesocket) keeps its handle until curl closes it: when curl
+ * stops watching it (CURL_POLL_REMOVE: the connection went back to curl's
+ * cache) the handle keeps polling for what it last polled, so that the
+ * next request on the connection, which asks for the same, costs no
+ * epoll_ctl; an event that comes while curl is not watching stops it. Any
+ * other socket (the threaded resolver's socketpair, which curl closes
+ * itself) loses its handle at CURL_POLL_REMOVE. */
 typedef struct hsock {
   uv_poll_t poll;
   curl_socket_t fd;
   hmulti *m;
   int events;  /* what the poll handle polls for (UV_READABLE...) */
   int watched; /* curl watches it */
+  int conn;    /* a connection's: closed through on_curl_closesocket */
 } hsock;
 
 typedef struct hsession {
@@ -301,8 +306,10 @@ static int on_curl_socket(CURL *e, curl_socket_t fd, int what, void *ud,
   if (m->dead)
     return what == CURL_POLL_REMOVE ? 0 : -1;
   if (what == CURL_POLL_REMOVE) {
-    if (k)
+    if (k && k->conn)
       k->watched = 0; /* polled on, until an event or curl closes it */
+    else if (k)
+      sock_close(m, fd); /* curl may close it without telling */
     return 0;
   }
   if (k == NULL && (k = sock_new(m, fd)) == NULL)
@@ -314,6 +321,23 @@ static int on_curl_socket(CURL *e, curl_socket_t fd, int what, void *ud,
     events |= UV_WRITABLE;
   poll_events(k, events);
   return 0;
+}
+
+/* A connection's socket: known, so that its handle may outlive a
+ * CURL_POLL_REMOVE (curl tells on_curl_closesocket when it goes). */
+static curl_socket_t on_curl_opensocket(void *ud, curlsocktype purpose,
+                                        struct curl_sockaddr *a) {
+  hmulti *m = ud;
+  hsock *k;
+  curl_socket_t fd;
+  (void)purpose;
+  fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+  if (fd < 0 || m->dead)
+    return fd;
+  sock_close(m, fd); /* a stale entry of a number the kernel gave again */
+  if ((k = sock_new(m, fd)) != NULL)
+    k->conn = 1;
+  return fd;
 }
 
 /* The poll handle goes before the fd does (NOTES 1.3). */
@@ -800,6 +824,8 @@ static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
   curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_curl_opensocket);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, m);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_curl_closesocket);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, m);
   curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);

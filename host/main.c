@@ -80,7 +80,8 @@ static void print_version(void) {
   fflush(stdout);
 }
 
-enum { HAS_ERROR = 1, HAS_V = 2, HAS_E = 4, HAS_BIGE = 8, HAS_I = 16 };
+enum { HAS_ERROR = 1, HAS_V = 2, HAS_E = 4, HAS_BIGE = 8, HAS_I = 16,
+       HAS_BANNER = 32 };
 
 /* Returns the flags; *script is the index of the script (or argc). */
 static int collectargs(char **argv, int *script) {
@@ -361,9 +362,8 @@ static int collect_steps(lua_State *L, char **argv, int argc, int script,
       lua_pushstring(L, fname);
     add_step(L, steps, NULL, NULL, argv + script + 1, argc - script - 1);
   } else if (!(flags & (HAS_E | HAS_V))) {
-    if (isatty(0)) { /* interactive, as lua5.4 */
-      print_version();
-      flags |= HAS_I;
+    if (isatty(0)) { /* interactive, as lua5.4: the banner when it starts */
+      flags |= HAS_I | HAS_BANNER;
     } else {
       lua_pushboolean(L, 0); /* the script is stdin */
       add_step(L, steps, NULL, NULL, NULL, 0);
@@ -375,6 +375,10 @@ static int collect_steps(lua_State *L, char **argv, int argc, int script,
     lua_setfield(L, -2, "repl");
     lua_pushstring(L, progname);
     lua_setfield(L, -2, "progname");
+    if (flags & HAS_BANNER) {
+      lua_pushliteral(L, LUA_COPYRIGHT "\n" TIDE_VERSION "\n");
+      lua_setfield(L, -2, "banner");
+    }
     lua_rawseti(L, steps, luaL_len(L, steps) + 1);
   }
   return 0;
@@ -435,25 +439,34 @@ static int take_line(lua_State *L) {
   return 1;
 }
 
-/* One read(2) of fd 0 into the buffer. */
+/* Reads fd 0 into the buffer up to a newline, a byte at a time, and only
+ * what is there: nothing past the line is taken, so that a chunk's
+ * io.read() reads what follows it, as under lua.c (stdin is unbuffered:
+ * l_init). The first read may find the end of file. */
 static void fill(void) {
-  ssize_t n;
-  if (repl.cap - repl.len < 4096) {
-    char *b = realloc(repl.buf, repl.cap * 2 + 4096);
-    if (b == NULL) {
-      repl.eof = 1;
+  int avail = 1;
+  while (avail > 0) {
+    ssize_t n;
+    if (repl.len == repl.cap) {
+      char *b = realloc(repl.buf, repl.cap * 2 + 256);
+      if (b == NULL) {
+        repl.eof = 1;
+        return;
+      }
+      repl.buf = b;
+      repl.cap = repl.cap * 2 + 256;
+    }
+    do
+      n = read(0, repl.buf + repl.len, 1);
+    while (n < 0 && errno == EINTR);
+    if (n <= 0) {
+      if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+        repl.eof = 1;
       return;
     }
-    repl.buf = b;
-    repl.cap = repl.cap * 2 + 4096;
+    if (repl.buf[repl.len++] == '\n' || ioctl(0, FIONREAD, &avail) < 0)
+      return;
   }
-  do
-    n = read(0, repl.buf + repl.len, repl.cap - repl.len);
-  while (n < 0 && errno == EINTR);
-  if (n > 0)
-    repl.len += (size_t)n;
-  else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
-    repl.eof = 1;
 }
 
 static void on_readable(uv_poll_t *h, int status, int events) {
@@ -522,6 +535,8 @@ static int l_init(lua_State *L) {
     if (fl != -1) /* uv_poll_init made fd 0 non-blocking: undo it */
       fcntl(0, F_SETFL, fl);
     repl.edit = repl.pollable && isatty(0);
+    if (!repl.edit) /* lines and a chunk's io.read share fd 0: no read-ahead */
+      setvbuf(stdin, NULL, _IONBF, 0);
     if (repl.edit) {
       const char *hf = getenv("TIDE_HISTORY");
       rl_catch_signals = 0;     /* Ctrl-C goes to tide's SIGINT watcher */
@@ -577,8 +592,11 @@ static int l_readline(lua_State *L) {
 /* core.add_history(line): for the arrow keys (and TIDE_HISTORY) */
 static int l_add_history(lua_State *L) {
   const char *line = luaL_checkstring(L, 1);
-  if (repl.edit && *line)
+  if (repl.edit && *line) {
     add_history(line);
+    if (repl.histfile) /* now: a session may end by a signal */
+      write_history(repl.histfile);
+  }
   return 0;
 }
 

@@ -524,6 +524,26 @@ describe("tide.http", function()
       assert.equals("u: the body is not JSON (Expected object key string but found T_END at character 2)", e.message)
     end)
 
+    it("a failed name lookup leaves nothing behind that breaks another connection or session", function()
+      -- curl's resolver thread talks over a socketpair that curl closes
+      -- itself: its fd number comes again for the next socket
+      local net = require "tide.net"
+      local echo_srv = net.serve("127.0.0.1", 0, function(st) st:write(st:read_line() .. "\n") end)
+      local srv <close> = http.serve("127.0.0.1", 0, function() return "ok" end)
+      local a <close> = http.session()
+      local b <close> = http.session()
+      assert.equals("ok", b:get(srv:url("/")).body) -- b's connection first
+      assert.equals("dns", (errkind(a.get, a, "http://nosuch.invalid/", { timeout = 5 })))
+      local c = net.connect("127.0.0.1", echo_srv:port(), { timeout = 3 })
+      c:write("hello\n")
+      assert.equals("hello", tide.wait_for(c.read_line, 3, c))
+      c:close()
+      assert.equals("dns", (errkind(a.get, a, "http://nosuch.invalid/", { timeout = 5 })))
+      local other <close> = http.serve("127.0.0.1", 0, function() return "other" end)
+      assert.equals("other", b:get(other:url("/"), { timeout = 3 }).body)
+      echo_srv:close()
+    end)
+
     it("has fds back at baseline after 10,000 faulted requests", function()
       local base = fds()
       local session <close> = http.session()

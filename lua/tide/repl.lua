@@ -41,6 +41,12 @@ local function iscancel(e)
   return tide.iserror(e) and e.kind == "cancelled"
 end
 
+-- SIGTERM's cancel (tide's watcher): the REPL ends with it (exit 143), as
+-- lua5.4 dies of it; Ctrl-C only stops the line
+local function isterm(e)
+  return iscancel(e) and e.message == "terminated (SIGTERM)"
+end
+
 local function incomplete(err)
   return type(err) == "string" and err:sub(-5) == "<eof>"
 end
@@ -87,7 +93,9 @@ local function handler(e)
   local msg = e
   if type(msg) ~= "string" then
     local mt = getmetatable(msg)
-    if mt and mt.__tostring then
+    if mt and mt.__tostring and not tide.iserror(msg) then
+      return tostring(msg) -- the text alone, as lua5.4's message handler gives
+    elseif mt and mt.__tostring then
       msg = tostring(msg)
     else
       msg = string.format("(error object is a %s value)", type(msg))
@@ -114,6 +122,10 @@ end
 -- step: {repl = true, progname = "tide"} (from main.c)
 function M.run(step)
   local core = require "tide.repl.core"
+  if step.banner then -- a bare `tide` on a terminal: after LUA_INIT ran, as lua5.4
+    io.write(step.banner)
+    io.stdout:flush()
+  end
   local edit = core.init()
   if rawget(_G, "tide") == nil then -- as Python's asyncio REPL has asyncio
     _G.tide = tide
@@ -121,7 +133,7 @@ function M.run(step)
   while true do
     local ok, fn, err = pcall(read_chunk, core)
     if not ok then
-      if not iscancel(fn) then
+      if not iscancel(fn) or isterm(fn) then
         error(fn, 0)
       end
       io.write("\n") -- Ctrl-C at the prompt: drop the line
@@ -131,7 +143,9 @@ function M.run(step)
       report(err)
     else
       local res = table.pack(xpcall(fn, handler))
-      if not res[1] then
+      if not res[1] and isterm(res[2]) then
+        error(res[2], 0)
+      elseif not res[1] then
         if edit and iscancel(res[2]) then
           io.write("\n") -- after the terminal's "^C"
         end
