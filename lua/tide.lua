@@ -193,17 +193,21 @@ function M.as_completed(tasks, timeout)
   local n = #tasks
   tasks = to_tasks(tasks, n, "as_completed", 1)
   local finished, head, tail, remaining, waiter, expired = {}, 1, 0, n, nil, false
+  local closed = false
   local function on_done(t)
     if expired then return end
     tail = tail + 1
     finished[tail] = t
     if waiter then wake(waiter) end
   end
+  local function unhook()
+    expired = true
+    for i = 1, n do tasks[i]:remove_done_callback(on_done) end
+  end
   -- As asyncio's: the deadline runs from this call, whether or not the
   -- loop is waiting; tasks finishing after it are not yielded.
   local h = timeout and remaining > 0 and call_later(timeout, function()
-    expired = true
-    for i = 1, n do tasks[i]:remove_done_callback(on_done) end
+    unhook()
     if waiter then wake(waiter) end
   end)
   for i = 1, n do
@@ -222,23 +226,23 @@ function M.as_completed(tasks, timeout)
     if remaining == 0 and h then h:cancel() end
     return t
   end
-  -- a loop left early (break, an error, a cancel) leaves nothing on the
+  -- a for loop left early (break, an error, a cancel) leaves nothing on the
   -- tasks still running: the generic for closes its fourth value
   local function stop()
     if remaining > 0 and not expired then
-      expired = true
-      for i = 1, n do tasks[i]:remove_done_callback(on_done) end
+      unhook()
+      closed = true
       if h then h:cancel() end
     end
   end
   return function()
     if finished[head] then return take() end
-    if remaining == 0 then return nil end
+    if remaining == 0 or closed then return nil end
     if not expired then
       waiter = me("tide.as_completed")
       local ok, err = park()
       waiter = nil
-      if not ok then stop(); error(err, 0) end
+      if not ok then error(err, 0) end
       if finished[head] then return take() end
     end
     error(terror("timeout", ("as_completed: %d task(s) not done after %g s"):format(

@@ -805,6 +805,20 @@ describe("tide.wait", function()
 end)
 
 describe("tide.as_completed", function()
+  it("called by hand, goes on after a call of it was cancelled", function()
+    virtual(function()
+      local ts = { tide.spawn(tide.sleep, 0.2), tide.spawn(tide.sleep, 0.4) }
+      local nxt, got, ticks = tide.as_completed(ts), {}, 0
+      for _ = 1, 10 do
+        if #got == 2 then break end
+        local ok, t = pcall(tide.timeout, 0.15, nxt) -- a heartbeat
+        if ok then got[#got + 1] = t else ticks = ticks + 1 end
+      end
+      assert.same(ts, got)
+      assert.is_true(ticks >= 2)
+    end)
+  end)
+
   it("left early (break, a cancel) leaves nothing on the tasks still running", function()
     local long = tide.spawn(tide.sleep, 100)
     local function mem() collectgarbage(); collectgarbage(); return collectgarbage("count") end
