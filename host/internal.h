@@ -142,6 +142,7 @@ struct tide_sched {
   int *free, nfree, capfree; /* free slots of the task table */
   tide_task *main;
   tide_closer closers; /* list head: torn down first at the run's end */
+  int stop_watch;      /* looks for lua.c's Ctrl-C hook (loop.c) */
 };
 
 struct tide_runtime {
@@ -213,6 +214,7 @@ void tide__where_user(lua_State *L);
 void tide__check_opts(lua_State *L, int arg, const char *const known[], int n);
 const char *tide__global_name(lua_State *L, int idx);
 int tide__raise_no_loop(lua_State *L);
+void tide__take_stop_hook(tide_sched *s);
 /* A metatable field: a function releasing the value's resource at once,
  * called when the value, the result of an async call, is dropped by a
  * cancel before its task resumed (embed.c). */

@@ -256,11 +256,12 @@ static void start_sigterm(tide_sched *s) {
 /* Under lua5.4 (tide.so) SIGINT is lua.c's: it sets a hook on the main
  * thread that stops the next Lua instruction there ("interrupted!"), and
  * tide leaves another's handler alone. A run waiting in libuv runs no Lua
- * on that thread, so a Ctrl-C went unnoticed until the run ended. While
- * another handler has SIGINT, the run looks ten times a second for lua.c's
- * hook (every event, count 1) and, when it is set, cancels the main task
- * as tide's own watcher would; the hook then stops the script where it
- * goes on, as lua5.4 would have. */
+ * on that thread, so a Ctrl-C went unnoticed until the run ended; and a
+ * loop callback (Lua on that thread) would have swallowed it. While
+ * another handler has SIGINT and no hook was set when the run began, the
+ * run looks for lua.c's hook (every event, count 1) ten times a second and
+ * before each callback; when it is set, tide takes it off and cancels the
+ * main task as its own watcher would (tide.run then raises that). */
 typedef struct hook_watch {
   tide_closer closer;
   uv_timer_t h;
@@ -272,16 +273,25 @@ static int has_stop_hook(lua_State *L) {
              (LUA_MASKCALL | LUA_MASKRET | LUA_MASKLINE | LUA_MASKCOUNT);
 }
 
-static void on_uv_hook_watch(uv_timer_t *h) {
-  tide_sched *s = h->data;
+static lua_State *main_thread(lua_State *L) {
   lua_State *main;
-  lua_rawgeti(s->L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
-  main = lua_tothread(s->L, -1);
-  lua_pop(s->L, 1);
-  if (main == NULL || !has_stop_hook(main) || s->rt->sched != s)
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  main = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  return main;
+}
+
+void tide__take_stop_hook(tide_sched *s) {
+  lua_State *main;
+  if (s == NULL || !s->stop_watch || (main = main_thread(s->L)) == NULL ||
+      !has_stop_hook(main))
     return;
-  uv_timer_stop(h);
+  lua_sethook(main, NULL, 0, 0);
   cancel_main(s, "cancelled", "interrupted (SIGINT)");
+}
+
+static void on_uv_hook_watch(uv_timer_t *h) {
+  tide__take_stop_hook(h->data);
 }
 
 static void on_uv_close_hook_watch(uv_handle_t *h) {
@@ -294,12 +304,15 @@ static void close_hook_watch(tide_closer *c) {
 
 static void start_hook_watch(tide_sched *s) {
   struct sigaction sa;
+  lua_State *main = main_thread(s->L);
   hook_watch *w;
   if (uv_is_active((uv_handle_t *)&s->sigint) || sigaction(SIGINT, NULL, &sa) != 0 ||
       (!(sa.sa_flags & SA_SIGINFO) &&
        (sa.sa_handler == SIG_DFL || sa.sa_handler == SIG_IGN)) ||
+      main == NULL || lua_gethook(main) != NULL || /* a debugger's, say */
       (w = calloc(1, sizeof(*w))) == NULL)
     return;
+  s->stop_watch = 1;
   uv_timer_init(s->loop, &w->h);
   w->h.data = s;
   uv_timer_start(&w->h, on_uv_hook_watch, 100, 100);

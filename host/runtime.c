@@ -61,6 +61,7 @@ int tide__call_protected(lua_State *L, int nargs, const char *what) {
   int base = lua_gettop(L) - nargs, st;
   lua_Hook hook = lua_gethook(L);
   int mask = lua_gethookmask(L), count = lua_gethookcount(L);
+  tide__take_stop_hook(rt->sched); /* lua5.4's Ctrl-C is the run's, not its */
   lua_pushcfunction(L, msgh);
   lua_insert(L, base);
   /* callbacks are user code too: the runtime's limits apply to them */

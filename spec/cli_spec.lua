@@ -484,6 +484,8 @@ describe("tide command and signals", function()
       local tide = require "tide"
       io.stdout:setvbuf("no")
       tide.run(function()
+        local function tick() tide.call_later(0.005, tick) end -- Lua on lua5.4's main thread
+        tick()
         print("ready")
         local ok, e = pcall(tide.sleep, 30)
         print("cleanup", tostring(e))
