@@ -243,7 +243,8 @@ static void release_dropped(lua_State *L, tide_pending *p) {
     lua_rawgeti(L, -1, i);
     if (luaL_getmetafield(L, -1, TIDE_DROP_FIELD) != LUA_TNIL) {
       lua_insert(L, -2);
-      lua_call(L, 1, 0);
+      if (lua_pcall(L, 1, 0, 0) != LUA_OK) /* the cancel's error stands */
+        lua_pop(L, 1);
     } else {
       lua_pop(L, 1);
     }

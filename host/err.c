@@ -22,6 +22,12 @@ void tide__err_push(lua_State *L, const char *kind, const char *fmt, ...) {
   luaL_setmetatable(L, TIDE_ERROR_MT);
 }
 
+/* Whether a chunk is one of tide's own Lua modules (their chunk names). */
+int tide__is_own_source(const char *source) {
+  return strcmp(source, "@lua/tide.lua") == 0 ||
+         strncmp(source, "@lua/tide/", 10) == 0;
+}
+
 /* Finds, from `level` of co up, the innermost Lua frame outside tide's own
  * Lua modules ("@lua/tide..."): where the user called a tide function
  * implemented partly in Lua. With `fallback`, the innermost Lua frame if
@@ -32,7 +38,7 @@ int tide__user_frame(lua_State *co, int level, int fallback, lua_Debug *ar) {
   for (; lua_getstack(co, level, &d); level++) {
     if (!lua_getinfo(co, "Sl", &d) || d.currentline <= 0)
       continue; /* a C function */
-    if (strncmp(d.source, "@lua/tide", 9) != 0) {
+    if (!tide__is_own_source(d.source)) {
       *ar = d;
       return 1;
     }
@@ -215,9 +221,41 @@ static int l_raise_at_user(lua_State *L) {
   return tide__raise_at_user(L, "%s", msg);
 }
 
+/* core.argerror(fname, argn, msg): for tide's Lua modules, luaL_argerror's
+ * message ("bad argument #argn to 'fname' (msg)") at the user's call */
+static int l_argerror(lua_State *L) {
+  const char *fname = luaL_checkstring(L, 1);
+  int argn = (int)luaL_checkinteger(L, 2);
+  return tide__raise_at_user(L, "bad argument #%d to '%s' (%s)", argn, fname,
+                             luaL_checkstring(L, 3));
+}
+
+/* core.check_self(obj, mt, fname) -> obj: a method's self must have the
+ * metatable mt (a method called with "." gets its first argument) */
+static int l_check_self(lua_State *L) {
+  const char *fname = luaL_checkstring(L, 3);
+  const char *expected, *got;
+  lua_settop(L, 3);
+  if (lua_getmetatable(L, 1) && lua_rawequal(L, -1, 2)) {
+    lua_settop(L, 1);
+    return 1;
+  }
+  lua_getfield(L, 2, "__name");
+  expected = lua_tostring(L, -1);
+  if (lua_isnil(L, 1))
+    got = "no value";
+  else if (luaL_getmetafield(L, 1, "__name") == LUA_TSTRING)
+    got = lua_tostring(L, -1); /* as luaL_typeerror names it */
+  else
+    got = luaL_typename(L, 1);
+  return tide__raise_at_user(L, "bad argument #1 to '%s' (%s expected, got %s)",
+                             fname, expected ? expected : "object", got);
+}
+
 static const luaL_Reg err_funcs[] = {
   {"error", l_error}, {"iserror", l_iserror},
-  {"raise_at_user", l_raise_at_user}, {NULL, NULL}};
+  {"raise_at_user", l_raise_at_user}, {"argerror", l_argerror},
+  {"check_self", l_check_self}, {NULL, NULL}};
 
 /* [-1, +1, m] Adds error functions to the table on top; makes the metatable. */
 int tide__open_err(lua_State *L) {

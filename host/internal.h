@@ -213,6 +213,7 @@ int tide__err_raise(lua_State *L, const char *kind, const char *fmt, ...);
 void tide__where_user(lua_State *L);
 void tide__check_opts(lua_State *L, int arg, const char *const known[], int n);
 const char *tide__global_name(lua_State *L, int idx);
+int tide__is_own_source(const char *source);
 int tide__raise_no_loop(lua_State *L);
 void tide__take_stop_hook(tide_sched *s);
 /* A metatable field: a function releasing the value's resource at once,

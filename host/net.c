@@ -518,18 +518,27 @@ static void on_uv_write(uv_write_t *req, int status) {
   }
 }
 
+/* Back from a park in wl (NULL: the stream is gone): the I/O it counted
+ * (a virtual clock waits for that) is done; a cancel takes the task out of
+ * wl and is raised. ok: the index of the park's first value. */
+static void unparked(lua_State *L, tide_waitlist *wl, int ok, int counted) {
+  tide_task *t = tide__rt(L)->current;
+  if (counted)
+    t->s->io_pending--;
+  if (!lua_toboolean(L, ok)) {
+    if (wl)
+      tide__wl_remove(wl, t);
+    lua_pushvalue(L, ok + 1);
+    lua_error(L);
+  }
+}
+
 static int write_k(lua_State *L, int status, lua_KContext ctx) {
   stream_box *b = lua_touserdata(L, 1);
   stream *s = b->s;
   (void)status;
   (void)ctx;
-  tide__rt(L)->current->s->io_pending--;
-  if (!lua_toboolean(L, 3)) { /* cancelled: the bytes stay queued */
-    if (s)
-      tide__wl_remove(&s->writers, tide__rt(L)->current);
-    lua_pushvalue(L, 4);
-    return lua_error(L);
-  }
+  unparked(L, s ? &s->writers : NULL, 3, 1); /* cancelled: the bytes stay queued */
   if (s == NULL || s->closed)
     return 0; /* closed while it waited: the bytes are still sent */
   if (s->err)
@@ -698,14 +707,7 @@ static int st_abort(lua_State *L) {
 static int wait_closed_k(lua_State *L, int status, lua_KContext flushing) {
   stream_box *b = lua_touserdata(L, 1);
   (void)status;
-  if (flushing)
-    tide__rt(L)->current->s->io_pending--;
-  if (!lua_toboolean(L, 2)) { /* cancelled */
-    if (b->s)
-      tide__wl_remove(&b->s->closers, tide__rt(L)->current);
-    lua_pushvalue(L, 3);
-    return lua_error(L);
-  }
+  unparked(L, b->s ? &b->s->closers : NULL, 2, (int)flushing);
   return 0;
 }
 

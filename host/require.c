@@ -203,7 +203,7 @@ static int loaded_k(lua_State *L, int status, lua_KContext ctx) {
 static int not_found(lua_State *L) {
   lua_Debug ar;
   if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "S", &ar) &&
-      strncmp(ar.source, "@lua/tide/", 10) == 0)
+      tide__is_own_source(ar.source))
     lua_pushliteral(L, "");
   else
     luaL_where(L, 1);

@@ -235,7 +235,7 @@ static uint32_t source_id(lua_State *L, tide_runtime *rt, lua_Debug *ar) {
   lua_pushvalue(L, -1);
   lua_rawseti(L, LUA_REGISTRYINDEX, rt->last_fn_ref);
   lua_getinfo(L, ">S", ar); /* pops the function */
-  rt->last_src_internal = strncmp(ar->source, "@lua/tide", 9) == 0;
+  rt->last_src_internal = tide__is_own_source(ar->source);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &sources_key);
   lua_pushstring(L, ar->short_src);
   if (lua_rawget(L, -2) == LUA_TNUMBER) {

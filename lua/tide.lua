@@ -34,13 +34,10 @@ end
 local raise_at_user = core.raise_at_user
 
 local function argerror(fname, i, expected, v)
-  raise_at_user(("bad argument #%d to '%s' (%s expected, got %s)"):format(
-    i, fname, expected, typename(v)))
+  core.argerror(fname, i, ("%s expected, got %s"):format(expected, typename(v)))
 end
 
-local function badarg(fname, i, msg)
-  raise_at_user(("bad argument #%d to '%s' (%s)"):format(i, fname, msg))
-end
+local badarg = core.argerror
 
 -- opts must be nil or a table of the options named in known (a typo is
 -- an error, not a silent default).
@@ -52,10 +49,14 @@ local function check_opts(fname, i, opts, known)
   end
 end
 
--- A timeout: nil, or a number that is not NaN.
-local function check_timeout(fname, i, what, v)
-  if v ~= nil and type(v) ~= "number" then argerror(fname, i, what .. " as a number", v) end
-  if v ~= v then badarg(fname, i, what .. " is NaN") end
+-- A duration: a number that is not NaN; named `what` (say "opts.timeout")
+-- when it is an option, which may be nil.
+local function check_seconds(fname, i, v, what)
+  if what and v == nil then return end
+  if type(v) ~= "number" then
+    argerror(fname, i, what and what .. " as a number" or "number of seconds", v)
+  end
+  if v ~= v then badarg(fname, i, (what or "seconds") .. " is NaN") end
 end
 
 local need_task = core.need_task
@@ -130,7 +131,7 @@ function M.wait(tasks, opts)
   check_opts("wait", 2, opts, WAIT_OPTS)
   opts = opts or {}
   local timeout, when = opts.timeout, opts.return_when or "all_completed"
-  check_timeout("wait", 2, "opts.timeout", timeout)
+  check_seconds("wait", 2, timeout, "opts.timeout")
   if not RETURN_WHEN[when] then
     badarg("wait", 2, ("opts.return_when must be " ..
       "\"all_completed\", \"first_completed\" or \"first_error\", got %q"):format(
@@ -189,7 +190,7 @@ function M.as_completed(tasks, timeout)
   if type(tasks) ~= "table" or istask(tasks) then
     argerror("as_completed", 1, "array of tasks", tasks)
   end
-  check_timeout("as_completed", 2, "timeout", timeout)
+  check_seconds("as_completed", 2, timeout, "timeout")
   local n = #tasks
   tasks = to_tasks(tasks, n, "as_completed", 1)
   local finished, head, tail, remaining, waiter, expired = {}, 1, 0, n, nil, false
@@ -357,14 +358,6 @@ end
 
 -- Timeouts ------------------------------------------------------------
 
-local function check_seconds(fname, i, s)
-  if type(s) ~= "number" then
-    argerror(fname, i, "number of seconds", s)
-  end
-  if s ~= s then
-    badarg(fname, i, "seconds is NaN")
-  end
-end
 
 -- tide.timeout(seconds, fn, ...) -> fn's results, or raises kind "timeout"
 function M.timeout(seconds, fn, ...)

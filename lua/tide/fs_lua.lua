@@ -15,13 +15,9 @@ local fs = {
   rename = C.rename,
 }
 
-local raise_at_user = require("tide.core").raise_at_user
 local need_task = require("tide.core").need_task
-
 -- Raises as luaL_argerror would, at the user's call (a tail call: its caller).
-local function argerror(fname, i, msg)
-  raise_at_user(("bad argument #%d to '%s' (%s)"):format(i, fname, msg))
-end
+local argerror = require("tide.core").argerror
 
 -- Raises a luaL_checkstring-style error at the user's call.
 local function check_string(fname, i, v)

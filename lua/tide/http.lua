@@ -118,10 +118,8 @@ M.urlencode, M.urldecode = Headers.urlencode, Headers.urldecode
 local raise_at_caller = require("tide.core").raise_at_user
 local need_task = require("tide.core").need_task
 
--- Raises as luaL_argerror would, at the first caller outside this file.
-local function argerror(fname, argn, msg)
-  raise_at_caller(("bad argument #%d to '%s' (%s)"):format(argn, fname, msg))
-end
+-- Raises as luaL_argerror would, at the first caller outside tide's modules.
+local argerror = require("tide.core").argerror
 
 local OPTION_TYPES = {
   headers = "table", query = "table|string", body = "string|function|table",
@@ -181,11 +179,9 @@ local function header_lines(fname, argn, list, seen, ...)
       if not seen[lname] then
         seen[lname] = true
         local values = type(value) == "table" and value or { value }
-        for k in pairs(values) do
-          if math.type(k) ~= "integer" or k < 1 or k > #values then
-            argerror(fname, argn, ("opts.headers: value of '%s' is a table that is not an array")
-              :format(name))
-          end
+        if not Headers.is_array(values) then
+          argerror(fname, argn, ("opts.headers: value of '%s' is a table that is not an array")
+            :format(name))
         end
         for _, v in ipairs(values) do
           if type(v) ~= "string" and type(v) ~= "number" then
@@ -237,14 +233,7 @@ local Response = {}
 Response.__name = "tide.http.Response"
 
 -- self of a method called with "." instead of ":" (or on something else)
-local function check_self(self, class, fname)
-  if getmetatable(self) ~= class then
-    local mt = getmetatable(self)
-    argerror(fname, 1, ("%s expected, got %s"):format(class.__name,
-      type(mt) == "table" and type(mt.__name) == "string" and mt.__name
-      or (self == nil and "no value" or type(self))))
-  end
-end
+local check_self = require("tide.core").check_self
 
 -- A byte count: nil, or a non-negative integer (whole floats too).
 local function byte_count(fname, n)
@@ -433,11 +422,12 @@ local function perform(sess, fname, argbase, method, url, opts)
     body, ctype = M.urlencode(opts.form), "application/x-www-form-urlencoded"
   end
   if type(body) == "table" then
-    for k, v in pairs(body) do
-      if math.type(k) ~= "integer" or k < 1 or k > #body then
-        argerror(fname, argbase + 1, "opts.body: a table that is not an array of strings")
-      elseif type(v) ~= "string" then
-        argerror(fname, argbase + 1, ("opts.body[%d]: string expected, got %s"):format(k, type(v)))
+    if not Headers.is_array(body) then
+      argerror(fname, argbase + 1, "opts.body: a table that is not an array of strings")
+    end
+    for i, v in ipairs(body) do
+      if type(v) ~= "string" then
+        argerror(fname, argbase + 1, ("opts.body[%d]: string expected, got %s"):format(i, type(v)))
       end
     end
   end

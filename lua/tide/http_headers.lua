@@ -6,10 +6,16 @@
 -- proxy (values in a side table), so a header named "list" or "get_all"
 -- cannot hide the methods: h.list is the method, h["List"] the header.
 local M = {}
-local raise_at_user = require("tide.core").raise_at_user
+local core = require "tide.core"
+local argerror = core.argerror
 
-local function argerror(fname, argn, msg)
-  raise_at_user(("bad argument #%d to '%s' (%s)"):format(argn, fname, msg))
+-- Whether t is an array: its keys are exactly 1..#t.
+function M.is_array(t)
+  local n = #t
+  for k in pairs(t) do
+    if math.type(k) ~= "integer" or k < 1 or k > n then return false end
+  end
+  return true
 end
 
 -- What is wrong with a query or form table (names to strings, numbers or
@@ -20,7 +26,7 @@ function M.params_problem(t)
     if type(k) ~= "string" and type(k) ~= "number" then
       return ("names must be strings, got %s"):format(type(k))
     end
-    if type(v) == "table" and next(v) ~= nil and #v == 0 then
+    if type(v) == "table" and not M.is_array(v) then
       return ("value of '%s' is a table that is not an array"):format(k)
     end
     for _, one in pairs(vs) do
@@ -87,11 +93,7 @@ end
 
 local methods = {}
 
-local function check_map(h, fname)
-  if getmetatable(h) ~= M.mt then
-    argerror(fname, 1, "tide.Headers expected, got " .. (h == nil and "no value" or type(h)))
-  end
-end
+local function check_map(h, fname) core.check_self(h, M.mt, fname) end
 
 function methods.get_all(h, name)
   check_map(h, "get_all")

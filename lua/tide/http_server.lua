@@ -329,19 +329,13 @@ end
 
 -- Raises as luaL_argerror would, at the first caller outside tide's modules.
 local raise_at_caller = require("tide.core").raise_at_user
-local function argerror_at(fname, n, msg)
-  raise_at_caller(("bad argument #%d to '%s' (%s)"):format(n, fname, msg))
-end
+local argerror_at = require("tide.core").argerror
 
 local Server = {}
 Server.__index = Server
 Server.__name = "tide.HttpServer"
 
-local function check_self(self, fname)
-  if getmetatable(self) ~= Server then
-    argerror_at(fname, 1, "tide.HttpServer expected, got " .. (self == nil and "no value" or type(self)))
-  end
-end
+local function check_self(self, fname) require("tide.core").check_self(self, Server, fname) end
 
 function Server:port()
   check_self(self, "port")
