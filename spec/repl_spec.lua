@@ -145,6 +145,42 @@ describe("tide REPL on a terminal", function()
     assert.is_true(has(saved, "=6*7"), saved)
   end)
 
+  it("SIGTERM ends the session (143), at the prompt or in a running line; history is saved as it grows", function()
+    local kill = "os.execute('kill -TERM ' .. io.open('/proc/self/stat'):read('a'):match('^%d+'))"
+    local hist = os.tmpname()
+    local out, rc = session("-i", { -- at the prompt: a task sends it
+      { 0.5, "=6*7\n" },
+      { 0.3, "tide.spawn(function() tide.sleep(0.3) " .. kill .. " end)\n" },
+      { 1.5, "print('not read')\n" },
+    }, "TIDE_HISTORY=" .. hist)
+    local f = assert(io.open(hist))
+    local saved = f:read("a")
+    f:close()
+    os.remove(hist)
+    assert.equals(143, rc, out)
+    assert.is_false(has(out, "\nnot read\n"), out)
+    assert.is_true(has(saved, "=6*7"), saved)
+    out, rc = session("-i", { -- in a running line
+      { 0.5, kill .. " tide.sleep(5) print('not cancelled')\n" },
+      { 1.5, "print('not read')\n" },
+    })
+    assert.equals(143, rc, out)
+    assert.is_false(has(out, "not cancelled\n"), out)
+  end)
+
+  it("an error object with __tostring is reported by that text alone, as lua5.4", function()
+    local out, rc = session("-i", { { 0.5, "error(setmetatable({}, {__tostring = function() return 'TS' end}))\n" } })
+    assert.equals(0, rc, out)
+    assert.is_true(has(out, "\nTS\n> "), out)
+    assert.is_false(has(out, "stack traceback"), out)
+  end)
+
+  it("bare `tide` runs LUA_INIT before the banner, as lua5.4", function()
+    local out, rc = session("", { { 0.5, "=1\n" } }, "LUA_INIT='print(\"init ran\")'")
+    assert.equals(0, rc, out)
+    assert.matches("^init ran\nLua 5%.4", out)
+  end)
+
   it("tide -i script runs the script first", function()
     local name = tmpfile("greeting = 'hello from ' .. arg[0]:match('[^/]*$')\n")
     local out, rc = session("-i " .. name, { { 0.5, "=greeting\n" } })
@@ -160,6 +196,12 @@ describe("tide REPL without a terminal", function()
       .. TIDE .. " -i 2>&1")
     assert.equals(0, rc, out)
     assert.matches("^Lua 5%.4[^\n]+\ntide [^\n]+\n> 2\n> >> > 9\n> stdin:1: bad\n.*> 3\n> \n$", out) -- errors without the program's name, as lua5.4's
+  end)
+
+  it("a line's io.read() reads the input that follows it, as under lua5.4", function()
+    local out, _, rc = sh("printf 'x = io.read()\\nhello\\n=x\\n' | " .. TIDE .. " -i 2>&1")
+    assert.equals(0, rc, out)
+    assert.matches("\n> > hello\n> \n$", out)
   end)
 
   it("tide -i reads lines from a file", function()
