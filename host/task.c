@@ -121,13 +121,14 @@ tide_task *tide__current(lua_State *L) {
   if (rt->current == NULL)
     outside_task(L, own_name(L));
   if (rt->current->state != TS_RUNNING)
-    luaL_error(L, "the task is not running here (a coroutine of a task "
-                  "resumed outside it?)");
+    tide__raise_at_user(L, "the task is not running here (a coroutine of a "
+                           "task resumed outside it?)");
   if (!lua_isyieldable(L))
-    luaL_error(L, "cannot suspend the task here: a C function without "
-                  "continuation is on the stack (a metamethod such as "
-                  "__tostring or __gc, a table.sort comparator, a "
-                  "string.gsub callback, or a C module's callback)");
+    tide__raise_at_user(L, "cannot suspend the task here: a C function "
+                           "without continuation is on the stack (a "
+                           "metamethod such as __tostring or __gc, a "
+                           "table.sort comparator, a string.gsub callback, "
+                           "or a C module's callback)");
   return rt->current;
 }
 

@@ -62,7 +62,7 @@
 
 #include "internal.h"
 
-#define MAX_DEPTH 100        /* table nesting copied, both ways */
+#define MAX_DEPTH 100        /* table nesting copied, both ways (said in why) */
 #define PATH_KEEP 3          /* a refusal's path: first and last keys shown */
 #define BOX_MT    "tide.thread.job"
 #define POOL_MT   "tide.thread.pool"
@@ -155,7 +155,7 @@ static int enc_table(enc *e, int idx, int depth) {
   }
   lua_pop(L, 1);
   if (depth >= MAX_DEPTH) {
-    e->why = "table nested too deeply";
+    e->why = "table nested more than 100 deep";
     e->pathlen = depth;
     lua_pushliteral(L, "");
     return -1;
@@ -363,8 +363,30 @@ static void pool_unref(pool *pl) {
   }
 }
 
+/* os.exit in a worker would end the process from a pool thread, under
+ * the loop's feet (libuv aborts at exit then). */
+static int w_no_exit(lua_State *W) {
+  return luaL_error(W, "os.exit cannot be called in a to_thread worker "
+                       "(return from fn, and exit from the task)");
+}
+
+/* A worker is plain Lua: tide's modules (tasks, the loop) are not there. */
+static const char no_tide[] =
+    "table.insert(package.searchers, 1, function(name)\n"
+    "  if name == 'tide' or name:find('^tide%.') then\n"
+    "    error(('module %q is not available in a to_thread worker: a worker '\n"
+    "      .. 'runs plain Lua (pass values in, return values out)'):format(name), 0)\n"
+    "  end\n"
+    "end)";
+
 static int open_worker(lua_State *W) {
   luaL_openlibs(W);
+  lua_getglobal(W, "os");
+  lua_pushcfunction(W, w_no_exit);
+  lua_setfield(W, -2, "exit");
+  lua_pop(W, 1);
+  if (luaL_dostring(W, no_tide) != LUA_OK)
+    return lua_error(W);
   return 0;
 }
 
@@ -618,7 +640,8 @@ static void push_message(lua_State *W, int e) {
   int top = lua_gettop(W);
   e = lua_absindex(W, e);
   if (lua_type(W, e) == LUA_TSTRING || lua_type(W, e) == LUA_TNUMBER) {
-    lua_pushstring(W, lua_tostring(W, e)); /* a copy: e stays a number */
+    lua_pushvalue(W, e);
+    lua_tostring(W, -1); /* the copy becomes a string: e stays a number */
     return;
   }
   if (luaL_callmeta(W, e, "__tostring") && lua_type(W, -1) == LUA_TSTRING)
@@ -953,7 +976,7 @@ static int l_to_thread(lua_State *L) {
                      lua_iscfunction(L, 1) ? "C function"
                                            : luaL_typename(L, 1));
   pl = get_pool(L);
-  luaL_checkstack(L, 10, NULL);
+  luaL_checkstack(L, nargs + 10, "too many arguments to to_thread");
   box = lua_newuserdatauv(L, sizeof(*box), 0);
   *box = NULL;
   luaL_setmetatable(L, BOX_MT);
@@ -974,7 +997,9 @@ static int l_to_thread(lua_State *L) {
   }
   lua_rotate(L, -4, 2);
   lua_pop(L, 2);
-  /* upvalues: _ENV or the function itself */
+  /* upvalues: _ENV, which becomes the worker's globals whatever table it
+   * was (busted gives a spec file's functions one of its own), or the
+   * function itself */
   for (i = 1; (name = lua_getupvalue(L, 1, i)) != NULL; i++) {
     int self = lua_rawequal(L, -1, 1);
     lua_pop(L, 1);

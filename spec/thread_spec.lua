@@ -97,6 +97,13 @@ describe("tide.to_thread", function()
       assert.matches("upvalue 'secret'", e, 1, true)
     end)
 
+    it("takes many arguments", function()
+      local t = {}
+      for i = 1, 300 do t[i] = i end
+      assert.equals(300, tide.to_thread(function(...) return select("#", ...) end, table.unpack(t)))
+      assert.equals(50, tide.to_thread(function(...) return select("#", ...) end, table.unpack(t, 1, 50)))
+    end)
+
     it("refuses C functions and non-functions", function()
       assert.matches("bad argument #1 to 'to_thread' (Lua function expected, got C function)",
         raised(tide.to_thread, print), 1, true)
@@ -130,11 +137,11 @@ describe("tide.to_thread", function()
     it("refuses tables nested deeper than 100 levels, naming a shortened path", function()
       local deep = {}
       for _ = 1, 150 do deep = { deep } end
-      assert.matches("cannot send a table nested too deeply at [1][1][1] ... [1][1][1])",
+      assert.matches("cannot send a table nested more than 100 deep at [1][1][1] ... [1][1][1])",
         raised(tide.to_thread, function(...) return ... end, deep), 1, true)
       deep = {}
       for _ = 1, 150 do deep = { x = deep } end
-      assert.matches("#3 to 'to_thread' (cannot send a table nested too deeply at x.x.x ... x.x.x)",
+      assert.matches("#3 to 'to_thread' (cannot send a table nested more than 100 deep at x.x.x ... x.x.x)",
         raised(tide.to_thread, function(...) return ... end, 1, deep), 1, true)
       deep = { f = print } -- 7 keys down: one left out
       for i = 1, 6 do deep = { ["k" .. i] = deep } end
@@ -168,6 +175,20 @@ describe("tide.to_thread", function()
       assert.matches("thread_spec%.lua:%d+: in local 'inner'", e.traceback)
       -- the worker's stack, not the caller's
       assert.is_nil(e.traceback:find("busted", 1, true))
+    end)
+
+    it("keep a number raised as a number in e.value", function()
+      local e = raised(tide.to_thread, function() error(42) end)
+      assert.equals("integer", math.type(e.value))
+      assert.equals(42, e.value)
+    end)
+
+    it("os.exit in a worker is an error, not the end of the process", function()
+      local e = raised(tide.to_thread, function() os.exit(3) end)
+      assert.equals("thread", e.kind)
+      assert.matches("os.exit cannot be called in a to_thread worker", e.message, 1, true)
+      e = raised(tide.to_thread, function() return require("tide") end)
+      assert.matches('module "tide" is not available in a to_thread worker', e.message, 1, true)
     end)
 
     it("keep a table error value as e.value", function()
