@@ -143,6 +143,7 @@ struct tide_sched {
   tide_task *main;
   tide_closer closers; /* list head: torn down first at the run's end */
   int stop_watch;      /* looks for lua.c's Ctrl-C hook (loop.c) */
+  lua_Hook debug_hook; /* debug.sethook's hook function: not lua.c's */
 };
 
 struct tide_runtime {

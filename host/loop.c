@@ -267,10 +267,40 @@ typedef struct hook_watch {
   uv_timer_t h;
 } hook_watch;
 
-static int has_stop_hook(lua_State *L) {
-  return lua_gethook(L) != NULL && lua_gethookcount(L) == 1 &&
+/* lua.c's stop hook: every event, count 1, and not debug.sethook's
+ * function (Debian's lua5.4 has the Lua library in the program, so the
+ * address alone cannot tell them apart: the library's is found at start). */
+static int has_stop_hook(lua_State *L, lua_Hook debug_hook) {
+  lua_Hook h = lua_gethook(L);
+  return h != NULL && h != debug_hook && lua_gethookcount(L) == 1 &&
          lua_gethookmask(L) ==
              (LUA_MASKCALL | LUA_MASKRET | LUA_MASKLINE | LUA_MASKCOUNT);
+}
+
+static int nop(lua_State *L) {
+  (void)L;
+  return 0;
+}
+
+/* The hook function debug.sethook installs (NULL without the debug
+ * library): set on a scratch thread and read back. */
+static lua_Hook debug_hook_of(lua_State *L) {
+  lua_Hook h = NULL;
+  int top = lua_gettop(L);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  if (lua_getfield(L, -1, "debug") == LUA_TTABLE &&
+      lua_getfield(L, -1, "sethook") == LUA_TFUNCTION) {
+    lua_State *T = lua_newthread(L);
+    lua_pushvalue(L, -2);
+    lua_pushthread(T);
+    lua_xmove(T, L, 1);
+    lua_pushcfunction(L, nop);
+    lua_pushliteral(L, "l");
+    if (lua_pcall(L, 3, 0, 0) == LUA_OK)
+      h = lua_gethook(T);
+  }
+  lua_settop(L, top);
+  return h;
 }
 
 static lua_State *main_thread(lua_State *L) {
@@ -283,8 +313,9 @@ static lua_State *main_thread(lua_State *L) {
 
 void tide__take_stop_hook(tide_sched *s) {
   lua_State *main;
-  if (s == NULL || !s->stop_watch || (main = main_thread(s->L)) == NULL ||
-      !has_stop_hook(main))
+  if (s == NULL || !s->stop_watch || s->main == NULL ||
+      s->main->state == TS_DONE || /* left to lua.c: it stops the script */
+      (main = main_thread(s->L)) == NULL || !has_stop_hook(main, s->debug_hook))
     return;
   lua_sethook(main, NULL, 0, 0);
   cancel_main(s, "cancelled", "interrupted (SIGINT)");
@@ -313,6 +344,7 @@ static void start_hook_watch(tide_sched *s) {
       (w = calloc(1, sizeof(*w))) == NULL)
     return;
   s->stop_watch = 1;
+  s->debug_hook = debug_hook_of(s->L);
   uv_timer_init(s->loop, &w->h);
   w->h.data = s;
   uv_timer_start(&w->h, on_uv_hook_watch, 100, 100);

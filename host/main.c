@@ -75,8 +75,10 @@ static void usage(const char *badoption) {
 }
 
 /* lua5.4's line first (scripts and tests match "^Lua 5.4"), then tide's */
+#define BANNER LUA_COPYRIGHT "\n" TIDE_VERSION "\n"
+
 static void print_version(void) {
-  printf("%s\n%s\n", LUA_COPYRIGHT, TIDE_VERSION);
+  fputs(BANNER, stdout);
   fflush(stdout);
 }
 
@@ -376,7 +378,7 @@ static int collect_steps(lua_State *L, char **argv, int argc, int script,
     lua_pushstring(L, progname);
     lua_setfield(L, -2, "progname");
     if (flags & HAS_BANNER) {
-      lua_pushliteral(L, LUA_COPYRIGHT "\n" TIDE_VERSION "\n");
+      lua_pushliteral(L, BANNER);
       lua_setfield(L, -2, "banner");
     }
     lua_rawseti(L, steps, luaL_len(L, steps) + 1);

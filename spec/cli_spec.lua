@@ -504,6 +504,19 @@ describe("tide command and signals", function()
     os.remove(name)
   end)
 
+  it("under lua5.4, a debug hook set during tide.run is not taken for lua.c's Ctrl-C hook", function()
+    local r = require("tide.process").run({ TIDE:gsub("tide$", "lua54-tide"), "-e", [[
+      local tide = require "tide"
+      local n = 0
+      print(pcall(tide.run, function()
+        tide.call_later(0.01, function() debug.sethook(function() n = n + 1 end, "crl", 1) end)
+        tide.sleep(0.2)
+        return "main finished"
+      end))
+      debug.sethook()]] })
+    assert.equals("true\tmain finished\n", r.stdout, r.stderr)
+  end)
+
   it("Ctrl-C stops the crawl example at once, also while it fetches one URL after another", function()
     local process = require "tide.process"
     local p <close> = process.spawn({ TIDE, "scripts/examples/crawl.lua" }, { stderr = "null" })

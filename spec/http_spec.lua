@@ -501,6 +501,8 @@ describe("tide.http", function()
         http.get, url("/get"), { headers = { ["X-A"] = { k = "v" } } })
       S.raises_matching("bad argument #2 to 'post' (opts.body[2]: string expected, got number)",
         http.post, url("/post"), { body = { "a", 2 } })
+      S.raises_matching("bad argument #2 to 'post' (opts.body: a table that is not an array of strings)",
+        http.post, url("/post"), { body = { "a", nil, "c" } }) -- a hole: ipairs would stop at it
       S.raises_matching("bad argument #1 to 'urlencode' (value of 'a' must be a string, number or boolean, got function)",
         http.urlencode, { a = print })
       S.raises_matching("bad argument #1 to 'urldecode' (string expected, got number)", http.urldecode, 1)

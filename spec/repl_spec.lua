@@ -145,27 +145,42 @@ describe("tide REPL on a terminal", function()
     assert.is_true(has(saved, "=6*7"), saved)
   end)
 
-  it("SIGTERM ends the session (143), at the prompt or in a running line; history is saved as it grows", function()
-    local kill = "os.execute('kill -TERM ' .. io.open('/proc/self/stat'):read('a'):match('^%d+'))"
-    local hist = os.tmpname()
+  it("SIGTERM ends the session (143): at the prompt, in a running line, and when the line catches it", function()
+    local pid = "io.open('/proc/self/stat'):read('a'):match('^%d+')"
+    local kill = "os.execute('kill -TERM ' .. " .. pid .. ")"
     local out, rc = session("-i", { -- at the prompt: a task sends it
-      { 0.5, "=6*7\n" },
-      { 0.3, "tide.spawn(function() tide.sleep(0.3) " .. kill .. " end)\n" },
+      { 0.5, "tide.spawn(function() tide.sleep(0.3) " .. kill .. " end)\n" },
       { 1.5, "print('not read')\n" },
-    }, "TIDE_HISTORY=" .. hist)
-    local f = assert(io.open(hist))
-    local saved = f:read("a")
-    f:close()
-    os.remove(hist)
+    })
     assert.equals(143, rc, out)
     assert.is_false(has(out, "\nnot read\n"), out)
-    assert.is_true(has(saved, "=6*7"), saved)
     out, rc = session("-i", { -- in a running line
       { 0.5, kill .. " tide.sleep(5) print('not cancelled')\n" },
       { 1.5, "print('not read')\n" },
     })
     assert.equals(143, rc, out)
     assert.is_false(has(out, "not cancelled\n"), out)
+    out, rc = session("-i", { -- a line that catches it
+      { 0.5, "tide.spawn(function() tide.sleep(0.2) " .. kill .. " end) print(pcall(tide.sleep, 3)) print('caught')\n" },
+      { 1.5, "print('not read')\n" },
+    })
+    assert.equals(143, rc, out)
+    assert.is_true(has(out, "caught\n"), out)
+    assert.is_false(has(out, "\nnot read\n"), out)
+  end)
+
+  it("writes the history file as it grows (a session killed keeps its lines)", function()
+    local hist = os.tmpname()
+    local pid = "io.open('/proc/self/stat'):read('a'):match('^%d+')"
+    session("-i", {
+      { 0.5, "=6*7\n" },
+      { 0.3, "os.execute('kill -KILL ' .. " .. pid .. ")\n" },
+    }, "TIDE_HISTORY=" .. hist)
+    local f = assert(io.open(hist))
+    local saved = f:read("a")
+    f:close()
+    os.remove(hist)
+    assert.is_true(has(saved, "=6*7"), saved)
   end)
 
   it("an error object with __tostring is reported by that text alone, as lua5.4", function()

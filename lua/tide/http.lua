@@ -115,7 +115,6 @@ M.urlencode, M.urldecode = Headers.urlencode, Headers.urldecode
 -- Argument checks: errors name the function, the argument and the option.
 
 -- Raises msg at the first caller outside tide's own modules.
-local raise_at_caller = require("tide.core").raise_at_user
 local need_task = require("tide.core").need_task
 
 -- Raises as luaL_argerror would, at the first caller outside tide's modules.

@@ -9,13 +9,14 @@ local M = {}
 local core = require "tide.core"
 local argerror = core.argerror
 
--- Whether t is an array: its keys are exactly 1..#t.
+-- Whether t is an array: its keys are exactly 1..#t (no hole either).
 function M.is_array(t)
-  local n = #t
+  local n, count = #t, 0
   for k in pairs(t) do
     if math.type(k) ~= "integer" or k < 1 or k > n then return false end
+    count = count + 1
   end
-  return true
+  return count == n
 end
 
 -- What is wrong with a query or form table (names to strings, numbers or

@@ -335,7 +335,8 @@ local Server = {}
 Server.__index = Server
 Server.__name = "tide.HttpServer"
 
-local function check_self(self, fname) require("tide.core").check_self(self, Server, fname) end
+local core_check_self = require("tide.core").check_self
+local function check_self(self, fname) core_check_self(self, Server, fname) end
 
 function Server:port()
   check_self(self, "port")

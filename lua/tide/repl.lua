@@ -41,10 +41,15 @@ local function iscancel(e)
   return tide.iserror(e) and e.kind == "cancelled"
 end
 
--- SIGTERM's cancel (tide's watcher): the REPL ends with it (exit 143), as
--- lua5.4 dies of it; Ctrl-C only stops the line
-local function isterm(e)
-  return iscancel(e) and e.message == "terminated (SIGTERM)"
+-- A SIGTERM came (tide's watcher noted it): the REPL ends with it (exit
+-- 143), as lua5.4 dies of it, even if the line caught its cancel; Ctrl-C
+-- only stops the line
+local function terminated()
+  return debug.getregistry()["tide.interrupt_signal"] == 15
+end
+
+local function end_if_terminated()
+  if terminated() then error(tide.error("cancelled", "terminated (SIGTERM)"), 0) end
 end
 
 local function incomplete(err)
@@ -132,8 +137,9 @@ function M.run(step)
   end
   while true do
     local ok, fn, err = pcall(read_chunk, core)
+    end_if_terminated()
     if not ok then
-      if not iscancel(fn) or isterm(fn) then
+      if not iscancel(fn) then
         error(fn, 0)
       end
       io.write("\n") -- Ctrl-C at the prompt: drop the line
@@ -143,9 +149,8 @@ function M.run(step)
       report(err)
     else
       local res = table.pack(xpcall(fn, handler))
-      if not res[1] and isterm(res[2]) then
-        error(res[2], 0)
-      elseif not res[1] then
+      end_if_terminated()
+      if not res[1] then
         if edit and iscancel(res[2]) then
           io.write("\n") -- after the terminal's "^C"
         end
