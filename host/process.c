@@ -38,7 +38,8 @@
  * - The handle keeps the loop alive only while a task waits on it; a
  *   waiting task counts as pending I/O for the virtual clock.
  * Loading the module calls uv_disable_stdio_inheritance() once, so
- * descriptors tide inherited do not leak into children, and ignores SIGPIPE
+ * descriptors tide inherited do not leak into children (fds 0-2 excepted:
+ * os.execute and io.popen hand them on), and ignores SIGPIPE
  * if nobody handles it (the tide binary does already; plain lua5.4 not).
  *
  * Errors: a failed spawn and a failed kill are kind "process", with `code`
@@ -50,6 +51,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stddef.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -611,6 +613,12 @@ int luaopen_tide_process(lua_State *L) {
   luaL_requiref(L, "tide.net", luaopen_tide_net, 0); /* the stream type */
   lua_pop(L, 1);
   uv_disable_stdio_inheritance(); /* children get only what we give them */
+  for (int fd = 0; fd <= 2; fd++) { /* but libuv marks 0-2 too: os.execute's
+                                      * and io.popen's children need them */
+    int fl = fcntl(fd, F_GETFD);
+    if (fl != -1 && (fl & FD_CLOEXEC))
+      fcntl(fd, F_SETFD, fl & ~FD_CLOEXEC);
+  }
   if (luaL_newmetatable(L, PROCESS_MT)) {
     luaL_newlib(L, methods);
     lua_pushcclosure(L, pr_index, 1);

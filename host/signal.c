@@ -47,8 +47,17 @@ static const struct { const char *name; int num; } names[] = {
   {"SIGTERM", SIGTERM},   {"SIGUSR1", SIGUSR1},   {"SIGUSR2", SIGUSR2},
   {"SIGWINCH", SIGWINCH}, {"SIGCHLD", SIGCHLD},   {"SIGALRM", SIGALRM},
   {"SIGCONT", SIGCONT},   {"SIGTSTP", SIGTSTP},   {"SIGTTIN", SIGTTIN},
-  {"SIGTTOU", SIGTTOU},
+  {"SIGTTOU", SIGTTOU},   {"SIGURG", SIGURG},     {"SIGIO", SIGIO},
+  {"SIGXCPU", SIGXCPU},   {"SIGXFSZ", SIGXFSZ},   {"SIGPROF", SIGPROF},
+  {"SIGVTALRM", SIGVTALRM},
 };
+#define NAME_LIST "SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, " \
+                  "SIGWINCH, SIGCHLD, SIGALRM, SIGCONT, SIGTSTP, SIGTTIN, " \
+                  "SIGTTOU, SIGURG, SIGIO, SIGXCPU, SIGXFSZ, SIGPROF, SIGVTALRM"
+
+/* Signals of a fault in the process itself: it cannot go on after one. */
+static const char *const faults[] = {"SEGV", "BUS", "FPE", "ILL", "TRAP",
+                                     "ABRT", "SYS", NULL};
 #define NNAMES (sizeof(names) / sizeof(names[0]))
 
 static const char *signame(int signum) {
@@ -86,10 +95,9 @@ static int check_signum(lua_State *L, int idx) {
     if (isint && n > 0 && n < 1024 &&
         (signame((int)n) || (n >= SIGRTMIN && n <= SIGRTMAX)))
       return (int)n;
-    lua_pushfstring(L, "signal %s cannot be waited for (use one of SIGHUP, "
-                       "SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH, "
-                       "SIGCHLD, SIGALRM, SIGCONT, SIGTSTP, SIGTTIN, SIGTTOU "
-                       "or a real-time signal)", lua_tostring(L, idx));
+    lua_pushfstring(L, "signal %s cannot be waited for (use one of "
+                       NAME_LIST " or a real-time signal)",
+                    lua_tostring(L, idx));
     return bad_arg(L, lua_tostring(L, -1));
   }
   if (lua_type(L, idx) == LUA_TSTRING) {
@@ -106,10 +114,14 @@ static int check_signum(lua_State *L, int idx) {
                          "EPIPE instead)", s);
       return bad_arg(L, lua_tostring(L, -1));
     }
-    lua_pushfstring(L, "unknown signal '%s' (expected one of SIGHUP, SIGINT, "
-                       "SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH, SIGCHLD, "
-                       "SIGALRM, SIGCONT, SIGTSTP, SIGTTIN, SIGTTOU, with or "
-                       "without SIG, any case; or a number)", s);
+    for (i = 0; faults[i]; i++)
+      if (strcasecmp(s + (strncasecmp(s, "SIG", 3) == 0 ? 3 : 0), faults[i]) == 0) {
+        lua_pushfstring(L, "%s cannot be waited for (a fault signal: the "
+                           "process cannot go on after one)", s);
+        return bad_arg(L, lua_tostring(L, -1));
+      }
+    lua_pushfstring(L, "unknown signal '%s' (expected one of " NAME_LIST
+                       ", with or without SIG, any case; or a number)", s);
     return bad_arg(L, lua_tostring(L, -1));
   }
   lua_pushfstring(L, "signal name or number expected, got %s",

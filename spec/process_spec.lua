@@ -52,6 +52,16 @@ local function started(fn, script)
 end
 
 describe("tide.process", function()
+  it("leaves os.execute's and io.popen's children the standard streams", function()
+    local r = process.run({ S.tide_bin(), "-e", [[
+      require "tide.process"
+      os.execute("echo from-execute")
+      local h = io.popen("cat", "w")
+      h:write("from-popen\n")
+      h:close()]] })
+    assert.equals("from-execute\nfrom-popen\n", r.stdout)
+  end)
+
   describe("run", function()
     it("returns code, stdout and stderr, and does not raise for a non-zero exit", function()
       local r = process.run({ "sh", "-c", "printf out; printf err >&2; exit 3" })

@@ -61,6 +61,10 @@ describe("tide.signal", function()
     S.raises_matching("bad argument #1 to 'signal' (unknown signal 'SIGFOO'", tide.signal, "SIGFOO")
     S.raises_matching("KILL cannot be waited for (SIGKILL and SIGSTOP cannot be caught", tide.signal, "KILL")
     S.raises_matching("SIGPIPE cannot be waited for", tide.signal, "SIGPIPE")
+    S.raises_matching("SIGSEGV cannot be waited for (a fault signal", tide.signal, "SIGSEGV")
+    for _, name in ipairs({ "SIGURG", "IO", "SIGXCPU", "SIGXFSZ", "SIGPROF", "SIGVTALRM" }) do
+      tide.signal(name):close() -- not faults: asyncio takes any but SIGKILL and SIGSTOP
+    end
     local ok, e = pcall(function() tide.signal("SIGFOO") end)
     assert.is_false(ok)
     assert.matches("^spec/signal_spec.lua:%d+: bad argument #1 to 'signal'", e)
