@@ -592,7 +592,9 @@ static int l_run(lua_State *L) {
 
 /* process.shell(cmdline [, opts]) = run({"/bin/sh", "-c", cmdline}, opts) */
 static int l_shell(lua_State *L) {
-  luaL_checkstring(L, 1);
+  size_t len;
+  const char *cmd = luaL_checklstring(L, 1, &len);
+  luaL_argcheck(L, strlen(cmd) == len, 1, "the command line contains a zero byte");
   lua_createtable(L, 3, 0);
   lua_pushliteral(L, "/bin/sh");
   lua_rawseti(L, -2, 1);

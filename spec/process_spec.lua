@@ -170,6 +170,8 @@ describe("tide.process", function()
         function() process.run({ "pwd" }, { cwd = "/tmp\0/x" }) end)
       raises("bad argument #2 to 'run' (opts.env: a name or value contains a zero byte)",
         function() process.run({ "env" }, { env = { ["A\0B"] = "1" } }) end)
+      raises("bad argument #1 to 'shell' (the command line contains a zero byte)",
+        function() process.shell("echo a\0b") end)
     end)
   end)
 
