@@ -42,6 +42,7 @@ typedef struct file {
   uv_file fd;
   int64_t pos;  /* where the next read or write goes */
   int append;   /* opened with "a": writes go to the end */
+  int stream;   /* a pipe, FIFO, socket or device: no offsets (ESPIPE) */
   fsreq *cur;   /* the request in flight on fd, or NULL */
   fsreq *next;  /* a call waiting for cur, abandoned, to end; or NULL */
   int detached; /* let go of while cur: that request closes fd, frees this */
@@ -423,12 +424,18 @@ static int l_realpath(lua_State *L) {
 static int l_temp_name(lua_State *L) {
   static unsigned counter;
   const char *path = check_path(L, 1), *slash = strrchr(path, '/');
+  const char *base = slash ? slash + 1 : path;
   char suffix[64];
-  snprintf(suffix, sizeof suffix, ".%d-%u%04x.tmp", (int)uv_os_getpid(),
-           ++counter, (unsigned)(uv_hrtime() & 0xffff));
+  int n = snprintf(suffix, sizeof suffix, ".%d-%u%04x.tmp", (int)uv_os_getpid(),
+                   ++counter, (unsigned)(uv_hrtime() & 0xffff));
+  size_t keep = strlen(base);
+  if (keep + 1 + (size_t)n > 255) /* NAME_MAX: a long base is cut short */
+    keep = 255 - 1 - (size_t)n;
   lua_pushlstring(L, path, slash ? (size_t)(slash - path) + 1 : 0);
-  lua_pushfstring(L, "%s.%s%s", lua_tostring(L, -1), slash ? slash + 1 : path,
-                  suffix);
+  lua_pushliteral(L, ".");
+  lua_pushlstring(L, base, keep);
+  lua_pushstring(L, suffix);
+  lua_concat(L, 4);
   return 1;
 }
 
@@ -475,6 +482,10 @@ static int then_open(fsreq *r, lua_State *L) {
   f->fd = fd;
   f->pos = 0;
   f->append = (r->flags & UV_FS_O_APPEND) != 0;
+  {
+    struct stat st;
+    f->stream = fstat(fd, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode);
+  }
   f->cur = f->next = NULL;
   f->detached = 0;
   memcpy(f->path, r->path, n);
@@ -554,7 +565,7 @@ static int submit_read(fsreq *r) {
   size_t n = r->size - r->len;
   uv_buf_t b = uv_buf_init(r->buf + r->len, (unsigned)(n < MAXIO ? n : MAXIO));
   return uv_fs_read(r->s->loop, &r->req, r->f->fd, &b, 1,
-                    r->f->pos + (int64_t)r->len, on_fs);
+                    r->f->stream ? -1 : r->f->pos + (int64_t)r->len, on_fs);
 }
 
 static int then_read(fsreq *r, lua_State *L) {
@@ -633,7 +644,8 @@ static int submit_write(fsreq *r) {
   size_t n = r->size - r->len;
   uv_buf_t b = uv_buf_init(r->buf + r->len, (unsigned)(n < MAXIO ? n : MAXIO));
   return uv_fs_write(r->s->loop, &r->req, r->f->fd, &b, 1,
-                     r->f->append ? -1 : r->f->pos + (int64_t)r->len, on_fs);
+                     r->f->append || r->f->stream ? -1 : r->f->pos + (int64_t)r->len,
+                     on_fs);
 }
 
 static int then_write(fsreq *r, lua_State *L) {

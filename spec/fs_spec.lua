@@ -137,6 +137,33 @@ describe("fs.read_file", function()
 end)
 
 describe("fs.write_file", function()
+  it("atomic: a long name that a plain write takes works; a link loop is ELOOP, the link kept", function()
+    local dir = tmpdir()
+    local long = dir .. "/" .. ("n"):rep(250)
+    fs.write_file(long, "old")
+    fs.write_file(long, "new", { atomic = true })
+    assert.equals("new", fs.read_file(long))
+    assert(os.execute("ln -s l1 " .. dir .. "/l2 && ln -s l2 " .. dir .. "/l1"))
+    for _, opts in ipairs({ {}, { atomic = true } }) do
+      local e = select(2, pcall(fs.write_file, dir .. "/l1", "x", opts))
+      assert.equals("ELOOP", e.code)
+    end
+    assert.equals("link", fs.lstat(dir .. "/l1").type)
+  end)
+
+  it("reads and writes pipes and FIFOs (no offsets there)", function()
+    local dir = tmpdir()
+    assert(os.execute("mkfifo " .. dir .. "/fifo"))
+    local process = require "tide.process"
+    local p = process.spawn({ "sh", "-c", "printf hello > " .. dir .. "/fifo" })
+    assert.equals("hello", fs.read_file(dir .. "/fifo"))
+    p:wait()
+    local r = process.spawn({ "cat", dir .. "/fifo" }, { stdout = "pipe" })
+    fs.write_file(dir .. "/fifo", "back")
+    assert.equals("back", r.stdout:read_all())
+    r:wait()
+  end)
+
   it("creates or truncates the file", function()
     local dir = tmpdir()
     fs.write_file(dir .. "/f", "first version, long")

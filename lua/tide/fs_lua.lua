@@ -15,7 +15,8 @@ local fs = {
   rename = C.rename,
 }
 
-local need_task = require("tide.core").need_task
+local core = require "tide.core"
+local need_task = core.need_task
 -- Raises as luaL_argerror would, at the user's call (a tail call: its caller).
 local argerror = require("tide.core").argerror
 
@@ -125,13 +126,16 @@ local function landing(path)
   path = tostring(path) -- a number names a file too
   local real = try(C.realpath, path)
   if real then return real end
+  local start = path
   for _ = 1, 40 do -- the kernel's limit on links followed
     local st = try(C.lstat, path)
     if not (st and st.type == "link") then return path end
     local to = C.readlink(path)
     path = to:sub(1, 1) == "/" and to or (path:match("^(.*/)") or "") .. to
   end
-  return path
+  -- a loop: as open(2) would say (the rename would replace a link)
+  error(core.error("fs", ("open %s: too many symbolic links encountered (ELOOP)"):format(start),
+    { code = "ELOOP", path = start }), 0)
 end
 
 local function write_atomic(path, data, perm)
