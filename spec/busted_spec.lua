@@ -81,6 +81,20 @@ describe("tide.busted", function()
     assert.matches("2 successes / 0 failures / 0 errors", out)
   end)
 
+  it("leaves a failing test's error located where it was raised", function()
+    local code, out = busted(project([[
+local tide = require "tide"
+it("errors a table", function()
+  tide.spawn(tide.sleep, 100) -- left running: cancelled all the same
+  error({ code = 1 })
+end)
+it("comes next, alone", function() tide.sleep(0.01) assert.equals(1, #tide.all_tasks()) end)
+]]), { S.tide_bin(), BUSTED, "-o", "plainTerminal", "spec" })
+    assert.equals(1, code)
+    assert.matches("spec/x_spec.lua:4: {", out, 1, true)
+    assert.matches("1 success / 0 failures / 1 error", out, 1, true)
+  end)
+
   it("runs busted in one tide.run under lua5.4 as --helper, so hooks may suspend", function()
     local code, out = busted(project(HOOKS),
       { lua54(), BUSTED, "--helper=tide.busted", "-o", "plainTerminal", "spec" })

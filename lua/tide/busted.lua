@@ -72,14 +72,19 @@ end
 busted.subscribe({ "test", "start" }, function(element)
   local run = element.run
   local function checked(...)
-    local before = last_id()
-    local ok, err = pcall(run, ...)
-    local left = leftovers(tide.current_task(), before)
+    local me, before, returned = tide.current_task(), last_id(), false
+    -- a test that fails keeps its error as raised (busted locates it where
+    -- it was raised: not caught and raised again here); its tasks go too.
+    -- (busted's message handler returns nothing: the error object the
+    -- closing function gets is nil, so a flag tells how the test ended)
+    local _ <close> = setmetatable({}, { __close = function()
+      if not returned then leftovers(me, before) end
+    end })
+    run(...)
+    returned = true
+    local left = leftovers(me, before)
     if #left > 0 then
       tide.sleep(0) -- let them unwind
-    end
-    if not ok then error(err, 0) end
-    if #left > 0 then
       error("the test left tasks running (now cancelled): " .. table.concat(left, ", "), 0)
     end
   end
