@@ -15,6 +15,17 @@ local function run(script, args, env)
   return out, err, rc
 end
 
+-- A new directory holding the module name.lua with source src.
+local function module_dir(name, src)
+  local dir = os.tmpname()
+  os.remove(dir)
+  os.execute("mkdir " .. dir)
+  local f = assert(io.open(dir .. "/" .. name .. ".lua", "w"))
+  f:write(src)
+  f:close()
+  return dir
+end
+
 describe("tide command", function()
   it("builds arg exactly as lua5.4 does and passes the arguments as ...", function()
     local out, err, rc = run([[
@@ -125,12 +136,7 @@ describe("tide command", function()
     local _, err, rc = sh(TIDE .. " -l spec_no_such_module -e 'print(1)'")
     assert.equals(1, rc)
     assert.matches("^[^\n]*tide: module 'spec_no_such_module' not found:\n\tno field", err)
-    local dir = os.tmpname()
-    os.remove(dir)
-    os.execute("mkdir " .. dir)
-    local f = io.open(dir .. "/slowmod.lua", "w")
-    f:write("require('tide').sleep(0.01) return { ready = true }")
-    f:close()
+    local dir = module_dir("slowmod", "require('tide').sleep(0.01) return { ready = true }")
     local out
     out, err, rc = sh("cd " .. dir .. " && " .. TIDE .. " -l slowmod -e 'print(slowmod.ready)'")
     os.execute("rm -rf " .. dir)
@@ -139,12 +145,7 @@ describe("tide command", function()
   end)
 
   it("-l a-b sets the global a-b, as Debian's lua5.4 (5.4.4) does", function()
-    local dir = os.tmpname()
-    os.remove(dir)
-    os.execute("mkdir " .. dir)
-    local f = io.open(dir .. "/lm-x.lua", "w")
-    f:write("return {x = 1}")
-    f:close()
+    local dir = module_dir("lm-x", "return {x = 1}")
     local out, err = sh("cd " .. dir .. " && " .. TIDE .. [[ -l lm-x -e "print(_G['lm-x'].x, lm)"]])
     os.execute("rm -rf " .. dir)
     assert.equals("1\tnil\n", out, err)
