@@ -82,6 +82,9 @@ struct hmulti {
   xfer *dirty;     /* transfers whose waiter may now go on */
   CURL *pool[POOL_MAX];
   int npool;
+  /* tide's default header lines, a list its plain requests share */
+  struct curl_slist defaults[2];
+  char accept_encoding[64];
 };
 
 enum { W_NONE, W_HEADERS, W_DONE, W_DATA };
@@ -99,7 +102,8 @@ enum {
   XF_FOLLOW = 1024,
   XF_LOCATION = 2048, /* the response being read has a Location */
   XF_DIRTY = 4096,
-  XF_ABORTED = 8192  /* its response was closed before the end */
+  XF_ABORTED = 8192, /* its response was closed before the end */
+  XF_SPECIAL = 16384 /* set options beyond easy_base's: reset before reuse */
 };
 
 struct xfer {
@@ -377,14 +381,60 @@ static int on_curl_timer(CURLM *multi, long ms, void *ud) {
 
 /* ---- the multi's life ------------------------------------------------- */
 
-/* Keeps e for the next request. */
-static void pool_put(hmulti *m, CURL *e) {
+static size_t on_header(char *p, size_t size, size_t n, void *ud);
+static size_t on_write(char *p, size_t size, size_t n, void *ud);
+
+/* The options every transfer of m has, set once per easy handle: a plain
+ * request sets only its own (setup), so that a kept handle is neither
+ * reset nor set up again (about a tenth of a keep-alive GET's cost). */
+static void easy_base(hmulti *m, CURL *e) {
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  if (getenv("TIDE_CURL_VERBOSE")) /* curl's own trace on stderr */
+    curl_easy_setopt(e, CURLOPT_VERBOSE, 1L);
+  curl_easy_setopt(e, CURLOPT_QUICK_EXIT, 1L); /* cancel in DNS: NOTES 12 */
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_curl_opensocket);
+  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, m);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_curl_closesocket);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, m);
+  curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
+  /* decodes what the server compressed; the header line is default_headers' */
+  curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+  /* no proxy unless asked (the proxy option, or trust_env): "" stops curl
+   * reading the environment itself */
+  curl_easy_setopt(e, CURLOPT_PROXY, "");
+  curl_easy_setopt(e, CURLOPT_NOPROXY, "");
+  if (m->sess->share) { /* the session's cookie jar */
+    curl_easy_setopt(e, CURLOPT_SHARE, m->sess->share);
+    curl_easy_setopt(e, CURLOPT_COOKIEFILE, "");
+  }
+}
+
+/* An easy handle for m's next transfer, with easy_base's options. */
+static CURL *pool_get(hmulti *m) {
+  CURL *e;
+  if (m->npool > 0)
+    return m->pool[--m->npool];
+  if ((e = curl_easy_init()) != NULL)
+    easy_base(m, e);
+  return e;
+}
+
+/* Keeps e for the next request; special: its transfer set more options
+ * than easy_base and setup's own. */
+static void pool_put(hmulti *m, CURL *e, int special) {
   if (m && !m->dead && m->npool < POOL_MAX) {
-    /* curl_easy_reset forgets, without freeing, the COOKIEFILE list (7.88);
-     * NULL frees it (a shared jar is kept). */
-    if (m->sess && m->sess->share)
-      curl_easy_setopt(e, CURLOPT_COOKIEFILE, NULL);
-    curl_easy_reset(e);
+    if (special) {
+      /* curl_easy_reset forgets, without freeing, the COOKIEFILE list
+       * (7.88); NULL frees it (a shared jar is kept). */
+      if (m->sess && m->sess->share)
+        curl_easy_setopt(e, CURLOPT_COOKIEFILE, NULL);
+      curl_easy_reset(e);
+      easy_base(m, e);
+    }
     m->pool[m->npool++] = e;
   } else {
     curl_easy_cleanup(e);
@@ -404,7 +454,7 @@ static void xfer_release(xfer *x) {
       if (x->next)
         x->next->prev = x->prev;
     }
-    pool_put(m, x->easy);
+    pool_put(m, x->easy, x->flags & XF_SPECIAL);
     x->easy = NULL;
     x->m = NULL;
   }
@@ -473,6 +523,29 @@ static void on_run_end(tide_closer *c) {
   hmulti_close((hmulti *)c, NULL);
 }
 
+/* tide's default request headers, as curl's CURLOPT_USERAGENT and
+ * CURLOPT_ACCEPT_ENCODING "" would send them, but as custom header lines:
+ * curl prints its own header lines a byte at a time, twice, which cost a
+ * plain GET a tenth of its time; the list is the caller's to override. */
+static const char USER_AGENT[] = "User-Agent: tide/0.1";
+
+static void default_headers(hmulti *m) {
+  curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
+  char *ae = m->accept_encoding;
+  snprintf(ae, sizeof(m->accept_encoding), "Accept-Encoding: %s%s%s",
+           (v->features & CURL_VERSION_LIBZ) ? "deflate, gzip, " : "",
+           (v->features & CURL_VERSION_BROTLI) ? "br, " : "",
+           (v->features & CURL_VERSION_ZSTD) ? "zstd, " : "");
+  if (strlen(ae) > sizeof("Accept-Encoding: ") - 1)
+    ae[strlen(ae) - 2] = '\0'; /* the last ", " */
+  else
+    strcpy(ae, "Accept-Encoding: identity");
+  m->defaults[0].data = (char *)USER_AGENT;
+  m->defaults[0].next = &m->defaults[1];
+  m->defaults[1].data = ae;
+  m->defaults[1].next = NULL;
+}
+
 static hmulti *hmulti_new(lua_State *L, hsession *S, tide_sched *s) {
   hmulti *m = calloc(1, sizeof(*m));
   if (m == NULL || (m->multi = curl_multi_init()) == NULL) {
@@ -495,6 +568,7 @@ static hmulti *hmulti_new(lua_State *L, hsession *S, tide_sched *s) {
   curl_multi_setopt(m->multi, CURLMOPT_MAX_HOST_CONNECTIONS, S->max_host);
   m->closer.close = on_run_end;
   tide__closer_add(s, &m->closer);
+  default_headers(m);
   return m;
 }
 
@@ -799,7 +873,10 @@ static long http_version(const char *v) {
 }
 
 /* Sets x's easy handle up from the spec table at index spec (built and
- * checked by http.lua). */
+ * checked by http.lua): the options every request sets, then those only
+ * some set, which mark x special (its handle is reset before reuse). */
+static void header_list(lua_State *L, xfer *x, hmulti *m, int spec, int has_body);
+
 static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
   CURL *e = x->easy;
   const char *method = opt_string(L, spec, "method");
@@ -809,69 +886,59 @@ static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
   lua_Integer redirects = opt_int(L, spec, "max_redirects", 10);
   lua_Integer idle = opt_int(L, spec, "idle_timeout", 0);
   long version = http_version(opt_string(L, spec, "http_version"));
-  int i, has_body, body_fn = opt_bool(L, spec, "body_fn", 0);
+  int has_body, trust_env, body_fn = opt_bool(L, spec, "body_fn", 0);
   strncpy(x->method, method ? method : "GET", sizeof(x->method) - 1);
   curl_easy_setopt(e, CURLOPT_PRIVATE, x);
   curl_easy_setopt(e, CURLOPT_URL, url);
-  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-  if (getenv("TIDE_CURL_VERBOSE")) /* curl's own trace on stderr */
-    curl_easy_setopt(e, CURLOPT_VERBOSE, 1L);
-  curl_easy_setopt(e, CURLOPT_QUICK_EXIT, 1L); /* cancel in DNS: NOTES 12 */
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->err);
-  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
-  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
-  curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_curl_opensocket);
-  curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, m);
-  curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_curl_closesocket);
-  curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, m);
-  curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
-  curl_easy_setopt(e, CURLOPT_USERAGENT, "tide/0.1");
-  curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
-  if (redirects != 0) {
+  if (redirects != 0)
     x->flags |= XF_FOLLOW;
-    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
-    curl_easy_setopt(e, CURLOPT_MAXREDIRS, (long)redirects);
-  }
+  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, redirects != 0 ? 1L : 0L);
+  curl_easy_setopt(e, CURLOPT_MAXREDIRS, (long)redirects);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)opt_int(L, spec, "timeout", 0));
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
                    (long)opt_int(L, spec, "connect_timeout", 30000));
   x->idle_ms = idle > 0 ? (uint64_t)idle : 0;
+  if (version >= 0)
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, version);
+  x->max_body = (curl_off_t)opt_int(L, spec, "max_body", -1);
+  curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, x->max_body >= 0 ? x->max_body : 0);
+  if (opt_bool(L, spec, "stream", 0))
+    x->flags |= XF_STREAM;
+  /* from here on, options only some requests set */
   if (!opt_bool(L, spec, "verify", 1)) {
+    x->flags |= XF_SPECIAL;
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
   }
-  if ((s = opt_string(L, spec, "cafile")) != NULL)
+  if ((s = opt_string(L, spec, "cafile")) != NULL) {
+    x->flags |= XF_SPECIAL;
     curl_easy_setopt(e, CURLOPT_CAINFO, s);
+  }
   /* A proxy only when asked: the proxy option, or the environment's
    * (http_proxy, https_proxy, all_proxy, no_proxy) with trust_env, as
-   * aiohttp; "" stops curl reading the environment itself. */
+   * aiohttp; easy_base has none. */
   s = opt_string(L, spec, "proxy");
-  if (s != NULL || !opt_bool(L, spec, "trust_env", 0))
-    curl_easy_setopt(e, CURLOPT_PROXY, s ? s : "");
-  if (!opt_bool(L, spec, "trust_env", 0))
-    curl_easy_setopt(e, CURLOPT_NOPROXY, "");
-  if ((s = opt_string(L, spec, "cookie")) != NULL)
+  trust_env = opt_bool(L, spec, "trust_env", 0);
+  if (s != NULL || trust_env) {
+    x->flags |= XF_SPECIAL;
+    curl_easy_setopt(e, CURLOPT_PROXY, s);
+    if (trust_env)
+      curl_easy_setopt(e, CURLOPT_NOPROXY, NULL);
+  }
+  if ((s = opt_string(L, spec, "cookie")) != NULL) {
+    x->flags |= XF_SPECIAL;
     curl_easy_setopt(e, CURLOPT_COOKIE, s);
-  if (version >= 0)
-    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, version);
+  }
   /* Prefer an HTTP/2 connection being set up over opening more, where h2
    * is possible; for plain http the wait would last until the first
    * response (curl learns "no multiplexing" only then). */
   if ((url && strncasecmp(url, "https:", 6) == 0) ||
-      version == CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE)
+      version == CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE) {
+    x->flags |= XF_SPECIAL;
     curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
-  x->max_body = (curl_off_t)opt_int(L, spec, "max_body", -1);
-  if (x->max_body >= 0)
-    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, x->max_body);
-  if (opt_bool(L, spec, "stream", 0))
-    x->flags |= XF_STREAM;
-  if (m->sess->share) { /* the session's cookie jar */
-    curl_easy_setopt(e, CURLOPT_SHARE, m->sess->share);
-    curl_easy_setopt(e, CURLOPT_COOKIEFILE, "");
   }
   /* the body: a string, or chunks the task feeds (chunked upload); POST,
    * PUT and PATCH without one send an empty one (Content-Length: 0, which
@@ -898,6 +965,8 @@ static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
     curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
     curl_easy_setopt(e, CURLOPT_READDATA, x);
   }
+  if (has_body)
+    x->flags |= XF_SPECIAL;
   /* POST is curl's own (the body makes it one), so that curl turns it into
    * a GET on a 301, 302 or 303; a custom method would be kept across
    * redirects (http.lua follows those itself). */
@@ -905,32 +974,56 @@ static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
     if (has_body)
       curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "GET");
   } else if (strcmp(method, "HEAD") == 0) {
+    x->flags |= XF_SPECIAL;
     curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
   } else if (strcmp(method, "POST") != 0) {
+    x->flags |= XF_SPECIAL;
     curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
   }
-  /* headers: "Name: value" strings; "Expect:" stops curl's 1 s wait */
-  x->hlist = curl_slist_append(NULL, "Expect:");
+  header_list(L, x, m, spec, has_body);
+}
+
+/* Whether the header line h is for the header name (n bytes, lower case). */
+static int is_header(const char *h, const char *name, size_t n) {
+  return strncasecmp(h, name, n) == 0 && (h[n] == ':' || h[n] == ';');
+}
+
+/* x's request header lines: the caller's ("Name: value" strings in the
+ * spec's headers array), with tide's defaults for the names it did not
+ * give; a request with neither lines nor a body shares m's list. */
+static void header_list(lua_State *L, xfer *x, hmulti *m, int spec, int has_body) {
+  struct curl_slist *own = NULL, *l;
+  int i, ua = 1, ae = 1;
+  /* with a body, "Expect:" stops curl's 1 s wait for a 100 Continue */
+  if (has_body)
+    own = curl_slist_append(NULL, "Expect:");
   lua_getfield(L, spec, "headers");
   for (i = 1; lua_istable(L, -1) && lua_rawgeti(L, -1, i) == LUA_TSTRING; i++) {
     const char *h = lua_tostring(L, -1);
-    struct curl_slist *l = curl_slist_append(x->hlist, h);
-    if (l)
-      x->hlist = l;
-    if (strncasecmp(h, "content-type:", 13) == 0)
+    if ((l = curl_slist_append(own, h)) != NULL)
+      own = l;
+    if (is_header(h, "content-type", 12))
       has_body = 0; /* the caller's type: nothing to take away below */
+    ua = ua && !is_header(h, "user-agent", 10);
+    ae = ae && !is_header(h, "accept-encoding", 15);
     lua_pop(L, 1);
   }
   lua_pop(L, 2);
+  if (own == NULL) {
+    curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, m->defaults);
+    return;
+  }
   /* a body the caller gave no type gets none: curl would call it a form
    * (application/x-www-form-urlencoded); opts.form and opts.json set
    * theirs in http.lua */
-  if (has_body) {
-    struct curl_slist *l = curl_slist_append(x->hlist, "Content-Type:");
-    if (l)
-      x->hlist = l;
-  }
-  curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->hlist);
+  if (has_body && (l = curl_slist_append(own, "Content-Type:")) != NULL)
+    own = l;
+  if (ua && (l = curl_slist_append(own, m->defaults[0].data)) != NULL)
+    own = l;
+  if (ae && (l = curl_slist_append(own, m->defaults[1].data)) != NULL)
+    own = l;
+  x->hlist = own;
+  curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, own);
 }
 
 static int event_k(lua_State *L, int status, lua_KContext ctx);
@@ -1013,7 +1106,7 @@ static int s_request(lua_State *L) {
   lua_setiuservalue(L, -2, 1);
   lua_getfield(L, 2, "url");
   lua_setiuservalue(L, -2, 2);
-  x->easy = m->npool > 0 ? m->pool[--m->npool] : curl_easy_init();
+  x->easy = pool_get(m);
   if (x->easy == NULL)
     return luaL_error(L, "not enough memory");
   x->m = m;

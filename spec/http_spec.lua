@@ -87,6 +87,32 @@ describe("tide.http", function()
       assert.is_true(g:json().gzipped)
     end)
 
+    it("sends a User-Agent and the encodings it decodes, unless the caller gives its own", function()
+      local function raw(opts) -- name -> every value received
+        local out = {}
+        for _, nv in ipairs(echo(http.get(url("/get"), opts)).raw_headers) do
+          local k = nv[1]:lower()
+          out[k] = out[k] or {}
+          table.insert(out[k], nv[2])
+        end
+        return out
+      end
+      local h = raw()
+      assert.same({ "tide/0.1" }, h["user-agent"])
+      assert.equals(1, #h["accept-encoding"])
+      assert.matches("gzip", h["accept-encoding"][1])
+      h = raw({ headers = { ["user-agent"] = "me/1", ["Accept-Encoding"] = "identity" } })
+      assert.same({ "me/1" }, h["user-agent"])
+      assert.same({ "identity" }, h["accept-encoding"])
+      h = raw({ headers = { ["X-A"] = "1" } })
+      assert.same({ "tide/0.1" }, h["user-agent"])
+      assert.equals(1, #h["accept-encoding"])
+      assert.same({ "" }, raw({ headers = { ["User-Agent"] = "" } })["user-agent"]) -- sent empty
+      local s <close> = http.session({ headers = { ["User-Agent"] = "sess/2" } })
+      assert.equals("sess/2", echo(s:get(url("/get"))).headers["user-agent"])
+      assert.equals("gzip", s:get(url("/gzip")).headers["content-encoding"])
+    end)
+
     it("decodes JSON with res:json() and reports a body that is not JSON", function()
       assert.equals("GET", http.get(url("/get")):json().method)
       local kind = errkind(function() return http.get(url("/bytes/10")):json() end)
@@ -576,6 +602,43 @@ describe("tide.http", function()
       assert.equals(1, hb.stats().connections_total)
     end)
 
+    it("a request carries none of the options of the one before it on the same handle", function()
+      -- one task, one session: each request gets the easy handle the one before it
+      -- had, which keeps the options every request sets and is reset after others
+      local s <close> = http.session()
+      local function plain()
+        local e = echo(s:get(url("/anything")))
+        assert.equals("GET", e.method)
+        assert.equals(0, e.body_length)
+        assert.is_nil(e.headers["content-length"])
+        assert.is_nil(e.headers["transfer-encoding"])
+        assert.is_nil(e.headers["x-a"])
+        assert.is_nil(e.headers["content-type"])
+        assert.is_nil(e.headers.cookie)
+        return e
+      end
+      assert.equals("", s:head(url("/bytes/1000")).body)
+      assert.equals(1000, #s:get(url("/bytes/1000")).body)
+      assert.equals("POST", echo(s:post(url("/anything"), { body = "x", headers = { ["X-A"] = "1" } })).method)
+      plain()
+      assert.equals("PUT", echo(s:put(url("/anything"), { json = { a = 1 } })).method)
+      plain()
+      s:post(url("/anything"), { body = function() return nil end })
+      plain()
+      assert.equals("a=1", echo(s:get(url("/anything"), { headers = { Cookie = "a=1" } })).headers.cookie)
+      plain()
+      assert.equals("example.invalid", echo(s:get("http://example.invalid/get", { proxy = hb.base })).headers.host)
+      assert.equals("dns", errkind(s.get, s, "http://example.invalid/get"))
+      assert.equals("too_large", errkind(s.get, s, url("/bytes/100"), { max_body_size = 10 }))
+      assert.equals(100, #s:get(url("/bytes/100")).body)
+      assert.equals(302, s:get(url("/redirect/1"), { max_redirects = 0 }).status)
+      assert.equals(200, s:get(url("/redirect/1")).status)
+      assert.equals("timeout", errkind(s.get, s, url("/delay/1"), { timeout = 0.1 }))
+      assert.equals(200, s:get(url("/delay/0.3")).status)
+      assert.equals("HTTP/1.0", echo(s:get(url("/get"), { http_version = "1.0" })).http_version)
+      assert.equals("HTTP/1.1", echo(s:get(url("/get"))).http_version)
+    end)
+
     it("keeps connections alive under concurrency (no cache churn)", function()
       servers.httpbin().reset_stats()
       local s <close> = http.session()
@@ -895,6 +958,14 @@ describe("tide.http", function()
       assert.equals(200, res.status)
       assert.equals("ok", res.body)
       assert.equals(200, http.get(ng.url("/"), { verify = false }).status)
+    end)
+
+    it("checks the certificate again on the request after one with verify = false or cafile", function()
+      local s <close> = http.session()
+      assert.equals(200, s:get(ng.url("/"), { verify = false }).status)
+      assert.equals("tls", errkind(s.get, s, ng.url("/")))
+      assert.equals(200, s:get(ng.url("/"), { cafile = ng.cafile }).status)
+      assert.equals("tls", errkind(s.get, s, ng.url("/")))
     end)
 
     it("multiplexes concurrent requests over one HTTP/2 connection", function()
