@@ -243,14 +243,18 @@ static void on_uv_poll(uv_poll_t *h, int status, int events) {
     poll_events(k, 0);
     return;
   }
-  if (status < 0)
-    flags = CURL_CSELECT_ERR;
-  else {
-    if (events & UV_READABLE)
-      flags |= CURL_CSELECT_IN;
-    if (events & UV_WRITABLE)
-      flags |= CURL_CSELECT_OUT;
+  if (status < 0) {
+    /* POLLERR (a reset, say): libuv has stopped the handle. curl reads or
+     * writes what it waits for and so meets the error itself ("Recv
+     * failure: Connection reset by peer"); CURL_CSELECT_ERR would make it
+     * a send failure whatever the socket was doing. */
+    events = k->events;
+    k->events = 0;
   }
+  if (events & UV_READABLE)
+    flags |= CURL_CSELECT_IN;
+  if (events & UV_WRITABLE)
+    flags |= CURL_CSELECT_OUT;
   action(k->m, k->fd, flags);
 }
 

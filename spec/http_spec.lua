@@ -48,6 +48,14 @@ describe("tide.http", function()
       assert.is_true(res.timings.total >= res.timings.connect)
     end)
 
+    it("percent-encodes spaces and bytes past ASCII in the path and query, as aiohttp and requests", function()
+      local res = http.get(url("/anything/a b/é") .. "?x=a b#frag", { query = "y=c d" })
+      local e = echo(res)
+      assert.equals("/anything/a%20b/%C3%A9", e.path)
+      assert.same({ x = { "a b" }, y = { "c d" } }, e.query)
+      assert.equals(url("/anything/a%20b/%C3%A9?x=a%20b&y=c%20d"), res.url) -- no #fragment: never sent
+    end)
+
     it("adds opts.query to the URL's own query, before a #fragment", function()
       local e = echo(http.get(url("/get?a=1#frag"), { query = { b = 2 } }))
       assert.same({ a = { "1" }, b = { "2" } }, e.query)
@@ -334,6 +342,28 @@ describe("tide.http", function()
       end
     end)
 
+    it("drops the body's Content-Type with the body, and sends an array body again on 307 and 308", function()
+      for _, code in ipairs({ 301, 302, 303, 307, 308 }) do
+        local to = url("/redirect-to?url=/anything&status=" .. code)
+        local keep = code >= 307
+        local e = echo(http.post(to, { json = { a = 1 } }))
+        assert.equals(keep and "application/json" or nil, e.headers["content-type"], code)
+        assert.equals(keep and '{"a":1}' or "", e.body, code)
+        e = echo(http.post(to, { form = { a = 1 } }))
+        assert.equals(keep and "application/x-www-form-urlencoded" or nil, e.headers["content-type"], code)
+        e = echo(http.post(to, { body = { "ab", "cd" } }))
+        assert.equals(keep and "abcd" or "", e.body, code)
+        assert.equals(keep and "POST" or "GET", e.method, code)
+        if code == 303 then -- any method: a GET without the body
+          assert.equals("GET", echo(http.put(to, { body = function() return nil end })).method)
+        else -- PUT keeps its body on 301 and 302 too
+          local kind, err = errkind(http.put, to, { body = function() return nil end })
+          assert.equals("http_transfer", kind, code)
+          assert.matches("needs the body sent again", err.message)
+        end
+      end
+    end)
+
     it("does the same with tide's own server, and keeps credentials to the same origin only", function()
       local server <close> = http.serve("127.0.0.1", 0, function(req)
         if req.path == "/to" then
@@ -469,6 +499,17 @@ describe("tide.http", function()
       fds_back(base)
     end)
 
+    it("reports a reset in the middle of the body as a failed receive, not a failed send", function()
+      local kind, e = errkind(http.get, url("/reset?after=1000&delay=0.1"))
+      assert.equals("reset", kind)
+      assert.equals(56, e.curl_code, e.message)
+      assert.matches("Recv failure", e.message)
+      local res = http.get(url("/reset?after=1000&delay=0.1"), { stream = true })
+      kind, e = errkind(function() while res:read() do end end)
+      assert.equals("reset", kind)
+      assert.equals(56, e.curl_code, e.message)
+    end)
+
     it("a response header over curl's 100 KB limit is kind too_large, saying so", function()
       local net = require "tide.net"
       local srv <close> = net.serve("127.0.0.1", 0, function(c)
@@ -525,6 +566,8 @@ describe("tide.http", function()
       S.raises_matching("bad argument #1 to 'session' (opts.http_version", http.session, { http_version = "9" })
       S.raises_matching("bad argument #2 to 'get' (opts.headers: value of 'X-A' is a table that is not an array)",
         http.get, url("/get"), { headers = { ["X-A"] = { k = "v" } } })
+      S.raises_matching("bad argument #2 to 'get' (opts.headers: value of 'X-A' contains a zero byte)",
+        http.get, url("/get"), { headers = { ["X-A"] = "a\0b" } }) -- curl would cut it there
       S.raises_matching("bad argument #2 to 'post' (opts.body[2]: string expected, got number)",
         http.post, url("/post"), { body = { "a", 2 } })
       S.raises_matching("bad argument #2 to 'post' (opts.body: a table that is not an array of strings)",

@@ -189,6 +189,8 @@ local function header_lines(fname, argn, list, seen, ...)
           v = tostring(v)
           if v:find("[\r\n]") then
             argerror(fname, argn, ("opts.headers: value of '%s' contains a line break"):format(name))
+          elseif v:find("\0", 1, true) then -- curl would cut the value there
+            argerror(fname, argn, ("opts.headers: value of '%s' contains a zero byte"):format(name))
           end
           list[#list + 1] = v == "" and name .. ";" or name .. ": " .. v
         end
@@ -338,11 +340,12 @@ local EMPTY = setmetatable({}, { __newindex = function() error("read-only", 2) e
 -- engine reads it before the request suspends, so tasks never share it).
 local spec = {}
 
--- curl follows redirects for these methods itself (POST becomes GET on 301,
--- 302 and 303, as RFC 9110 allows and browsers and aiohttp do); it would
--- keep any other method on a 303, so perform follows those: 303 makes a GET
--- without the body, 301, 302, 307 and 308 keep the method and the body.
-local CURL_FOLLOWS = { GET = true, HEAD = true, POST = true }
+-- curl follows the redirects of a GET or HEAD without a body itself; perform
+-- follows the others (curl would keep a POST's Content-Type on the GET a 303
+-- makes of it, and any other method on a 303): 303 makes a GET without the
+-- body (and so do 301 and 302 of a POST, as RFC 9110 allows and browsers,
+-- aiohttp and requests do), 307 and 308 keep the method and the body.
+local CURL_FOLLOWS = { GET = true, HEAD = true }
 local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true, [308] = true }
 local GET_DROPS = { ["content-type"] = true, ["content-length"] = true }
 local CREDENTIALS = { authorization = true, cookie = true } -- not to another origin
@@ -385,6 +388,14 @@ local function exchange(cs, method, url, body_fn)
   return x, x:response()
 end
 
+-- url with the spaces and the bytes past ASCII after its host percent-encoded,
+-- as aiohttp (yarl) and requests send them (curl refuses a space).
+local function encode_url(url)
+  local head, rest = url:match("^(%a[%w+.-]*://[^/?#]*)(.*)$")
+  if not rest or not rest:find("[ \128-\255]") then return url end
+  return head .. rest:gsub("[ \128-\255]", function(c) return ("%%%02X"):format(c:byte()) end)
+end
+
 local function perform(sess, fname, argbase, method, url, opts)
   if type(url) ~= "string" then
     argerror(fname, argbase, "URL string expected, got " .. type(url))
@@ -411,6 +422,7 @@ local function perform(sess, fname, argbase, method, url, opts)
       url = base .. sep .. q .. frag
     end
   end
+  url = encode_url(url)
   local body, body_fn, ctype = opts.body, nil, nil
   if opts.json ~= nil then
     local ok, v = pcall(json_encode, opts.json)
@@ -430,6 +442,7 @@ local function perform(sess, fname, argbase, method, url, opts)
       end
     end
   end
+  local body_array = type(body) == "table" and body or nil -- a redirect may send it again
   if type(body) ~= "string" and body ~= nil then body_fn, body = body_source(body), nil end
   local headers = {}
   if opts.headers or d.headers or ctype then
@@ -478,7 +491,7 @@ local function perform(sess, fname, argbase, method, url, opts)
   spec.cookie, spec.body_size, spec.trust_env = cookie, body_size, trust_env
   local max_redirects, saved = spec.max_redirects, nil
   local deadline = timeout and timeout > 0 and tide.time() + timeout -- over every hop
-  if max_redirects > 0 and (not CURL_FOLLOWS[method] or own_cookie) then
+  if max_redirects > 0 and (not CURL_FOLLOWS[method] or own_cookie or body or body_fn) then
     spec.max_redirects = 0 -- followed below
     saved = {}
     for k, v in pairs(spec) do saved[k] = v end
@@ -513,9 +526,11 @@ local function perform(sess, fname, argbase, method, url, opts)
       saved.method, saved.body, saved.body_fn, body_fn = "GET", nil, false, nil
       saved.body_size = nil
       hs = without(hs, GET_DROPS)
+    elseif body_array then
+      body_fn = body_source(body_array)
     elseif body_fn then
       error(tide.error("http_transfer", ("%s %s: the %d redirect needs the body sent again, "
-        .. "which a body function cannot do (give the body as a string)"):format(
+        .. "which a body function cannot do (give the body as a string or an array)"):format(
           saved.method, saved.url, r.status), { url = saved.url }), 0)
     end
     if origin(to) ~= origin(saved.url) then
@@ -534,10 +549,11 @@ local function perform(sess, fname, argbase, method, url, opts)
     end
     for k in pairs(spec) do spec[k] = nil end -- only this request's options
     for k, v in pairs(saved) do spec[k] = v end
-    x, r = exchange(cs, saved.method, to, nil)
+    x, r = exchange(cs, saved.method, to, body_fn)
   end
   if saved then r.redirects = n end
   r._redirect_url = nil
+  r.url = r.url:match("^[^#]*") -- the URL asked for, as aiohttp's: no #fragment (never sent)
   r.headers = Headers.wrap(r.headers, r.header_block)
   r.header_block = nil
   if stream then r._x = x end
