@@ -159,6 +159,21 @@ describe("tide.http", function()
       assert.equals('{"0.30000000000000004":1}', http.post(server:url("/"), { json = { [0.1 + 0.2] = 1 } }).body)
     end)
 
+    it("sends empty arrays as [] with empty_array or array_mt, and res:json() keeps them arrays", function()
+      local server <close> = http.serve("127.0.0.1", 0, function(req) return { body = req.body } end)
+      local function sent(v) return http.post(server:url("/"), { json = v }).body end
+      assert.equals('{"a":[]}', sent({ a = http.empty_array }))
+      assert.equals('{"a":[]}', sent({ a = setmetatable({}, http.array_mt) }))
+      assert.equals('{"a":{}}', sent({ a = {} })) -- a plain empty table is an object, as cjson says
+      assert.equals("[[],0.30000000000000004]", sent({ http.empty_array, 0.1 + 0.2 }))
+      local v = http.post(server:url("/"), { body = '{"a":[],"b":{},"c":[1,[]],"n":2}' }):json()
+      assert.equals(http.array_mt, getmetatable(v.a))
+      assert.is_nil(getmetatable(v.b))
+      assert.equals(math.type(2), math.type(v.n))
+      assert.equals('[1,[]]', sent(v.c))
+      assert.has_error(function() http.empty_array[1] = 1 end)
+    end)
+
     it("runs thousands of requests concurrently in one loop", function()
       local s <close> = http.session()
       local tasks = {}

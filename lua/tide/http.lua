@@ -54,8 +54,22 @@ local function exact(v)
   end
 end
 
+-- JSON arrays that Lua cannot tell from objects: a table with array_mt is
+-- an array even when empty (res:json() gives `[]` so), empty_array is one.
+M.array_mt = { __name = "tide.http.array" }
+M.empty_array = setmetatable({}, { __name = "tide.http.empty_array",
+  __newindex = function() error("tide.http.empty_array is read-only", 2) end })
+
+-- The JSON text of v where cjson would not write it right (an inexact
+-- number, an empty array), or nil.
+local function raw_json(v)
+  if type(v) ~= "table" then return exact(v) end
+  if v == M.empty_array or (getmetatable(v) == M.array_mt and next(v) == nil) then return "[]" end
+end
+
 local function has_big(v, seen)
-  if type(v) ~= "table" then return exact(v) ~= nil end
+  if raw_json(v) then return true end
+  if type(v) ~= "table" then return false end
   if seen[v] then return false end
   seen[v] = true
   for k, x in next, v do
@@ -67,7 +81,7 @@ end
 -- A copy of v with its inexact numbers as marked strings (cycles kept, for
 -- cjson to refuse).
 local function marked(v, copies)
-  local e = exact(v)
+  local e = raw_json(v)
   if e then return MARK .. e end
   if type(v) ~= "table" then return v end
   if copies[v] then return copies[v] end
@@ -82,7 +96,7 @@ end
 local function json_encode(v)
   cjson = cjson or require "cjson"
   if not has_big(v, {}) then return cjson.encode(v) end
-  return (cjson.encode(marked(v, {})):gsub('"\\u0000\\u0001([-+.%deE]+)"', "%1"))
+  return (cjson.encode(marked(v, {})):gsub('"\\u0000\\u0001([-+.%deE%[%]]+)"', "%1"))
 end
 
 -- Whole floats of t become integers; false if one is past 2^53.
@@ -105,8 +119,12 @@ local function json_decode(s)
   cjson = cjson or require "cjson"
   local v = cjson.decode(s)
   if math.type(v) == "float" then v = math.tointeger(v) or v end
-  if type(v) ~= "table" or integers(v) then return v end
-  return require("dkjson").decode(s, 1, cjson.null, nil, nil)
+  if type(v) ~= "table" or (integers(v) and not s:find("%[%s*%]")) then return v end
+  -- a big integer, or an empty array (cjson would make it {}): dkjson's arrays
+  -- get array_mt
+  local w = require("dkjson").decode(s, 1, cjson.null, nil, M.array_mt)
+  if type(w) == "table" then integers(w) end
+  return w
 end
 
 M.urlencode, M.urldecode = Headers.urlencode, Headers.urldecode
