@@ -19,10 +19,12 @@
  * than HIGH_WATER bytes wait for the reader; request bodies produced by Lua
  * pause the upload (CURL_READFUNC_PAUSE) until the task feeds the next chunk.
  */
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
@@ -550,9 +552,31 @@ static void default_headers(hmulti *m) {
   m->defaults[1].next = NULL;
 }
 
+/* curl_multi_init with its wakeup socketpair, which curl opens without
+ * close-on-exec, made close-on-exec: else every child process (tide.process,
+ * os.execute, io.popen) inherits it. The pair takes the two lowest free fds. */
+static CURLM *multi_init(void) {
+  int fd[2], i;
+  CURLM *multi;
+  for (i = 0; i < 2; i++)
+    fd[i] = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  for (i = 0; i < 2; i++)
+    if (fd[i] >= 0)
+      close(fd[i]);
+  multi = curl_multi_init();
+  for (i = 0; i < 2; i++) {
+    struct stat st;
+    int flags;
+    if (fd[i] >= 0 && fstat(fd[i], &st) == 0 && S_ISSOCK(st.st_mode) &&
+        (flags = fcntl(fd[i], F_GETFD)) >= 0 && !(flags & FD_CLOEXEC))
+      fcntl(fd[i], F_SETFD, flags | FD_CLOEXEC);
+  }
+  return multi;
+}
+
 static hmulti *hmulti_new(lua_State *L, hsession *S, tide_sched *s) {
   hmulti *m = calloc(1, sizeof(*m));
-  if (m == NULL || (m->multi = curl_multi_init()) == NULL) {
+  if (m == NULL || (m->multi = multi_init()) == NULL) {
     free(m);
     luaL_error(L, "not enough memory");
     return NULL;

@@ -697,6 +697,18 @@ describe("tide.http", function()
       assert.equals("HTTP/1.1", echo(s:get(url("/get"))).http_version)
     end)
 
+    it("leaves no socket of its own open in a child process", function()
+      local process = require "tide.process"
+      local function child_fds()
+        return process.run({ "sh", "-c", "ls /proc/self/fd" }).stdout
+      end
+      local u = url("/get") -- the server runs before the count
+      local before = child_fds()
+      local s <close> = http.session() -- a multi of its own: curl's wakeup sockets
+      assert.equals(200, s:get(u).status)
+      assert.equals(before, child_fds())
+    end)
+
     it("keeps connections alive under concurrency (no cache churn)", function()
       servers.httpbin().reset_stats()
       local s <close> = http.session()
