@@ -1206,25 +1206,16 @@ static const char *version_name(long v) {
   }
 }
 
-/* Sets res.headers (lower-case name -> first value), res.header_block
- * (the final response's header lines as received, for get_all and list,
- * which split it only when asked) and res.reason. */
-static void set_headers(lua_State *L, xfer *x, int res) {
-  const char *p = x->hdr.p, *end = p + x->hdr.n, *block = p;
-  int first = 1;
-  lua_createtable(L, 0, 8); /* the map */
-  while (p && p < end) {
+/* Pushes the map (lower-case name -> first value) of the header lines in
+ * [p, end). */
+static void push_header_map(lua_State *L, const char *p, const char *end) {
+  lua_createtable(L, 0, 8);
+  while (p < end) {
     const char *eol = memchr(p, '\n', (size_t)(end - p));
     const char *le = eol ? eol : end, *colon;
     while (le > p && (le[-1] == '\r' || le[-1] == '\n'))
       le--;
-    if (first && le - p > 5 && memcmp(p, "HTTP/", 5) == 0) {
-      const char *sp = memchr(p, ' ', (size_t)(le - p));
-      sp = sp ? memchr(sp + 1, ' ', (size_t)(le - sp - 1)) : NULL;
-      lua_pushlstring(L, sp ? sp + 1 : le, sp ? (size_t)(le - sp - 1) : 0);
-      lua_setfield(L, res, "reason");
-      block = eol ? eol + 1 : end;
-    } else if ((colon = memchr(p, ':', (size_t)(le - p))) != NULL) {
+    if ((colon = memchr(p, ':', (size_t)(le - p))) != NULL) {
       const char *v = colon + 1;
       char lower[128];
       size_t k, nl = (size_t)(colon - p);
@@ -1244,11 +1235,67 @@ static void set_headers(lua_State *L, xfer *x, int res) {
         }
       }
     }
-    first = 0;
     p = eol ? eol + 1 : end;
   }
-  lua_setfield(L, res, "headers");
-  lua_pushlstring(L, block ? block : "", block ? (size_t)(end - block) : 0);
+}
+
+/* encode_url(url) -> url with the spaces and the bytes past ASCII after its
+ * host percent-encoded, as aiohttp (yarl) and requests send them (curl
+ * refuses a space); url itself when there are none (checked here: a Lua
+ * pattern costs a plain GET several percent). */
+static int l_encode_url(lua_State *L) {
+  size_t n, i;
+  const char *u = luaL_checklstring(L, 1, &n), *p;
+  luaL_Buffer b;
+  for (i = 0; i < n && u[i] != ' ' && !(u[i] & 0x80); i++)
+    ;
+  if (i == n || (p = strstr(u, "://")) == NULL)
+    return 1;
+  p += 3;
+  p += strcspn(p, "/?#"); /* the host stays as it is (IDN) */
+  luaL_buffinit(L, &b);
+  luaL_addlstring(&b, u, (size_t)(p - u));
+  for (; p < u + n; p++) {
+    if (*p == ' ' || (*p & 0x80)) {
+      char hex[4];
+      snprintf(hex, sizeof(hex), "%%%02X", (unsigned char)*p);
+      luaL_addlstring(&b, hex, 3);
+    } else {
+      luaL_addchar(&b, *p);
+    }
+  }
+  luaL_pushresult(&b);
+  return 1;
+}
+
+/* header_map(block) -> the map of a response's header lines; http.lua
+ * makes it on the first lookup (most responses are never asked). */
+static int l_header_map(lua_State *L) {
+  size_t n;
+  const char *p = luaL_checklstring(L, 1, &n);
+  push_header_map(L, p, p + n);
+  return 1;
+}
+
+/* Sets res.reason, res.header_block (the final response's header lines as
+ * received) and, with map, res.headers (see push_header_map). */
+static void set_headers(lua_State *L, xfer *x, int res, int map) {
+  const char *p = x->hdr.p ? x->hdr.p : "", *end = p + x->hdr.n, *block = p;
+  const char *eol = memchr(p, '\n', (size_t)(end - p)), *le = eol ? eol : end;
+  while (le > p && (le[-1] == '\r' || le[-1] == '\n'))
+    le--;
+  if (le - p > 5 && memcmp(p, "HTTP/", 5) == 0) { /* the status line */
+    const char *sp = memchr(p, ' ', (size_t)(le - p));
+    sp = sp ? memchr(sp + 1, ' ', (size_t)(le - sp - 1)) : NULL;
+    lua_pushlstring(L, sp ? sp + 1 : le, sp ? (size_t)(le - sp - 1) : 0);
+    lua_setfield(L, res, "reason");
+    block = eol ? eol + 1 : end;
+  }
+  if (map) {
+    push_header_map(L, block, end);
+    lua_setfield(L, res, "headers");
+  }
+  lua_pushlstring(L, block, (size_t)(end - block));
   lua_setfield(L, res, "header_block");
 }
 
@@ -1291,7 +1338,7 @@ static int x_response(lua_State *L) {
   res = lua_gettop(L);
   lua_pushinteger(L, x->status);
   lua_setfield(L, res, "status");
-  set_headers(L, x, res);
+  set_headers(L, x, res, x->status >= 300 && x->status < 400);
   curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &url);
   lua_pushstring(L, url);
   lua_setfield(L, res, "url");
@@ -1307,20 +1354,21 @@ static int x_response(lua_State *L) {
   lua_setfield(L, res, "redirects");
   if (x->status >= 300 && x->status < 400)
     set_redirect_url(L, x, res);
-  { /* an array in TIMINGS order; http.lua names it on first use */
+  { /* TIMINGS order, packed as native doubles (s): http.lua unpacks and
+     * names them on first use */
     static const CURLINFO what[] = {
       CURLINFO_NAMELOOKUP_TIME_T, CURLINFO_CONNECT_TIME_T,
       CURLINFO_APPCONNECT_TIME_T, CURLINFO_PRETRANSFER_TIME_T,
       CURLINFO_STARTTRANSFER_TIME_T, CURLINFO_TOTAL_TIME_T,
       CURLINFO_REDIRECT_TIME_T};
-    int i, n = (int)(sizeof(what) / sizeof(what[0]));
-    lua_createtable(L, n, 0);
-    for (i = 0; i < n; i++) {
+    double t[sizeof(what) / sizeof(what[0])];
+    size_t i;
+    for (i = 0; i < sizeof(what) / sizeof(what[0]); i++) {
       curl_off_t us = 0;
       curl_easy_getinfo(x->easy, what[i], &us);
-      lua_pushnumber(L, (lua_Number)us / 1e6);
-      lua_rawseti(L, -2, i + 1);
+      t[i] = (double)us / 1e6;
     }
+    lua_pushlstring(L, (const char *)t, sizeof(t));
     lua_setfield(L, res, "_timings");
   }
   if (!(x->flags & XF_STREAM)) {
@@ -1417,6 +1465,7 @@ static const luaL_Reg xfer_methods[] = {
 
 static const luaL_Reg core_funcs[] = {
   {"session", l_session}, {"default_session", l_default_session},
+  {"header_map", l_header_map}, {"encode_url", l_encode_url},
   {NULL, NULL}};
 
 static int global_gc(lua_State *L) {

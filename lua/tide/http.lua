@@ -265,11 +265,11 @@ local function byte_count(fname, n)
   return i
 end
 
--- res.timings is named from the engine's array on first use
+-- res.timings is unpacked from the engine's doubles and named on first use
 local TIMINGS = { "dns", "connect", "tls", "pretransfer", "first_byte", "total", "redirect" }
 function Response.__index(self, k)
   if k == "timings" then
-    local t, a = {}, rawget(self, "_timings") or {}
+    local t, a = {}, { string.unpack("ddddddd", rawget(self, "_timings")) }
     for i, name in ipairs(TIMINGS) do t[name] = a[i] end
     rawset(self, "timings", t)
     return t
@@ -406,14 +406,6 @@ local function exchange(cs, method, url, body_fn)
   return x, x:response()
 end
 
--- url with the spaces and the bytes past ASCII after its host percent-encoded,
--- as aiohttp (yarl) and requests send them (curl refuses a space).
-local function encode_url(url)
-  local head, rest = url:match("^(%a[%w+.-]*://[^/?#]*)(.*)$")
-  if not rest or not rest:find("[ \128-\255]") then return url end
-  return head .. rest:gsub("[ \128-\255]", function(c) return ("%%%02X"):format(c:byte()) end)
-end
-
 local function perform(sess, fname, argbase, method, url, opts)
   if type(url) ~= "string" then
     argerror(fname, argbase, "URL string expected, got " .. type(url))
@@ -440,7 +432,7 @@ local function perform(sess, fname, argbase, method, url, opts)
       url = base .. sep .. q .. frag
     end
   end
-  url = encode_url(url)
+  url = core.encode_url(url) -- spaces and non-ASCII bytes, as aiohttp sends them
   local body, body_fn, ctype = opts.body, nil, nil
   if opts.json ~= nil then
     local ok, v = pcall(json_encode, opts.json)
@@ -571,8 +563,9 @@ local function perform(sess, fname, argbase, method, url, opts)
   end
   if saved then r.redirects = n end
   r._redirect_url = nil
-  r.url = r.url:match("^[^#]*") -- the URL asked for, as aiohttp's: no #fragment (never sent)
-  r.headers = Headers.wrap(r.headers, r.header_block)
+  local hash = r.url:find("#", 1, true) -- the URL asked for, as aiohttp's: no #fragment (never sent)
+  if hash then r.url = r.url:sub(1, hash - 1) end
+  r.headers = Headers.wrap(r.headers, r.header_block, core.header_map)
   r.header_block = nil
   if stream then r._x = x end
   return setmetatable(r, Response)

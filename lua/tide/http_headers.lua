@@ -74,22 +74,43 @@ function M.urldecode(s)
   end))
 end
 
--- map -> {name, value, ...}, or the header lines as received (a client
--- response's), split into that list on first use
-local lists = setmetatable({}, { __mode = "k" })
-local values = setmetatable({}, { __mode = "k" }) -- map -> {lower name = first value}
+-- A map keeps, under keys no string can equal: its list ({name, value, ...},
+-- or the header lines as received, a client response's, split into that
+-- list on first use) and its values ({lower name = first value}, or made
+-- on first lookup by its builder from the header lines).
+local LIST, VALUES, BUILD = {}, {}, {}
 
 local function list_of(h)
-  local l = lists[h]
+  local l = rawget(h, LIST)
   if type(l) == "string" then
     local t = {}
     for line in l:gmatch("[^\r\n]+") do
       local name, value = line:match("^([^:]+):[ \t]*(.*)$")
       if name then t[#t + 1], t[#t + 2] = name, value end
     end
-    l, lists[h] = t, t
+    l = t
+    rawset(h, LIST, t)
   end
   return l
+end
+
+-- {lower name = first value} of a flat list {name1, value1, ...}
+local function map_of(list)
+  local v = {}
+  for i = #list - 1, 1, -2 do -- backwards, so the first value wins
+    v[list[i]:lower()] = list[i + 1]
+  end
+  return v
+end
+
+local function values_of(h)
+  local v = rawget(h, VALUES)
+  if not v then
+    local l = rawget(h, LIST)
+    v = type(l) == "string" and rawget(h, BUILD)(l) or map_of(l)
+    rawset(h, VALUES, v)
+  end
+  return v
 end
 
 local methods = {}
@@ -117,30 +138,25 @@ local mt = {
   __index = function(h, k)
     local m = methods[k]
     if m then return m end
-    if type(k) == "string" then return values[h][k:lower()] end
+    if type(k) == "string" then return values_of(h)[k:lower()] end
   end,
   __newindex = function() error("headers are read-only", 2) end,
-  __pairs = function(h) return next, values[h], nil end,
+  __pairs = function(h) return next, values_of(h), nil end,
   __name = "tide.Headers",
 }
 
--- Makes a map of v ({lower-case name = first value}) and its list (or its
--- header lines, "Name: value\r\n"...).
 M.mt = mt
 
-function M.wrap(v, list)
-  local h = setmetatable({}, mt)
-  values[h], lists[h] = v, list
-  return h
+-- A map of v ({lower-case name = first value}) and its list (or its header
+-- lines, "Name: value\r\n"...); with v nil, build(lines) makes v when first
+-- needed.
+function M.wrap(v, list, build)
+  return setmetatable({ [LIST] = list, [VALUES] = v, [BUILD] = build }, mt)
 end
 
 -- Builds a map from a flat list {name1, value1, name2, value2, ...}.
 function M.new(list)
-  local v = {}
-  for i = #list - 1, 1, -2 do -- backwards, so the first value wins
-    v[list[i]:lower()] = list[i + 1]
-  end
-  return M.wrap(v, list)
+  return M.wrap(map_of(list), list)
 end
 
 function M.is(v) return getmetatable(v) == mt end
