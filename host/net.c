@@ -448,7 +448,8 @@ static int st_read_until(lua_State *L) {
 }
 
 /* read_line() -> the next line without its "\n" (and "\r"), or nil at the
- * end; a last line without "\n" is returned as is. */
+ * end; a last line without "\n" is returned as is at a clean end, and is
+ * kind "reset" (the bytes kept) when the peer reset the connection. */
 static int line_k(lua_State *L, int status, lua_KContext ctx) {
   stream_box *b = lua_touserdata(L, 1);
   stream *s = b->s;
@@ -468,7 +469,7 @@ static int line_k(lua_State *L, int status, lua_KContext ctx) {
     take_keep(L, s, nl ? (size_t)(nl - (s->buf + s->off)) + 1 : s->len, 0);
     return limit_error(L, s, "a line is");
   }
-  if (nl || ((s->eof || s->err) && s->len > 0)) {
+  if (nl || (s->eof && !s->err && s->len > 0)) { /* a reset raises, the bytes stay */
     size_t n = nl ? (size_t)(nl - (s->buf + s->off)) + 1 : s->len;
     size_t keep = n;
     if (nl) {

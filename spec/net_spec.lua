@@ -392,6 +392,24 @@ c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.cl
       assert.equals("reset", kind)
       c:close()
     end)
+    it("read_line raises kind reset for a line cut by a reset, keeping its bytes", function()
+      local py = io.popen([[python3 -c '
+import socket, struct, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept(); c.sendall(b"whole\npartial"); time.sleep(0.1)
+c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.close()
+']])
+      local port = tonumber(py:read("l"))
+      local c = net.connect("127.0.0.1", port)
+      assert.equals("whole", c:read_line())
+      local kind = errkind(c.read_line, c) -- waits: the reset comes later
+      py:close()
+      assert.equals("reset", kind) -- not "partial", as if the line were whole
+      assert.equals("reset", (errkind(c.read_line, c)))
+      assert.equals("partial", c:read())
+      c:close()
+    end)
   end)
 
   describe("stream writes", function()
