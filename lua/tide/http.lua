@@ -499,12 +499,12 @@ local function perform(sess, fname, argbase, method, url, opts)
   if max_body == math.huge then max_body = nil end
   spec.max_body, spec.http_version, spec.stream = max_body or -1, version, stream
   spec.cookie, spec.body_size, spec.trust_env = cookie, body_size, trust_env
-  local max_redirects, saved = spec.max_redirects, nil
-  local deadline = timeout and timeout > 0 and tide.time() + timeout -- over every hop
+  local max_redirects, saved, deadline = spec.max_redirects, nil, nil
   if max_redirects > 0 and (not CURL_FOLLOWS[method] or own_cookie or body or body_fn) then
     spec.max_redirects = 0 -- followed below
     saved = {}
     for k, v in pairs(spec) do saved[k] = v end
+    deadline = timeout and timeout > 0 and tide.time() + timeout -- over every hop
   end
   local cs = sess.core
   if cs == "default" then cs = core.default_session() end
