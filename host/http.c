@@ -34,7 +34,7 @@
 #define SESSION_MT "tide.HttpSession"
 #define XFER_MT "tide.HttpTransfer"
 #define HIGH_WATER (256 * 1024)
-#define POOL_MAX 128
+#define POOL_MIN 128 /* easy handles kept at least; more while more run */
 
 typedef struct hmulti hmulti;
 typedef struct xfer xfer;
@@ -82,8 +82,8 @@ struct hmulti {
   int nsocks;
   xfer *xfers;     /* transfers that hold an easy handle of this multi */
   xfer *dirty;     /* transfers whose waiter may now go on */
-  CURL *pool[POOL_MAX];
-  int npool;
+  CURL **pool;     /* easy handles kept for the next requests */
+  int npool, pool_cap;
   /* tide's default header lines, a list its plain requests share */
   struct curl_slist defaults[2];
   char accept_encoding[64];
@@ -430,21 +430,37 @@ static CURL *pool_get(hmulti *m) {
 }
 
 /* Keeps e for the next request; special: its transfer set more options
- * than easy_base and setup's own. */
+ * than easy_base and setup's own. The pool keeps up to as many handles as
+ * transfers run now (at least POOL_MIN): a burst of a thousand requests
+ * reuses its handles round after round instead of making most of them
+ * again, and the pool shrinks back once the burst is over. */
 static void pool_put(hmulti *m, CURL *e, int special) {
-  if (m && !m->dead && m->npool < POOL_MAX) {
-    if (special) {
-      /* curl_easy_reset forgets, without freeing, the COOKIEFILE list
-       * (7.88); NULL frees it (a shared jar is kept). */
-      if (m->sess && m->sess->share)
-        curl_easy_setopt(e, CURLOPT_COOKIEFILE, NULL);
-      curl_easy_reset(e);
-      easy_base(m, e);
-    }
-    m->pool[m->npool++] = e;
-  } else {
+  int keep = m && m->nattached + 1 > POOL_MIN ? (int)m->nattached + 1 : POOL_MIN;
+  if (m == NULL || m->dead) {
     curl_easy_cleanup(e);
+    return;
   }
+  while (m->npool >= keep) /* the burst is over */
+    curl_easy_cleanup(m->pool[--m->npool]);
+  if (m->npool == m->pool_cap) {
+    int cap = m->pool_cap ? m->pool_cap * 2 : POOL_MIN;
+    CURL **p = realloc(m->pool, (size_t)cap * sizeof(*p));
+    if (p == NULL) {
+      curl_easy_cleanup(e);
+      return;
+    }
+    m->pool = p;
+    m->pool_cap = cap;
+  }
+  if (special) {
+    /* curl_easy_reset forgets, without freeing, the COOKIEFILE list
+     * (7.88); NULL frees it (a shared jar is kept). */
+    if (m->sess && m->sess->share)
+      curl_easy_setopt(e, CURLOPT_COOKIEFILE, NULL);
+    curl_easy_reset(e);
+    easy_base(m, e);
+  }
+  m->pool[m->npool++] = e;
 }
 
 /* Ends x's hold on its easy handle (the response was taken, or it failed). */
@@ -513,6 +529,9 @@ static void hmulti_close(hmulti *m, lua_State *L) {
   }
   while (m->npool > 0)
     curl_easy_cleanup(m->pool[--m->npool]);
+  free(m->pool);
+  m->pool = NULL;
+  m->pool_cap = 0;
   curl_multi_cleanup(m->multi);
   m->multi = NULL;
   for (i = 0; i < m->nsocks; i++)
