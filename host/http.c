@@ -430,17 +430,18 @@ static CURL *pool_get(hmulti *m) {
 }
 
 /* Keeps e for the next request; special: its transfer set more options
- * than easy_base and setup's own. The pool keeps up to as many handles as
- * transfers run now (at least POOL_MIN): a burst of a thousand requests
- * reuses its handles round after round instead of making most of them
- * again, and the pool shrinks back once the burst is over. */
+ * than easy_base and setup's own. While transfers run, the pool keeps as
+ * many handles as ever ran at once (a burst of a thousand requests reuses
+ * its handles round after round: making and freeing one costs as much as
+ * a request); when none runs, POOL_MIN (a used handle holds about 20 KB). */
 static void pool_put(hmulti *m, CURL *e, int special) {
-  int keep = m && m->nattached + 1 > POOL_MIN ? (int)m->nattached + 1 : POOL_MIN;
+  int keep;
   if (m == NULL || m->dead) {
     curl_easy_cleanup(e);
     return;
   }
-  while (m->npool >= keep) /* the burst is over */
+  keep = m->nattached > 0 && m->peak > POOL_MIN ? (int)m->peak : POOL_MIN;
+  while (m->npool >= keep) /* none runs: the burst is over */
     curl_easy_cleanup(m->pool[--m->npool]);
   if (m->npool == m->pool_cap) {
     int cap = m->pool_cap ? m->pool_cap * 2 : POOL_MIN;
