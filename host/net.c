@@ -78,6 +78,7 @@ typedef struct stream {
   tide_task *reader;     /* parked on this stream */
   tide_waitlist writers; /* parked until the write queue drains */
   tide_waitlist closers; /* parked in wait_closed() */
+  struct stream *live_prev, *live_next; /* rt->net_live */
 } stream;
 
 struct stream_box { stream *s; };
@@ -115,11 +116,25 @@ static int raise_uv(lua_State *L, int rc, const char *what) {
 
 /* ---- streams --------------------------------------------------------- */
 
+/* Takes s off its runtime's list of live streams. */
+static void unlink_live(stream *s) {
+  if (s->live_prev)
+    s->live_prev->live_next = s->live_next;
+  else
+    s->rt->net_live = s->live_next;
+  if (s->live_next)
+    s->live_next->live_prev = s->live_prev;
+  s->live_prev = s->live_next = NULL;
+}
+
 static void on_uv_stream_closed(uv_handle_t *h) {
   stream *s = h->data;
   if (s->box)
     s->box->s = NULL;
-  tide__wl_wake_all(s->rt->L, &s->closers);
+  if (s->rt) { /* else its runtime closed first (tide__net_detach) */
+    unlink_live(s);
+    tide__wl_wake_all(s->rt->L, &s->closers);
+  }
   tide__wl_free(&s->closers);
   tide__wl_free(&s->writers);
   free(s->buf);
@@ -768,7 +783,33 @@ static stream *new_stream(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
   s->rt = rt;
   s->box = b;
   b->s = s;
+  s->live_next = rt->net_live;
+  if (s->live_next)
+    s->live_next->live_prev = s;
+  rt->net_live = s;
   return s;
+}
+
+/* The runtime closes (its Lua state goes next) while streams still have
+ * handles on an application's loop, whose close callbacks run at its next
+ * turn: they are closed and cut from the runtime, so that those callbacks
+ * touch neither. Their waiting tasks are gone already. */
+void tide__net_detach(tide_runtime *rt) {
+  stream *s;
+  while ((s = rt->net_live) != NULL) {
+    unlink_live(s);
+    s->rt = NULL;
+    if (s->box) {
+      s->box->s = NULL;
+      s->box = NULL;
+    }
+    s->reader = NULL;
+    tide__wl_free(&s->writers);
+    tide__wl_free(&s->closers);
+    s->closed = 1;
+    if (!uv_is_closing(&s->h.handle))
+      uv_close(&s->h.handle, on_uv_stream_closed);
+  }
 }
 
 static void on_run_end(tide_closer *c) {
@@ -875,6 +916,7 @@ static int conn_next(lua_State *L, conn_req *c) {
       lua_replace(L, 5);
     }
     c->used = 1;
+    uv_tcp_nodelay(&s->h.tcp, 1); /* see on_uv_connection */
     rc = uv_tcp_connect(&c->u.connect, &s->h.tcp, a->ai_addr, on_uv_connect);
     if (rc == 0)
       return conn_wait(L, c, 1);
@@ -1050,6 +1092,10 @@ static void on_uv_connection(uv_stream_t *h, int status) {
     lua_pop(L, 3);
     return;
   }
+  /* TCP_NODELAY, as asyncio sets on every TCP connection: writes go out
+   * at once (Nagle held a second small write back until the peer's delayed
+   * ACK, 40 ms a reply of two writes) */
+  uv_tcp_nodelay(&s->h.tcp, 1);
   tide__spawn(L, sv->sched, lua_gettop(L) - 2, 2); /* handler(stream) */
   lua_pop(L, 4);
 }

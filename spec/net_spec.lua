@@ -413,6 +413,25 @@ c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.cl
   end)
 
   describe("stream writes", function()
+    it("sends a small write at once, as asyncio's TCP_NODELAY (no delayed-ACK stall)", function()
+      -- a reply in two writes: with Nagle's algorithm the second waits for the
+      -- peer's delayed ACK, about 40 ms every time
+      local srv, port = server(function(s)
+        while s:read_line() do s:write("head\n"); tide.sleep(0); s:write("body\n") end
+      end)
+      local c <close> = net.connect("127.0.0.1", port)
+      local stalled = 0
+      for _ = 1, 20 do
+        local t0 = tide.time()
+        c:write("req\n")
+        assert.equals("head", c:read_line())
+        assert.equals("body", c:read_line())
+        if tide.time() - t0 >= 0.035 then stalled = stalled + 1 end
+      end
+      srv:close()
+      assert.is_true(stalled < 10, ("%d of 20 replies stalled"):format(stalled))
+    end)
+
     it("a writer to a slow reader is held back (backpressure) and all bytes arrive", function()
       local received
       local srv, port = server(function(s)
