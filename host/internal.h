@@ -163,6 +163,9 @@ struct tide_runtime {
   uint32_t last_src_id;  /* spawn-site cache (task.c, source_id) */
   int last_src_internal; /* ... and whether it is one of tide's Lua modules */
   unsigned long instruction_limit; /* per task step, 0: none */
+  unsigned long limit_used; /* instructions counted in this step (task.c) */
+  void *net_live; /* net.c: its streams whose handles are not closed yet */
+  int nreraised;  /* task.c: entries in its table of re-raised errors */
   struct tide_mem *mem;  /* allocation accounting (runtime.c), or NULL */
   struct tide_arena *arena; /* L's allocator when tide made L (alloc.c) */
   /* registry slots of task.c's tables, read by index on hot paths (a
@@ -250,7 +253,7 @@ tide_task *tide__check_task(lua_State *L, int idx);
 tide_task *tide__current(lua_State *L);
 tide_task *tide__spawn(lua_State *L, tide_sched *s, int fidx, int nargs);
 void tide__enqueue(tide_sched *s, tide_task *t);
-void tide__limit_hook(lua_State *L);
+void tide__limit_arm(lua_State *L);
 void tide__abandon_all(tide_sched *s);
 void tide__abandon_pending(tide_sched *s); /* embed.c: suspended C calls */
 void tide__run_ready(tide_sched *s);
@@ -290,6 +293,7 @@ int tide__open_queue(lua_State *L);
 
 /* net.c */
 void tide__net_close(uv_handle_t *h);
+void tide__net_detach(tide_runtime *rt);
 void tide__net_close_servers(uv_handle_t *h, void *sched);
 uv_stream_t *tide__stream_new_pipe(lua_State *L, tide_sched *sched,
                                    size_t limit);

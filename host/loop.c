@@ -610,6 +610,10 @@ int tide__run(lua_State *L) {
     return tide__raise_kind_at_user(L, "invalid_state", "tide.run cannot be "
                                     "called from a loop callback (only from "
                                     "a task or outside any loop)");
+  if (rt->sandbox && rt->current != NULL)
+    return tide__raise_kind_at_user(L, "invalid_state", "tide.run inside a "
+                                    "task is not available in a sandbox (it "
+                                    "would hold the loop the task runs on)");
   lua_rotate(L, 1, -(fidx - 1));
   lua_settop(L, lua_gettop(L) - (fidx - 1));
   main = run_main(L, rt, rt->current == NULL ? rt->loop : NULL, virtual_clock,

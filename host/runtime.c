@@ -67,7 +67,7 @@ int tide__call_protected(lua_State *L, int nargs, const char *what) {
   /* callbacks are user code too: the runtime's limits apply to them */
   rt->in_callback++;
   if (rt->instruction_limit)
-    tide__limit_hook(L);
+    tide__limit_arm(L);
   st = lua_pcall(L, nargs, 0, base);
   if (rt->instruction_limit)
     lua_sethook(L, hook, mask, count);
@@ -282,6 +282,32 @@ static int safe_load(lua_State *L) {
   return lua_gettop(L);
 }
 
+/* setmetatable without finalizers: Lua runs a __gc with hooks off, so the
+ * instruction limit could not stop an endless one, and one would freeze
+ * the loop (or the runtime's close). */
+static int safe_setmetatable(lua_State *L) {
+  if (lua_istable(L, 2)) {
+    lua_pushliteral(L, "__gc");
+    if (lua_rawget(L, 2) != LUA_TNIL)
+      return luaL_argerror(L, 2, "a __gc metamethod is not available in a "
+                                 "sandbox (a finalizer runs outside the "
+                                 "instruction limit)");
+    lua_pop(L, 1);
+  }
+  lua_settop(L, 2);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, 2, 1);
+  return 1;
+}
+
+/* tide.<name> in a sandbox: its module is not there. */
+static int not_in_sandbox(lua_State *L) {
+  return tide__raise_kind_at_user(L, "invalid_state", "tide.%s is not "
+                                  "available in a sandbox",
+                                  lua_tostring(L, lua_upvalueindex(1)));
+}
+
 /* The sandbox's libraries: no files, processes, debug or C modules. */
 static void open_sandbox(lua_State *L) {
   static const luaL_Reg libs[] = {
@@ -306,6 +332,9 @@ static void open_sandbox(lua_State *L) {
   lua_getglobal(L, "load");
   lua_pushcclosure(L, safe_load, 1);
   lua_setglobal(L, "load");
+  lua_getglobal(L, "setmetatable");
+  lua_pushcclosure(L, safe_setmetatable, 1);
+  lua_setglobal(L, "setmetatable");
   lua_getglobal(L, "os"); /* keep only the clock */
   lua_newtable(L);
   for (i = 0; os_keep[i]; i++) {
@@ -363,6 +392,7 @@ tide_runtime *tide_runtime_new_with(const tide_options *opts) {
     luaL_openlibs(L);
   rt = tide_open(L);
   rt->sandbox = opts->sandbox != 0;
+  rt->instruction_limit = opts->instruction_limit; /* before tide loads */
   if (opts->sandbox) {
     /* load tide now, then hide its internals (park, wake...) and sockets */
     static const char *const hidden[] = {"tide.core", "tide.coroutine",
@@ -373,7 +403,13 @@ tide_runtime *tide_runtime_new_with(const tide_options *opts) {
                                          "tide.signal", "tide.fs_lua",
                                          "tide.process_lua", NULL};
     int i;
+    static const char *const refused[] = {"to_thread", "signal", NULL};
     luaL_requiref(L, "tide", luaopen_tide_lua, 0);
+    for (i = 0; refused[i]; i++) { /* their modules are hidden below */
+      lua_pushstring(L, refused[i]);
+      lua_pushcclosure(L, not_in_sandbox, 1);
+      lua_setfield(L, -2, refused[i]);
+    }
     lua_pop(L, 1);
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
@@ -453,6 +489,7 @@ void tide_runtime_close(tide_runtime *rt) {
       fprintf(stderr, "tide: warning: the runtime's loop still had handles\n");
     free(own);
   }
+  tide__net_detach(rt); /* streams still closing on an application's loop */
   if (m)
     m->rt = NULL;
   lua_close(L); /* frees rt: it lives in a userdata of this state */

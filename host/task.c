@@ -26,7 +26,9 @@
 
 static char sentinel_key, task_mt_key, gather_mt_key;
 static char tailcall_key; /* a task function's "call this next" mark */
-static char reraised_key, reraised_tb_key; /* last error await re-raised */
+/* registry: task (light userdata) -> {error, traceback} of the last failed
+ * task whose error an await in it raised again */
+static char reraised_key;
 static char sources_key;                   /* spawn sites (see source_id) */
 
 /* A gather in progress: it waits on each child as a waiter (user value 1:
@@ -384,9 +386,36 @@ static void fire_waiter(lua_State *L, int ud, int w) {
 }
 
 /* Unanchors the finished task at ud and wakes or calls its waiters. */
+/* Pushes t's entry in the re-raised table ({error, traceback}) and returns
+ * 1, or pushes nothing and returns 0. */
+static int push_reraised(lua_State *L, tide_task *t) {
+  if (t->s->rt->nreraised == 0)
+    return 0;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &reraised_key);
+  if (lua_rawgetp(L, -1, t) != LUA_TTABLE) {
+    lua_pop(L, 2);
+    return 0;
+  }
+  lua_remove(L, -2);
+  return 1;
+}
+
+/* Drops t's entry in the re-raised table (it ended). */
+static void drop_reraised(lua_State *L, tide_task *t) {
+  if (push_reraised(L, t)) {
+    lua_pop(L, 1);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &reraised_key);
+    lua_pushnil(L);
+    lua_rawsetp(L, -2, t);
+    lua_pop(L, 1);
+    t->s->rt->nreraised--;
+  }
+}
+
 static void finish_common(lua_State *L, tide_task *t, int ud) {
   tide_sched *s = t->s;
   int w;
+  drop_reraised(L, t);
   tide__wl_unlink(t); /* its wait was cut short (a closed coroutine...) */
   tide__heap_remove(s, &t->tn);
   t->state = TS_DONE;
@@ -681,22 +710,24 @@ static void finish_err(lua_State *L, tide_task *t, int ud) {
     lua_pop(L, 2);
     /* An error re-raised by await, or from a to_thread worker (which
      * sent its traceback along): show where it came from, too. */
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &reraised_key);
-    if (!lua_isnil(L, e) && lua_rawequal(L, -1, e)) {
-      lua_rawgetp(L, LUA_REGISTRYINDEX, &reraised_tb_key);
-      lua_pushfstring(L, "%s\nre-raised from the awaited task:\n%s",
-                      lua_tostring(L, -3), luaL_optstring(L, -1, "?"));
-      lua_replace(L, -4);
-      lua_pop(L, 1);
+    if (!lua_isnil(L, e) && push_reraised(L, t)) { /* [msg, {err, tb}] */
+      lua_rawgeti(L, -1, 1);
+      if (lua_rawequal(L, -1, e)) { /* an error await raised again ended it */
+        lua_rawgeti(L, -2, 2);
+        lua_pushfstring(L, "%s\nre-raised from the awaited task:\n%s",
+                        lua_tostring(L, -4), luaL_optstring(L, -1, "?"));
+        lua_replace(L, -5);
+        lua_pop(L, 1);
+      }
+      lua_pop(L, 2);
     } else if (tide__err_is_kind(L, e, "thread")) {
       if (lua_getfield(L, e, "traceback") == LUA_TSTRING) {
         lua_pushfstring(L, "%s\nre-raised from the to_thread worker:\n%s",
-                        lua_tostring(L, -3), lua_tostring(L, -1));
-        lua_replace(L, -4);
+                        lua_tostring(L, -2), lua_tostring(L, -1));
+        lua_replace(L, -3);
       }
       lua_pop(L, 1);
     }
-    lua_pop(L, 1);
     if (tide__iserror(L, e)) { /* tide errors carry their traceback */
       lua_pushvalue(L, -1);
       lua_setfield(L, e, "traceback");
@@ -756,23 +787,56 @@ static void warn_slow(lua_State *L, tide_task *t, int ud, uint64_t ns) {
 }
 
 /* The instruction cap (tide_options.instruction_limit): a task step that
- * runs that many instructions without suspending fails with kind "limit". */
-static void limit_hook(lua_State *L, lua_Debug *ar) {
-  (void)ar;
-  /* sticky: from now on every instruction of this step fails, so a pcall
-   * in a loop cannot swallow the limit */
+ * runs that many instructions without suspending fails with kind "limit".
+ * The count hook fires every LIMIT_QUANTUM instructions of any thread: the
+ * task's coroutine and those it resumes (which inherit the hook) count
+ * against one budget per step, so nesting coroutines does not multiply
+ * it. */
+#define LIMIT_QUANTUM 1000
+
+static void limit_hook(lua_State *L, lua_Debug *ar);
+
+/* Raises the limit in L, sticky: from now on every instruction of L fails
+ * in this step, so a pcall in a loop cannot swallow the limit. */
+static void limit_raise(lua_State *L) {
   lua_sethook(L, limit_hook, LUA_MASKCOUNT, 1);
   tide__err_raise(L, "limit", "the task ran %I instructions without "
                   "suspending (the runtime's instruction limit)",
                   (LUA_INTEGER)tide__rt(L)->instruction_limit);
 }
 
-/* Arms the instruction cap on L (a callback's state). */
-void tide__limit_hook(lua_State *L) {
+static void limit_hook(lua_State *L, lua_Debug *ar) {
   tide_runtime *rt = tide__rt(L);
+  (void)ar;
+  rt->limit_used += (unsigned long)lua_gethookcount(L);
+  if (rt->limit_used >= rt->instruction_limit)
+    limit_raise(L);
+}
+
+/* core.limited() -> whether the runtime has an instruction limit */
+static int l_limited(lua_State *L) {
+  lua_pushboolean(L, tide__rt(L)->instruction_limit != 0);
+  return 1;
+}
+
+/* core.limit_check(): called by coroutine.resume (tide.coroutine) as a
+ * resume returns: past the step's budget the resumer fails too, and so on
+ * up to the task (a coroutine that failed of it would else be resumed
+ * again by a loop, each new one counting a while before it fails). */
+static int l_limit_check(lua_State *L) {
+  tide_runtime *rt = tide__rt(L);
+  if (rt->instruction_limit && rt->limit_used >= rt->instruction_limit)
+    limit_raise(L);
+  return 0;
+}
+
+/* Starts a step's count on L (a task's coroutine, or a callback's state). */
+void tide__limit_arm(lua_State *L) {
+  tide_runtime *rt = tide__rt(L);
+  rt->limit_used = 0;
   lua_sethook(L, limit_hook, LUA_MASKCOUNT,
-              rt->instruction_limit > 0x7fffffffUL
-                ? 0x7fffffff : (int)rt->instruction_limit);
+              rt->instruction_limit < LIMIT_QUANTUM ? (int)rt->instruction_limit
+                                                    : LIMIT_QUANTUM);
 }
 
 static void step(tide_sched *s, tide_task *t) {
@@ -814,9 +878,7 @@ static void step(tide_sched *s, tide_task *t) {
   t->state = TS_RUNNING;
   rt->current = t;
   if (rt->instruction_limit) /* counts anew at every step */
-    lua_sethook(co, limit_hook, LUA_MASKCOUNT,
-                rt->instruction_limit > 0x7fffffffUL
-                  ? 0x7fffffff : (int)rt->instruction_limit);
+    tide__limit_arm(co);
   if (rt->debug) {
     UD();
     t0 = uv_hrtime();
@@ -1086,17 +1148,32 @@ static int waiters_remove(lua_State *L, int ud, int v) {
 
 /* ---- results ---------------------------------------------------------- */
 
-/* A failed task's error about to be raised again in the task awaiting it
- * (await, gather): remembered, so that the awaiter's traceback, if that
- * error ends it, shows the failed task's too. */
+/* A failed task's error about to be raised again in the running task,
+ * which awaits it (await, gather): remembered for that task, so that its
+ * traceback, if that very error ends it, shows the failed task's too. One
+ * entry per awaiting task, dropped when it ends. */
 static void remember_reraise(lua_State *L, tide_task *t, int ud) {
-  if (t->flags & TF_FAILED) {
-    ud = lua_absindex(L, ud);
-    tide__push_trace(L, t, ud);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &reraised_tb_key);
-    tide__push_error(L, t, ud);
+  tide_runtime *rt = tide__rt(L);
+  tide_task *cur = rt->current;
+  if (!(t->flags & TF_FAILED) || cur == NULL)
+    return;
+  ud = lua_absindex(L, ud);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &reraised_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &reraised_key);
   }
+  if (lua_rawgetp(L, -1, cur) == LUA_TNIL)
+    rt->nreraised++;
+  lua_pop(L, 1);
+  lua_createtable(L, 2, 0);
+  tide__push_error(L, t, ud);
+  lua_rawseti(L, -2, 1);
+  tide__push_trace(L, t, ud);
+  lua_rawseti(L, -2, 2);
+  lua_rawsetp(L, -2, cur);
+  lua_pop(L, 1);
 }
 
 /* Pushes the done task's results, or raises its error as it was raised. */
@@ -1750,7 +1827,7 @@ static const luaL_Reg task_funcs[] = {
   {"all_tasks", l_all_tasks}, {"park", l_park}, {"wake", l_wake},
   {"uncancel", l_uncancel}, {"other_cancel", l_other_cancel}, {"istask", l_istask},
   {"gather_wait", l_gather_wait},
-  {"task_info", l_task_info},
+  {"task_info", l_task_info}, {"limited", l_limited}, {"limit_check", l_limit_check},
   {NULL, NULL}};
 
 /* [-1, +1, m] Adds the task functions to the module table on top. */

@@ -46,14 +46,21 @@ typedef struct tide_options {
   /* Untrusted scripts: only the base library (without dofile, loadfile),
    * coroutine, string, table, math, utf8, os.clock/time/date/difftime, and
    * require of preloaded modules (no C modules, no files, no io, no
-   * os.execute, no debug, no package.loadlib). */
+   * os.execute, no debug, no package.loadlib). load takes source only,
+   * setmetatable refuses a __gc (Lua runs finalizers with hooks off, out of
+   * the instruction limit's reach); tide has no net, http, fs, process,
+   * to_thread or signal there, and tide.run inside a task (it would hold
+   * the loop) is refused. */
   int sandbox;
   /* Bytes the Lua state may hold; 0 for no limit. An allocation over it made
    * while a task runs fails as "not enough memory" in that task; the host
    * and other tasks go on. */
   size_t memory_limit;
   /* Lua instructions a task may run in one step (between two suspensions);
-   * 0 for no limit. Past it the task fails with an error of kind "limit". */
+   * 0 for no limit. Past it the task fails with an error of kind "limit".
+   * The coroutines the task resumes count against the same budget; a call
+   * of a C function counts as one instruction however long it runs (a
+   * pathological string.find pattern, say). */
   unsigned long instruction_limit;
 } tide_options;
 

@@ -453,7 +453,7 @@ end
 -- tide.dump_tasks([file]): every live task as a tree (children under the
 -- task that spawned them), with state and the line each one waits at.
 function M.dump_tasks(out)
-  out = out or io.stderr
+  if out == nil and io then out = io.stderr end -- a sandbox has no io
   local ok, write = pcall(function() return out.write end)
   if not ok or write == nil then
     argerror("dump_tasks", 1, "file (an object with write and flush)", out)

@@ -226,6 +226,29 @@ describe("Task", function()
     assert.matches("in task 'failing' %(spawned at [^)]*tide_spec.lua:%d+ by task [^)]+%)", tb)
   end)
 
+  it(":traceback() shows the awaited task's only when an await raised that error in the task", function()
+    local inner = tide.spawn({ name = "inner" }, function() error("boom", 0) end)
+    local outer = tide.spawn({ name = "outer" }, function() inner:await() end)
+    pcall(outer.await, outer)
+    local tb = outer:traceback()
+    assert.truthy(tb:find("re-raised from the awaited task", 1, true))
+    assert.matches("in task 'inner'", tb)
+    -- another task failing with an equal error re-raised nothing: its own traceback alone
+    local other = tide.spawn({ name = "other" }, function() error("boom", 0) end)
+    pcall(other.await, other)
+    assert.is_nil(other:traceback():find("re-raised", 1, true))
+    assert.is_nil(other:traceback():find("'inner'", 1, true))
+    -- and failures repeated with one message do not pile up tracebacks
+    local size
+    for i = 1, 300 do
+      pcall(tide.wait_for, function() error("connection failed", 0) end, 5)
+      local t = tide.spawn(function() error("connection failed", 0) end)
+      pcall(t.await, t)
+      if i == 10 then size = #t:traceback() end
+      if i == 300 then assert.is_true(#t:traceback() <= size + 2, "tracebacks grew") end -- Task-N's digits
+    end
+  end)
+
   it("a task that gather or wait_for spawned names the user's line as its spawn site", function()
     local child
     local ok = pcall(tide.gather, function() child = tide.current_task(); error("x") end)

@@ -17,9 +17,14 @@ if coroutine.tide_patched then
   return true
 end
 
+-- With an instruction limit, a resume that returns past the task step's
+-- budget fails in the resumer too (the runtime's limit, host/task.c).
+local limit_check = core.limited() and core.limit_check
+
 -- Returns resume's results as they came (no padding: a coroutine that
 -- returned nothing gives `true` alone, as in plain Lua).
 local function forward(co, ...)
+  if limit_check then limit_check() end
   local ok, first = ...
   if ok and first == SENTINEL and co_status(co) == "suspended" then
     return forward(co, co_resume(co, co_yield(SENTINEL, select(3, ...))))

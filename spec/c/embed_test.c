@@ -449,7 +449,8 @@ static void test_instruction_limit(void) {
   env e;
   tide_options opts;
   tide_runtime *rt;
-  result spin = {0}, other = {0}, swallow = {0}, cb = {0}, again = {0};
+  result spin = {0}, other = {0}, swallow = {0}, cb = {0}, again = {0},
+         nested = {0}, nested_n = {0};
   memset(&opts, 0, sizeof opts);
   opts.instruction_limit = 100000;
   rt = new_rt(&opts, &e);
@@ -471,7 +472,21 @@ static void test_instruction_limit(void) {
                  "local t2 = tide.spawn(function() while true do end end)\n"
                  "local ok2, e2 = pcall(t2.await, t2)\n"
                  "return ok1, ok2, e2.kind", &again);
+  /* coroutines the task resumes count against the same budget: nesting
+   * them gave each a budget of its own (300x the cap at two levels) */
+  spawn_code(rt, "nested_n = 0\n"
+                 "local function burn() for i = 1, 1500 do nested_n = nested_n + 1 end end\n"
+                 "local function level(k) return function() while true do\n"
+                 "  coroutine.resume(coroutine.create(k)) end end end\n"
+                 "require('tide').sleep(0.001)\n"
+                 "level(level(burn))()", &nested);
   tide_loop_run(rt, UV_RUN_DEFAULT);
+  spawn_code(rt, "return nested_n", &nested_n);
+  tide_loop_run(rt, UV_RUN_DEFAULT);
+  check(nested.called == 1 && strcmp(nested.kind, "limit") == 0 &&
+          atol(nested_n.text) > 0 && atol(nested_n.text) < 100000,
+        "instruction_limit counts the coroutines a task resumes against its "
+        "step's budget", nested_n.text);
   check(again.called == 1 && strcmp(again.text, "false,false,limit") == 0,
         "instruction_limit also stops the next task (which may reuse the "
         "first one's coroutine)", again.text);
@@ -698,6 +713,20 @@ static void test_sandbox(void) {
     "expect(not pcall(require, 'tide.net'), 'no sockets')\n"
     "expect(package.searchpath == nil, 'package.searchpath')\n"
     "expect(load(string.dump(function() end)) == nil, 'binary chunks refused')\n"
+    "expect(not pcall(setmetatable, {}, {__gc = function() end}), "
+    "'__gc refused (it runs outside the instruction limit)')\n"
+    "expect(getmetatable(setmetatable({}, {__index = {}})) ~= nil, 'setmetatable')\n"
+    "local ok, e = pcall(tide.to_thread, print)\n"
+    "expect(not ok and e.kind == 'invalid_state' and e.message:find('sandbox'), "
+    "'to_thread: not in a sandbox')\n"
+    "ok, e = pcall(tide.signal, 'SIGUSR1')\n"
+    "expect(not ok and e.message:find('sandbox'), 'signal: not in a sandbox')\n"
+    "ok, e = pcall(tide.run, function() end)\n"
+    "expect(not ok and e.kind == 'invalid_state', 'no tide.run in a task')\n"
+    "local out = {}\n"
+    "tide.dump_tasks({write = function(_, s) out[#out + 1] = s end, flush = function() end})\n"
+    "expect(#out > 0, 'dump_tasks to a writer')\n"
+    "expect(not pcall(tide.dump_tasks), 'dump_tasks without io: an argument error')\n"
     "return table.concat(bad, ' ')";
   memset(&opts, 0, sizeof opts);
   opts.sandbox = 1;
@@ -912,6 +941,47 @@ static void test_app_loop_idle(void) {
   check(uv_loop_close(&loop) == 0, "and the loop closes", NULL);
 }
 
+/* Closing a runtime on the application's loop while TCP streams and a
+ * child's pipes are open: their close callbacks come at the loop's next
+ * turn, after the Lua state is gone, and must touch neither it nor the
+ * runtime (ASan saw a use after free there). */
+static void test_app_loop_streams(void) {
+  uv_loop_t loop;
+  tide_runtime *rt;
+  env e;
+  tide_options opts;
+  result reader = {0}, child = {0}, waiter = {0};
+  int i;
+  uv_loop_init(&loop);
+  memset(&opts, 0, sizeof opts);
+  opts.loop = &loop;
+  rt = new_rt(&opts, &e);
+  spawn_code(rt, "local net = require 'tide.net'\n"
+                 "local srv = net.serve('127.0.0.1', 0, function(s) s:read_line() end)\n"
+                 "local c = net.connect('127.0.0.1', srv:port())\n"
+                 "c:write('x')\n"
+                 "return c:read()", &reader);
+  spawn_code(rt, "local p = require('tide.process').spawn({'sleep', '5'})\n"
+                 "return p.stdout:read()", &child);
+  spawn_code(rt, "local net = require 'tide.net'\n"
+                 "local srv = net.serve('127.0.0.1', 0, function(s) s:read() end)\n"
+                 "local c = net.connect('127.0.0.1', srv:port())\n"
+                 "c:write(string.rep('x', 1 << 22))\n" /* a queue to flush */
+                 "c:close()\n"
+                 "return c:wait_closed()", &waiter);
+  for (i = 0; i < 200 && tide_pending_tasks(rt) > 0; i++)
+    uv_run(&loop, UV_RUN_NOWAIT);
+  tide_runtime_close(rt);
+  check(reader.called == 1 && strcmp(reader.kind, "cancelled") == 0 &&
+          child.called == 1 && waiter.called == 1,
+        "close on the application's loop with streams open cancels their "
+        "tasks", reader.text);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  check(uv_loop_close(&loop) == 0,
+        "the streams' handles close on the application's next turn, and "
+        "the loop closes", NULL);
+}
+
 static void test_open(void) {
   lua_State *L = luaL_newstate();
   tide_runtime *rt;
@@ -983,6 +1053,7 @@ int main(void) {
   test_close_stubborn();
   test_app_loop();
   test_app_loop_idle();
+  test_app_loop_streams();
   test_open();
   return check_summary();
 }
