@@ -308,8 +308,95 @@ static int not_in_sandbox(lua_State *L) {
                                   lua_tostring(L, lua_upvalueindex(1)));
 }
 
-/* The sandbox's libraries: no files, processes, debug or C modules. */
-static void open_sandbox(lua_State *L) {
+/* Whether name is in the NULL-terminated list (NULL: an empty one). */
+static int listed(const char *const *list, const char *name) {
+  for (; list && *list; list++)
+    if (strcmp(*list, name) == 0)
+      return 1;
+  return 0;
+}
+
+/* The standard libraries tide_options.sandbox_libs may add. */
+static const luaL_Reg sandbox_extra_libs[] = {
+  {LUA_IOLIBNAME, luaopen_io}, {LUA_OSLIBNAME, luaopen_os},
+  {LUA_DBLIBNAME, luaopen_debug}, {LUA_LOADLIBNAME, luaopen_package},
+  {NULL, NULL}};
+
+/* The tide modules tide_options.sandbox_modules may add, each with what it
+ * loads later (loaded with it, before require is restricted). */
+static const struct {
+  const char *name;
+  const char *loads[5];
+} sandbox_extra_modules[] = {
+  {"tide.net", {"tide.net"}},
+  {"tide.http", {"tide.http", "tide.http_server", "cjson", "dkjson"}},
+  {"tide.fs", {"tide.fs"}},
+  {"tide.process", {"tide.process"}},
+  {"tide.thread", {"tide.thread"}},
+  {"tide.signal", {"tide.signal"}},
+  {NULL, {NULL}}};
+
+/* Whether one of the modules mods asks for loads name (it is then left
+ * where require finds it). */
+static int sandbox_loads(const char *const *mods, const char *name) {
+  int i, j;
+  for (i = 0; sandbox_extra_modules[i].name; i++)
+    if (listed(mods, sandbox_extra_modules[i].name))
+      for (j = 0; j < 5 && sandbox_extra_modules[i].loads[j]; j++)
+        if (strcmp(sandbox_extra_modules[i].loads[j], name) == 0)
+          return 1;
+  return 0;
+}
+
+/* Whether every name of the options' lists is one the sandbox knows; says
+ * which one is not on stderr. */
+static int sandbox_lists_ok(const tide_options *opts) {
+  const char *const *n;
+  int i, ok = 1;
+  for (n = opts->sandbox_libs; n && *n; n++) {
+    for (i = 0; sandbox_extra_libs[i].name && strcmp(sandbox_extra_libs[i].name, *n); i++)
+      ;
+    if (!sandbox_extra_libs[i].name) {
+      fprintf(stderr, "tide: sandbox_libs: no library '%s' (io, os, debug, package)\n", *n);
+      ok = 0;
+    }
+  }
+  for (n = opts->sandbox_modules; n && *n; n++) {
+    for (i = 0; sandbox_extra_modules[i].name && strcmp(sandbox_extra_modules[i].name, *n); i++)
+      ;
+    if (!sandbox_extra_modules[i].name) {
+      fprintf(stderr, "tide: sandbox_modules: no module '%s' (tide.net, tide.http, "
+                      "tide.fs, tide.process, tide.thread, tide.signal)\n", *n);
+      ok = 0;
+    }
+  }
+  return ok;
+}
+
+/* require in a sandbox: preloaded (and already loaded) modules only. */
+static void restrict_package(lua_State *L) {
+  int i;
+  lua_getglobal(L, "package");
+  lua_pushnil(L);
+  lua_setfield(L, -2, "loadlib");
+  lua_pushnil(L);
+  lua_setfield(L, -2, "searchpath");
+  lua_pushliteral(L, "");
+  lua_setfield(L, -2, "path");
+  lua_pushliteral(L, "");
+  lua_setfield(L, -2, "cpath");
+  lua_getfield(L, -1, "searchers");
+  for (i = (int)luaL_len(L, -1); i >= 2; i--) {
+    lua_pushnil(L);
+    lua_rawseti(L, -2, i);
+  }
+  lua_pop(L, 2);
+}
+
+/* The sandbox's libraries: no files, processes, debug or C modules, but for
+ * those of libs (see sandbox_extra_libs); require is restricted later
+ * (restrict_package), once tide and the modules asked for are loaded. */
+static void open_sandbox(lua_State *L, const char *const *extra) {
   static const luaL_Reg libs[] = {
     {LUA_GNAME, luaopen_base}, {LUA_LOADLIBNAME, luaopen_package},
     {LUA_COLIBNAME, luaopen_coroutine}, {LUA_TABLIBNAME, luaopen_table},
@@ -335,31 +422,26 @@ static void open_sandbox(lua_State *L) {
   lua_getglobal(L, "setmetatable");
   lua_pushcclosure(L, safe_setmetatable, 1);
   lua_setglobal(L, "setmetatable");
-  lua_getglobal(L, "os"); /* keep only the clock */
-  lua_newtable(L);
-  for (i = 0; os_keep[i]; i++) {
-    lua_getfield(L, -2, os_keep[i]);
-    lua_setfield(L, -2, os_keep[i]);
+  if (!listed(extra, LUA_OSLIBNAME)) {
+    lua_getglobal(L, "os"); /* keep only the clock */
+    lua_newtable(L);
+    for (i = 0; os_keep[i]; i++) {
+      lua_getfield(L, -2, os_keep[i]);
+      lua_setfield(L, -2, os_keep[i]);
+    }
+    lua_pushvalue(L, -1);
+    lua_setglobal(L, "os");
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_pushvalue(L, -2);
+    lua_setfield(L, -2, "os");
+    lua_pop(L, 3);
   }
-  lua_pushvalue(L, -1);
-  lua_setglobal(L, "os");
-  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  lua_pushvalue(L, -2);
-  lua_setfield(L, -2, "os");
-  lua_pop(L, 3);
-  lua_getglobal(L, "package"); /* require finds preloaded modules only */
-  lua_pushnil(L);
-  lua_setfield(L, -2, "loadlib");
-  lua_pushliteral(L, "");
-  lua_setfield(L, -2, "path");
-  lua_pushliteral(L, "");
-  lua_setfield(L, -2, "cpath");
-  lua_getfield(L, -1, "searchers");
-  for (i = (int)luaL_len(L, -1); i >= 2; i--) {
-    lua_pushnil(L);
-    lua_rawseti(L, -2, i);
-  }
-  lua_pop(L, 2);
+  for (lib = sandbox_extra_libs; lib->func; lib++)
+    if (listed(extra, lib->name) && strcmp(lib->name, LUA_OSLIBNAME) != 0 &&
+        strcmp(lib->name, LUA_LOADLIBNAME) != 0) {
+      luaL_requiref(L, lib->name, lib->func, 1);
+      lua_pop(L, 1);
+    }
 }
 
 tide_runtime *tide_runtime_new_with(const tide_options *opts) {
@@ -370,7 +452,9 @@ tide_runtime *tide_runtime_new_with(const tide_options *opts) {
   tide_mem *m = NULL;
   if (opts == NULL)
     opts = &defaults;
-  if (L == NULL) {
+  if (L == NULL || (opts->sandbox && !sandbox_lists_ok(opts))) {
+    if (L)
+      lua_close(L);
     tide__arena_free(a);
     return NULL;
   }
@@ -387,7 +471,7 @@ tide_runtime *tide_runtime_new_with(const tide_options *opts) {
     lua_setallocf(L, mem_alloc, m);
   }
   if (opts->sandbox)
-    open_sandbox(L);
+    open_sandbox(L, opts->sandbox_libs);
   else
     luaL_openlibs(L);
   rt = tide_open(L);
@@ -402,28 +486,46 @@ tide_runtime *tide_runtime_new_with(const tide_options *opts) {
                                          "tide.process", "tide.thread",
                                          "tide.signal", "tide.fs_lua",
                                          "tide.process_lua", NULL};
-    int i;
-    static const char *const refused[] = {"to_thread", "signal", NULL};
+    int i, j;
+    static const struct { const char *fn, *module; } refused[] = {
+      {"to_thread", "tide.thread"}, {"signal", "tide.signal"}, {NULL, NULL}};
+    const char *const *mods = opts->sandbox_modules;
     luaL_requiref(L, "tide", luaopen_tide_lua, 0);
-    for (i = 0; refused[i]; i++) { /* their modules are hidden below */
-      lua_pushstring(L, refused[i]);
-      lua_pushcclosure(L, not_in_sandbox, 1);
-      lua_setfield(L, -2, refused[i]);
-    }
+    for (i = 0; refused[i].fn; i++) /* their modules are hidden below */
+      if (!listed(mods, refused[i].module)) {
+        lua_pushstring(L, refused[i].fn);
+        lua_pushcclosure(L, not_in_sandbox, 1);
+        lua_setfield(L, -2, refused[i].fn);
+      }
     lua_pop(L, 1);
+    /* the modules asked for, and what they load later, load now: once
+     * hidden (below), tide's internals can no longer be found */
+    for (i = 0; sandbox_extra_modules[i].name; i++)
+      if (listed(mods, sandbox_extra_modules[i].name))
+        for (j = 0; j < 5 && sandbox_extra_modules[i].loads[j]; j++) {
+          lua_getglobal(L, "require");
+          lua_pushstring(L, sandbox_extra_modules[i].loads[j]);
+          if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+            fprintf(stderr, "tide: sandbox_modules: %s: %s\n",
+                    sandbox_extra_modules[i].name, lua_tostring(L, -1));
+            lua_close(L);
+            free(m);
+            tide__arena_free(a);
+            return NULL;
+          }
+        }
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-    for (i = 0; hidden[i]; i++) {
-      lua_pushnil(L);
-      lua_setfield(L, -3, hidden[i]);
-      lua_pushnil(L);
-      lua_setfield(L, -2, hidden[i]);
-    }
+    for (i = 0; hidden[i]; i++)
+      if (!sandbox_loads(mods, hidden[i])) {
+        lua_pushnil(L);
+        lua_setfield(L, -3, hidden[i]);
+        lua_pushnil(L);
+        lua_setfield(L, -2, hidden[i]);
+      }
     lua_pop(L, 2);
-    lua_getglobal(L, "package");
-    lua_pushnil(L);
-    lua_setfield(L, -2, "searchpath");
-    lua_pop(L, 1);
+    if (!listed(opts->sandbox_libs, LUA_LOADLIBNAME))
+      restrict_package(L);
   }
   rt->loop = opts->loop;
   if (rt->loop == NULL) { /* one loop for the runtime's whole life */

@@ -49,8 +49,8 @@ typedef struct tide_options {
    * os.execute, no debug, no package.loadlib). load takes source only,
    * setmetatable refuses a __gc (Lua runs finalizers with hooks off, out of
    * the instruction limit's reach); tide has no net, http, fs, process,
-   * to_thread or signal there, and tide.run inside a task (it would hold
-   * the loop) is refused. */
+   * to_thread or signal there (unless sandbox_modules says), and tide.run
+   * inside a task (it would hold the loop) is refused. */
   int sandbox;
   /* Bytes the Lua state may hold; 0 for no limit. An allocation over it made
    * while a task runs fails as "not enough memory" in that task; the host
@@ -62,6 +62,16 @@ typedef struct tide_options {
    * of a C function counts as one instruction however long it runs (a
    * pathological string.find pattern, say). */
   unsigned long instruction_limit;
+  /* With sandbox: more for the scripts, as NULL-terminated lists of names
+   * (NULL: none; an unknown name makes tide_runtime_new_with fail, saying
+   * so on stderr). sandbox_libs: standard libraries opened whole: "io",
+   * "os", "debug" (which can unset the instruction limit's hook), "package"
+   * (require of files and C modules, package.loadlib). sandbox_modules: tide
+   * modules scripts may require: "tide.net", "tide.http", "tide.fs",
+   * "tide.process", "tide.thread" (tide.to_thread: its worker states have
+   * every standard library) and "tide.signal" (tide.signal). */
+  const char *const *sandbox_libs;
+  const char *const *sandbox_modules;
 } tide_options;
 
 /* Creates a runtime with default options on `loop` (NULL: tide's own).

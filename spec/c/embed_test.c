@@ -746,6 +746,49 @@ static void test_sandbox(void) {
   tide_runtime_close(plain);
 }
 
+/* A sandbox given more: some standard libraries and tide modules. */
+static void test_sandbox_extras(void) {
+  env e;
+  tide_options opts;
+  tide_runtime *rt;
+  result r = {0};
+  static const char *const libs[] = {"io", NULL};
+  static const char *const mods[] = {"tide.http", NULL};
+  static const char *const bad[] = {"tide.nope", NULL};
+  static const char *code =
+    "local tide = require 'tide'\n"
+    "local http = require 'tide.http'\n"
+    "local bad = {}\n"
+    "local function expect(ok, what) if not ok then bad[#bad + 1] = what end end\n"
+    "local srv = http.serve('127.0.0.1', 0, function(req)\n"
+    "  return {headers = {['Content-Type'] = 'application/json'}, body = '{\"a\":[1]}'} end)\n"
+    "local res = http.get(srv:url('/'))\n"
+    "expect(res.status == 200 and res:json().a[1] == 1, 'tide.http and its JSON')\n"
+    "srv:close()\n"
+    "expect(io ~= nil and io.write ~= nil, 'io given')\n"
+    "expect(os.execute == nil, 'os stays the clock')\n"
+    "expect(debug == nil, 'no debug')\n"
+    "expect(not pcall(require, 'tide.fs'), 'tide.fs not given')\n"
+    "expect(not pcall(require, 'tide.core'), 'tide internals hidden')\n"
+    "expect(not pcall(require, 'lfs'), 'no C modules')\n"
+    "expect(not pcall(tide.to_thread, print), 'no to_thread')\n"
+    "return table.concat(bad, ', ')";
+  memset(&opts, 0, sizeof opts);
+  opts.sandbox = 1;
+  opts.sandbox_libs = libs;
+  opts.sandbox_modules = mods;
+  rt = new_rt(&opts, &e);
+  spawn_code(rt, code, &r);
+  tide_loop_run(rt, UV_RUN_DEFAULT);
+  check(r.called == 1 && r.status == LUA_OK && strcmp(r.text, "") == 0,
+        "sandbox_libs and sandbox_modules give a sandbox io and tide.http, "
+        "nothing else", r.text);
+  tide_runtime_close(rt);
+  opts.sandbox_modules = bad;
+  check(tide_runtime_new_with(&opts) == NULL,
+        "sandbox_modules: an unknown name fails the runtime's creation", NULL);
+}
+
 static void test_async_complete_fail(void) {
   env e;
   tide_runtime *rt = new_rt(NULL, &e);
@@ -1040,6 +1083,7 @@ int main(void) {
   test_instruction_limit();
   test_sandbox();
   test_sandbox_dofile();
+  test_sandbox_extras();
   test_close_handler_error();
   test_close_in_callback();
   test_signals_stay_the_apps();
