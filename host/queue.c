@@ -128,8 +128,8 @@ static int before(lua_State *L, int a, int b) {
   return r < 0;
 }
 
-static int cmp_item(lua_State *L) { /* protected: can this key compare? */
-  lua_compare(L, 1, 1, LUA_OPLT);
+static int cmp_item(lua_State *L) { /* protected: can these keys compare? */
+  lua_compare(L, 1, 2, LUA_OPLT);
   return 0;
 }
 
@@ -150,15 +150,28 @@ static void store(lua_State *L, tqueue *q, int items, int vidx) {
     lua_rawseti(L, entry, 1);
     lua_pushinteger(L, ++q->seq);
     lua_rawseti(L, entry, 2);
-    push_key(L, entry); /* a key '<' cannot compare is refused up front */
+    /* a key '<' cannot compare, with itself or with the first item's, is
+     * refused up front */
+    lua_pushcfunction(L, cmp_item);
+    push_key(L, entry);
+    if (q->n > 0) {
+      lua_rawgeti(L, items, 1);
+      push_key(L, lua_gettop(L));
+      lua_remove(L, -2);
+    } else {
+      lua_pushvalue(L, -1);
+    }
     {
-      int ktype = lua_type(L, -1);
-      lua_pushcfunction(L, cmp_item);
-      lua_insert(L, -2);
-      if (lua_pcall(L, 1, 0, 0) != LUA_OK)
-        luaL_error(L, "bad argument #1 to 'put' (priority queue items must "
-                      "be comparable with '<', or tables whose first element "
-                      "is; got %s)", lua_typename(L, ktype));
+      int ktype = lua_type(L, -2), htype = lua_type(L, -1);
+      if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+        if (ktype == htype)
+          luaL_error(L, "bad argument #1 to 'put' (priority queue items must "
+                        "be comparable with '<', or tables whose first element "
+                        "is; got %s)", lua_typename(L, ktype));
+        luaL_error(L, "bad argument #1 to 'put' (an item comparable with the "
+                      "queue's items with '<' expected, got %s where they are %s)",
+                   lua_typename(L, ktype), lua_typename(L, htype));
+      }
     }
     /* find the slot first, so a comparison that raises changes nothing */
     for (i = n; i > 1; i /= 2) {

@@ -1648,17 +1648,23 @@ static int gather_k(lua_State *L, int status, lua_KContext ctx) {
   (void)ctx;
   if (!lua_toboolean(L, 5) && gs->live) { /* cancelled: so are children */
     lua_Integer i, n = lua_tointeger(L, 2);
+    const char *msg = "the gather awaiting it was cancelled";
     lua_settop(L, 6);
+    /* the children get the gather's cancel message, as asyncio's */
+    if (tide__err_is_kind(L, 6, "cancelled") &&
+        lua_getfield(L, 6, "message") == LUA_TSTRING)
+      msg = lua_tostring(L, 7);
     gs->live = gs->draining = 1;
     gs->remaining = 0; /* recounted: the wake may have stopped the count */
     for (i = 1; i <= n; i++) {
       lua_rawgeti(L, 1, i);
       if (((tide_task *)lua_touserdata(L, -1))->state != TS_DONE)
         gs->remaining++; /* each entry is a waiter that will fire */
-      tide__err_push(L, "cancelled", "the gather awaiting it was cancelled");
+      tide__err_push(L, "cancelled", "%s", msg);
       tide__cancel(L, -2, -1);
       lua_pop(L, 2);
     }
+    lua_settop(L, 6);
     return gather_drain_k(L, LUA_OK, 0);
   }
   if (!lua_toboolean(L, 5)) { /* cancelled once its outcome was set */

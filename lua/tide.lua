@@ -67,6 +67,15 @@ local function me(fname)
 end
 
 -- Turns a list of tasks or functions into tasks (functions are spawned).
+-- tasks without the repeats (asyncio's wait and as_completed take a set)
+local function unique(tasks)
+  local seen, out = {}, {}
+  for _, t in ipairs(tasks) do
+    if not seen[t] then seen[t] = true; out[#out + 1] = t end
+  end
+  return out
+end
+
 local function to_tasks(list, n, fname, argbase)
   for i = 1, n do
     local v = list[i]
@@ -141,7 +150,8 @@ function M.wait(tasks, opts)
   if n == 0 then
     badarg("wait", 1, "the set of tasks is empty")
   end
-  tasks = to_tasks(tasks, n, "wait", 1)
+  tasks = unique(to_tasks(tasks, n, "wait", 1))
+  n = #tasks
   local self = me("tide.wait")
   local remaining, satisfied = 0, false
   local function check(t)
@@ -192,7 +202,8 @@ function M.as_completed(tasks, timeout)
   end
   check_seconds("as_completed", 2, timeout, "timeout")
   local n = #tasks
-  tasks = to_tasks(tasks, n, "as_completed", 1)
+  tasks = unique(to_tasks(tasks, n, "as_completed", 1))
+  n = #tasks
   local finished, head, tail, remaining, waiter, expired = {}, 1, 0, n, nil, false
   local closed = false
   local function on_done(t)
@@ -293,14 +304,16 @@ end
 function Group:_failed(err)
   local n = self.errors.n + 1
   self.errors[n], self.errors.n = err, n
-  self:_abort()
+  self:_abort("a sibling in the task group failed")
 end
 
-function Group:_abort()
+-- Cancels the children (and the body) with msg: a sibling failed, or the
+-- task that runs the group was cancelled (its message, then).
+function Group:_abort(msg)
   if self._aborted then return end
   self._aborted = true
   for _, t in ipairs(self.tasks) do
-    t:cancel("a sibling in the task group failed")
+    t:cancel(msg)
   end
   if self._body_running then
     self._parent:cancel(self._token)
@@ -329,7 +342,7 @@ function M.task_group(body, ...)
     if r[2] ~= g._token then
       if core.iserror(r[2]) and r[2].kind == "cancelled" then
         outer_cancel = r[2]
-        g:_abort()
+        g:_abort(r[2].message)
       else -- after a child's error if that came first (and cancelled the body)
         g:_failed(r[2])
       end
@@ -341,7 +354,7 @@ function M.task_group(body, ...)
     g._waiting = false
     if not ok and err ~= g._token then
       outer_cancel = outer_cancel or err
-      g:_abort()
+      g:_abort(core.iserror(err) and err.message or tostring(err))
     end
   end
   g._closed = true
@@ -361,9 +374,13 @@ end
 
 -- tide.timeout(seconds, fn, ...) -> fn's results, or raises kind "timeout"
 function M.timeout(seconds, fn, ...)
-  check_seconds("timeout", 1, seconds)
+  if seconds ~= nil then check_seconds("timeout", 1, seconds) end
   if type(fn) ~= "function" then
     argerror("timeout", 2, "function", fn)
+  end
+  if seconds == nil then -- no deadline, as asyncio.timeout(None)
+    need_task("tide.timeout")
+    return fn(...)
   end
   local self = me("tide.timeout")
   local before = core.other_cancel(self)

@@ -633,6 +633,17 @@ describe("tide.LifoQueue", function()
 end)
 
 describe("tide.PriorityQueue", function()
+  it("refuses, naming the argument, an item '<' cannot compare with the queue's", function()
+    local q = tide.PriorityQueue()
+    q:put(1)
+    raises_matching("bad argument #1 to 'put' (an item comparable with the queue's items with '<' expected, got string where they are number)",
+      q.put, q, "a")
+    q:put({ 2, "x" })
+    raises_matching("got string where they are number", q.put, q, { "a", "y" })
+    assert.equals(2, q:qsize())
+    assert.equals(1, q:get())
+  end)
+
   describe(":get()", function()
     it("returns the lowest item first", function()
       local q = tide.PriorityQueue()

@@ -581,6 +581,26 @@ describe("tide.call_soon / tide.call_later", function()
 end)
 
 describe("tide.gather", function()
+  it("passes its cancel message on to the children, as asyncio's gather.cancel(msg)", function()
+    local seen = {}
+    local kids = {}
+    for i = 1, 2 do
+      kids[i] = tide.spawn(function()
+        local _, e = pcall(tide.sleep, 10)
+        seen[i] = e.message
+        error(e, 0)
+      end)
+    end
+    local g = tide.spawn(function() return tide.gather(kids) end)
+    tide.sleep(0)
+    g:cancel("stop")
+    local ok, e = pcall(g.await, g)
+    assert.is_false(ok)
+    assert.equals("stop", e.message)
+    tide.sleep(0)
+    assert.same({ "stop", "stop" }, seen)
+  end)
+
   it("takes tasks or functions, as arguments or one array, results in order", function()
     local r1 = tide.gather(function() tide.sleep(0.02); return 1 end, tide.spawn(function() return 2 end))
     assert.same({ 1, 2 }, r1)
@@ -758,6 +778,18 @@ describe("tide.gather", function()
 end)
 
 describe("tide.wait", function()
+  it("counts a task given twice once, as asyncio's wait of a set", function()
+    local t = tide.spawn(tide.sleep, 0.01)
+    local done, pending = tide.wait({ t, t })
+    assert.equals(1, #done)
+    assert.equals(0, #pending)
+    local u = tide.spawn(tide.sleep, 0.01)
+    done, pending = tide.wait({ u, u }, { timeout = 0 })
+    assert.equals(0, #done)
+    assert.equals(1, #pending)
+    u:await()
+  end)
+
   local function sleeper(d, fail)
     return tide.spawn(function() tide.sleep(d); if fail then error("x", 0) end; return d end)
   end
@@ -828,6 +860,13 @@ describe("tide.wait", function()
 end)
 
 describe("tide.as_completed", function()
+  it("yields a task given twice once", function()
+    local t = tide.spawn(tide.sleep, 0.01)
+    local n = 0
+    for _ in tide.as_completed({ t, t }) do n = n + 1 end
+    assert.equals(1, n)
+  end)
+
   it("called by hand, goes on after a call of it was cancelled", function()
     virtual(function()
       local ts = { tide.spawn(tide.sleep, 0.2), tide.spawn(tide.sleep, 0.4) }
@@ -896,6 +935,27 @@ describe("tide.as_completed", function()
 end)
 
 describe("tide.task_group", function()
+  it("cancels the children with the message of the group's own cancel, not a sibling's failure", function()
+    local msg = tide.run({ clock = "virtual" }, function()
+      local seen
+      pcall(tide.timeout, 1, tide.task_group, function(g)
+        g:spawn(function()
+          local _, e = pcall(tide.sleep, 10)
+          seen = e.message
+          error(e, 0)
+        end)
+      end)
+      return seen
+    end)
+    assert.equals("deadline of 1 s reached", msg)
+    local failed
+    pcall(tide.task_group, function(g)
+      g:spawn(function() local _, e = pcall(tide.sleep, 10); failed = e.message; error(e, 0) end)
+      g:spawn(function() tide.sleep(0.01); error("boom", 0) end)
+    end)
+    assert.equals("a sibling in the task group failed", failed)
+  end)
+
 
   it("a child or the body raising nil is a failure: the group raises nil, not success", function()
     local sibling_ok
@@ -1087,6 +1147,10 @@ describe("tide.wait_for", function()
 end)
 
 describe("tide.timeout", function()
+  it("with nil seconds sets no deadline, as asyncio.timeout(None)", function()
+    assert.same({ "ran", 2 }, { tide.timeout(nil, function(a) tide.sleep(0.01); return "ran", a end, 2) })
+  end)
+
   it("a cancel from outside arriving as the deadline fires is not turned into a timeout", function()
     local ok, kind, msg, cancelled = tide.run({ clock = "virtual" }, function()
       local t = tide.spawn(function()
