@@ -510,7 +510,7 @@ end
 M.Queue, M.PriorityQueue, M.LifoQueue = core.Queue, core.PriorityQueue, core.LifoQueue
 local sync = require "tide.sync"
 M.Semaphore, M.BoundedSemaphore, M.Lock = sync.Semaphore, sync.BoundedSemaphore, sync.Lock
-M.Event, M.Condition = sync.Event, sync.Condition
+M.Event, M.Condition, M.Barrier = sync.Event, sync.Condition, sync.Barrier
 
 -- Off the loop (issue 5): loaded on first use.
 function M.to_thread(...) return require("tide.thread").to_thread(...) end

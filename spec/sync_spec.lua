@@ -1,5 +1,6 @@
--- Specs for tide.Semaphore, tide.BoundedSemaphore, tide.Lock, tide.Event and
--- tide.Condition, following asyncio's synchronisation primitives.
+-- Specs for tide.Semaphore, tide.BoundedSemaphore, tide.Lock, tide.Event,
+-- tide.Condition and tide.Barrier, following asyncio's synchronisation
+-- primitives.
 -- They run inside the tide host: bodies may suspend.
 local tide = require "tide"
 
@@ -836,5 +837,68 @@ describe("tide.Condition", function()
       await(consumer)
       assert.same({ 1, 2, 3, 4, 5 }, got)
     end)
+  end)
+end)
+
+describe("tide.Barrier", function()
+  it("lets parties tasks go on together once the last arrives, each with its arrival number", function()
+    virtual(function()
+      local b = tide.Barrier(3)
+      local t0 = tide.time()
+      local ts = {}
+      for i = 1, 3 do ts[i] = tide.spawn(function() tide.sleep(i); return b:wait(), tide.time() end) end
+      tide.sleep(2.5)
+      assert.equals(2, b.n_waiting)
+      assert.is_false(b.broken)
+      local idx, at = {}, {}
+      for i, t in ipairs(ts) do idx[i], at[i] = t:await() end
+      assert.same({ 0, 1, 2 }, idx) -- asyncio's 0 .. parties - 1, in arrival order
+      assert.is_true(at[1] == at[2] and at[2] == at[3], "went on at once")
+      assert.is_true(math.abs(at[1] - t0 - 3) < 1e-6, "when the last came")
+      assert.equals(0, b.n_waiting)
+      local again = tide.gather(function() return b:wait() end, function() return b:wait() end,
+        function() return b:wait() end) -- and it fills again
+      table.sort(again)
+      assert.same({ 0, 1, 2 }, again)
+    end)
+  end)
+
+  it("reset() breaks the wait of those in it with kind broken_barrier and stays usable", function()
+    local b = tide.Barrier(2)
+    local w = tide.spawn(b.wait, b)
+    turns(2)
+    b:reset()
+    assert.equals("broken_barrier", errkind(w.await, w))
+    assert.is_false(b.broken)
+    local r = tide.wait_for(tide.gather, 2, function() return b:wait() end, function() return b:wait() end)
+    table.sort(r)
+    assert.same({ 0, 1 }, r)
+  end)
+
+  it("abort() breaks it for good", function()
+    local b = tide.Barrier(2)
+    local w = tide.spawn(b.wait, b)
+    turns(2)
+    b:abort()
+    assert.equals("broken_barrier", errkind(w.await, w))
+    assert.is_true(b.broken)
+    assert.equals("broken_barrier", errkind(b.wait, b))
+  end)
+
+  it("a cancelled waiter leaves without breaking it", function()
+    local b = tide.Barrier(2)
+    local w = tide.spawn(b.wait, b)
+    turns(2)
+    assert.equals(1, b.n_waiting)
+    w:cancel()
+    assert.equals("cancelled", errkind(w.await, w))
+    assert.equals(0, b.n_waiting)
+    assert.is_false(b.broken)
+    assert.equals(2, #tide.wait_for(tide.gather, 2, function() return b:wait() end, function() return b:wait() end))
+  end)
+
+  it("refuses a count that is not a positive integer", function()
+    raises_matching("bad argument #1 to 'Barrier' (positive integer parties expected, got 0)", tide.Barrier, 0)
+    raises_matching("got string", tide.Barrier, "x")
   end)
 end)

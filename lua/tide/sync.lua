@@ -1,4 +1,4 @@
--- tide.sync: Semaphore, BoundedSemaphore, Lock, Event and Condition.
+-- tide.sync: Semaphore, BoundedSemaphore, Lock, Event, Condition and Barrier.
 -- Permits are handed over in FIFO order (a release wakes the first waiter
 -- with the permit already its own, so a newcomer cannot barge in). A waiter
 -- cancelled after the hand-over passes the permit on: no permit leaks.
@@ -279,6 +279,91 @@ function M.Condition(lock)
       type(mt) == "table" and type(mt.__name) == "string" and mt.__name or type(lock)), 2)
   end
   return setmetatable({ _lock = lock or M.Lock(), _waiters = waitlist() }, Condition)
+end
+
+-- Barrier ----------------------------------------------------------------
+-- asyncio's (3.11): parties tasks wait() until the last arrives; all go on
+-- at once, each with its arrival number (0 .. parties - 1), and the barrier
+-- fills again. reset() breaks the wait of those in it (kind
+-- "broken_barrier") and leaves it usable; abort() breaks it for good. Built
+-- on a Condition, as asyncio's: FILLING, then DRAINING while the released
+-- leave (newcomers wait for that), RESETTING, BROKEN.
+
+local Barrier = {}
+Barrier.__index = function(self, k)
+  if k == "n_waiting" then return self._state == "filling" and self._count or 0 end
+  if k == "broken" then return self._state == "broken" end
+  return Barrier[k]
+end
+Barrier.__name = "tide.Barrier"
+
+local function broken_error()
+  return terror("broken_barrier", "the barrier is broken (reset or aborted)")
+end
+
+-- Leaving wait() (released, broken or cancelled): the last one out of a
+-- draining or resetting barrier fills it again.
+function Barrier:_exit()
+  if self._count == 0 and (self._state == "resetting" or self._state == "draining") then
+    self._state = "filling"
+  end
+  self._cond:notify_all()
+end
+
+function Barrier:wait()
+  own(self, "wait", Barrier)
+  need_task("wait")
+  local g <close> = self._cond:acquire()
+  while self._state == "draining" or self._state == "resetting" do self._cond:wait() end
+  if self._state == "broken" then error(broken_error(), 2) end
+  local index = self._count
+  self._count = index + 1
+  local ok, err = pcall(function()
+    if index + 1 == self.parties then
+      self._state = "draining" -- the last one releases the others
+      self._cond:notify_all()
+    else
+      while self._state == "filling" do self._cond:wait() end
+      if self._state == "broken" or self._state == "resetting" then error(broken_error(), 0) end
+    end
+  end)
+  self._count = self._count - 1
+  self:_exit()
+  if not ok then error(err, 0) end
+  return index
+end
+
+-- reset(): waiters get kind "broken_barrier"; the barrier is usable again.
+function Barrier:reset()
+  own(self, "reset", Barrier)
+  local g <close> = self._cond:acquire()
+  if self._count > 0 then
+    if self._state ~= "resetting" then self._state = "resetting" end
+  else
+    self._state = "filling"
+  end
+  self._cond:notify_all()
+end
+
+-- abort(): broken for good; every wait(), now or later, fails.
+function Barrier:abort()
+  own(self, "abort", Barrier)
+  local g <close> = self._cond:acquire()
+  self._state = "broken"
+  self._cond:notify_all()
+end
+
+function Barrier:__tostring()
+  return ("tide.Barrier(%s, waiters:%d/%d)"):format(self._state, self.n_waiting, self.parties)
+end
+
+function M.Barrier(parties)
+  local n = math.tointeger(parties)
+  if n == nil or n < 1 then
+    error(("bad argument #1 to 'Barrier' (positive integer parties expected, got %s)"):format(
+      math.type(parties) and tostring(parties) or type(parties)), 2)
+  end
+  return setmetatable({ parties = n, _count = 0, _state = "filling", _cond = M.Condition() }, Barrier)
 end
 
 return M
