@@ -18,7 +18,7 @@
  * slot that unmarks it and wakes the waiters however the loader ends);
  * another task's require of it waits, then finds it loaded (or, if the
  * loader failed, tries itself), as Python's per-module import lock. The
- * loading task itself requiring it again (a cycle) goes on as in Lua.
+ * loading task itself requiring it again (a cycle) is an error at once.
  *
  * Opening tide.core (tide_open, require "tide") installs it as the global
  * require (tide__install_require).
@@ -130,11 +130,19 @@ static int wait_loading(lua_State *L) {
     return -1;
   push_loading(L);
   lua_pushvalue(L, 1);
-  if (lua_rawget(L, -2) != LUA_TUSERDATA ||
-      (ld = lua_touserdata(L, -1))->owner == NULL || ld->owner == rt->current ||
+  if (lua_rawget(L, -2) == LUA_TUSERDATA &&
+      ((loading *)lua_touserdata(L, -1))->owner == rt->current)
+    /* the task requires a module it is loading: Lua would load it again
+     * and again until the C stack overflows; a loader that suspends has no
+     * C stack to overflow, so the error is raised now (Lua 5.1's words) */
+    return luaL_error(L, "loop or previous error loading module '%s' (it "
+                         "requires itself, or a module that requires it)",
+                      lua_tostring(L, 1));
+  if (lua_type(L, -1) != LUA_TUSERDATA ||
+      (ld = lua_touserdata(L, -1))->owner == NULL ||
       ld->owner->state == TS_DONE || ld->owner->s != rt->current->s ||
       would_deadlock(L, ld, rt->current)) {
-    /* none, ours (a cycle), stale (its task ended without closing it, or
+    /* none, stale (its task ended without closing it, or
      * belongs to an outer run that cannot go on meanwhile): load it */
     lua_pop(L, 2);
     return -1;

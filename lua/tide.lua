@@ -98,9 +98,11 @@ local function join(t)
     return nil
   end
   local self = current_task()
-  local function cb() wake(self) end
+  local armed = true -- see wait: a done callback may run after its removal
+  local function cb() if armed then wake(self) end end
   t:add_done_callback(cb)
   local ok, err = park()
+  armed = false
   t:remove_done_callback(cb)
   if ok then
     return nil
@@ -170,7 +172,12 @@ function M.wait(tasks, opts)
   -- always suspends, as asyncio's: with timeout 0 the ready tasks still get
   -- a turn first (a polling loop of wait(ts, {timeout = 0}) must not spin)
   if remaining > 0 and not satisfied then
+    -- A done callback scheduled before remove_done_callback still runs (as
+    -- asyncio's): once this park is over it must not wake the task from its
+    -- next one (a later wait_for would time out at once).
+    local armed = true
     local function on_done(t)
+      if not armed then return end
       remaining = remaining - 1
       if remaining == 0 or check(t) then wake(self) end
     end
@@ -179,6 +186,7 @@ function M.wait(tasks, opts)
     end
     local h = timeout and call_later(timeout, wake, self)
     local ok, err = park()
+    armed = false
     if h then h:cancel() end
     for i = 1, n do
       tasks[i]:remove_done_callback(on_done)
@@ -424,11 +432,13 @@ function M.wait_for(x, seconds, ...)
   -- With 0 s or less, as asyncio's: the inner work is cancelled at once
   -- (a function given never starts), unless it is done already.
   if seconds > 0 and not t:done() then
-    local function cb() wake(self) end
+    local armed = true -- see wait: a done callback may run after its removal
+    local function cb() if armed then wake(self) end end
     t:add_done_callback(cb)
     local h = call_later(seconds, wake, self)
     local ok
     ok, err = park()
+    armed = false
     h:cancel()
     t:remove_done_callback(cb)
   end

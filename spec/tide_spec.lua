@@ -778,6 +778,21 @@ describe("tide.gather", function()
 end)
 
 describe("tide.wait", function()
+  it("leaves nothing that wakes the task's next wait (a done callback already scheduled)", function()
+    local x = tide.spawn(function() return 1 end)
+    tide.wait({ x }, { timeout = 0 }) -- x ends in the same turn: its callback is on its way
+    local y = tide.spawn(function() tide.sleep(0.05) return 2 end)
+    local got = {}
+    for t in tide.as_completed({ y }) do got[#got + 1] = t:result() end
+    assert.same({ 2 }, got)
+    local z = tide.spawn(function() return 3 end)
+    tide.wait({ z }, { timeout = 0 })
+    local w = tide.spawn(function() tide.sleep(0.05) return 4 end)
+    local done, pending = tide.wait({ w })
+    assert.equals(1, #done)
+    assert.equals(0, #pending)
+  end)
+
   it("counts a task given twice once, as asyncio's wait of a set", function()
     local t = tide.spawn(tide.sleep, 0.01)
     local done, pending = tide.wait({ t, t })
@@ -1072,6 +1087,21 @@ describe("tide.task_group", function()
 end)
 
 describe("tide.wait_for", function()
+  it("leaves nothing that wakes the task's next wait_for when the work ends with the deadline", function()
+    local ok, v, at = tide.run({ clock = "virtual" }, function()
+      local t = tide.spawn(function() tide.sleep(1) return "inner" end)
+      tide.sleep(0)
+      pcall(tide.wait_for, t, 1) -- timer and done callback in one turn: either way
+      local t0, q = tide.time(), tide.Queue()
+      tide.spawn(function() tide.sleep(5) q:put("late") end)
+      local ok, v = pcall(tide.wait_for, function() return q:get() end, 10)
+      return ok, v, tide.time() - t0
+    end)
+    assert.is_true(ok, tostring(v))
+    assert.equals("late", v)
+    assert.is_true(math.abs(at - 5) < 1e-6)
+  end)
+
   it("returns the results in time", function()
     local a, b = tide.wait_for(function(x) tide.sleep(0.01); return x, 2 end, 1, "one")
     assert.equals("one", a)
@@ -1311,6 +1341,21 @@ describe("require", function()
   before_each(function() package.path = dir .. "/?.lua;" .. path end)
   after_each(function() package.path = path end)
   teardown(function() os.execute("rm -rf " .. dir) end)
+
+  it("a suspending module that requires itself, or a cycle of them across tasks, fails at once", function()
+    module("spec_selfreq", "local tide = require 'tide'; tide.sleep(0); require 'spec_selfreq'; return {}")
+    local t0 = tide.time()
+    local ok, e = pcall(require, "spec_selfreq")
+    assert.is_false(ok)
+    assert.matches("loop or previous error loading module 'spec_selfreq'", e)
+    module("spec_cyc_a", "local tide = require 'tide'; tide.sleep(0.01); require 'spec_cyc_b'; return {}")
+    module("spec_cyc_b", "local tide = require 'tide'; tide.sleep(0.01); require 'spec_cyc_a'; return {}")
+    local r = tide.wait_for(tide.gather, 5, { function() return require "spec_cyc_a" end,
+      function() return require "spec_cyc_b" end }, { return_exceptions = true })
+    for i = 1, 2 do assert.matches("loop or previous error loading module", tostring(r[i])) end
+    assert.is_true(tide.time() - t0 < 2, "reloaded the modules again and again")
+    for _, m in ipairs({ "spec_selfreq", "spec_cyc_a", "spec_cyc_b" }) do package.loaded[m] = nil end
+  end)
 
   it("a module's top level may suspend its task, and others run meanwhile", function()
     module("spec_sleepy", "local tide = require 'tide'; tide.sleep(0.02); return { ok = true }")
