@@ -400,6 +400,26 @@ static int push_reraised(lua_State *L, tide_task *t) {
   return 1;
 }
 
+/* If the error at e, which ended t, is the one an await raised again in
+ * t, appends the awaited task's traceback to the message on top and
+ * returns 1. */
+static int append_reraised(lua_State *L, tide_task *t, int e) {
+  int same;
+  if (lua_isnil(L, e) || !push_reraised(L, t)) /* [msg, {err, tb}] */
+    return 0;
+  lua_rawgeti(L, -1, 1);
+  same = lua_rawequal(L, -1, e);
+  if (same) {
+    lua_rawgeti(L, -2, 2);
+    lua_pushfstring(L, "%s\nre-raised from the awaited task:\n%s",
+                    lua_tostring(L, -4), luaL_optstring(L, -1, "?"));
+    lua_replace(L, -5);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 2);
+  return same;
+}
+
 /* Drops t's entry in the re-raised table (it ended). */
 static void drop_reraised(lua_State *L, tide_task *t) {
   if (push_reraised(L, t)) {
@@ -710,17 +730,7 @@ static void finish_err(lua_State *L, tide_task *t, int ud) {
     lua_pop(L, 2);
     /* An error re-raised by await, or from a to_thread worker (which
      * sent its traceback along): show where it came from, too. */
-    if (!lua_isnil(L, e) && push_reraised(L, t)) { /* [msg, {err, tb}] */
-      lua_rawgeti(L, -1, 1);
-      if (lua_rawequal(L, -1, e)) { /* an error await raised again ended it */
-        lua_rawgeti(L, -2, 2);
-        lua_pushfstring(L, "%s\nre-raised from the awaited task:\n%s",
-                        lua_tostring(L, -4), luaL_optstring(L, -1, "?"));
-        lua_replace(L, -5);
-        lua_pop(L, 1);
-      }
-      lua_pop(L, 2);
-    } else if (tide__err_is_kind(L, e, "thread")) {
+    if (!append_reraised(L, t, e) && tide__err_is_kind(L, e, "thread")) {
       if (lua_getfield(L, e, "traceback") == LUA_TSTRING) {
         lua_pushfstring(L, "%s\nre-raised from the to_thread worker:\n%s",
                         lua_tostring(L, -2), lua_tostring(L, -1));

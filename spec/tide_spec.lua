@@ -238,6 +238,15 @@ describe("Task", function()
     pcall(other.await, other)
     assert.is_nil(other:traceback():find("re-raised", 1, true))
     assert.is_nil(other:traceback():find("'inner'", 1, true))
+    -- a task that caught an awaited error and then fails in a to_thread worker
+    -- shows the worker's traceback, not the awaited one
+    local mixed = tide.spawn(function()
+      local f = tide.spawn(function() error("first", 0) end)
+      pcall(f.await, f)
+      tide.to_thread(function() error("worker boom") end)
+    end)
+    pcall(mixed.await, mixed)
+    assert.truthy(mixed:traceback():find("re-raised from the to_thread worker", 1, true))
     -- and failures repeated with one message do not pile up tracebacks
     local size
     for i = 1, 300 do
