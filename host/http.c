@@ -1241,10 +1241,13 @@ static void push_header_map(lua_State *L, const char *p, const char *end) {
       size_t k, nl = (size_t)(colon - p);
       while (v < le && (*v == ' ' || *v == '\t'))
         v++;
-      if (nl < sizeof(lower)) { /* longer names: in get_all and list only */
+      char *low = nl < sizeof(lower) ? lower : malloc(nl); /* a long name: rare */
+      if (low != NULL) {
         for (k = 0; k < nl; k++)
-          lower[k] = (char)((p[k] >= 'A' && p[k] <= 'Z') ? p[k] + 32 : p[k]);
-        lua_pushlstring(L, lower, nl);
+          low[k] = (char)((p[k] >= 'A' && p[k] <= 'Z') ? p[k] + 32 : p[k]);
+        lua_pushlstring(L, low, nl);
+        if (low != lower)
+          free(low);
         lua_pushvalue(L, -1);
         if (lua_rawget(L, -3) == LUA_TNIL) { /* the first value wins */
           lua_pop(L, 1);

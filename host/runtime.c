@@ -301,6 +301,42 @@ static int safe_setmetatable(lua_State *L) {
   return 1;
 }
 
+/* Gives tide's metatables a __metatable ({__name = name}), so that a
+ * sandboxed script's getmetatable() gets a stand-in: written to, the real
+ * one would take a __gc (which Lua runs with hooks off, out of the
+ * instruction limit's reach) that every new object of the type picks up.
+ * C code reads the real ones (lua_getmetatable). */
+static void protect_metatables(lua_State *L, tide_runtime *rt) {
+  int i;
+  lua_pushnil(L);
+  while (lua_next(L, LUA_REGISTRYINDEX)) {
+    if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TTABLE &&
+        strncmp(lua_tostring(L, -2), "tide.", 5) == 0) {
+      lua_pushliteral(L, "__metatable");
+      if (lua_rawget(L, -2) == LUA_TNIL) {
+        lua_pop(L, 1);
+        lua_createtable(L, 0, 1);
+        lua_pushvalue(L, -3);
+        lua_setfield(L, -2, "__name");
+        lua_setfield(L, -2, "__metatable");
+      } else {
+        lua_pop(L, 1);
+      }
+    }
+    lua_pop(L, 1);
+  }
+  for (i = 0; i < 2; i++) { /* the task's: the failed one is no registry name */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, i ? rt->task_gcmt_ref : rt->task_mt_ref);
+    if (lua_istable(L, -1)) {
+      lua_createtable(L, 0, 1);
+      lua_pushliteral(L, "tide.Task");
+      lua_setfield(L, -2, "__name");
+      lua_setfield(L, -2, "__metatable");
+    }
+    lua_pop(L, 1);
+  }
+}
+
 /* tide.<name> in a sandbox: its module is not there. */
 static int not_in_sandbox(lua_State *L) {
   return tide__raise_kind_at_user(L, "invalid_state", "tide.%s is not "
@@ -348,28 +384,29 @@ static int sandbox_loads(const char *const *mods, const char *name) {
   return 0;
 }
 
-/* Whether every name of the options' lists is one the sandbox knows; says
- * which one is not on stderr. */
+/* Whether name is one of the count names at base, stride bytes apart; says
+ * on stderr which are when it is not. */
+static int known_name(const char *name, const void *base, size_t stride,
+                      const char *what, const char *which) {
+  const char *const *p = base;
+  for (; *p; p = (const char *const *)((const char *)p + stride))
+    if (strcmp(*p, name) == 0)
+      return 1;
+  fprintf(stderr, "tide: %s: no %s (%s)\n", what, name, which);
+  return 0;
+}
+
+/* Whether every name of the options' lists is one the sandbox knows. */
 static int sandbox_lists_ok(const tide_options *opts) {
   const char *const *n;
-  int i, ok = 1;
-  for (n = opts->sandbox_libs; n && *n; n++) {
-    for (i = 0; sandbox_extra_libs[i].name && strcmp(sandbox_extra_libs[i].name, *n); i++)
-      ;
-    if (!sandbox_extra_libs[i].name) {
-      fprintf(stderr, "tide: sandbox_libs: no library '%s' (io, os, debug, package)\n", *n);
-      ok = 0;
-    }
-  }
-  for (n = opts->sandbox_modules; n && *n; n++) {
-    for (i = 0; sandbox_extra_modules[i].name && strcmp(sandbox_extra_modules[i].name, *n); i++)
-      ;
-    if (!sandbox_extra_modules[i].name) {
-      fprintf(stderr, "tide: sandbox_modules: no module '%s' (tide.net, tide.http, "
-                      "tide.fs, tide.process, tide.thread, tide.signal)\n", *n);
-      ok = 0;
-    }
-  }
+  int ok = 1;
+  for (n = opts->sandbox_libs; n && *n; n++)
+    ok &= known_name(*n, &sandbox_extra_libs[0].name, sizeof(sandbox_extra_libs[0]),
+                     "sandbox_libs", "io, os, debug, package");
+  for (n = opts->sandbox_modules; n && *n; n++)
+    ok &= known_name(*n, &sandbox_extra_modules[0].name, sizeof(sandbox_extra_modules[0]),
+                     "sandbox_modules", "tide.net, tide.http, tide.fs, tide.process, "
+                                        "tide.thread, tide.signal");
   return ok;
 }
 
@@ -444,6 +481,14 @@ static void open_sandbox(lua_State *L, const char *const *extra) {
     }
 }
 
+/* Undoes a tide_runtime_new_with that cannot finish; returns NULL. */
+static tide_runtime *new_failed(lua_State *L, tide_mem *m, tide_arena *a) {
+  lua_close(L);
+  free(m);
+  tide__arena_free(a);
+  return NULL;
+}
+
 tide_runtime *tide_runtime_new_with(const tide_options *opts) {
   static const tide_options defaults;
   tide_arena *a = tide__arena_new();
@@ -508,10 +553,7 @@ tide_runtime *tide_runtime_new_with(const tide_options *opts) {
           if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
             fprintf(stderr, "tide: sandbox_modules: %s: %s\n",
                     sandbox_extra_modules[i].name, lua_tostring(L, -1));
-            lua_close(L);
-            free(m);
-            tide__arena_free(a);
-            return NULL;
+            return new_failed(L, m, a);
           }
         }
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
@@ -526,16 +568,14 @@ tide_runtime *tide_runtime_new_with(const tide_options *opts) {
     lua_pop(L, 2);
     if (!listed(opts->sandbox_libs, LUA_LOADLIBNAME))
       restrict_package(L);
+    protect_metatables(L, rt);
   }
   rt->loop = opts->loop;
   if (rt->loop == NULL) { /* one loop for the runtime's whole life */
     rt->owned_loop = malloc(sizeof(uv_loop_t));
     if (rt->owned_loop == NULL || uv_loop_init(rt->owned_loop) != 0) {
       free(rt->owned_loop);
-      lua_close(L);
-      free(m);
-      tide__arena_free(a);
-      return NULL;
+      return new_failed(L, m, a);
     }
     rt->loop = rt->owned_loop;
   }

@@ -803,6 +803,10 @@ static void warn_slow(lua_State *L, tide_task *t, int ud, uint64_t ns) {
  * against one budget per step, so nesting coroutines does not multiply
  * it. */
 #define LIMIT_QUANTUM 1000
+/* A coroutine the task resumes counts in smaller steps, and each resume is
+ * charged one step up front: one that ends before its hook fires would
+ * else run uncounted (a loop resuming short coroutines ran 28x the cap). */
+#define LIMIT_CHILD_QUANTUM 100
 
 static void limit_hook(lua_State *L, lua_Debug *ar);
 
@@ -821,6 +825,23 @@ static void limit_hook(lua_State *L, lua_Debug *ar) {
   rt->limit_used += (unsigned long)lua_gethookcount(L);
   if (rt->limit_used >= rt->instruction_limit)
     limit_raise(L);
+}
+
+/* core.limit_arm(co): called by coroutine.resume (tide.coroutine) before
+ * it resumes co in a runtime with an instruction limit: charges the resume
+ * LIMIT_CHILD_QUANTUM, then counts co's instructions from zero in steps of
+ * that size, so whatever co runs is counted, at most one step too much. */
+static int l_limit_arm(lua_State *L) {
+  tide_runtime *rt = tide__rt(L);
+  lua_State *co = lua_tothread(L, 1);
+  if (rt->instruction_limit == 0 || co == NULL || co == L)
+    return 0;
+  rt->limit_used += LIMIT_CHILD_QUANTUM;
+  if (rt->limit_used >= rt->instruction_limit)
+    limit_raise(L);
+  lua_sethook(co, limit_hook, LUA_MASKCOUNT,
+              lua_gethookcount(co) == 1 ? 1 : LIMIT_CHILD_QUANTUM);
+  return 0;
 }
 
 /* core.limited() -> whether the runtime has an instruction limit */
@@ -1844,6 +1865,7 @@ static const luaL_Reg task_funcs[] = {
   {"uncancel", l_uncancel}, {"other_cancel", l_other_cancel}, {"istask", l_istask},
   {"gather_wait", l_gather_wait},
   {"task_info", l_task_info}, {"limited", l_limited}, {"limit_check", l_limit_check},
+  {"limit_arm", l_limit_arm},
   {NULL, NULL}};
 
 /* [-1, +1, m] Adds the task functions to the module table on top. */

@@ -66,7 +66,18 @@ local function me(fname)
   return current_task()
 end
 
--- Turns a list of tasks or functions into tasks (functions are spawned).
+-- A done callback that wakes task self from the park it is about to enter,
+-- and its disarm: one already scheduled when removed still runs (as
+-- asyncio's), and must not wake the task from a later park (a later
+-- wait_for would time out at once). fn(t), if given, runs first and says
+-- whether to wake.
+local function waker(self, fn)
+  local armed = true
+  return function(t)
+    if armed and (fn == nil or fn(t)) then wake(self) end
+  end, function() armed = false end
+end
+
 -- tasks without the repeats (asyncio's wait and as_completed take a set)
 local function unique(tasks)
   local seen, out = {}, {}
@@ -76,6 +87,7 @@ local function unique(tasks)
   return out
 end
 
+-- Turns a list of tasks or functions into tasks (functions are spawned).
 local function to_tasks(list, n, fname, argbase)
   for i = 1, n do
     local v = list[i]
@@ -97,12 +109,10 @@ local function join(t)
   if t:done() then
     return nil
   end
-  local self = current_task()
-  local armed = true -- see wait: a done callback may run after its removal
-  local function cb() if armed then wake(self) end end
+  local cb, disarm = waker(current_task())
   t:add_done_callback(cb)
   local ok, err = park()
-  armed = false
+  disarm()
   t:remove_done_callback(cb)
   if ok then
     return nil
@@ -172,21 +182,16 @@ function M.wait(tasks, opts)
   -- always suspends, as asyncio's: with timeout 0 the ready tasks still get
   -- a turn first (a polling loop of wait(ts, {timeout = 0}) must not spin)
   if remaining > 0 and not satisfied then
-    -- A done callback scheduled before remove_done_callback still runs (as
-    -- asyncio's): once this park is over it must not wake the task from its
-    -- next one (a later wait_for would time out at once).
-    local armed = true
-    local function on_done(t)
-      if not armed then return end
+    local on_done, disarm = waker(self, function(t)
       remaining = remaining - 1
-      if remaining == 0 or check(t) then wake(self) end
-    end
+      return remaining == 0 or check(t)
+    end)
     for i = 1, n do
       if not tasks[i]:done() then tasks[i]:add_done_callback(on_done) end
     end
     local h = timeout and call_later(timeout, wake, self)
     local ok, err = park()
-    armed = false
+    disarm()
     if h then h:cancel() end
     for i = 1, n do
       tasks[i]:remove_done_callback(on_done)
@@ -432,13 +437,12 @@ function M.wait_for(x, seconds, ...)
   -- With 0 s or less, as asyncio's: the inner work is cancelled at once
   -- (a function given never starts), unless it is done already.
   if seconds > 0 and not t:done() then
-    local armed = true -- see wait: a done callback may run after its removal
-    local function cb() if armed then wake(self) end end
+    local cb, disarm = waker(self)
     t:add_done_callback(cb)
     local h = call_later(seconds, wake, self)
     local ok
     ok, err = park()
-    armed = false
+    disarm()
     h:cancel()
     t:remove_done_callback(cb)
   end

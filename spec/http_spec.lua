@@ -86,6 +86,22 @@ describe("tide.http", function()
       assert.equals(2, n)
     end)
 
+    it("looks up a header with a long name as any other, whether or not list() came first", function()
+      local long = "X-" .. ("n"):rep(200)
+      local server <close> = http.serve("127.0.0.1", 0, function()
+        return { headers = { [long] = "v", ["X-Short"] = "s" }, body = "" }
+      end)
+      local res = http.get(server:url("/"))
+      assert.equals("v", res.headers[long])
+      assert.equals("v", res.headers[long:lower()])
+      local n = 0
+      for name in pairs(res.headers) do if name == long:lower() then n = n + 1 end end
+      assert.equals(1, n)
+      res = http.get(server:url("/"))
+      assert.equals(1, #res.headers:get_all(long))
+      assert.equals("v", res.headers[long])
+    end)
+
     it("sends headers and decodes compressed bodies", function()
       local e = echo(http.get(url("/get"), { headers = { ["X-Token"] = "abc", Accept = "text/plain" } }))
       assert.equals("abc", e.headers["x-token"])

@@ -17,9 +17,18 @@ if coroutine.tide_patched then
   return true
 end
 
--- With an instruction limit, a resume that returns past the task step's
--- budget fails in the resumer too (the runtime's limit, host/task.c).
+-- With an instruction limit, every resume is counted against the task step's
+-- budget (limit_arm, before it), and one that returns past the budget fails
+-- in the resumer too (limit_check; the runtime's limit, host/task.c).
 local limit_check = core.limited() and core.limit_check
+local limit_arm = core.limited() and core.limit_arm
+if limit_arm then
+  local plain = co_resume
+  co_resume = function(co, ...)
+    limit_arm(co)
+    return plain(co, ...)
+  end
+end
 
 -- Returns resume's results as they came (no padding: a coroutine that
 -- returned nothing gives `true` alone, as in plain Lua).

@@ -450,7 +450,7 @@ static void test_instruction_limit(void) {
   tide_options opts;
   tide_runtime *rt;
   result spin = {0}, other = {0}, swallow = {0}, cb = {0}, again = {0},
-         nested = {0}, nested_n = {0};
+         nested = {0}, nested_n = {0}, shorts = {0}, short_n = {0};
   memset(&opts, 0, sizeof opts);
   opts.instruction_limit = 100000;
   rt = new_rt(&opts, &e);
@@ -480,9 +480,19 @@ static void test_instruction_limit(void) {
                  "  coroutine.resume(coroutine.create(k)) end end end\n"
                  "require('tide').sleep(0.001)\n"
                  "level(level(burn))()", &nested);
+  /* ... and so do coroutines too short to reach a count of their own */
+  spawn_code(rt, "short_n = 0\n"
+                 "require('tide').sleep(0.001)\n"
+                 "while true do coroutine.wrap(function()\n"
+                 "  for i = 1, 200 do short_n = short_n + 1 end end)() end", &shorts);
   tide_loop_run(rt, UV_RUN_DEFAULT);
   spawn_code(rt, "return nested_n", &nested_n);
+  spawn_code(rt, "return short_n", &short_n);
   tide_loop_run(rt, UV_RUN_DEFAULT);
+  check(shorts.called == 1 && strcmp(shorts.kind, "limit") == 0 &&
+          atol(short_n.text) > 0 && atol(short_n.text) < 100000,
+        "instruction_limit counts coroutines that end before their own count "
+        "fires", short_n.text);
   check(nested.called == 1 && strcmp(nested.kind, "limit") == 0 &&
           atol(nested_n.text) > 0 && atol(nested_n.text) < 100000,
         "instruction_limit counts the coroutines a task resumes against its "
@@ -716,6 +726,18 @@ static void test_sandbox(void) {
     "expect(not pcall(setmetatable, {}, {__gc = function() end}), "
     "'__gc refused (it runs outside the instruction limit)')\n"
     "expect(getmetatable(setmetatable({}, {__index = {}})) ~= nil, 'setmetatable')\n"
+    "local failed = tide.spawn(error, 'x')\n"
+    "pcall(failed.await, failed)\n"
+    "local mts = {getmetatable(failed), getmetatable(tide.spawn(function() end)),\n"
+    "  getmetatable(tide.error('k', 'm')), getmetatable(tide.Queue())}\n"
+    "for i, mt in ipairs(mts) do\n"
+    "  expect(type(mt) == 'table' and mt.__index == nil and type(mt.__name) == 'string', "
+    "'getmetatable gives a stand-in for tide\\'s metatables ' .. i)\n"
+    "  mt.__gc = function() while true do end end\n"
+    "end\n"
+    "failed, mts = nil, nil\n"
+    "for i = 1, 3 do local t = tide.spawn(error, 'y'); pcall(t.await, t); tide.error('k', 'm') end\n"
+    "collectgarbage(); collectgarbage()\n"
     "local ok, e = pcall(tide.to_thread, print)\n"
     "expect(not ok and e.kind == 'invalid_state' and e.message:find('sandbox'), "
     "'to_thread: not in a sandbox')\n"
