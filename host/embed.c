@@ -54,11 +54,13 @@ static char cstarted_key; /* registry: task -> its cdone, until it ends */
 
 static void call_done(tide_runtime *rt, lua_State *L, cdone *d, int status,
                       int n) {
-  int top = lua_gettop(L) - n;
+  int top = lua_gettop(L) - n, in_cb = rt->in_callback;
   d->called = 1;
   rt->cpending--;
+  rt->in_callback = 0; /* the application's code: not under the memory cap */
   if (d->cb)
     d->cb(rt, status, L, n, d->data);
+  rt->in_callback = in_cb;
   lua_settop(L, top);
 }
 

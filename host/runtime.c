@@ -337,6 +337,31 @@ static void protect_metatables(lua_State *L, tide_runtime *rt) {
   }
 }
 
+/* The sandbox's xpcall, string.rep and table.move (see open_sandbox). */
+static const char sandbox_lua[] =
+  "local pcall, type, error, select = pcall, type, error, select\n"
+  "local mtype, rep, move = math.type, string.rep, table.move\n"
+  "local function finish(msgh, ok, ...)\n"
+  "  if ok then return true, ... end\n"
+  "  return false, select(2, pcall(msgh, (...)))\n"
+  "end\n"
+  "function xpcall(f, msgh, ...)\n"
+  "  if type(msgh) ~= 'function' then\n"
+  "    error(\"bad argument #2 to 'xpcall' (function expected, got \" .. type(msgh) .. ')', 2)\n"
+  "  end\n"
+  "  return finish(msgh, pcall(f, ...))\n"
+  "end\n"
+  "function string.rep(s, n, sep)\n"
+  "  if (s == '' and (sep == nil or sep == '')) and mtype(n) then return '' end\n"
+  "  return rep(s, n, sep)\n"
+  "end\n"
+  "function table.move(a1, f, e, t, a2)\n"
+  "  if mtype(f) and mtype(e) and e - f >= 1 << 24 then\n"
+  "    error(\"bad argument #3 to 'move' (more than 2^24 elements to move in a sandbox)\", 2)\n"
+  "  end\n"
+  "  return move(a1, f, e, t, a2)\n"
+  "end\n";
+
 /* tide.<name> in a sandbox: its module is not there. */
 static int not_in_sandbox(lua_State *L) {
   return tide__raise_kind_at_user(L, "invalid_state", "tide.%s is not "
@@ -459,6 +484,15 @@ static void open_sandbox(lua_State *L, const char *const *extra) {
   lua_getglobal(L, "setmetatable");
   lua_pushcclosure(L, safe_setmetatable, 1);
   lua_setglobal(L, "setmetatable");
+  /* C calls the instruction limit cannot stop: xpcall's message handler
+   * (Lua runs it with hooks off after a hook raised: here it runs after
+   * the unwinding, as a plain call), string.rep of "" (a loop of n empty
+   * copies: no memory for the cap to stop) and table.move over 2^53
+   * slots */
+  if (luaL_loadbufferx(L, sandbox_lua, sizeof(sandbox_lua) - 1, "=sandbox", "t") == LUA_OK)
+    lua_call(L, 0, 0);
+  else
+    lua_pop(L, 1);
   if (!listed(extra, LUA_OSLIBNAME)) {
     lua_getglobal(L, "os"); /* keep only the clock */
     lua_newtable(L);

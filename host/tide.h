@@ -48,7 +48,10 @@ typedef struct tide_options {
    * require of preloaded modules (no C modules, no files, no io, no
    * os.execute, no debug, no package.loadlib). load takes source only,
    * setmetatable refuses a __gc (Lua runs finalizers with hooks off, out of
-   * the instruction limit's reach); tide has no net, http, fs, process,
+   * the instruction limit's reach) and getmetatable gives a stand-in for
+   * tide's own; xpcall calls its handler after the unwinding (so that the
+   * limit applies in it), string.rep of "" returns at once and table.move
+   * refuses more than 2^24 slots; tide has no net, http, fs, process,
    * to_thread or signal there (unless sandbox_modules says), and tide.run
    * inside a task (it would hold the loop) is refused. */
   int sandbox;
@@ -60,7 +63,8 @@ typedef struct tide_options {
    * 0 for no limit. Past it the task fails with an error of kind "limit".
    * The coroutines the task resumes count against the same budget; a call
    * of a C function counts as one instruction however long it runs (a
-   * pathological string.find pattern, say). */
+   * pathological string.find pattern, say), and outside a sandbox Lua runs
+   * an xpcall message handler and finalizers out of its reach. */
   unsigned long instruction_limit;
   /* With sandbox: more for the scripts, as NULL-terminated lists of names
    * (NULL: none; an unknown name makes tide_runtime_new_with fail, saying
@@ -99,7 +103,8 @@ int tide_runtime_run(tide_runtime *rt, int nargs, int *nresults);
 /* Receives the end of a task started from C. `status` is LUA_OK with the
  * task's `nresults` results on top of L, or an error status with the error
  * value on top (a cancelled task: an error whose kind is "cancelled"). The
- * values are popped after the callback returns; L is valid only during it. */
+ * values are popped after the callback returns; L is valid only during it.
+ * The runtime's memory limit does not apply to what the callback allocates. */
 typedef void (*tide_done_cb)(tide_runtime *rt, int status, lua_State *L,
                              int nresults, void *data);
 

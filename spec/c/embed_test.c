@@ -811,6 +811,52 @@ static void test_sandbox_extras(void) {
         "sandbox_modules: an unknown name fails the runtime's creation", NULL);
 }
 
+/* A done callback that allocates past the runtime's memory cap: the
+ * application's code is not under the script's cap. */
+static int big_done_ok;
+static void on_done_big(tide_runtime *rt, int status, lua_State *L, int n,
+                        void *data) {
+  static char big[4 << 20];
+  (void)rt, (void)status, (void)n, (void)data;
+  lua_pushlstring(L, big, sizeof big);
+  lua_pop(L, 1);
+  big_done_ok = 1;
+}
+
+/* The sandbox's C calls the instruction limit could not stop. */
+static void test_sandbox_limits(void) {
+  env e;
+  tide_options opts;
+  tide_runtime *rt;
+  result handler = {0}, calls = {0};
+  memset(&opts, 0, sizeof opts);
+  opts.sandbox = 1;
+  opts.instruction_limit = 100000;
+  opts.memory_limit = 2 << 20;
+  rt = new_rt(&opts, &e);
+  /* Lua runs xpcall's handler with hooks off once the limit's hook raised */
+  spawn_code(rt, "require('tide').sleep(0.001)\n"
+                 "xpcall(function() while true do end end, function() while true do end end)",
+             &handler);
+  spawn_code(rt, "local ok, e = pcall(table.move, {}, 1, 2^53, 1, {})\n"
+                 "local a, b = xpcall(error, function(m) return 'handled ' .. m end, 'x')\n"
+                 "return ('' ):rep(2^53) == '' and (''):rep(3, '') == '' and\n"
+                 "  ('ab'):rep(2, ',') == 'ab,ab', not ok, a, b", &calls);
+  tide_loop_run(rt, UV_RUN_DEFAULT);
+  check(handler.called == 1 && strcmp(handler.kind, "limit") == 0,
+        "sandbox: an xpcall message handler runs under the instruction limit",
+        handler.text);
+  check(calls.called == 1 && strcmp(calls.text, "true,true,false,handled x") == 0,
+        "sandbox: string.rep of \"\" and table.move of 2^53 slots do not freeze "
+        "the loop; xpcall still calls its handler", calls.text);
+  big_done_ok = 0;
+  tide_dostring(rt, "return 1", "=big", on_done_big, NULL);
+  tide_loop_run(rt, UV_RUN_DEFAULT);
+  check(big_done_ok == 1,
+        "a done callback may allocate past the script's memory cap", NULL);
+  tide_runtime_close(rt);
+}
+
 static void test_async_complete_fail(void) {
   env e;
   tide_runtime *rt = new_rt(NULL, &e);
@@ -1106,6 +1152,7 @@ int main(void) {
   test_sandbox();
   test_sandbox_dofile();
   test_sandbox_extras();
+  test_sandbox_limits();
   test_close_handler_error();
   test_close_in_callback();
   test_signals_stay_the_apps();
