@@ -841,6 +841,21 @@ describe("tide.Condition", function()
 end)
 
 describe("tide.Barrier", function()
+  -- a barrier of n with one task waiting in it, and that task
+  local function one_waiting(n)
+    local b = tide.Barrier(n)
+    local w = tide.spawn(b.wait, b)
+    turns(2)
+    return b, w
+  end
+
+  -- the results of n tasks waiting on b at once (at most 2 s)
+  local function all_wait(b, n)
+    local fns = {}
+    for i = 1, n do fns[i] = function() return b:wait() end end
+    return tide.wait_for(tide.gather, 2, fns)
+  end
+
   it("lets parties tasks go on together once the last arrives, each with its arrival number", function()
     virtual(function()
       local b = tide.Barrier(3)
@@ -864,21 +879,17 @@ describe("tide.Barrier", function()
   end)
 
   it("reset() breaks the wait of those in it with kind broken_barrier and stays usable", function()
-    local b = tide.Barrier(2)
-    local w = tide.spawn(b.wait, b)
-    turns(2)
+    local b, w = one_waiting(2)
     b:reset()
     assert.equals("broken_barrier", errkind(w.await, w))
     assert.is_false(b.broken)
-    local r = tide.wait_for(tide.gather, 2, function() return b:wait() end, function() return b:wait() end)
+    local r = all_wait(b, 2)
     table.sort(r)
     assert.same({ 0, 1 }, r)
   end)
 
   it("abort() breaks it for good", function()
-    local b = tide.Barrier(2)
-    local w = tide.spawn(b.wait, b)
-    turns(2)
+    local b, w = one_waiting(2)
     b:abort()
     assert.equals("broken_barrier", errkind(w.await, w))
     assert.is_true(b.broken)
@@ -886,15 +897,13 @@ describe("tide.Barrier", function()
   end)
 
   it("a cancelled waiter leaves without breaking it", function()
-    local b = tide.Barrier(2)
-    local w = tide.spawn(b.wait, b)
-    turns(2)
+    local b, w = one_waiting(2)
     assert.equals(1, b.n_waiting)
     w:cancel()
     assert.equals("cancelled", errkind(w.await, w))
     assert.equals(0, b.n_waiting)
     assert.is_false(b.broken)
-    assert.equals(2, #tide.wait_for(tide.gather, 2, function() return b:wait() end, function() return b:wait() end))
+    assert.equals(2, #all_wait(b, 2))
   end)
 
   it("refuses a count that is not a positive integer", function()

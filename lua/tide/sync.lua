@@ -333,24 +333,23 @@ function Barrier:wait()
   return index
 end
 
+-- Moves the barrier to state and wakes every waiter to look at it.
+function Barrier:_become(state)
+  local g <close> = self._cond:acquire()
+  self._state = state
+  self._cond:notify_all()
+end
+
 -- reset(): waiters get kind "broken_barrier"; the barrier is usable again.
 function Barrier:reset()
   own(self, "reset", Barrier)
-  local g <close> = self._cond:acquire()
-  if self._count > 0 then
-    if self._state ~= "resetting" then self._state = "resetting" end
-  else
-    self._state = "filling"
-  end
-  self._cond:notify_all()
+  self:_become(self._count > 0 and "resetting" or "filling")
 end
 
 -- abort(): broken for good; every wait(), now or later, fails.
 function Barrier:abort()
   own(self, "abort", Barrier)
-  local g <close> = self._cond:acquire()
-  self._state = "broken"
-  self._cond:notify_all()
+  self:_become("broken")
 end
 
 function Barrier:__tostring()
