@@ -22,6 +22,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <ctype.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
@@ -882,26 +883,55 @@ static int s_gc(lua_State *L) {
 
 /* ---- Lua: starting a transfer ------------------------------------------ */
 
-static const char *opt_string(lua_State *L, int spec, const char *k) {
+/* The names s_request reads in the spec and x_response writes in the
+ * response, made Lua strings once: both functions have them as upvalue 1
+ * (see with_keys). lua_getfield and lua_setfield with a C string look the
+ * name up in Lua's string table on every call, which cost a plain GET 5%
+ * of its instructions. */
+#define KEYS(X)                                                                \
+  X(method) X(url) X(max_redirects) X(idle_timeout) X(http_version)            \
+  X(body_fn) X(timeout) X(connect_timeout) X(max_body) X(stream) X(verify)     \
+  X(cafile) X(proxy) X(trust_env) X(cookie) X(body_size) X(body) X(headers)    \
+  X(status) X(reason) X(header_block) X(redirects) X(_timings)                 \
+  X(_redirect_url)
+#define KEY_ENUM(n) K_##n,
+#define KEY_NAME(n) #n,
+enum { KEYS(KEY_ENUM) NKEYS };
+
+/* Pushes the name k (a K_ value). */
+static void key(lua_State *L, int k) {
+  lua_rawgeti(L, lua_upvalueindex(1), k + 1);
+}
+
+/* Pushes spec[k] (spec: an absolute index); returns its type. */
+static int spec_get(lua_State *L, int spec, int k) {
+  key(L, k);
+  return lua_rawget(L, spec);
+}
+
+/* Sets t[k] (t: an absolute index) to the value on top, popping it. */
+static void set_key(lua_State *L, int t, int k) {
+  key(L, k);
+  lua_insert(L, -2);
+  lua_rawset(L, t);
+}
+
+static const char *opt_string(lua_State *L, int spec, int k) {
   const char *v;
-  lua_getfield(L, spec, k);
+  spec_get(L, spec, k);
   v = lua_tostring(L, -1);
   lua_pop(L, 1); /* the spec table keeps the string alive */
   return v;
 }
 
-static lua_Integer opt_int(lua_State *L, int spec, const char *k, lua_Integer d) {
-  lua_Integer v;
-  lua_getfield(L, spec, k);
-  v = lua_isnil(L, -1) ? d : lua_tointeger(L, -1);
+static lua_Integer opt_int(lua_State *L, int spec, int k, lua_Integer d) {
+  lua_Integer v = spec_get(L, spec, k) == LUA_TNIL ? d : lua_tointeger(L, -1);
   lua_pop(L, 1);
   return v;
 }
 
-static int opt_bool(lua_State *L, int spec, const char *k, int d) {
-  int v;
-  lua_getfield(L, spec, k);
-  v = lua_isnil(L, -1) ? d : lua_toboolean(L, -1);
+static int opt_bool(lua_State *L, int spec, int k, int d) {
+  int v = spec_get(L, spec, k) == LUA_TNIL ? d : lua_toboolean(L, -1);
   lua_pop(L, 1);
   return v;
 }
@@ -927,14 +957,14 @@ static void header_list(lua_State *L, xfer *x, hmulti *m, int spec, int has_body
 
 static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
   CURL *e = x->easy;
-  const char *method = opt_string(L, spec, "method");
-  const char *url = opt_string(L, spec, "url");
+  const char *method = opt_string(L, spec, K_method);
+  const char *url = opt_string(L, spec, K_url);
   const char *s;
   size_t blen;
-  lua_Integer redirects = opt_int(L, spec, "max_redirects", 10);
-  lua_Integer idle = opt_int(L, spec, "idle_timeout", 0);
-  long version = http_version(opt_string(L, spec, "http_version"));
-  int has_body, trust_env, body_fn = opt_bool(L, spec, "body_fn", 0);
+  lua_Integer redirects = opt_int(L, spec, K_max_redirects, 10);
+  lua_Integer idle = opt_int(L, spec, K_idle_timeout, 0);
+  long version = http_version(opt_string(L, spec, K_http_version));
+  int has_body, trust_env, body_fn = opt_bool(L, spec, K_body_fn, 0);
   strncpy(x->method, method ? method : "GET", sizeof(x->method) - 1);
   curl_easy_setopt(e, CURLOPT_PRIVATE, x);
   curl_easy_setopt(e, CURLOPT_URL, url);
@@ -945,38 +975,38 @@ static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
     x->flags |= XF_FOLLOW;
   curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, redirects != 0 ? 1L : 0L);
   curl_easy_setopt(e, CURLOPT_MAXREDIRS, (long)redirects);
-  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)opt_int(L, spec, "timeout", 0));
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)opt_int(L, spec, K_timeout, 0));
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
-                   (long)opt_int(L, spec, "connect_timeout", 30000));
+                   (long)opt_int(L, spec, K_connect_timeout, 30000));
   x->idle_ms = idle > 0 ? (uint64_t)idle : 0;
   if (version >= 0)
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, version);
-  x->max_body = (curl_off_t)opt_int(L, spec, "max_body", -1);
+  x->max_body = (curl_off_t)opt_int(L, spec, K_max_body, -1);
   curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, x->max_body >= 0 ? x->max_body : 0);
-  if (opt_bool(L, spec, "stream", 0))
+  if (opt_bool(L, spec, K_stream, 0))
     x->flags |= XF_STREAM;
   /* from here on, options only some requests set */
-  if (!opt_bool(L, spec, "verify", 1)) {
+  if (!opt_bool(L, spec, K_verify, 1)) {
     x->flags |= XF_SPECIAL;
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
   }
-  if ((s = opt_string(L, spec, "cafile")) != NULL) {
+  if ((s = opt_string(L, spec, K_cafile)) != NULL) {
     x->flags |= XF_SPECIAL;
     curl_easy_setopt(e, CURLOPT_CAINFO, s);
   }
   /* A proxy only when asked: the proxy option, or the environment's
    * (http_proxy, https_proxy, all_proxy, no_proxy) with trust_env, as
    * aiohttp; easy_base has none. */
-  s = opt_string(L, spec, "proxy");
-  trust_env = opt_bool(L, spec, "trust_env", 0);
+  s = opt_string(L, spec, K_proxy);
+  trust_env = opt_bool(L, spec, K_trust_env, 0);
   if (s != NULL || trust_env) {
     x->flags |= XF_SPECIAL;
     curl_easy_setopt(e, CURLOPT_PROXY, s);
     if (trust_env)
       curl_easy_setopt(e, CURLOPT_NOPROXY, NULL);
   }
-  if ((s = opt_string(L, spec, "cookie")) != NULL) {
+  if ((s = opt_string(L, spec, K_cookie)) != NULL) {
     x->flags |= XF_SPECIAL;
     curl_easy_setopt(e, CURLOPT_COOKIE, s);
   }
@@ -991,9 +1021,9 @@ static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
   /* the body: a string, or chunks the task feeds (chunked upload); POST,
    * PUT and PATCH without one send an empty one (Content-Length: 0, which
    * servers such as nginx want), as aiohttp and requests do */
-  if (body_fn && (blen = (size_t)opt_int(L, spec, "body_size", -1)) != (size_t)-1)
+  if (body_fn && (blen = (size_t)opt_int(L, spec, K_body_size, -1)) != (size_t)-1)
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
-  lua_getfield(L, spec, "body");
+  spec_get(L, spec, K_body);
   s = lua_tolstring(L, -1, &blen);
   if (s == NULL && method && !body_fn &&
       (strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
@@ -1045,7 +1075,7 @@ static void header_list(lua_State *L, xfer *x, hmulti *m, int spec, int has_body
   /* with a body, "Expect:" stops curl's 1 s wait for a 100 Continue */
   if (has_body)
     own = curl_slist_append(NULL, "Expect:");
-  lua_getfield(L, spec, "headers");
+  spec_get(L, spec, K_headers);
   for (i = 1; lua_istable(L, -1) && lua_rawgeti(L, -1, i) == LUA_TSTRING; i++) {
     const char *h = lua_tostring(L, -1);
     if ((l = curl_slist_append(own, h)) != NULL)
@@ -1128,9 +1158,9 @@ static int s_request(lua_State *L) {
   hsession *S = luaL_checkudata(L, 1, SESSION_MT);
   tide_task *t;
   if (S->closed && lua_istable(L, 2)) { /* the message names the request */
-    const char *url = opt_string(L, 2, "url");
+    const char *url = opt_string(L, 2, K_url);
     tide__err_push(L, "closed", "%s %s: the HTTP session was closed",
-                   opt_string(L, 2, "method"), url);
+                   opt_string(L, 2, K_method), url);
     lua_pushstring(L, url);
     lua_setfield(L, -2, "url");
     return lua_error(L);
@@ -1152,7 +1182,7 @@ static int s_request(lua_State *L) {
   luaL_setmetatable(L, XFER_MT);
   lua_pushvalue(L, 1); /* the session lives as long as its transfers */
   lua_setiuservalue(L, -2, 1);
-  lua_getfield(L, 2, "url");
+  spec_get(L, 2, K_url);
   lua_setiuservalue(L, -2, 2);
   x->easy = pool_get(m);
   if (x->easy == NULL)
@@ -1262,19 +1292,34 @@ static void push_header_map(lua_State *L, const char *p, const char *end) {
   }
 }
 
+/* The length of u's scheme with its "://" (a letter, then letters, digits,
+ * "+", "-" and ".", as RFC 3986 has it), or 0. */
+static size_t scheme_len(const char *u) {
+  size_t i = 0;
+  if (!isalpha((unsigned char)u[0]))
+    return 0;
+  while (isalnum((unsigned char)u[++i]) || (u[i] && strchr("+.-", u[i])))
+    ;
+  return strncmp(u + i, "://", 3) == 0 ? i + 3 : 0;
+}
+
 /* encode_url(url) -> url with the spaces and the bytes past ASCII after its
  * host percent-encoded, as aiohttp (yarl) and requests send them (curl
- * refuses a space); url itself when there are none (checked here: a Lua
+ * refuses a space); url itself when there are none; nil when url has no
+ * scheme ("http://"), which tide does not guess (checked here: a Lua
  * pattern costs a plain GET several percent). */
 static int l_encode_url(lua_State *L) {
   size_t n, i;
-  const char *u = luaL_checklstring(L, 1, &n), *p;
+  const char *u = luaL_checklstring(L, 1, &n), *p = u + scheme_len(u);
   luaL_Buffer b;
+  if (p == u) {
+    lua_pushnil(L);
+    return 1;
+  }
   for (i = 0; i < n && u[i] != ' ' && !(u[i] & 0x80); i++)
     ;
-  if (i == n || (p = strstr(u, "://")) == NULL)
+  if (i == n)
     return 1;
-  p += 3;
   p += strcspn(p, "/?#"); /* the host stays as it is (IDN) */
   luaL_buffinit(L, &b);
   luaL_addlstring(&b, u, (size_t)(p - u));
@@ -1311,15 +1356,15 @@ static void set_headers(lua_State *L, xfer *x, int res, int map) {
     const char *sp = memchr(p, ' ', (size_t)(le - p));
     sp = sp ? memchr(sp + 1, ' ', (size_t)(le - sp - 1)) : NULL;
     lua_pushlstring(L, sp ? sp + 1 : le, sp ? (size_t)(le - sp - 1) : 0);
-    lua_setfield(L, res, "reason");
+    set_key(L, res, K_reason);
     block = eol ? eol + 1 : end;
   }
   if (map) {
     push_header_map(L, block, end);
-    lua_setfield(L, res, "headers");
+    set_key(L, res, K_headers);
   }
   lua_pushlstring(L, block, (size_t)(end - block));
-  lua_setfield(L, res, "header_block");
+  set_key(L, res, K_header_block);
 }
 
 /* Sets res._redirect_url: where the Location of the 3xx response res
@@ -1329,7 +1374,7 @@ static void set_redirect_url(lua_State *L, xfer *x, int res) {
   char *base = NULL, *out = NULL;
   const char *loc;
   CURLU *u;
-  lua_getfield(L, res, "headers");
+  spec_get(L, res, K_headers);
   lua_getfield(L, -1, "location");
   loc = lua_tostring(L, -1);
   curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &base);
@@ -1339,7 +1384,7 @@ static void set_redirect_url(lua_State *L, xfer *x, int res) {
                                             CURLU_URLENCODE) == CURLUE_OK &&
         curl_url_get(u, CURLUPART_URL, &out, 0) == CURLUE_OK) {
       lua_pushstring(L, out);
-      lua_setfield(L, res, "_redirect_url");
+      set_key(L, res, K__redirect_url);
       curl_free(out);
     }
     curl_url_cleanup(u);
@@ -1360,21 +1405,24 @@ static int x_response(lua_State *L) {
   lua_createtable(L, 0, 10);
   res = lua_gettop(L);
   lua_pushinteger(L, x->status);
-  lua_setfield(L, res, "status");
+  set_key(L, res, K_status);
   set_headers(L, x, res, x->status >= 300 && x->status < 400);
   curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &url);
-  lua_pushstring(L, url);
-  lua_setfield(L, res, "url");
+  if (url) /* as aiohttp's: without the #fragment (never sent) */
+    lua_pushlstring(L, url, strcspn(url, "#"));
+  else
+    lua_pushnil(L);
+  set_key(L, res, K_url);
   url = NULL; /* the last request's method (GET after a 303) */
   curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_METHOD, &url);
   lua_pushstring(L, url ? url : x->method);
-  lua_setfield(L, res, "method");
+  set_key(L, res, K_method);
   curl_easy_getinfo(x->easy, CURLINFO_HTTP_VERSION, &v);
   lua_pushstring(L, version_name(v));
-  lua_setfield(L, res, "http_version");
+  set_key(L, res, K_http_version);
   curl_easy_getinfo(x->easy, CURLINFO_REDIRECT_COUNT, &redirects);
   lua_pushinteger(L, redirects);
-  lua_setfield(L, res, "redirects");
+  set_key(L, res, K_redirects);
   if (x->status >= 300 && x->status < 400)
     set_redirect_url(L, x, res);
   { /* TIMINGS order, packed as native doubles (s): http.lua unpacks and
@@ -1392,11 +1440,11 @@ static int x_response(lua_State *L) {
       t[i] = (double)us / 1e6;
     }
     lua_pushlstring(L, (const char *)t, sizeof(t));
-    lua_setfield(L, res, "_timings");
+    set_key(L, res, K__timings);
   }
   if (!(x->flags & XF_STREAM)) {
     lua_pushlstring(L, x->body.p ? x->body.p : "", x->body.n);
-    lua_setfield(L, res, "body");
+    set_key(L, res, K_body);
     tide__buf_free(&x->body);
     xfer_release(x);
   }
@@ -1480,10 +1528,10 @@ static int x_close(lua_State *L) {
 }
 
 static const luaL_Reg session_methods[] = {
-  {"request", s_request}, {"close", s_close}, {NULL, NULL}};
+  {"close", s_close}, {NULL, NULL}};
 
 static const luaL_Reg xfer_methods[] = {
-  {"feed", x_feed}, {"response", x_response}, {"read", x_read},
+  {"feed", x_feed}, {"read", x_read},
   {"close", x_close}, {NULL, NULL}};
 
 static const luaL_Reg core_funcs[] = {
@@ -1499,7 +1547,21 @@ static int global_gc(lua_State *L) {
 
 static int global_key;
 
+/* Sets method name of the type mt to f with the key names (on top) as its
+ * upvalue. */
+static void with_keys(lua_State *L, const char *mt, const char *name,
+                      lua_CFunction f) {
+  luaL_getmetatable(L, mt);
+  lua_getfield(L, -1, "__index");
+  lua_pushvalue(L, -3);
+  lua_pushcclosure(L, f, 1);
+  lua_setfield(L, -2, name);
+  lua_pop(L, 2);
+}
+
 int luaopen_tide_http_core(lua_State *L) {
+  static const char *const key_names[] = {KEYS(KEY_NAME)};
+  int i;
   tide_open(L);
   /* curl_global_init once per state, undone when the state closes (the
    * last of its finalizers: made before any session), so that a module
@@ -1516,6 +1578,14 @@ int luaopen_tide_http_core(lua_State *L) {
   lua_pop(L, 1);
   tide__new_type(L, SESSION_MT, session_methods, s_gc, NULL, NULL);
   tide__new_type(L, XFER_MT, xfer_methods, x_close, NULL, NULL);
+  lua_createtable(L, NKEYS, 0);
+  for (i = 0; i < NKEYS; i++) {
+    lua_pushstring(L, key_names[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  with_keys(L, SESSION_MT, "request", s_request);
+  with_keys(L, XFER_MT, "response", x_response);
+  lua_pop(L, 1);
   luaL_newlib(L, core_funcs);
   lua_pushstring(L, curl_version());
   lua_setfield(L, -2, "curl_version");

@@ -220,8 +220,9 @@ end
 
 -- A count option as the engine takes it: math.huge is "no limit", which is
 -- none (nil) for max_body_size and the largest integer elsewhere.
+local HUGE = math.huge
 local function count(v)
-  if v == math.huge then return math.maxinteger end
+  if v == HUGE then return math.maxinteger end
   return math.tointeger(v) or v
 end
 
@@ -234,7 +235,8 @@ end
 local function seconds(v, default)
   if v == nil then v = default end
   if v == false or v == nil then return 0 end
-  return math.max(1, math.ceil(v * 1000))
+  local ms = -(-v * 1000 // 1) -- the ceiling (a float: the engine takes whole floats)
+  return ms < 1 and 1 or ms
 end
 
 -- A body given as a function (called until it returns nil) or as an array
@@ -414,10 +416,6 @@ local function perform(sess, fname, argbase, method, url, opts)
   need_task(fname)
   local d = sess.defaults
   if sess.base_url then url = join(sess.base_url, url) end
-  if not url:find("^%a[%w+.-]*://") then -- no guessing, as curl would
-    error(tide.error("invalid_url", ("%s: a URL with a scheme expected (http:// or https://)")
-      :format(url), { url = url }), 0)
-  end
   local given = (opts.body ~= nil and 1 or 0) + (opts.json ~= nil and 1 or 0) + (opts.form ~= nil and 1 or 0)
   if given > 1 then
     argerror(fname, argbase + 1, "opts.body, opts.json and opts.form: give one of them")
@@ -432,7 +430,12 @@ local function perform(sess, fname, argbase, method, url, opts)
       url = base .. sep .. q .. frag
     end
   end
-  url = core.encode_url(url) -- spaces and non-ASCII bytes, as aiohttp sends them
+  local encoded = core.encode_url(url) -- spaces and non-ASCII bytes, as aiohttp sends them
+  if not encoded then -- no scheme: no guessing, as curl would
+    error(tide.error("invalid_url", ("%s: a URL with a scheme expected (http:// or https://)")
+      :format(url), { url = url }), 0)
+  end
+  url = encoded
   local body, body_fn, ctype = opts.body, nil, nil
   if opts.json ~= nil then
     local ok, v = pcall(json_encode, opts.json)
@@ -442,7 +445,8 @@ local function perform(sess, fname, argbase, method, url, opts)
     check_params(fname, argbase + 1, "form", opts.form)
     body, ctype = M.urlencode(opts.form), "application/x-www-form-urlencoded"
   end
-  if type(body) == "table" then
+  local body_array = body ~= nil and type(body) == "table" and body or nil -- a redirect may send it again
+  if body_array then
     if not Headers.is_array(body) then
       argerror(fname, argbase + 1, "opts.body: a table that is not an array of strings")
     end
@@ -452,10 +456,10 @@ local function perform(sess, fname, argbase, method, url, opts)
       end
     end
   end
-  local body_array = type(body) == "table" and body or nil -- a redirect may send it again
-  if type(body) ~= "string" and body ~= nil then body_fn, body = body_source(body), nil end
-  local headers = {}
+  if body ~= nil and type(body) ~= "string" then body_fn, body = body_source(body), nil end
+  local headers = EMPTY -- a table of its own only when there are header lines
   if opts.headers or d.headers or ctype then
+    headers = {}
     header_lines(fname, argbase + 1, headers, {}, opts.headers or EMPTY, d.headers or EMPTY,
       ctype and { ["Content-Type"] = ctype } or EMPTY)
   end
@@ -494,9 +498,10 @@ local function perform(sess, fname, argbase, method, url, opts)
   spec.timeout = seconds(timeout)
   spec.connect_timeout = seconds(opts.connect_timeout or d.connect_timeout, DEFAULTS.connect_timeout)
   spec.idle_timeout = stream and seconds(opts.idle_timeout or d.idle_timeout, DEFAULTS.idle_timeout) or 0
-  spec.max_redirects = count(opts.max_redirects or d.max_redirects or DEFAULTS.max_redirects)
+  local redirects = opts.max_redirects or d.max_redirects
+  spec.max_redirects = redirects and count(redirects) or DEFAULTS.max_redirects
   spec.verify, spec.cafile, spec.proxy = verify, opts.cafile or d.cafile, opts.proxy or d.proxy
-  if max_body == math.huge then max_body = nil end
+  if max_body == HUGE then max_body = nil end
   spec.max_body, spec.http_version, spec.stream = max_body or -1, version, stream
   spec.cookie, spec.body_size, spec.trust_env = cookie, body_size, trust_env
   local max_redirects, saved, deadline = spec.max_redirects, nil, nil
@@ -563,8 +568,6 @@ local function perform(sess, fname, argbase, method, url, opts)
   end
   if saved then r.redirects = n end
   r._redirect_url = nil
-  local hash = r.url:find("#", 1, true) -- the URL asked for, as aiohttp's: no #fragment (never sent)
-  if hash then r.url = r.url:sub(1, hash - 1) end
   r.headers = Headers.wrap(r.headers, r.header_block, core.header_map)
   r.header_block = nil
   if stream then r._x = x end
