@@ -150,7 +150,7 @@ static void createargtable(lua_State *L, char **argv, int argc, int script) {
 }
 
 /* A write into a pipe nobody reads any more (a reader such as `head`
- * quit) ends the process by SIGPIPE, as it ends lua5.4's: tide ignores
+ * quit) ends the process by SIGPIPE, as it ends lua5.4's: tide catches
  * SIGPIPE for its sockets and pipes, so without this a script writing in
  * a loop would go on forever, every write failing unseen. */
 static void die_if_epipe(int err) {

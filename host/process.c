@@ -39,8 +39,8 @@
  *   waiting task counts as pending I/O for the virtual clock.
  * Loading the module calls uv_disable_stdio_inheritance() once, so
  * descriptors tide inherited do not leak into children (fds 0-2 excepted:
- * os.execute and io.popen hand them on), and ignores SIGPIPE
- * if nobody handles it (the tide binary does already; plain lua5.4 not).
+ * os.execute and io.popen hand them on); SIGPIPE is tide_open's (a
+ * write to a closed pipe fails with EPIPE).
  *
  * Errors: a failed spawn and a failed kill are kind "process", with `code`
  * (the errno name, "ENOENT") and `program`, and `path` = cwd when cwd is

@@ -225,14 +225,26 @@ static tide_runtime *make_rt(lua_State *L) {
   return rt;
 }
 
+static void on_sigpipe(int sig) {
+  (void)sig;
+}
+
 tide_runtime *tide_open(lua_State *L) {
   tide_runtime *rt = make_rt(L);
   struct sigaction sa;
   /* A write to a closed peer (socket, pipe) must be an EPIPE error, not the
    * end of the process: also under plain lua5.4 with tide.so. A handler
-   * the application installed stays. */
-  if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL)
-    signal(SIGPIPE, SIG_IGN);
+   * the application installed (or SIG_IGN) stays. Caught by a handler that
+   * does nothing rather than ignored: an ignored signal stays ignored
+   * across exec, and the children of os.execute and io.popen (`yes | head`,
+   * a pipeline with pipefail) must die of SIGPIPE as under lua5.4. */
+  if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_sigpipe;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGPIPE, &sa, NULL);
+  }
   luaL_requiref(L, "tide.core", luaopen_tide_core, 0);
   lua_pop(L, 1);
   return rt;

@@ -102,6 +102,19 @@ describe("tide command", function()
     assert.equals("y\nrc=141\n", out)
   end)
 
+  it("the children of os.execute and io.popen die of SIGPIPE, as under lua5.4 (not ignored)", function()
+    -- tide started as a shell starts it (SIGPIPE at its default), whatever this runner has
+    local out, err, rc = run([[
+      print(os.execute("bash -c 'set -o pipefail; yes | head -n 1 >/dev/null'"))
+      local f = io.popen("grep SigIgn /proc/self/status")
+      local ignored = tonumber(f:read("a"):match("SigIgn:%s*(%x+)"), 16)
+      f:close()
+      print(ignored & (1 << (13 - 1)) == 0) -- SIGPIPE is 13
+    ]], nil, "env --default-signal=PIPE")
+    assert.equals(0, rc, err)
+    assert.equals("nil\texit\t141\ntrue\n", out)
+  end)
+
   it("reads the script when its turn comes (a -e before it may write it) and -W applies in order", function()
     local dir = os.tmpname()
     os.remove(dir)
