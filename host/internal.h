@@ -177,6 +177,8 @@ struct tide_runtime {
   int cpending;          /* tasks started from C not yet done */
   int incb;              /* inside one of tide's loop callbacks */
   int in_callback;       /* running a Lua callback (limits apply) */
+  int unyieldable;       /* resumes running under a resumer that cannot
+                          * yield (coroutine.c): no park may happen */
 };
 
 /* runtime.c */
@@ -254,6 +256,8 @@ tide_task *tide__current(lua_State *L);
 tide_task *tide__spawn(lua_State *L, tide_sched *s, int fidx, int nargs);
 void tide__enqueue(tide_sched *s, tide_task *t);
 void tide__limit_arm(lua_State *L);
+void tide__limit_child(lua_State *L, lua_State *co);
+void tide__limit_after(lua_State *L);
 void tide__abandon_all(tide_sched *s);
 void tide__abandon_pending(tide_sched *s); /* embed.c: suspended C calls */
 void tide__run_ready(tide_sched *s);
@@ -266,8 +270,11 @@ int tide__push_outcome(lua_State *L, tide_task *t, int ud, int *n);
 void tide__push_trace(lua_State *L, tide_task *t, int ud);
 void tide__task_line(lua_State *L, tide_task *t);
 int tide__open_task(lua_State *L);
+/* coroutine.c: coroutine.resume and wrap passing parks up */
+int tide__open_coroutine(lua_State *L);
 void *tide__sentinel(void);
 int tide__is_lua_main(lua_State *L); /* L plays Lua's main thread */
+lua_State *tide__lua_main_co(lua_State *L);
 void tide__call_soon_on(lua_State *L, tide_sched *s, int nargs);
 
 /* waitlist.c: a FIFO of parked tasks (see the file) */

@@ -218,19 +218,22 @@ static void install_pipe_checks(lua_State *L) {
 }
 
 /* os.exit(code, true), as lua5.4's: there lua_close closes the main
- * chunk's pending <close> variables, which live on the main thread. Here
- * the main chunk is a task's coroutine, so that coroutine is reset (its
+ * chunk's pending <close> variables, which live on the main thread, from
+ * wherever it is called (a coroutine, or here another task). Here the
+ * main chunk is a task's coroutine, so that coroutine is reset (its
  * <close> handlers run, innermost first) before the library's os.exit
- * (upvalue 1) closes the state. */
+ * (upvalue 1) closes the state. Nothing of the coroutines on the way
+ * (this one, the main one) runs after: the process ends. */
 static int l_exit(lua_State *L) {
-  if (lua_toboolean(L, 2) && tide__is_lua_main(L)) {
+  lua_State *main_co = lua_toboolean(L, 2) ? tide__lua_main_co(L) : NULL;
+  if (main_co != NULL) {
     lua_State *M;
     int status = lua_isboolean(L, 1) ? (lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE)
                                      : (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
     lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
     M = lua_tothread(L, -1);
     lua_pop(L, 1);
-    lua_resetthread(L); /* this very coroutine: nothing of it runs after */
+    lua_resetthread(main_co);
     lua_close(M);
     exit(status);
   }

@@ -95,6 +95,7 @@ int luaopen_tide_core(lua_State *L) {
   tide__open_err(L);
   tide__open_timer(L);
   tide__open_task(L);
+  tide__open_coroutine(L);
   tide__open_waitlist(L);
   tide__open_queue(L);
   luaL_setfuncs(L, loop_funcs, 0);

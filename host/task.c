@@ -125,7 +125,7 @@ tide_task *tide__current(lua_State *L) {
   if (rt->current->state != TS_RUNNING)
     tide__raise_at_user(L, "the task is not running here (a coroutine of a "
                            "task resumed outside it?)");
-  if (!lua_isyieldable(L))
+  if (!lua_isyieldable(L) || rt->unyieldable)
     tide__raise_at_user(L, "cannot suspend the task here: a C function "
                            "without continuation is on the stack (a "
                            "metamethod such as __tostring or __gc, a "
@@ -827,38 +827,29 @@ static void limit_hook(lua_State *L, lua_Debug *ar) {
     limit_raise(L);
 }
 
-/* core.limit_arm(co): called by coroutine.resume (tide.coroutine) before
- * it resumes co in a runtime with an instruction limit: charges the resume
- * LIMIT_CHILD_QUANTUM, then counts co's instructions from zero in steps of
- * that size, so whatever co runs is counted, at most one step too much. */
-static int l_limit_arm(lua_State *L) {
+/* Before coroutine.resume (coroutine.c) resumes co in a runtime with an
+ * instruction limit: charges the resume LIMIT_CHILD_QUANTUM, then counts
+ * co's instructions from zero in steps of that size, so whatever co runs
+ * is counted, at most one step too much. */
+void tide__limit_child(lua_State *L, lua_State *co) {
   tide_runtime *rt = tide__rt(L);
-  lua_State *co = lua_tothread(L, 1);
-  if (rt->instruction_limit == 0 || co == NULL || co == L)
-    return 0;
+  if (rt->instruction_limit == 0 || co == L)
+    return;
   rt->limit_used += LIMIT_CHILD_QUANTUM;
   if (rt->limit_used >= rt->instruction_limit)
     limit_raise(L);
   lua_sethook(co, limit_hook, LUA_MASKCOUNT,
               lua_gethookcount(co) == 1 ? 1 : LIMIT_CHILD_QUANTUM);
-  return 0;
 }
 
-/* core.limited() -> whether the runtime has an instruction limit */
-static int l_limited(lua_State *L) {
-  lua_pushboolean(L, tide__rt(L)->instruction_limit != 0);
-  return 1;
-}
-
-/* core.limit_check(): called by coroutine.resume (tide.coroutine) as a
- * resume returns: past the step's budget the resumer fails too, and so on
- * up to the task (a coroutine that failed of it would else be resumed
- * again by a loop, each new one counting a while before it fails). */
-static int l_limit_check(lua_State *L) {
+/* As that resume returns: past the step's budget the resumer fails too,
+ * and so on up to the task (a coroutine that failed of it would else be
+ * resumed again by a loop, each new one counting a while before it
+ * fails). */
+void tide__limit_after(lua_State *L) {
   tide_runtime *rt = tide__rt(L);
   if (rt->instruction_limit && rt->limit_used >= rt->instruction_limit)
     limit_raise(L);
-  return 0;
 }
 
 /* Starts a step's count on L (a task's coroutine, or a callback's state). */
@@ -1835,6 +1826,17 @@ int tide__is_lua_main(lua_State *L) {
   return rt->lua_main != 0 && t != NULL && t->id == rt->lua_main && t->co == L;
 }
 
+/* The coroutine of the task that plays Lua's main thread (a run's main
+ * task), while it is not done; NULL otherwise. */
+lua_State *tide__lua_main_co(lua_State *L) {
+  tide_runtime *rt = tide__rt(L);
+  tide_sched *s;
+  for (s = rt->sched; rt->lua_main && s; s = s->outer)
+    if (s->main && s->main->id == rt->lua_main && s->main->state != TS_DONE)
+      return s->main->co;
+  return NULL;
+}
+
 /* core.set_lua_main(): the running task plays Lua's main thread */
 static int l_set_lua_main(lua_State *L) {
   tide_runtime *rt = tide__rt(L);
@@ -1852,7 +1854,7 @@ static int l_running(lua_State *L) {
 /* coroutine.isyieldable([co]), likewise */
 static int l_isyieldable(lua_State *L) {
   lua_State *co = lua_isnone(L, 1) ? L : lua_tothread(L, 1);
-  luaL_argexpected(L, co != NULL, 1, "coroutine");
+  luaL_argexpected(L, co != NULL, 1, "thread");
   lua_pushboolean(L, lua_isyieldable(co) && !tide__is_lua_main(co));
   return 1;
 }
@@ -1864,8 +1866,7 @@ static const luaL_Reg task_funcs[] = {
   {"all_tasks", l_all_tasks}, {"park", l_park}, {"wake", l_wake},
   {"uncancel", l_uncancel}, {"other_cancel", l_other_cancel}, {"istask", l_istask},
   {"gather_wait", l_gather_wait},
-  {"task_info", l_task_info}, {"limited", l_limited}, {"limit_check", l_limit_check},
-  {"limit_arm", l_limit_arm},
+  {"task_info", l_task_info},
   {NULL, NULL}};
 
 /* [-1, +1, m] Adds the task functions to the module table on top. */

@@ -86,6 +86,27 @@ describe("tide command", function()
     ]])
   end)
 
+  it("os.exit(code, true) in a coroutine closes the main chunk's <close> variables too, as lua5.4", function()
+    same_as_lua54([[
+      local x <close> = setmetatable({}, { __close = function() print("closed x") end })
+      coroutine.wrap(function()
+        local y <close> = setmetatable({}, { __close = function() print("not closed: not main") end })
+        os.exit(4, true)
+      end)()
+    ]])
+  end)
+
+  it("os.exit(code, true) in another task closes the main chunk's <close> variables", function()
+    local out, err, rc = run([[
+      local tide = require "tide"
+      local x <close> = setmetatable({}, { __close = function() print("closed x") end })
+      tide.spawn(function() os.exit(6, true) end)
+      tide.sleep(10)
+    ]])
+    assert.equals(6, rc, err)
+    assert.equals("closed x\n", out)
+  end)
+
   it("runs the collector in generational mode, as lua5.4 does", function()
     same_as_lua54([[print(collectgarbage("incremental"), collectgarbage("generational"))]])
   end)

@@ -1335,6 +1335,59 @@ describe("user coroutines", function()
     assert.is_false(ok)
     assert.matches("tide_spec.lua:%d+: in gen", e)
   end)
+
+  it("coroutine.wrap closes a failed coroutine's <close> variables and raises what the last of them raised (Lua's own test)", function()
+    local function closing(f) return setmetatable({}, { __close = f }) end
+    local seen
+    local co = coroutine.wrap(function()
+      local a <close> = closing(function(_, e) seen = e; error("@YYY", 0) end)
+      local b <close> = closing(function() error("@XXX", 0) end)
+      coroutine.yield(100)
+      error(200)
+    end)
+    assert.equals(100, co())
+    local ok, e = pcall(co)
+    assert.is_false(ok)
+    assert.equals("@XXX", seen)
+    assert.equals("@YYY", e)
+  end)
+
+  it("coroutine.resume and coroutine.wrap are C functions with lua5.4's argument errors", function()
+    assert.equals("C", debug.getinfo(coroutine.resume, "S").what)
+    assert.equals("C", debug.getinfo(coroutine.wrap(print), "S").what)
+    assert.same({ false, "bad argument #1 to 'coroutine.resume' (thread expected, got number)" },
+      { pcall(coroutine.resume, 1) })
+    assert.same({ false, "bad argument #1 to 'coroutine.wrap' (function expected, got no value)" },
+      { pcall(coroutine.wrap) })
+    assert.same({ false, "bad argument #1 to 'coroutine.isyieldable' (thread expected, got number)" },
+      { pcall(coroutine.isyieldable, 1) })
+  end)
+
+  it("a coroutine.wrap error called in tail position still names the caller's line", function()
+    local g = coroutine.wrap(function() error("deep") end)
+    local function h() return g() end
+    local ok, e = pcall(h)
+    assert.is_false(ok)
+    assert.matches("^[^:]*tide_spec.lua:%d+: [^:]*tide_spec.lua:%d+: deep$", e)
+  end)
+
+  it("a generator suspending under a C function fails there, and the task carries on", function()
+    local g = coroutine.wrap(function() tide.sleep(0.001); return "slept" end)
+    local ok, e = pcall(string.gsub, "a", "a", function() g() end)
+    assert.is_false(ok)
+    assert.matches("cannot suspend the task here", e)
+    assert.is_nil(tide.sleep(0.001)) -- the task still suspends
+    local h = coroutine.wrap(function() return tide.sleep(0.001, "fine") end)
+    assert.equals("fine", h())
+  end)
+
+  it("another task cannot resume a coroutine waiting inside a tide call", function()
+    local co = coroutine.create(function() return tide.sleep(0.05, "slept") end)
+    local a = tide.spawn(function() return coroutine.resume(co) end)
+    tide.sleep(0.01)
+    assert.same({ false, "cannot resume non-suspended coroutine" }, { coroutine.resume(co, "intruder") })
+    assert.same({ true, "slept" }, { a:await() })
+  end)
 end)
 
 describe("require", function()
