@@ -9,13 +9,20 @@
  *
  * Two guards keep that chain whole:
  * - a coroutine waiting that way is "passing" (a weak set in the
- *   registry): another task resuming it gets Lua's "cannot resume
- *   non-suspended coroutine", not the park's values;
+ *   registry), and so is a task's own coroutine while the task waits
+ *   (marked when coroutine.running hands it out, the one way to get it):
+ *   like a coroutine that resumed another, they are "normal" to
+ *   coroutine.status, and resume and close refuse them, as Lua refuses a
+ *   normal coroutine (another task resuming one would get the park's
+ *   values);
  * - a resume made where the resumer cannot yield (under a string.gsub
  *   callback, say) counts in rt->unyieldable while it runs: a park below
  *   it fails at once (tide__current), as a park made there directly does,
- *   rather than parking a task whose yield can never reach the loop.
+ *   rather than parking a task whose yield can never reach the loop (a
+ *   nested tide.run starts its count from 0: its loop is its own).
  */
+#include <string.h>
+
 #include "internal.h"
 
 static char passing_key;
@@ -36,13 +43,28 @@ static void set_passing(lua_State *L, int idx, int on) {
   lua_pop(L, 1);
 }
 
-static int is_passing(lua_State *L, int idx) {
+/* Whether co (at idx) waits in a tide call: passing, or a task's own
+ * coroutine parked (see tide__co_own). */
+static int waits(lua_State *L, lua_State *co, int idx) {
   int on;
+  if (co == L || lua_status(co) != LUA_YIELD)
+    return 0;
   lua_rawgetp(L, LUA_REGISTRYINDEX, &passing_key);
   lua_pushvalue(L, idx);
   on = lua_rawget(L, -2) != LUA_TNIL;
   lua_pop(L, 2);
   return on;
+}
+
+/* L is a task's own coroutine, handed to Lua code (coroutine.running):
+ * marked for good, as it yields only to the scheduler. A pooled coroutine
+ * that runs another task later is a task's coroutine still. */
+void tide__co_own(lua_State *L) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &passing_key);
+  lua_pushthread(L);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
 }
 
 static int resume_k(lua_State *L, int status, lua_KContext wrap);
@@ -76,7 +98,7 @@ static int step(lua_State *L, int base, int wrap) {
   tide_runtime *rt = tide__rt(L);
   lua_State *co = lua_tothread(L, CO_INDEX(wrap));
   int narg = lua_gettop(L) - base, status, nres, blocked;
-  if (lua_status(co) == LUA_YIELD && is_passing(L, CO_INDEX(wrap))) {
+  if (waits(L, co, CO_INDEX(wrap))) {
     lua_pushliteral(L, "cannot resume non-suspended coroutine");
     return finish(L, co, -1, wrap);
   }
@@ -139,10 +161,54 @@ static int co_wrap(lua_State *L) {
   return 1;
 }
 
-static const luaL_Reg funcs[] = {
-  {"co_resume", co_resume}, {"co_wrap", co_wrap}, {NULL, NULL}};
+/* lcorolib's status of co (argument 1), a waiting one being "normal". */
+static const char *status_of(lua_State *L, lua_State *co) {
+  lua_Debug ar;
+  if (co == L)
+    return "running";
+  switch (lua_status(co)) {
+    case LUA_YIELD:
+      return waits(L, co, 1) ? "normal" : "suspended";
+    case LUA_OK:
+      if (lua_getstack(co, 0, &ar)) /* it resumed another */
+        return "normal";
+      return lua_gettop(co) == 0 ? "dead" : "suspended"; /* not started */
+    default: /* it failed */
+      return "dead";
+  }
+}
 
-/* [-0, +0, m] Adds co_resume and co_wrap to the module table on top. */
+/* coroutine.status(co) */
+static int co_status(lua_State *L) {
+  lua_State *co = lua_tothread(L, 1);
+  luaL_argexpected(L, co != NULL, 1, "thread");
+  lua_pushstring(L, status_of(L, co));
+  return 1;
+}
+
+/* coroutine.close(co) */
+static int co_close(lua_State *L) {
+  lua_State *co = lua_tothread(L, 1);
+  const char *st;
+  luaL_argexpected(L, co != NULL, 1, "thread");
+  st = status_of(L, co);
+  if (strcmp(st, "dead") != 0 && strcmp(st, "suspended") != 0)
+    return luaL_error(L, "cannot close a %s coroutine", st);
+  if (lua_resetthread(co) == LUA_OK) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lua_pushboolean(L, 0);
+  lua_xmove(co, L, 1); /* its error */
+  return 2;
+}
+
+static const luaL_Reg funcs[] = {
+  {"co_resume", co_resume}, {"co_wrap", co_wrap}, {"co_status", co_status},
+  {"co_close", co_close}, {NULL, NULL}};
+
+/* [-0, +0, m] Adds co_resume, co_wrap, co_status and co_close to the
+ * module table on top. */
 int tide__open_coroutine(lua_State *L) {
   lua_newtable(L); /* the passing set: weak keys */
   lua_newtable(L);

@@ -272,6 +272,7 @@ void tide__task_line(lua_State *L, tide_task *t);
 int tide__open_task(lua_State *L);
 /* coroutine.c: coroutine.resume and wrap passing parks up */
 int tide__open_coroutine(lua_State *L);
+void tide__co_own(lua_State *L);
 void *tide__sentinel(void);
 int tide__is_lua_main(lua_State *L); /* L plays Lua's main thread */
 lua_State *tide__lua_main_co(lua_State *L);

@@ -532,13 +532,14 @@ static tide_task *run_main(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
                            int virtual_clock, int nargs) {
   tide_sched *s;
   tide_task *main, *saved = rt->current;
-  int fidx = lua_gettop(L) - nargs, tries;
+  int fidx = lua_gettop(L) - nargs, tries, unyieldable = rt->unyieldable;
   s = tide__sched_new(L, rt, loop, virtual_clock, 1);
   if (s == NULL)
     lua_error(L);
   s->outer = rt->sched;
   rt->sched = s;
   rt->current = NULL;
+  rt->unyieldable = 0; /* the run's tasks park to its own loop */
   main = tide__spawn(L, s, fidx, nargs);
   s->main = main;
   lua_getfield(L, LUA_REGISTRYINDEX, "tide.names");
@@ -582,6 +583,7 @@ static tide_task *run_main(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
   tide__abandon_all(s);
   rt->sched = s->outer;
   rt->current = saved;
+  rt->unyieldable = unyieldable;
   if (tide__sched_close(s) != 0)
     fprintf(stderr, "tide: warning: the loop still had open handles\n");
   return main;

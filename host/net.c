@@ -648,12 +648,18 @@ typedef struct shut_req {
   uv_shutdown_t req;
   tide_task *t; /* NULL once the task stopped waiting */
   int status;
+  int fired;    /* the callback ran */
 } shut_req;
 
+/* Whoever of the callback and the task comes last frees the request: the
+ * callback sets fired; a task that stopped waiting sets t to NULL. (A
+ * cancel's "woken" cannot tell: the callback may run after the cancel,
+ * in the same turn, when its wake comes too late to count.) */
 static void on_uv_shutdown(uv_shutdown_t *req, int status) {
   shut_req *r = (shut_req *)req;
+  r->fired = 1;
+  r->status = status;
   if (r->t) {
-    r->status = status;
     lua_pushboolean(r->t->s->L, 1);
     tide__wake(r->t->s->L, r->t, 1);
   } else {
@@ -666,8 +672,8 @@ static int write_eof_k(lua_State *L, int status, lua_KContext ctx) {
   int rc = r->status;
   (void)status;
   if (!lua_toboolean(L, 2)) {
-    if (lua_toboolean(L, 4))
-      free(r); /* its callback ran already */
+    if (r->fired)
+      free(r);
     else
       r->t = NULL; /* the callback, still to come, frees it */
     lua_pushvalue(L, 3);

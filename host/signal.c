@@ -85,7 +85,7 @@ static int bad_arg(lua_State *L, const char *msg) {
 }
 
 /* "SIGUSR1", "USR1", "usr1", or a number of one of those or of a real-time
- * signal. Not SIGPIPE (tide ignores it: writes fail with EPIPE instead),
+ * signal. Not SIGPIPE (tide's own: writes fail with EPIPE instead),
  * nor SIGKILL/SIGSTOP or the fault signals, which cannot be waited for. */
 static int check_signum(lua_State *L, int idx) {
   size_t i;
@@ -110,7 +110,7 @@ static int check_signum(lua_State *L, int idx) {
         strcasecmp(s, "SIGSTOP") == 0 || strcasecmp(s, "STOP") == 0 ||
         strcasecmp(s, "SIGPIPE") == 0 || strcasecmp(s, "PIPE") == 0) {
       lua_pushfstring(L, "%s cannot be waited for (SIGKILL and SIGSTOP cannot "
-                         "be caught; tide ignores SIGPIPE: writes fail with "
+                         "be caught; SIGPIPE is tide's: writes fail with "
                          "EPIPE instead)", s);
       return bad_arg(L, lua_tostring(L, -1));
     }

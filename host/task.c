@@ -1846,7 +1846,11 @@ static int l_set_lua_main(lua_State *L) {
 
 /* coroutine.running(), as Lua's but for the task that plays the main thread */
 static int l_running(lua_State *L) {
-  int ismain = lua_pushthread(L);
+  tide_runtime *rt = tide__rt(L);
+  int ismain;
+  if (rt->current && rt->current->co == L)
+    tide__co_own(L); /* no other task may resume it (coroutine.c) */
+  ismain = lua_pushthread(L);
   lua_pushboolean(L, ismain || tide__is_lua_main(L));
   return 2;
 }
