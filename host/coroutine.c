@@ -210,12 +210,8 @@ static const luaL_Reg funcs[] = {
 /* [-0, +0, m] Adds co_resume, co_wrap, co_status and co_close to the
  * module table on top. */
 int tide__open_coroutine(lua_State *L) {
-  lua_newtable(L); /* the passing set: weak keys */
-  lua_newtable(L);
-  lua_pushliteral(L, "k");
-  lua_setfield(L, -2, "__mode");
-  lua_setmetatable(L, -2);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &passing_key);
+  tide__registry_weak(L, &passing_key, "k"); /* the passing set */
+  lua_pop(L, 1);
   luaL_setfuncs(L, funcs, 0);
   return 0;
 }

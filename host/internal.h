@@ -211,7 +211,7 @@ void tide__new_type(lua_State *L, const char *name, const luaL_Reg *methods,
                     lua_CFunction gc, lua_CFunction close,
                     lua_CFunction tostring);
 void tide__report(lua_State *L, const char *what, int idx);
-int tide__call_protected(lua_State *L, int nargs, const char *what);
+int tide__call_protected(lua_State *L, int nargs, const char *what, int user);
 
 /* err.c */
 void tide__err_push(lua_State *L, const char *kind, const char *fmt, ...);
@@ -249,6 +249,7 @@ int tide__open_timer(lua_State *L);
 /* require.c */
 void tide__install_require(lua_State *L);
 void tide__registry_table(lua_State *L, const void *key); /* runtime.c */
+void tide__registry_weak(lua_State *L, const void *key, const char *mode);
 
 /* task.c */
 tide_task *tide__check_task(lua_State *L, int idx);

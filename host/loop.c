@@ -224,7 +224,7 @@ static void on_uv_sigusr1(uv_signal_t *h, int signum) {
   if (script_handles(h, signum))
     return;
   lua_pushcfunction(s->L, tide__dump_tasks);
-  tide__call_protected(s->L, 0, "dump_tasks");
+  tide__call_protected(s->L, 0, "dump_tasks", 1);
 }
 
 /* SIGTERM's watcher is not in tide_sched: it hangs on the run's closers,
@@ -521,7 +521,7 @@ static void list_pending(tide_sched *s, const char *when) {
   if (s->ntasks > 0) {
     fprintf(stderr, "tide: %d task(s) still pending %s:\n", s->ntasks, when);
     lua_pushcfunction(s->L, tide__dump_tasks);
-    tide__call_protected(s->L, 0, "dump_tasks");
+    tide__call_protected(s->L, 0, "dump_tasks", 1);
   }
 }
 

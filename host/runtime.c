@@ -55,8 +55,9 @@ static int msgh(lua_State *L) {
 
 /* [-(nargs+1), +0, -] Calls the function below nargs arguments in
  * protected mode; an error is reported with its traceback and dropped.
+ * user: the script's code, under its limits (else the runtime's own).
  * Returns the pcall status. */
-int tide__call_protected(lua_State *L, int nargs, const char *what) {
+int tide__call_protected(lua_State *L, int nargs, const char *what, int user) {
   tide_runtime *rt = tide__rt(L);
   int base = lua_gettop(L) - nargs, st;
   lua_Hook hook = lua_gethook(L);
@@ -65,13 +66,13 @@ int tide__call_protected(lua_State *L, int nargs, const char *what) {
   lua_pushcfunction(L, msgh);
   lua_insert(L, base);
   /* callbacks are user code too: the runtime's limits apply to them */
-  rt->in_callback++;
-  if (rt->instruction_limit)
+  rt->in_callback += user;
+  if (rt->instruction_limit && user)
     tide__limit_arm(L);
   st = lua_pcall(L, nargs, 0, base);
-  if (rt->instruction_limit)
+  if (rt->instruction_limit && user)
     lua_sethook(L, hook, mask, count);
-  rt->in_callback--;
+  rt->in_callback -= user;
   if (st != LUA_OK) {
     fprintf(stderr, "tide: error in %s: %s\n", what,
             lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
@@ -108,9 +109,22 @@ int luaopen_tide_core(lua_State *L) {
 /* [-0, +1, m] Pushes the table the registry holds at key, made on first
  * use. */
 void tide__registry_table(lua_State *L, const void *key) {
+  tide__registry_weak(L, key, NULL);
+}
+
+/* [-0, +1, m] Likewise, a table made with weak mode (as __mode: "k", "v",
+ * "kv"; NULL: strong). A module opened again in the state (tide.core is,
+ * by the command and by require) keeps the table it had. */
+void tide__registry_weak(lua_State *L, const void *key, const char *mode) {
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, key) != LUA_TTABLE) {
     lua_pop(L, 1);
     lua_newtable(L);
+    if (mode) {
+      lua_createtable(L, 0, 1);
+      lua_pushstring(L, mode);
+      lua_setfield(L, -2, "__mode");
+      lua_setmetatable(L, -2);
+    }
     lua_pushvalue(L, -1);
     lua_rawsetp(L, LUA_REGISTRYINDEX, key);
   }

@@ -263,6 +263,35 @@ static void handle_unanchor(tide_sched *s, tide_handle *h) {
   }
 }
 
+/* Functions of tide's own (wakers, done callbacks of gathers and task
+ * groups, deadlines), marked by core.runtime_callback: called as the
+ * runtime's work, outside the script's memory and instruction limits. A
+ * script over its memory cap must still be woken from its wait; a failed
+ * allocation there lost the wake for good. (Weak keys.) */
+static char runtime_key;
+
+static int is_runtime(lua_State *L, int idx) {
+  int yes;
+  idx = lua_absindex(L, idx);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &runtime_key);
+  lua_pushvalue(L, idx);
+  yes = lua_rawget(L, -2) != LUA_TNIL;
+  lua_pop(L, 2);
+  return yes;
+}
+
+/* core.runtime_callback(fn) -> fn, marked (see runtime_key) */
+static int l_runtime_callback(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &runtime_key);
+  lua_pushvalue(L, 1);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  return 1;
+}
+
 static void handle_fire(tide_sched *s, tide_handle *h) {
   lua_State *L = s->L;
   int n, i, cb, ref = h->ref;
@@ -278,7 +307,7 @@ static void handle_fire(tide_sched *s, tide_handle *h) {
   luaL_checkstack(L, n + 4, "too many callback arguments");
   for (i = 1; i <= n + 1; i++)
     lua_rawgeti(L, cb, i);
-  tide__call_protected(L, n, "callback");
+  tide__call_protected(L, n, "callback", !is_runtime(L, -(n + 1)));
   lua_pop(L, 3);
 }
 
@@ -379,7 +408,8 @@ static const luaL_Reg handle_methods[] = {
 
 static const luaL_Reg timer_funcs[] = {
   {"sleep", l_sleep}, {"yield", l_yield}, {"time", l_time}, {"call_soon", l_call_soon},
-  {"call_later", l_call_later}, {NULL, NULL}};
+  {"call_later", l_call_later}, {"runtime_callback", l_runtime_callback},
+  {NULL, NULL}};
 
 /* [-1, +1, m] Adds the timer functions to the table on top. */
 int tide__open_timer(lua_State *L) {
@@ -389,6 +419,8 @@ int tide__open_timer(lua_State *L) {
     lua_pushcfunction(L, h_tostring);
     lua_setfield(L, -2, "__tostring");
   }
+  lua_pop(L, 1);
+  tide__registry_weak(L, &runtime_key, "k");
   lua_pop(L, 1);
   luaL_setfuncs(L, timer_funcs, 0);
   return 1;

@@ -14,6 +14,11 @@ for _, name in ipairs { "run", "spawn", "sleep", "time", "call_soon",
 end
 
 local spawn, park, wake = core.spawn, core.park, core.wake
+-- tide's own callbacks (wakers, deadlines) run as the runtime's work, not
+-- under an embedded script's memory and instruction limits: a wait must
+-- end even when the script is out of memory (host/timer.c)
+local runtime = core.runtime_callback
+runtime(wake)
 local istask, call_later, current_task = core.istask, core.call_later, core.current_task
 local gather_wait = core.gather_wait
 local terror, iserror = core.error, core.iserror
@@ -73,9 +78,9 @@ end
 -- whether to wake.
 local function waker(self, fn)
   local armed = true
-  return function(t)
+  return runtime(function(t)
     if armed and (fn == nil or fn(t)) then wake(self) end
-  end, function() armed = false end
+  end), function() armed = false end
 end
 
 -- tasks without the repeats (asyncio's wait and as_completed take a set)
@@ -219,22 +224,22 @@ function M.as_completed(tasks, timeout)
   n = #tasks
   local finished, head, tail, remaining, waiter, expired = {}, 1, 0, n, nil, false
   local closed = false
-  local function on_done(t)
+  local on_done = runtime(function(t)
     if expired then return end
     tail = tail + 1
     finished[tail] = t
     if waiter then wake(waiter) end
-  end
+  end)
   local function unhook()
     expired = true
     for i = 1, n do tasks[i]:remove_done_callback(on_done) end
   end
   -- As asyncio's: the deadline runs from this call, whether or not the
   -- loop is waiting; tasks finishing after it are not yielded.
-  local h = timeout and remaining > 0 and call_later(timeout, function()
+  local h = timeout and remaining > 0 and call_later(timeout, runtime(function()
     unhook()
     if waiter then wake(waiter) end
-  end)
+  end))
   for i = 1, n do
     if tasks[i]:done() then
       tail = tail + 1
@@ -342,11 +347,11 @@ function M.task_group(body, ...)
   local g = setmetatable({ tasks = {}, errors = { n = 0 }, _remaining = 0,
     _parent = parent, _body_running = true }, Group)
   g._token = terror("cancelled", "task group aborted: a child failed")
-  g._on_done = function(t)
+  g._on_done = runtime(function(t)
     g._remaining = g._remaining - 1
     if t:failed() then g:_failed(t:error()) end
     if g._remaining == 0 and g._waiting then wake(parent) end
-  end
+  end)
   local r = pack(pcall(body, g, ...))
   g._body_running = false
   core.uncancel(parent, g._token)
@@ -399,10 +404,10 @@ function M.timeout(seconds, fn, ...)
   local before = core.other_cancel(self)
   local token = terror("cancelled", ("deadline of %g s reached"):format(seconds))
   local expired = false
-  local h = call_later(seconds, function()
+  local h = call_later(seconds, runtime(function()
     expired = true
     self:cancel(token)
-  end)
+  end))
   local r = pack(pcall(fn, ...))
   h:cancel()
   local other

@@ -445,6 +445,44 @@ static void test_memory_limit(void) {
   tide_runtime_close(rt);
 }
 
+/* A task waiting on one that ran out of memory is woken while the memory
+ * is still full: tide's own done callbacks and deadlines run outside the
+ * cap (one that failed to allocate lost the wake, and the wait hung). */
+static void test_memory_limit_waiters(void) {
+  static const char *const waits[][2] = {
+    {"tide.task_group, function(g) g:spawn(eat) end", "false,not enough memory"},
+    {"tide.shield, eat", "false,not enough memory"},
+    {"function() local done = tide.wait({tide.spawn(eat)}) return #done end", "true,1"},
+    {"tide.wait_for, eat, 5", "false,not enough memory"}};
+  size_t i;
+  for (i = 0; i < sizeof waits / sizeof waits[0]; i++) {
+    env e;
+    tide_options opts;
+    tide_runtime *rt;
+    result r = {0};
+    char code[1024], name[200];
+    memset(&opts, 0, sizeof opts);
+    opts.memory_limit = 2 << 20;
+    rt = new_rt(&opts, &e);
+    snprintf(code, sizeof code,
+             "local tide = require('tide')\n"
+             "hog = {}\n"
+             "tide.spawn(function() tide.sleep(0.1) hog = nil collectgarbage() end)\n"
+             "local function eat() tide.sleep(0.01) while true do hog[#hog + 1] = {} end end\n"
+             "local ok, e = pcall(%s)\n"
+             "tide.sleep(0.2)\n"
+             "return ok, ok and e or tostring(e):match('not enough memory')",
+             waits[i][0]);
+    spawn_code(rt, code, &r);
+    tide_loop_run(rt, UV_RUN_DEFAULT);
+    snprintf(name, sizeof name,
+             "memory_limit: pcall(%s) returns once the child ran out of memory",
+             waits[i][0]);
+    check(r.called == 1 && strcmp(r.text, waits[i][1]) == 0, name, r.text);
+    tide_runtime_close(rt);
+  }
+}
+
 static void test_instruction_limit(void) {
   env e;
   tide_options opts;
@@ -1148,6 +1186,7 @@ int main(void) {
   test_two_runtimes();
   test_two_runtimes_one_loop();
   test_memory_limit();
+  test_memory_limit_waiters();
   test_instruction_limit();
   test_sandbox();
   test_sandbox_dofile();
