@@ -80,6 +80,7 @@ typedef struct proc {
 struct proc_box {
   proc *p; /* NULL once closed or collected */
   int pid;
+  int killed; /* close() killed the running child */
 };
 
 /* ---- signals --------------------------------------------------------- */
@@ -223,8 +224,9 @@ static void on_run_end(tide_closer *c) {
 }
 
 /* The box lets go of its child (close or collection): a running child is
- * killed (reaped by its exit callback); waiters are woken to find it
- * closed. */
+ * killed (reaped by its exit callback); tasks in wait() are woken to
+ * return that end (nil, "SIGKILL"), as asyncio's wait() returns -9 after
+ * its transport killed the child. */
 static void proc_release(proc_box *b) {
   proc *p = b->p;
   if (p == NULL)
@@ -233,6 +235,7 @@ static void proc_release(proc_box *b) {
   p->box = NULL;
   if (p->running) {
     uv_process_kill(&p->h, SIGKILL);
+    b->killed = 1;
     wake_waiters(p);
   }
   if (p->closed)
@@ -272,6 +275,11 @@ static int wait_k(lua_State *L, int status, lua_KContext ctx) {
     }
     lua_pushvalue(L, 3);
     return lua_error(L);
+  }
+  if (((proc_box *)lua_touserdata(L, 1))->killed) { /* closed meanwhile */
+    lua_pushnil(L);
+    push_signal(L, SIGKILL);
+    return 2;
   }
   return push_exit(L, check_proc(L, 1));
 }
@@ -518,6 +526,7 @@ static void start(lua_State *L, int run) {
   b = lua_newuserdatauv(L, sizeof(*b), 4); /* 7 */
   b->p = NULL;
   b->pid = 0;
+  b->killed = 0;
   luaL_setmetatable(L, PROCESS_MT);
   base = lua_gettop(L);
   lua_pushstring(L, args[0]);
