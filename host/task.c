@@ -1604,9 +1604,10 @@ static void push_slot(lua_State *L, tide_task *t, int ud) {
   if (t->flags & (TF_FAILED | TF_CANCELLED)) {
     t->flags |= TF_RETRIEVED;
     tide__push_error(L, t, ud);
-    if (!tide__iserror(L, -1)) {
+    if (!tide__iserror(L, -1)) { /* wrapped, the message made safely */
       int v = lua_gettop(L);
-      tide__err_push(L, "error", "%s", luaL_tolstring(L, v, NULL));
+      push_message(L, v);
+      tide__err_push(L, "error", "%s", lua_tostring(L, -1));
       lua_remove(L, -2);
       lua_pushvalue(L, v);
       lua_setfield(L, -2, "value");
