@@ -56,8 +56,10 @@ typedef struct tide_options {
    * inside a task (it would hold the loop) is refused. */
   int sandbox;
   /* Bytes the Lua state may hold; 0 for no limit. An allocation over it made
-   * while a task runs fails as "not enough memory" in that task; the host
-   * and other tasks go on. */
+   * while a task (or a callback of the script's) runs fails as "not enough
+   * memory" there; the host and other tasks go on. tide's own work (waking
+   * a task whose wait ended, ending a gather or task group) is not under
+   * it, so a task waiting on one that ran out of memory still wakes. */
   size_t memory_limit;
   /* Lua instructions a task may run in one step (between two suspensions);
    * 0 for no limit. Past it the task fails with an error of kind "limit".
