@@ -35,7 +35,6 @@
 #define SESSION_MT "tide.HttpSession"
 #define XFER_MT "tide.HttpTransfer"
 #define HIGH_WATER (256 * 1024)
-#define POOL_MIN 128 /* easy handles kept at least; more while more run */
 
 typedef struct hmulti hmulti;
 typedef struct xfer xfer;
@@ -58,6 +57,7 @@ typedef struct hsock {
   int events;  /* what the poll handle polls for (UV_READABLE...) */
   int watched; /* curl watches it */
   int conn;    /* a connection's: closed through on_curl_closesocket */
+  int read;    /* curl read it: connected (see on_curl_socket) */
 } hsock;
 
 typedef struct hsession {
@@ -83,14 +83,13 @@ struct hmulti {
   int nsocks;
   xfer *xfers;     /* transfers that hold an easy handle of this multi */
   xfer *dirty;     /* transfers whose waiter may now go on */
-  CURL **pool;     /* easy handles kept for the next requests */
-  int npool, pool_cap;
   /* tide's default header lines, a list its plain requests share */
   struct curl_slist defaults[2];
   char accept_encoding[64];
 };
 
 enum { W_NONE, W_HEADERS, W_DONE, W_DATA };
+#define PREALLOC_MAX ((curl_off_t)64 << 20) /* see headers_done */
 enum {
   XF_ATTACHED = 1,   /* in the multi */
   XF_HDRS = 2,       /* the final response's headers are complete */
@@ -105,8 +104,7 @@ enum {
   XF_FOLLOW = 1024,
   XF_LOCATION = 2048, /* the response being read has a Location */
   XF_DIRTY = 4096,
-  XF_ABORTED = 8192, /* its response was closed before the end */
-  XF_SPECIAL = 16384 /* set options beyond easy_base's: reset before reuse */
+  XF_ABORTED = 8192 /* its response was closed before the end */
 };
 
 struct xfer {
@@ -317,15 +315,22 @@ static int on_curl_socket(CURL *e, curl_socket_t fd, int what, void *ud,
   if (m->dead)
     return what == CURL_POLL_REMOVE ? 0 : -1;
   if (what == CURL_POLL_REMOVE) {
-    if (k && k->conn)
-      k->watched = 0; /* polled on, until an event or curl closes it */
+    /* A connected socket curl keeps (a cached connection) is polled on
+     * until an event or curl closes it. Any other goes now: curl 7.88 may
+     * close a socket it never connected (an attempt given up, a transfer
+     * cancelled while connecting) without on_curl_closesocket (curl#11439),
+     * and libuv aborts on a polled fd that was closed. */
+    if (k && k->conn && k->read)
+      k->watched = 0;
     else if (k)
-      sock_close(m, fd); /* curl may close it without telling */
+      sock_close(m, fd);
     return 0;
   }
   if (k == NULL && (k = sock_new(m, fd)) == NULL)
     return -1;
   k->watched = 1;
+  if (what & CURL_POLL_IN)
+    k->read = 1;
   if (what & CURL_POLL_IN)
     events |= UV_READABLE;
   if (what & CURL_POLL_OUT)
@@ -420,49 +425,19 @@ static void easy_base(hmulti *m, CURL *e) {
   }
 }
 
-/* An easy handle for m's next transfer, with easy_base's options. */
-static CURL *pool_get(hmulti *m) {
-  CURL *e;
-  if (m->npool > 0)
-    return m->pool[--m->npool];
-  if ((e = curl_easy_init()) != NULL)
+/* An easy handle for m's next transfer, with easy_base's options: a new
+ * one every time. libcurl 7.88 keeps a pointer to the last response header
+ * it stored (state.prevhead) after freeing the headers when the handle's
+ * next transfer starts (fixed in 8.1.0, curl#11101), so a reused handle
+ * given a response whose first header line is folded (starts with a space)
+ * reads and reallocates freed memory: any server could crash tide. A new
+ * handle costs about a sixth of a keep-alive GET; connections are the
+ * multi's and are reused all the same. */
+static CURL *easy_new(hmulti *m) {
+  CURL *e = curl_easy_init();
+  if (e != NULL)
     easy_base(m, e);
   return e;
-}
-
-/* Keeps e for the next request; special: its transfer set more options
- * than easy_base and setup's own. While transfers run, the pool keeps as
- * many handles as ever ran at once (a burst of a thousand requests reuses
- * its handles round after round: making and freeing one costs as much as
- * a request); when none runs, POOL_MIN (a used handle holds about 20 KB). */
-static void pool_put(hmulti *m, CURL *e, int special) {
-  int keep;
-  if (m == NULL || m->dead) {
-    curl_easy_cleanup(e);
-    return;
-  }
-  keep = m->nattached > 0 && m->peak > POOL_MIN ? (int)m->peak : POOL_MIN;
-  while (m->npool >= keep) /* none runs: the burst is over */
-    curl_easy_cleanup(m->pool[--m->npool]);
-  if (m->npool == m->pool_cap) {
-    int cap = m->pool_cap ? m->pool_cap * 2 : POOL_MIN;
-    CURL **p = realloc(m->pool, (size_t)cap * sizeof(*p));
-    if (p == NULL) {
-      curl_easy_cleanup(e);
-      return;
-    }
-    m->pool = p;
-    m->pool_cap = cap;
-  }
-  if (special) {
-    /* curl_easy_reset forgets, without freeing, the COOKIEFILE list
-     * (7.88); NULL frees it (a shared jar is kept). */
-    if (m->sess && m->sess->share)
-      curl_easy_setopt(e, CURLOPT_COOKIEFILE, NULL);
-    curl_easy_reset(e);
-    easy_base(m, e);
-  }
-  m->pool[m->npool++] = e;
 }
 
 /* Ends x's hold on its easy handle (the response was taken, or it failed). */
@@ -478,7 +453,7 @@ static void xfer_release(xfer *x) {
       if (x->next)
         x->next->prev = x->prev;
     }
-    pool_put(m, x->easy, x->flags & XF_SPECIAL);
+    curl_easy_cleanup(x->easy);
     x->easy = NULL;
     x->m = NULL;
   }
@@ -529,11 +504,6 @@ static void hmulti_close(hmulti *m, lua_State *L) {
       wake(L, x);
     x->waiter = NULL;
   }
-  while (m->npool > 0)
-    curl_easy_cleanup(m->pool[--m->npool]);
-  free(m->pool);
-  m->pool = NULL;
-  m->pool_cap = 0;
   curl_multi_cleanup(m->multi);
   m->multi = NULL;
   for (i = 0; i < m->nsocks; i++)
@@ -628,12 +598,14 @@ static void headers_done(xfer *x) {
   x->flags |= XF_HDRS;
   curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &x->status);
   curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
-  if (!(x->flags & XF_STREAM) && cl > 0 &&
-      (x->max_body < 0 || cl <= x->max_body) && (size_t)cl > x->body.cap) {
-    char *p = realloc(x->body.p, (size_t)cl);
+  /* the body's room at once, as announced, but no more than PREALLOC_MAX
+   * on the word of a server (without max_body_size it may name any size) */
+  if (!(x->flags & XF_STREAM) && cl > 0 && (x->max_body < 0 || cl <= x->max_body)) {
+    size_t want = (size_t)(cl < PREALLOC_MAX ? cl : PREALLOC_MAX);
+    char *p = want > x->body.cap ? realloc(x->body.p, want) : NULL;
     if (p) {
       x->body.p = p;
-      x->body.cap = (size_t)cl;
+      x->body.cap = want;
     }
   }
   mark(x);
@@ -772,6 +744,8 @@ static const char *kind_of(const xfer *x) {
     return "invalid_url";
   case CURLE_WEIRD_SERVER_REPLY:
   case CURLE_BAD_CONTENT_ENCODING:
+  case CURLE_BAD_FUNCTION_ARGUMENT: /* a header line curl cannot store (a
+                                     * folded first one, say) */
     return "protocol";
   case CURLE_RECV_ERROR:
   case CURLE_SEND_ERROR:
@@ -810,6 +784,9 @@ static int raise_failure(lua_State *L, xfer *x) {
   lua_pushinteger(L, (lua_Integer)x->result);
   lua_setfield(L, -2, "curl_code");
   xfer_release(x);
+  tide__buf_free(&x->body); /* now, not when the collector comes: Lua does
+                             * not see it (a 64 MB body over the limit) */
+  x->boff = 0;
   return lua_error(L);
 }
 
@@ -950,9 +927,8 @@ static long http_version(const char *v) {
   return -1;
 }
 
-/* Sets x's easy handle up from the spec table at index spec (built and
- * checked by http.lua): the options every request sets, then those only
- * some set, which mark x special (its handle is reset before reuse). */
+/* Sets x's easy handle (new, see easy_new) up from the spec table at index
+ * spec (built and checked by http.lua). */
 static void header_list(lua_State *L, xfer *x, hmulti *m, int spec, int has_body);
 
 static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
@@ -985,39 +961,30 @@ static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
   curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, x->max_body >= 0 ? x->max_body : 0);
   if (opt_bool(L, spec, K_stream, 0))
     x->flags |= XF_STREAM;
-  /* from here on, options only some requests set */
   if (!opt_bool(L, spec, K_verify, 1)) {
-    x->flags |= XF_SPECIAL;
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
   }
-  if ((s = opt_string(L, spec, K_cafile)) != NULL) {
-    x->flags |= XF_SPECIAL;
+  if ((s = opt_string(L, spec, K_cafile)) != NULL)
     curl_easy_setopt(e, CURLOPT_CAINFO, s);
-  }
   /* A proxy only when asked: the proxy option, or the environment's
    * (http_proxy, https_proxy, all_proxy, no_proxy) with trust_env, as
    * aiohttp; easy_base has none. */
   s = opt_string(L, spec, K_proxy);
   trust_env = opt_bool(L, spec, K_trust_env, 0);
   if (s != NULL || trust_env) {
-    x->flags |= XF_SPECIAL;
     curl_easy_setopt(e, CURLOPT_PROXY, s);
     if (trust_env)
       curl_easy_setopt(e, CURLOPT_NOPROXY, NULL);
   }
-  if ((s = opt_string(L, spec, K_cookie)) != NULL) {
-    x->flags |= XF_SPECIAL;
+  if ((s = opt_string(L, spec, K_cookie)) != NULL)
     curl_easy_setopt(e, CURLOPT_COOKIE, s);
-  }
   /* Prefer an HTTP/2 connection being set up over opening more, where h2
    * is possible; for plain http the wait would last until the first
    * response (curl learns "no multiplexing" only then). */
   if ((url && strncasecmp(url, "https:", 6) == 0) ||
-      version == CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE) {
-    x->flags |= XF_SPECIAL;
+      version == CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE)
     curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
-  }
   /* the body: a string, or chunks the task feeds (chunked upload); POST,
    * PUT and PATCH without one send an empty one (Content-Length: 0, which
    * servers such as nginx want), as aiohttp and requests do */
@@ -1043,8 +1010,6 @@ static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
     curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
     curl_easy_setopt(e, CURLOPT_READDATA, x);
   }
-  if (has_body)
-    x->flags |= XF_SPECIAL;
   /* POST is curl's own (the body makes it one), so that curl turns it into
    * a GET on a 301, 302 or 303; a custom method would be kept across
    * redirects (http.lua follows those itself). */
@@ -1052,10 +1017,8 @@ static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
     if (has_body)
       curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "GET");
   } else if (strcmp(method, "HEAD") == 0) {
-    x->flags |= XF_SPECIAL;
     curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
   } else if (strcmp(method, "POST") != 0) {
-    x->flags |= XF_SPECIAL;
     curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
   }
   header_list(L, x, m, spec, has_body);
@@ -1184,7 +1147,7 @@ static int s_request(lua_State *L) {
   lua_setiuservalue(L, -2, 1);
   spec_get(L, 2, K_url);
   lua_setiuservalue(L, -2, 2);
-  x->easy = pool_get(m);
+  x->easy = easy_new(m);
   if (x->easy == NULL)
     return luaL_error(L, "not enough memory");
   x->m = m;

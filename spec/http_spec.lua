@@ -492,6 +492,39 @@ describe("tide.http", function()
     local refused
     before_each(function() refused = "http://127.0.0.1:" .. servers.free_port() .. "/" end)
 
+    it("a response whose first header line is folded is kind protocol, on a session's second request too (libcurl 7.88 read freed memory there)", function()
+      local s <close> = http.session()
+      for _ = 1, 3 do
+        assert.equals(200, s:get(url("/get")).status)
+        assert.equals("protocol", (errkind(s.get, s, url("/folded-first"))))
+      end
+    end)
+
+    it("a failed transfer lets go of its body at once, not when the collector comes", function()
+      local function rss()
+        return tonumber(io.open("/proc/self/status"):read("a"):match("VmRSS:%s*(%d+)")) * 1024
+      end
+      collectgarbage("stop") -- what the collector would free is not the point
+      local before = rss()
+      for _ = 1, 10 do
+        assert.equals("too_large", (errkind(http.get, url("/stream-bytes/10000000?chunk=65536"), { max_body_size = 8000000 })))
+      end
+      local grew = rss() - before
+      collectgarbage("restart")
+      assert.is_true(grew < 40e6, ("RSS grew by %d bytes"):format(grew))
+    end)
+
+    it("takes no server's word for the room a body needs (a 16 TB Content-Length, no max_body_size)", function()
+      local net = require "tide.net"
+      local srv <close> = net.serve("127.0.0.1", 0, function(st)
+        st:read_until("\r\n\r\n")
+        st:write("HTTP/1.1 200 OK\r\nContent-Length: 17592186044416\r\n\r\nabc")
+        st:close()
+      end)
+      local kind = errkind(http.get, ("http://127.0.0.1:%d/"):format(srv:port()), { max_body_size = false })
+      assert.equals("reset", kind)
+    end)
+
     it("gives each fault its kind, names the URL, and leaves no fd behind", function()
       local replies = { -- a server that does not speak HTTP
         ["/09"] = "garbage\r\n\r\n", ["/colon"] = "HTTP/1.1 200 OK\r\nno colon\r\n\r\n" }
@@ -978,6 +1011,13 @@ describe("tide.http", function()
       hb.wait_stats(function(st) return st.connections_open <= open end, 20)
       s:close()
       fds_back(base)
+    end)
+
+    it("a request cancelled while curl connects for a redirect leaves the loop sound (curl closes that socket unannounced)", function()
+      for _ = 1, 200 do
+        pcall(tide.wait_for, http.get, 0.005, url("/redirect-close/0"), { max_redirects = 1000 })
+      end
+      assert.equals(200, http.get(url("/get")).status)
     end)
 
     it("wait_for and timeout abort the transfer and the session stays usable", function()

@@ -414,6 +414,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except OSError:
             pass
 
+    def ep_folded_first(self, rest):
+        """A response whose first header line is folded (starts with a space)."""
+        self.close_connection = True
+        self.wfile.write(b"HTTP/1.1 200 OK\r\n X: 3\r\nContent-Length: 2\r\n\r\nok")
+
+    def ep_redirect_close(self, rest):
+        """A 301 to a new URL each time, closing the connection after it."""
+        self.close_connection = True
+        self.wfile.write(b"HTTP/1.1 301 Moved\r\nLocation: /redirect-close/%d\r\n"
+                         b"Content-Length: 0\r\nConnection: close\r\n\r\n" % time.monotonic_ns())
+
     def ep_hang(self, rest):
         self.client_gone(MAX_SLEEP)
         self.close_connection = True
@@ -478,6 +489,8 @@ ROUTES = {
     "reset": Handler.ep_reset,
     "close": Handler.ep_close,
     "hang": Handler.ep_hang,
+    "folded-first": Handler.ep_folded_first,
+    "redirect-close": Handler.ep_redirect_close,
     "cookies": Handler.ep_cookies,
     "headers-repeat": Handler.ep_headers_repeat,
     "gzip": Handler.ep_gzip,
