@@ -647,6 +647,21 @@ describe("tide.http_server", function()
       srv:close()
     end)
 
+    it("closes a connection that sends only empty lines for idle_timeout (they buy no time)", function()
+      local srv, c = start(nil, { idle_timeout = 0.3 })
+      local t0 = tide.time()
+      local closed = tide.spawn(function() return c:read() end)
+      for _ = 1, 40 do
+        if closed:done() then break end
+        pcall(c.write, c, "\r\n")
+        tide.sleep(0.05)
+      end
+      assert.is_nil(closed:await())
+      assert.is_true(tide.time() - t0 < 1, "took " .. tide.time() - t0)
+      c:close()
+      srv:close()
+    end)
+
     it("500 for a handler error, without the message, reported once on stderr", function()
       local lines = {}
       local real = io.stderr

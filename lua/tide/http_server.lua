@@ -291,15 +291,17 @@ end
 -- One connection: requests in order until the peer or we close.
 local function serve_conn(srv, conn)
   local s, p = conn.stream, parser.new(srv.opts)
-  local idle, head_since = srv.opts.idle_timeout, nil
+  local idle, since = srv.opts.idle_timeout, nil
   while true do
     local pending, in_head = p:pending()
     conn.idle = not pending
     if srv.closed and conn.idle then return s:close() end
-    -- a head must come whole within idle_timeout (nginx's
-    -- client_header_timeout), however slowly its bytes trickle in
-    head_since = in_head and (head_since or tide.time()) or nil
-    local wait = head_since and head_since + idle - tide.time() or idle
+    -- the next head must come whole within idle_timeout of the last
+    -- response (nginx's keepalive and client_header timeouts), however
+    -- slowly its bytes trickle in, and empty lines (which the parser skips
+    -- before a request) buy no time; a body gets idle_timeout per read
+    if pending and not in_head then since = nil else since = since or tide.time() end
+    local wait = since and since + idle - tide.time() or idle
     local ok, data = false, tide.error("timeout", "request head too slow")
     if wait > 0 then ok, data = pcall(tide.timeout, wait, s.read, s) end
     conn.idle = false
@@ -319,6 +321,7 @@ local function serve_conn(srv, conn)
         end
       elseif ev.type == "request" then
         if not respond(srv, s, ev.request) then return finish(srv, s, true) end
+        since = nil -- the wait for the next head starts now
       else
         error_response(srv, s, ev.status)
         return finish(srv, s, true)
