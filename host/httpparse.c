@@ -27,6 +27,7 @@
  *          headers = {name1, value1, ...}, keep_alive =, upgrade =,
  *          content_length = n or nil, chunked =, body = string (at the end)}
  */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <http_parser.h>
@@ -54,7 +55,114 @@ typedef struct hparser {
   int in_message, done; /* done: after an error or an upgrade */
   int in_head;          /* a request has begun and its head is not complete */
   int close_after;      /* framing that must not be trusted further (1.0 + TE) */
+  int ck;               /* the chunked body's framing, CK_ (see chunk_check) */
+  uint64_t ck_left;     /* bytes of chunk data still to come */
+  int ck_digits;        /* hex digits of the chunk size so far */
 } hparser;
+
+/* ---- a chunked body's framing, strictly ------------------------------
+ * Debian's libhttp-parser is built lax (HTTP_PARSER_STRICT 0): it ends a
+ * chunk line at a bare LF, takes a CR followed by any byte as a line end
+ * and any two bytes after chunk data as CRLF, and lets control bytes into
+ * chunk extensions. A front end that reads those bytes as RFC 9112 says
+ * would frame a different request: smuggling. So the body of a chunked
+ * request is read here first, by the RFC (chunk-size [BWS; extensions]
+ * CRLF, data CRLF, ..., 0, trailer lines, CRLF), and anything else is a
+ * 400 before the parser sees it. */
+enum { CK_OFF, CK_SIZE, CK_EXT, CK_SIZE_LF, CK_DATA, CK_DATA_CR, CK_DATA_LF,
+       CK_TRAILER, CK_TRAILER_LINE, CK_TRAILER_LF, CK_END_LF };
+
+static int hexval(int c) {
+  return c >= '0' && c <= '9' ? c - '0'
+       : c >= 'a' && c <= 'f' ? c - 'a' + 10
+       : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/* A byte a chunk extension or a trailer line may hold: visible, SP, HT. */
+static int line_byte(int c) {
+  return c == '\t' || (c >= 0x20 && c != 0x7f);
+}
+
+/* Reads n bytes of the chunked body at at; returns how many belong to it
+ * (n, or fewer when the body ended), or (size_t)-1 at a framing error. */
+static size_t chunk_check(hparser *p, const unsigned char *at, size_t n) {
+  size_t i;
+  for (i = 0; i < n && p->ck != CK_OFF; i++) {
+    int c = at[i], v;
+    switch (p->ck) {
+    case CK_SIZE:
+      if ((v = hexval(c)) >= 0) {
+        if (++p->ck_digits > 15) /* 2^60 and up: no real body */
+          return (size_t)-1;
+        p->ck_left = p->ck_left * 16 + (uint64_t)v;
+      } else if (p->ck_digits == 0) {
+        return (size_t)-1;
+      } else if (c == ';' || c == ' ' || c == '\t') {
+        p->ck = CK_EXT;
+      } else if (c == '\r') {
+        p->ck = CK_SIZE_LF;
+      } else {
+        return (size_t)-1;
+      }
+      break;
+    case CK_EXT:
+      if (c == '\r')
+        p->ck = CK_SIZE_LF;
+      else if (!line_byte(c))
+        return (size_t)-1;
+      break;
+    case CK_SIZE_LF:
+      if (c != '\n')
+        return (size_t)-1;
+      p->ck = p->ck_left ? CK_DATA : CK_TRAILER;
+      break;
+    case CK_DATA: { /* skip the data at once */
+      size_t k = n - i < p->ck_left ? n - i : (size_t)p->ck_left;
+      p->ck_left -= k;
+      i += k - 1;
+      if (p->ck_left == 0)
+        p->ck = CK_DATA_CR;
+      break;
+    }
+    case CK_DATA_CR:
+      if (c != '\r')
+        return (size_t)-1;
+      p->ck = CK_DATA_LF;
+      break;
+    case CK_DATA_LF:
+      if (c != '\n')
+        return (size_t)-1;
+      p->ck = CK_SIZE;
+      p->ck_digits = 0;
+      break;
+    case CK_TRAILER: /* a trailer line, or the CRLF that ends the body */
+      if (c == '\r')
+        p->ck = CK_END_LF;
+      else if (line_byte(c) && c != ' ' && c != '\t')
+        p->ck = CK_TRAILER_LINE;
+      else
+        return (size_t)-1;
+      break;
+    case CK_TRAILER_LINE:
+      if (c == '\r')
+        p->ck = CK_TRAILER_LF;
+      else if (!line_byte(c))
+        return (size_t)-1;
+      break;
+    case CK_TRAILER_LF:
+      if (c != '\n')
+        return (size_t)-1;
+      p->ck = CK_TRAILER;
+      break;
+    case CK_END_LF:
+      if (c != '\n')
+        return (size_t)-1;
+      p->ck = CK_OFF; /* the body is whole: what follows is the next request */
+      break;
+    }
+  }
+  return i;
+}
 
 
 /* ---- callbacks: C buffers only --------------------------------------- */
@@ -342,13 +450,28 @@ static void push_error(lua_State *L, hparser *p, enum http_errno e) {
 /* p:feed(data) -> list of events (see the top of the file) */
 static int p_feed(lua_State *L) {
   hparser *p = check_parser(L);
-  size_t len, off = 0;
+  size_t len, off = 0, checked = 0; /* checked: data read by chunk_check */
   const char *data = luaL_checklstring(L, 2, &len);
   int n = 0;
   lua_settop(L, 2);
   lua_newtable(L); /* 3: the events */
   while (off < len && !p->done) {
-    size_t used = http_parser_execute(&p->hp, &settings, data + off, len - off);
+    size_t used;
+    if (p->ck != CK_OFF && checked < len) { /* a chunked body: its framing first */
+      size_t k;
+      k = chunk_check(p, (const unsigned char *)data + checked, len - checked);
+      if (k == (size_t)-1) {
+        p->fail = FAIL_BAD;
+        p->why = "bad chunked framing (chunk lines end with CRLF, chunk data "
+                 "is followed by CRLF, no control bytes)";
+        push_error(L, p, HPE_INVALID_CHUNK_SIZE);
+        lua_rawseti(L, 3, ++n);
+        p->done = 1;
+        break;
+      }
+      checked += k;
+    }
+    used = http_parser_execute(&p->hp, &settings, data + off, len - off);
     enum http_errno e = HTTP_PARSER_ERRNO(&p->hp);
     off += used;
     if (p->fail == FAIL_MEMORY) {
@@ -360,6 +483,14 @@ static int p_feed(lua_State *L) {
       p->event = EV_NONE;
       http_parser_pause(&p->hp, 0);
       if (ev == EV_HEADERS) {
+        if (p->hp.flags & F_CHUNKED) { /* its body's framing: see chunk_check */
+          p->ck = CK_SIZE;
+          p->ck_left = 0;
+          p->ck_digits = 0;
+          /* the parser paused on the head's last LF, not yet counted as
+           * used; a chunk line cannot start with one */
+          checked = off < len && data[off] == '\n' ? off + 1 : off;
+        }
         push_request(L, p);
         lua_setiuservalue(L, 1, 1);
         push_event(L, "headers");

@@ -131,6 +131,37 @@ describe("tide.http.parser", function()
       assert.is_false(reqs[3].keep_alive)
     end)
 
+    it("reads a chunked body's framing strictly: a bare LF, CR without LF or control bytes is a 400, nothing smuggled", function()
+      local head = "POST /front HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+      local hidden = "0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+      local bad = {
+        "2;\nxx\r\n" .. ("%x"):format(#hidden) .. "\r\n" .. hidden .. "\r\n0\r\n\r\n", -- bare LF
+        "3\rXabc\r\n0\r\n\r\n", -- CR then any byte
+        "3\r\nabcZZ0\r\n\r\n", -- two bytes that are not CRLF after the data
+        "3;\0\1\r\nabc\r\n0\r\n\r\n", -- control bytes in an extension
+        "0\rX\r\n", -- the last chunk likewise
+        "0\r\nX-T: 1\n\r\n", -- a trailer line ending in a bare LF
+      }
+      for i, body in ipairs(bad) do
+        for _, split in ipairs({ false, true }) do -- whole, and a byte at a time
+          local p, ev = parser.new(), {}
+          local data = head .. body
+          if split then
+            for c in data:gmatch(".") do for _, e in ipairs(p:feed(c)) do ev[#ev + 1] = e end end
+          else
+            ev = p:feed(data)
+          end
+          local types = {}
+          for _, e in ipairs(ev) do types[#types + 1] = e.type .. (e.status and (" " .. e.status) or "") end
+          assert.same({ "headers", "error 400" }, types, ("case %d%s"):format(i, split and " split" or ""))
+        end
+      end
+      local ev = parser.new():feed(head .. "3 ; name=val\r\nabc\r\n2;x\r\nde\r\n0\r\nX-T: 1\r\n\r\n" .. get("/next"))
+      assert.same({ "headers", "request", "headers", "request" }, { ev[1].type, ev[2].type, ev[3].type, ev[4].type })
+      assert.equals("abcde", ev[2].request.body)
+      assert.equals("/next", ev[4].request.path)
+    end)
+
     it("reports garbage (400), big heads (431) and big bodies (413) distinctly", function()
       local e = parser.new():feed("garbage\r\n\r\n")[1]
       assert.same({ "error", 400 }, { e.type, e.status })
