@@ -104,7 +104,8 @@ enum {
   XF_FOLLOW = 1024,
   XF_LOCATION = 2048, /* the response being read has a Location */
   XF_DIRTY = 4096,
-  XF_ABORTED = 8192 /* its response was closed before the end */
+  XF_ABORTED = 8192, /* its response was closed before the end */
+  XF_BADHEAD = 16384 /* two Content-Lengths that differ (RFC 9112 6.3) */
 };
 
 struct xfer {
@@ -116,6 +117,7 @@ struct xfer {
   CURLcode result;
   long status;
   curl_off_t max_body, total;
+  curl_off_t clen;        /* the response's Content-Length, -1: none yet */
   uint64_t idle_ms, last; /* idle timeout; when a byte last came (uv_now) */
   buf hdr, body, req;
   size_t boff, roff;
@@ -218,6 +220,8 @@ static void after_action(hmulti *m, lua_State *L) {
     x->flags |= XF_DONE;
     if (!(x->flags & XF_HDRS))
       curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &x->status);
+    if (x->result == CURLE_OK && x->status < 100) /* "HTTP/200 OK", say */
+      x->result = CURLE_WEIRD_SERVER_REPLY;
     detach(x);
     mark(x);
   }
@@ -618,6 +622,7 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
     return len; /* trailers */
   if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) { /* a new response starts */
     x->hdr.n = 0;
+    x->clen = -1;
     x->flags &= ~XF_LOCATION;
   } else if (len <= 2 && (p[0] == '\r' || p[0] == '\n')) {
     long code = 0;
@@ -630,7 +635,18 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
     return len;
   } else if (len > 9 && strncasecmp(p, "location:", 9) == 0) {
     x->flags |= XF_LOCATION;
+  } else if (len > 15 && strncasecmp(p, "content-length:", 15) == 0) {
+    /* curl 7.88 takes the last of several; they must agree (a body framed
+     * two ways is how responses get smuggled) */
+    curl_off_t v = (curl_off_t)strtoll(p + 15, NULL, 10);
+    if (x->clen >= 0 && v != x->clen) {
+      x->flags |= XF_BADHEAD;
+      return 0;
+    }
+    x->clen = v;
   }
+  if (x->idle_ms) /* a head trickling in is data too */
+    x->last = uv_now(x->m->sched->loop);
   return tide__buf_add(&x->hdr, p, len) == 0 ? len : 0;
 }
 
@@ -702,6 +718,8 @@ static const char *kind_of(const xfer *x) {
     return "closed";
   if (x->flags & XF_TOOLARGE)
     return "too_large";
+  if (x->flags & XF_BADHEAD)
+    return "protocol";
   if (x->result == CURLE_OUT_OF_MEMORY && !(x->flags & XF_HDRS))
     return "too_large"; /* see raise_failure */
   switch (x->result) {
@@ -748,6 +766,12 @@ static const char *kind_of(const xfer *x) {
                                      * folded first one, say) */
     return "protocol";
   case CURLE_RECV_ERROR:
+    /* curl's own limits on a response head (300 KB in all, 1xx included)
+     * and on a chunked body's trailers */
+    if (strstr(x->err, "Too large response headers") ||
+        strstr(x->err, "Out of memory in chunked-encoding"))
+      return "too_large";
+    /* fall through */
   case CURLE_SEND_ERROR:
   case CURLE_GOT_NOTHING:
   case CURLE_PARTIAL_FILE:
@@ -769,6 +793,8 @@ static int raise_failure(lua_State *L, xfer *x) {
     why = "the session was closed";
   else if (x->flags & XF_ABORTED)
     why = "the response was closed";
+  else if (x->flags & XF_BADHEAD)
+    why = "the response has Content-Length headers that differ";
   else if (x->flags & XF_TOOLARGE || x->result == CURLE_FILESIZE_EXCEEDED)
     why = lua_pushfstring(L, "the response body is over max_body_size (%I bytes)",
                           (lua_Integer)x->max_body);
@@ -1142,6 +1168,7 @@ static int s_request(lua_State *L) {
   m = S->m;
   x = lua_newuserdatauv(L, sizeof(*x), 2);
   memset(x, 0, sizeof(*x));
+  x->clen = -1;
   luaL_setmetatable(L, XFER_MT);
   lua_pushvalue(L, 1); /* the session lives as long as its transfers */
   lua_setiuservalue(L, -2, 1);

@@ -525,6 +525,43 @@ describe("tide.http", function()
       assert.equals("reset", kind)
     end)
 
+    it("takes a malformed head as kind protocol and curl's limits on heads and trailers as too_large", function()
+      local net = require "tide.net"
+      local big = ("X-Big: " .. ("b"):rep(50000) .. "\r\n"):rep(7) -- 350 KB, each line under 100 KB
+      local replies = {
+        ["/nocode"] = "HTTP/200 OK\r\nContent-Length: 5\r\n\r\nhello",
+        ["/twolengths"] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 10\r\n\r\nokHTTP/1.1",
+        ["/bighead"] = "HTTP/1.1 200 OK\r\n" .. big .. "Content-Length: 2\r\n\r\nok",
+        ["/bigtrailer"] = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: "
+          .. ("t"):rep(5000) .. "\r\n\r\n",
+      }
+      local srv <close> = net.serve("127.0.0.1", 0, function(st)
+        local path = st:read_line():match("^GET (%S+)")
+        st:read_until("\r\n\r\n")
+        st:write(replies[path])
+        st:close()
+      end)
+      local base = "http://127.0.0.1:" .. srv:port()
+      for path, want in pairs({ ["/nocode"] = "protocol", ["/twolengths"] = "protocol",
+          ["/bighead"] = "too_large", ["/bigtrailer"] = "too_large" }) do
+        local kind, e = errkind(http.get, base .. path)
+        assert.equals(want, kind, path .. ": " .. tostring(e))
+      end
+    end)
+
+    it("a streamed response's idle_timeout counts the head's bytes too", function()
+      local net = require "tide.net"
+      local head = "HTTP/1.1 200 OK\r\nX-Slow: " .. ("s"):rep(12) .. "\r\nContent-Length: 2\r\n\r\n"
+      local srv <close> = net.serve("127.0.0.1", 0, function(st)
+        st:read_until("\r\n\r\n")
+        for i = 1, #head, 4 do st:write(head:sub(i, i + 3)); tide.sleep(0.05) end -- ~0.6 s in all
+        st:write("ok")
+        st:close()
+      end)
+      local res = http.get("http://127.0.0.1:" .. srv:port() .. "/", { stream = true, idle_timeout = 0.3 })
+      assert.equals("ok", res:read_all())
+    end)
+
     it("gives each fault its kind, names the URL, and leaves no fd behind", function()
       local replies = { -- a server that does not speak HTTP
         ["/09"] = "garbage\r\n\r\n", ["/colon"] = "HTTP/1.1 200 OK\r\nno colon\r\n\r\n" }
