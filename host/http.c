@@ -104,8 +104,7 @@ enum {
   XF_FOLLOW = 1024,
   XF_LOCATION = 2048, /* the response being read has a Location */
   XF_DIRTY = 4096,
-  XF_ABORTED = 8192, /* its response was closed before the end */
-  XF_BADHEAD = 16384 /* two Content-Lengths that differ (RFC 9112 6.3) */
+  XF_ABORTED = 8192 /* its response was closed before the end */
 };
 
 struct xfer {
@@ -118,6 +117,7 @@ struct xfer {
   long status;
   curl_off_t max_body, total;
   curl_off_t clen;        /* the response's Content-Length, -1: none yet */
+  const char *bad;        /* why tide refused the response's head (protocol) */
   uint64_t idle_ms, last; /* idle timeout; when a byte last came (uv_now) */
   buf hdr, body, req;
   size_t boff, roff;
@@ -220,8 +220,6 @@ static void after_action(hmulti *m, lua_State *L) {
     x->flags |= XF_DONE;
     if (!(x->flags & XF_HDRS))
       curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &x->status);
-    if (x->result == CURLE_OK && x->status < 100) /* "HTTP/200 OK", say */
-      x->result = CURLE_WEIRD_SERVER_REPLY;
     detach(x);
     mark(x);
   }
@@ -627,6 +625,10 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
   } else if (len <= 2 && (p[0] == '\r' || p[0] == '\n')) {
     long code = 0;
     curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
+    if (code < 100) { /* "HTTP/200 OK", say: curl 7.88 takes it as status 0 */
+      x->bad = "the status line has no status code";
+      return 0;
+    }
     /* final unless informational, or a redirect curl is about to follow */
     if (!(code >= 100 && code < 200) &&
         !((x->flags & (XF_FOLLOW | XF_LOCATION)) == (XF_FOLLOW | XF_LOCATION) &&
@@ -636,14 +638,24 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
   } else if (len > 9 && strncasecmp(p, "location:", 9) == 0) {
     x->flags |= XF_LOCATION;
   } else if (len > 15 && strncasecmp(p, "content-length:", 15) == 0) {
-    /* curl 7.88 takes the last of several; they must agree (a body framed
-     * two ways is how responses get smuggled) */
-    curl_off_t v = (curl_off_t)strtoll(p + 15, NULL, 10);
-    if (x->clen >= 0 && v != x->clen) {
-      x->flags |= XF_BADHEAD;
-      return 0;
+    /* curl 7.88 takes the last of several, and the first of a list; they
+     * must agree (a body framed two ways is how responses get smuggled) */
+    char val[64], *q = val;
+    size_t vlen = len - 15 < sizeof(val) - 1 ? len - 15 : sizeof(val) - 1;
+    memcpy(val, p + 15, vlen); /* curl's lines are not NUL-terminated */
+    val[vlen] = '\0';
+    for (;;) {
+      char *after;
+      curl_off_t v = (curl_off_t)strtoll(q, &after, 10);
+      if (after == q)
+        break;
+      if (x->clen >= 0 && v != x->clen) {
+        x->bad = "the response has Content-Length values that differ";
+        return 0;
+      }
+      x->clen = v;
+      q = after + strspn(after, " \t,");
     }
-    x->clen = v;
   }
   if (x->idle_ms) /* a head trickling in is data too */
     x->last = uv_now(x->m->sched->loop);
@@ -718,7 +730,7 @@ static const char *kind_of(const xfer *x) {
     return "closed";
   if (x->flags & XF_TOOLARGE)
     return "too_large";
-  if (x->flags & XF_BADHEAD)
+  if (x->bad)
     return "protocol";
   if (x->result == CURLE_OUT_OF_MEMORY && !(x->flags & XF_HDRS))
     return "too_large"; /* see raise_failure */
@@ -793,8 +805,8 @@ static int raise_failure(lua_State *L, xfer *x) {
     why = "the session was closed";
   else if (x->flags & XF_ABORTED)
     why = "the response was closed";
-  else if (x->flags & XF_BADHEAD)
-    why = "the response has Content-Length headers that differ";
+  else if (x->bad)
+    why = x->bad;
   else if (x->flags & XF_TOOLARGE || x->result == CURLE_FILESIZE_EXCEEDED)
     why = lua_pushfstring(L, "the response body is over max_body_size (%I bytes)",
                           (lua_Integer)x->max_body);

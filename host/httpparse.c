@@ -57,7 +57,8 @@ typedef struct hparser {
   int close_after;      /* framing that must not be trusted further (1.0 + TE) */
   int ck;               /* the chunked body's framing, CK_ (see chunk_check) */
   uint64_t ck_left;     /* bytes of chunk data still to come */
-  int ck_digits;        /* hex digits of the chunk size so far */
+  int ck_digits;        /* significant hex digits of the chunk size so far */
+  int ck_sized;         /* the chunk size has a digit */
 } hparser;
 
 /* ---- a chunked body's framing, strictly ------------------------------
@@ -92,10 +93,11 @@ static size_t chunk_check(hparser *p, const unsigned char *at, size_t n) {
     switch (p->ck) {
     case CK_SIZE:
       if ((v = hexval(c)) >= 0) {
-        if (++p->ck_digits > 15) /* 2^60 and up: no real body */
+        if ((p->ck_left || v) && ++p->ck_digits > 15) /* 2^60 and up: no real body */
           return (size_t)-1;
         p->ck_left = p->ck_left * 16 + (uint64_t)v;
-      } else if (p->ck_digits == 0) {
+        p->ck_sized = 1;
+      } else if (!p->ck_sized) {
         return (size_t)-1;
       } else if (c == ';' || c == ' ' || c == '\t') {
         p->ck = CK_EXT;
@@ -133,7 +135,7 @@ static size_t chunk_check(hparser *p, const unsigned char *at, size_t n) {
       if (c != '\n')
         return (size_t)-1;
       p->ck = CK_SIZE;
-      p->ck_digits = 0;
+      p->ck_digits = p->ck_sized = 0;
       break;
     case CK_TRAILER: /* a trailer line, or the CRLF that ends the body */
       if (c == '\r')
@@ -483,10 +485,11 @@ static int p_feed(lua_State *L) {
       p->event = EV_NONE;
       http_parser_pause(&p->hp, 0);
       if (ev == EV_HEADERS) {
-        if (p->hp.flags & F_CHUNKED) { /* its body's framing: see chunk_check */
+        if ((p->hp.flags & F_CHUNKED) && p->hp.method != HTTP_CONNECT) {
+          /* its body's framing: see chunk_check (a CONNECT has none) */
           p->ck = CK_SIZE;
           p->ck_left = 0;
-          p->ck_digits = 0;
+          p->ck_digits = p->ck_sized = 0;
           /* the parser paused on the head's last LF, not yet counted as
            * used; a chunk line cannot start with one */
           checked = off < len && data[off] == '\n' ? off + 1 : off;

@@ -142,10 +142,12 @@ describe("tide.http.parser", function()
         "0\rX\r\n", -- the last chunk likewise
         "0\r\nX-T: 1\n\r\n", -- a trailer line ending in a bare LF
       }
+      local ev
       for i, body in ipairs(bad) do
         for _, split in ipairs({ false, true }) do -- whole, and a byte at a time
-          local p, ev = parser.new(), {}
+          local p = parser.new()
           local data = head .. body
+          ev = {}
           if split then
             for c in data:gmatch(".") do for _, e in ipairs(p:feed(c)) do ev[#ev + 1] = e end end
           else
@@ -156,7 +158,12 @@ describe("tide.http.parser", function()
           assert.same({ "headers", "error 400" }, types, ("case %d%s"):format(i, split and " split" or ""))
         end
       end
-      local ev = parser.new():feed(head .. "3 ; name=val\r\nabc\r\n2;x\r\nde\r\n0\r\nX-T: 1\r\n\r\n" .. get("/next"))
+      ev = parser.new():feed(head .. "0000000000000000003\r\nabc\r\n00000000000000000000\r\n\r\n")
+      assert.same({ "headers", "request" }, { ev[1].type, ev[2].type }) -- leading zeros are no size
+      assert.equals("abc", ev[2].request.body)
+      ev = parser.new():feed("CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\nTransfer-Encoding: chunked\r\n\r\n\22\3\1")
+      assert.equals("request", ev[2].type) -- a CONNECT has no body: what follows is the tunnel's
+      ev = parser.new():feed(head .. "3 ; name=val\r\nabc\r\n2;x\r\nde\r\n0\r\nX-T: 1\r\n\r\n" .. get("/next"))
       assert.same({ "headers", "request", "headers", "request" }, { ev[1].type, ev[2].type, ev[3].type, ev[4].type })
       assert.equals("abcde", ev[2].request.body)
       assert.equals("/next", ev[4].request.path)

@@ -531,6 +531,8 @@ describe("tide.http", function()
       local replies = {
         ["/nocode"] = "HTTP/200 OK\r\nContent-Length: 5\r\n\r\nhello",
         ["/twolengths"] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 10\r\n\r\nokHTTP/1.1",
+        ["/lengthlist"] = "HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\nhello!",
+        ["/nocodebig"] = "HTTP/200 OK\r\nContent-Length: 300000\r\n\r\n" .. ("x"):rep(300000),
         ["/bighead"] = "HTTP/1.1 200 OK\r\n" .. big .. "Content-Length: 2\r\n\r\nok",
         ["/bigtrailer"] = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: "
           .. ("t"):rep(5000) .. "\r\n\r\n",
@@ -543,10 +545,12 @@ describe("tide.http", function()
       end)
       local base = "http://127.0.0.1:" .. srv:port()
       for path, want in pairs({ ["/nocode"] = "protocol", ["/twolengths"] = "protocol",
-          ["/bighead"] = "too_large", ["/bigtrailer"] = "too_large" }) do
+          ["/lengthlist"] = "protocol", ["/bighead"] = "too_large", ["/bigtrailer"] = "too_large" }) do
         local kind, e = errkind(http.get, base .. path)
         assert.equals(want, kind, path .. ": " .. tostring(e))
       end
+      -- a stream returns at the head: refused there, not later in its body
+      assert.equals("protocol", (errkind(http.get, base .. "/nocodebig", { stream = true })))
     end)
 
     it("a streamed response's idle_timeout counts the head's bytes too", function()
