@@ -331,10 +331,10 @@ static int on_curl_socket(CURL *e, curl_socket_t fd, int what, void *ud,
   if (k == NULL && (k = sock_new(m, fd)) == NULL)
     return -1;
   k->watched = 1;
-  if (what & CURL_POLL_IN)
+  if (what & CURL_POLL_IN) {
     k->read = 1;
-  if (what & CURL_POLL_IN)
     events |= UV_READABLE;
+  }
   if (what & CURL_POLL_OUT)
     events |= UV_WRITABLE;
   poll_events(k, events);

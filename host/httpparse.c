@@ -84,6 +84,12 @@ static int line_byte(int c) {
   return c == '\t' || (c >= 0x20 && c != 0x7f);
 }
 
+/* The states that take one byte only: which, and the state after it. */
+static const struct {
+  unsigned char want, next;
+} exact[] = {[CK_DATA_CR] = {'\r', CK_DATA_LF}, [CK_DATA_LF] = {'\n', CK_SIZE},
+             [CK_TRAILER_LF] = {'\n', CK_TRAILER}, [CK_END_LF] = {'\n', CK_OFF}};
+
 /* Reads n bytes of the chunked body at at; returns how many belong to it
  * (n, or fewer when the body ended), or (size_t)-1 at a framing error. */
 static size_t chunk_check(hparser *p, const unsigned char *at, size_t n) {
@@ -126,17 +132,6 @@ static size_t chunk_check(hparser *p, const unsigned char *at, size_t n) {
         p->ck = CK_DATA_CR;
       break;
     }
-    case CK_DATA_CR:
-      if (c != '\r')
-        return (size_t)-1;
-      p->ck = CK_DATA_LF;
-      break;
-    case CK_DATA_LF:
-      if (c != '\n')
-        return (size_t)-1;
-      p->ck = CK_SIZE;
-      p->ck_digits = p->ck_sized = 0;
-      break;
     case CK_TRAILER: /* a trailer line, or the CRLF that ends the body */
       if (c == '\r')
         p->ck = CK_END_LF;
@@ -151,15 +146,11 @@ static size_t chunk_check(hparser *p, const unsigned char *at, size_t n) {
       else if (!line_byte(c))
         return (size_t)-1;
       break;
-    case CK_TRAILER_LF:
-      if (c != '\n')
+    default: /* a state that takes one byte only (see exact) */
+      if (c != exact[p->ck].want)
         return (size_t)-1;
-      p->ck = CK_TRAILER;
-      break;
-    case CK_END_LF:
-      if (c != '\n')
-        return (size_t)-1;
-      p->ck = CK_OFF; /* the body is whole: what follows is the next request */
+      p->ck = exact[p->ck].next; /* CK_OFF after the body: the next request */
+      p->ck_digits = p->ck_sized = 0;
       break;
     }
   }
