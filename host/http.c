@@ -86,6 +86,7 @@ struct hmulti {
   /* tide's default header lines, a list its plain requests share */
   struct curl_slist defaults[2];
   char accept_encoding[64];
+  int verbose; /* TIDE_CURL_VERBOSE was set: curl's own trace on stderr */
 };
 
 enum { W_NONE, W_HEADERS, W_DONE, W_DATA };
@@ -405,7 +406,7 @@ static void easy_base(hmulti *m, CURL *e) {
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-  if (getenv("TIDE_CURL_VERBOSE")) /* curl's own trace on stderr */
+  if (m->verbose)
     curl_easy_setopt(e, CURLOPT_VERBOSE, 1L);
   curl_easy_setopt(e, CURLOPT_QUICK_EXIT, 1L); /* cancel in DNS: NOTES 12 */
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
@@ -576,6 +577,7 @@ static hmulti *hmulti_new(lua_State *L, hsession *S, tide_sched *s) {
   }
   m->sched = s;
   m->sess = S;
+  m->verbose = getenv("TIDE_CURL_VERBOSE") != NULL;
   uv_timer_init(s->loop, &m->timer);
   uv_idle_init(s->loop, &m->kick);
   uv_timer_init(s->loop, &m->sweep);
@@ -1076,18 +1078,20 @@ static void header_list(lua_State *L, xfer *x, hmulti *m, int spec, int has_body
   /* with a body, "Expect:" stops curl's 1 s wait for a 100 Continue */
   if (has_body)
     own = curl_slist_append(NULL, "Expect:");
-  spec_get(L, spec, K_headers);
-  for (i = 1; lua_istable(L, -1) && lua_rawgeti(L, -1, i) == LUA_TSTRING; i++) {
-    const char *h = lua_tostring(L, -1);
-    if ((l = curl_slist_append(own, h)) != NULL)
-      own = l;
-    if (is_header(h, "content-type", 12))
-      has_body = 0; /* the caller's type: nothing to take away below */
-    ua = ua && !is_header(h, "user-agent", 10);
-    ae = ae && !is_header(h, "accept-encoding", 15);
-    lua_pop(L, 1);
+  if (spec_get(L, spec, K_headers) == LUA_TTABLE) {
+    for (i = 1; lua_rawgeti(L, -1, i) == LUA_TSTRING; i++) {
+      const char *h = lua_tostring(L, -1);
+      if ((l = curl_slist_append(own, h)) != NULL)
+        own = l;
+      if (is_header(h, "content-type", 12))
+        has_body = 0; /* the caller's type: nothing to take away below */
+      ua = ua && !is_header(h, "user-agent", 10);
+      ae = ae && !is_header(h, "accept-encoding", 15);
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1); /* what ended the list */
   }
-  lua_pop(L, 2);
+  lua_pop(L, 1);
   if (own == NULL) {
     curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, m->defaults);
     return;

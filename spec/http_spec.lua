@@ -137,6 +137,26 @@ describe("tide.http", function()
       assert.equals("gzip", s:get(url("/gzip")).headers["content-encoding"])
     end)
 
+    it("gives a request without options its session's defaults, never the options of one before", function()
+      -- (requests without options reuse the spec their session made for the first one)
+      local s1 <close> = http.session({ headers = { ["X-S"] = "s" } })
+      for _, c in ipairs({ { get = http.get, head = http.head },
+          { get = function(...) return s1:get(...) end, head = function(...) return s1:head(...) end, want = "s" } }) do
+        assert.equals(c.want, echo(c.get(url("/get"))).headers["x-s"])
+        assert.equals("1", echo(c.get(url("/get"), { headers = { ["X-A"] = "1", ["X-S"] = "o" } })).headers["x-a"])
+        local h = echo(c.get(url("/get"))).headers
+        assert.is_nil(h["x-a"])
+        assert.equals(c.want, h["x-s"])
+        assert.equals("timeout", errkind(function() return c.get(url("/delay/0.3"), { timeout = 0.1 }) end))
+        assert.equals(0.3, echo(c.get(url("/delay/0.3"))).delay) -- not the 0.1 s timeout of the one before
+        assert.equals(200, c.head(url("/get")).status)
+        assert.equals("invalid_url", errkind(function() return c.get("127.0.0.1/get") end))
+      end
+      local s <close> = http.session({ base_url = url("/anything") })
+      assert.equals("/anything/a", echo(s:get("a")).path)
+      assert.equals("/anything/b", echo(s:get("/b")).path)
+    end)
+
     it("decodes JSON with res:json() and reports a body that is not JSON", function()
       assert.equals("GET", http.get(url("/get")):json().method)
       local kind = errkind(function() return http.get(url("/bytes/10")):json() end)
@@ -743,6 +763,15 @@ describe("tide.http", function()
   end)
 
   describe("session", function()
+    it("has an engine (tide.http.core) that takes a request spec without header lines", function()
+      local core = require "tide.http.core" -- (it crashed on one: the stack lost a slot)
+      local cs = core.session({})
+      local x, ev = cs:request({ method = "GET", url = url("/get") })
+      assert.equals("done", ev)
+      assert.equals(200, x:response().status)
+      cs:close()
+    end)
+
     it("reuses connections (keep-alive)", function()
       servers.httpbin().reset_stats()
       local s <close> = http.session()
