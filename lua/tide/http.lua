@@ -383,11 +383,12 @@ local function without(lines, names)
   return out
 end
 
--- One request and response with the spec as filled: starts the transfer,
--- feeds a body function, returns the transfer and the engine's response.
-local function exchange(cs, method, url, body_fn)
-  local x, ev = cs:request(spec)
-  spec.body, spec.headers = nil, nil -- nothing kept alive by the shared table
+-- One request and response with the spec sp as filled: starts the
+-- transfer, feeds a body function, returns the transfer and the engine's
+-- response.
+local function exchange(cs, sp, method, url, body_fn)
+  local x, ev = cs:request(sp)
+  if sp == spec then spec.body, spec.headers = nil, nil end -- nothing kept alive by it
   if body_fn then
     local ok, e = pcall(function()
       while ev == "body" do
@@ -408,14 +409,46 @@ local function exchange(cs, method, url, body_fn)
   return x, x:response()
 end
 
+-- The engine's response r (of transfer x) as a Response.
+local function finish(r, x, stream)
+  r._redirect_url = nil
+  r.headers = Headers.wrap(r.headers, r.header_block, core.header_map)
+  r.header_block = nil
+  if stream then r._x = x end
+  return setmetatable(r, Response)
+end
+
+local function full_url(sess, url)
+  if sess.base_url then url = join(sess.base_url, url) end
+  return url
+end
+
 local function perform(sess, fname, argbase, method, url, opts)
   if type(url) ~= "string" then
     argerror(fname, argbase, "URL string expected, got " .. type(url))
   end
-  if opts == nil then opts = EMPTY else check_opts(fname, argbase + 1, opts) end
+  local cs = sess.core
+  if opts == nil then
+    -- A request without options (most are) takes the spec its session made
+    -- for the method the first time (see the end of the spec below).
+    local plain = sess.plain[method]
+    if plain then
+      need_task(fname)
+      local encoded = core.encode_url(full_url(sess, url))
+      if encoded then -- (without a scheme, the way below says what is wrong)
+        plain.url = encoded
+        if cs == "default" then cs = core.default_session() end
+        local x, r = exchange(cs, plain, method, encoded)
+        return finish(r, x, false)
+      end
+    end
+    opts = EMPTY
+  else
+    check_opts(fname, argbase + 1, opts)
+  end
   need_task(fname)
   local d = sess.defaults
-  if sess.base_url then url = join(sess.base_url, url) end
+  url = full_url(sess, url)
   local given = (opts.body ~= nil and 1 or 0) + (opts.json ~= nil and 1 or 0) + (opts.form ~= nil and 1 or 0)
   if given > 1 then
     argerror(fname, argbase + 1, "opts.body, opts.json and opts.form: give one of them")
@@ -511,9 +544,13 @@ local function perform(sess, fname, argbase, method, url, opts)
     for k, v in pairs(spec) do saved[k] = v end
     deadline = timeout and timeout > 0 and tide.time() + timeout -- over every hop
   end
-  local cs = sess.core
+  if opts == EMPTY and not saved and not body_fn then -- the spec of every request like this one
+    local plain = {}
+    for k, v in pairs(spec) do plain[k] = v end
+    sess.plain[method] = plain
+  end
   if cs == "default" then cs = core.default_session() end
-  local x, r = exchange(cs, method, url, body_fn)
+  local x, r = exchange(cs, spec, method, url, body_fn)
   local n = 0
   while saved and REDIRECT[r.status] do
     if not r._redirect_url then
@@ -564,14 +601,10 @@ local function perform(sess, fname, argbase, method, url, opts)
     end
     for k in pairs(spec) do spec[k] = nil end -- only this request's options
     for k, v in pairs(saved) do spec[k] = v end
-    x, r = exchange(cs, saved.method, to, body_fn)
+    x, r = exchange(cs, spec, saved.method, to, body_fn)
   end
   if saved then r.redirects = n end
-  r._redirect_url = nil
-  r.headers = Headers.wrap(r.headers, r.header_block, core.header_map)
-  r.header_block = nil
-  if stream then r._x = x end
-  return setmetatable(r, Response)
+  return finish(r, x, stream)
 end
 
 ---------------------------------------------------------------------------
@@ -650,12 +683,12 @@ function M.session(opts)
       max_connections = opts.max_connections, max_per_host = opts.max_per_host,
       cookies = opts.cookies ~= false,
     }),
-    base_url = opts.base_url, defaults = defaults, cookie = cookie,
+    base_url = opts.base_url, defaults = defaults, cookie = cookie, plain = {},
   }, Session)
 end
 
 -- Module-level calls share one session per run (no cookie jar).
-local default = setmetatable({ core = "default", defaults = {} }, Session)
+local default = setmetatable({ core = "default", defaults = {}, plain = {} }, Session)
 
 function M.request(method, url, opts)
   return perform(default, "request", 2, check_method(method), url, opts)
