@@ -1309,24 +1309,21 @@ static size_t scheme_len(const char *u) {
   return strncmp(u + i, "://", 3) == 0 ? i + 3 : 0;
 }
 
-/* encode_url(url) -> url with the spaces and the bytes past ASCII after its
+/* Pushes u (n bytes) with the spaces and the bytes past ASCII after its
  * host percent-encoded, as aiohttp (yarl) and requests send them (curl
- * refuses a space); url itself when there are none; nil when url has no
- * scheme ("http://"), which tide does not guess (checked here: a Lua
- * pattern costs a plain GET several percent). */
-static int l_encode_url(lua_State *L) {
-  size_t n, i;
-  const char *u = luaL_checklstring(L, 1, &n), *p = u + scheme_len(u);
+ * refuses a space, and encodes one in a Location's query as "+"), and
+ * returns 1; returns 0, pushing nothing, when there are none. from is where
+ * the host starts ("//host" or "scheme://host"), or 0 for a path. */
+static int push_encoded(lua_State *L, const char *u, size_t n, size_t from) {
+  const char *p = u + from;
+  size_t i;
   luaL_Buffer b;
-  if (p == u) {
-    lua_pushnil(L);
-    return 1;
-  }
   for (i = 0; i < n && u[i] != ' ' && !(u[i] & 0x80); i++)
     ;
   if (i == n)
-    return 1;
-  p += strcspn(p, "/?#"); /* the host stays as it is (IDN) */
+    return 0;
+  if (from > 0)
+    p += strcspn(p, "/?#"); /* the host stays as it is (IDN) */
   luaL_buffinit(L, &b);
   luaL_addlstring(&b, u, (size_t)(p - u));
   for (; p < u + n; p++) {
@@ -1339,6 +1336,21 @@ static int l_encode_url(lua_State *L) {
     }
   }
   luaL_pushresult(&b);
+  return 1;
+}
+
+/* encode_url(url) -> url encoded as push_encoded does (url itself when
+ * nothing needs it); nil when url has no scheme ("http://"), which tide
+ * does not guess (checked here: a Lua pattern costs a plain GET several
+ * percent). */
+static int l_encode_url(lua_State *L) {
+  size_t n;
+  const char *u = luaL_checklstring(L, 1, &n);
+  size_t from = scheme_len(u);
+  if (from == 0)
+    lua_pushnil(L);
+  else if (!push_encoded(L, u, n, from))
+    lua_settop(L, 1);
   return 1;
 }
 
@@ -1380,9 +1392,14 @@ static void set_redirect_url(lua_State *L, xfer *x, int res) {
   char *base = NULL, *out = NULL;
   const char *loc;
   CURLU *u;
+  size_t n = 0;
   spec_get(L, res, K_headers);
   lua_getfield(L, -1, "location");
-  loc = lua_tostring(L, -1);
+  loc = lua_tolstring(L, -1, &n);
+  if (loc && push_encoded(L, loc, n, strncmp(loc, "//", 2) == 0 ? 2 : scheme_len(loc)))
+    loc = lua_tostring(L, -1);
+  else
+    lua_pushnil(L); /* the same slots either way */
   curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &base);
   if (loc && *loc && base && (u = curl_url()) != NULL) {
     if (curl_url_set(u, CURLUPART_URL, base, 0) == CURLUE_OK &&
@@ -1395,7 +1412,7 @@ static void set_redirect_url(lua_State *L, xfer *x, int res) {
     }
     curl_url_cleanup(u);
   }
-  lua_pop(L, 2);
+  lua_pop(L, 3);
 }
 
 /* x:response() -> {status, reason, headers (map), header_block, body,

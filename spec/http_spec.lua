@@ -359,6 +359,17 @@ describe("tide.http", function()
       assert.equals(3, res.redirects)
     end)
 
+    it("sends a Location's spaces and bytes past ASCII as %XX, as aiohttp (curl sent '+' and lower-case hex)", function()
+      local to = http.urlencode({ u = "/anything/a b?x=c d&y=é" }):sub(3)
+      local want = "/anything/a%20b?x=c%20d&y=%E9" -- (http.server sends header text as Latin-1)
+      for _, f in ipairs({ http.get, http.head, http.post }) do
+        local res = f(url("/redirect-to?status=302&url=" .. to))
+        assert.equals(url(want), res.url)
+        assert.equals(1, res.redirects)
+        if f ~= http.head then assert.equals(want, echo(res).target) end
+      end
+    end)
+
     it("returns the redirect itself with max_redirects = 0", function()
       local res = http.get(url("/redirect/1"), { max_redirects = 0 })
       assert.equals(302, res.status)

@@ -7,7 +7,7 @@
 -- Requests suspend the calling task only; the engine is libcurl's multi
 -- interface on the tide loop (host/http.c). This file turns options into
 -- the engine's request spec and its answers into Response objects, and
--- follows the redirects of methods curl would get wrong (see CURL_FOLLOWS).
+-- follows redirects (see REDIRECT).
 local tide = require "tide"
 local core = require "tide.http.core"
 local Headers = require "tide.http_headers"
@@ -356,16 +356,11 @@ end
 
 local EMPTY = setmetatable({}, { __newindex = function() error("read-only", 2) end })
 
--- The spec handed to the engine: one table, refilled by every request (the
--- engine reads it before the request suspends, so tasks never share it).
-local spec = {}
-
--- curl follows the redirects of a GET or HEAD without a body itself; perform
--- follows the others (curl would keep a POST's Content-Type on the GET a 303
--- makes of it, and any other method on a 303): 303 makes a GET without the
--- body (and so do 301 and 302 of a POST, as RFC 9110 allows and browsers,
--- aiohttp and requests do), 307 and 308 keep the method and the body.
-local CURL_FOLLOWS = { GET = true, HEAD = true }
+-- tide follows redirects itself, not curl (which sends a Location's spaces
+-- in the query as "+", keeps a POST's Content-Type on the GET a 303 makes of
+-- it, and any other method on a 303): 303 makes a GET without the body (and
+-- so do 301 and 302 of a POST, as RFC 9110 allows and browsers, aiohttp and
+-- requests do), 307 and 308 keep the method and the body.
 local REDIRECT = { [301] = true, [302] = true, [303] = true, [307] = true, [308] = true }
 local GET_DROPS = { ["content-type"] = true, ["content-length"] = true }
 local CREDENTIALS = { authorization = true, cookie = true } -- not to another origin
@@ -388,7 +383,6 @@ end
 -- response.
 local function exchange(cs, sp, method, url, body_fn)
   local x, ev = cs:request(sp)
-  if sp == spec then spec.body, spec.headers = nil, nil end -- nothing kept alive by it
   if body_fn then
     local ok, e = pcall(function()
       while ev == "body" do
@@ -423,6 +417,82 @@ local function full_url(sess, url)
   return url
 end
 
+-- Follows the redirects of r, the response (x its transfer) to the request
+-- of spec sp, a table of its own that each hop changes; first says what the
+-- first request was (method, url, stream, its body as body_fn and
+-- body_array) and its limits (max_redirects, timeout and its deadline).
+local function follow(sess, cs, sp, x, r, first)
+  local method, url, stream, body_fn = first.method, first.url, first.stream, first.body_fn
+  local max_redirects, timeout, deadline = first.max_redirects, first.timeout, first.deadline
+  local n = 0
+  while REDIRECT[r.status] do
+    if not r._redirect_url then
+      if r.headers.location == nil then break end -- nothing to follow
+      if stream then x:close() end
+      error(tide.error("invalid_url", ("%s %s: the %d redirect's Location %q is not an "
+        .. "http or https URL"):format(sp.method, sp.url, r.status, r.headers.location),
+        { url = sp.url }), 0)
+    end
+    if stream then x:close() end
+    if n == max_redirects then
+      error(tide.error("too_many_redirects", ("%s %s: Number of redirects hit maximum amount "
+        .. "(Maximum (%d) redirects followed)"):format(method, url, max_redirects),
+        { url = url, curl_code = 47 }), 0)
+    end
+    n = n + 1
+    local to, hs = r._redirect_url, sp.headers
+    if not to:find("^[Hh][Tt][Tt][Pp][Ss]?://") then
+      error(tide.error("invalid_url", ("%s %s: the %d redirect goes to %s, not an http or "
+        .. "https URL"):format(sp.method, sp.url, r.status, to), { url = to }), 0)
+    end
+    if sp.method ~= "HEAD" and (r.status == 303 or (sp.method == "POST"
+        and (r.status == 301 or r.status == 302))) then
+      -- See Other (and POST on 301/302, as curl and browsers): GET it, without the body
+      sp.method, sp.body, sp.body_fn, body_fn = "GET", nil, false, nil
+      sp.body_size = nil
+      hs = without(hs, GET_DROPS)
+    elseif first.body_array then
+      body_fn = body_source(first.body_array)
+    elseif body_fn then
+      error(tide.error("http_transfer", ("%s %s: the %d redirect needs the body sent again, "
+        .. "which a body function cannot do (give the body as a string or an array)"):format(
+          sp.method, sp.url, r.status), { url = sp.url }), 0)
+    end
+    if origin(to) ~= origin(sp.url) then
+      hs = without(hs, CREDENTIALS)
+      sp.cookie = sess.cookie -- the caller's own Cookie stays with its origin
+    end
+    sp.url, sp.headers = to, hs
+    if deadline then
+      local left = deadline - tide.time()
+      if left <= 0 then
+        error(tide.error("timeout", ("%s %s: timed out after %d milliseconds (timeout, "
+          .. "over %d redirect(s))"):format(sp.method, to, math.floor(timeout * 1000), n),
+          { url = to, curl_code = 28 }), 0)
+      end
+      sp.timeout = seconds(left)
+    end
+    x, r = exchange(cs, sp, sp.method, to, body_fn)
+  end
+  r.redirects = n
+  return finish(r, x, stream)
+end
+
+-- One request, its redirects followed: with a spec sp of its own when it
+-- has options (or is the first without of its session and method), or
+-- with the session's spec for requests without options.
+local function send(sess, cs, sp, x, r, first)
+  if REDIRECT[r.status] and first.max_redirects > 0 then
+    if first.shared then -- the next request without options overwrites it
+      local own = {}
+      for k, v in pairs(sp) do own[k] = v end
+      sp, own.url = own, first.url
+    end
+    return follow(sess, cs, sp, x, r, first)
+  end
+  return finish(r, x, first.stream)
+end
+
 local function perform(sess, fname, argbase, method, url, opts)
   if type(url) ~= "string" then
     argerror(fname, argbase, "URL string expected, got " .. type(url))
@@ -436,10 +506,14 @@ local function perform(sess, fname, argbase, method, url, opts)
       need_task(fname)
       local encoded = core.encode_url(full_url(sess, url))
       if encoded then -- (without a scheme, the way below says what is wrong)
-        plain.url = encoded
+        local sp, timeout = plain.spec, plain.timeout
+        sp.url = encoded
         if cs == "default" then cs = core.default_session() end
-        local x, r = exchange(cs, plain, method, encoded)
-        return finish(r, x, false)
+        local deadline = timeout and timeout > 0 and tide.time() + timeout
+        local x, r = exchange(cs, sp, method, encoded)
+        if not REDIRECT[r.status] then return finish(r, x, false) end
+        return send(sess, cs, sp, x, r, { method = method, url = encoded, shared = true,
+          max_redirects = plain.max_redirects, timeout = timeout, deadline = deadline })
       end
     end
     opts = EMPTY
@@ -527,84 +601,30 @@ local function perform(sess, fname, argbase, method, url, opts)
   if verify == nil then verify = d.verify end
   local trust_env = opts.trust_env
   if trust_env == nil then trust_env = d.trust_env or false end
-  spec.method, spec.url, spec.headers, spec.body, spec.body_fn = method, url, headers, body, body_fn ~= nil
-  spec.timeout = seconds(timeout)
-  spec.connect_timeout = seconds(opts.connect_timeout or d.connect_timeout, DEFAULTS.connect_timeout)
-  spec.idle_timeout = stream and seconds(opts.idle_timeout or d.idle_timeout, DEFAULTS.idle_timeout) or 0
   local redirects = opts.max_redirects or d.max_redirects
-  spec.max_redirects = redirects and count(redirects) or DEFAULTS.max_redirects
-  spec.verify, spec.cafile, spec.proxy = verify, opts.cafile or d.cafile, opts.proxy or d.proxy
+  local max_redirects = redirects and count(redirects) or DEFAULTS.max_redirects
   if max_body == HUGE then max_body = nil end
-  spec.max_body, spec.http_version, spec.stream = max_body or -1, version, stream
-  spec.cookie, spec.body_size, spec.trust_env = cookie, body_size, trust_env
-  local max_redirects, saved, deadline = spec.max_redirects, nil, nil
-  if max_redirects > 0 and (not CURL_FOLLOWS[method] or own_cookie or body or body_fn) then
-    spec.max_redirects = 0 -- followed below
-    saved = {}
-    for k, v in pairs(spec) do saved[k] = v end
-    deadline = timeout and timeout > 0 and tide.time() + timeout -- over every hop
-  end
-  if opts == EMPTY and not saved and not body_fn then -- the spec of every request like this one
+  local sp = {
+    method = method, url = url, headers = headers, body = body, body_fn = body_fn ~= nil,
+    timeout = seconds(timeout),
+    connect_timeout = seconds(opts.connect_timeout or d.connect_timeout, DEFAULTS.connect_timeout),
+    idle_timeout = stream and seconds(opts.idle_timeout or d.idle_timeout, DEFAULTS.idle_timeout) or 0,
+    max_redirects = 0, -- tide follows them (see REDIRECT)
+    verify = verify, cafile = opts.cafile or d.cafile, proxy = opts.proxy or d.proxy,
+    max_body = max_body or -1, http_version = version, stream = stream,
+    cookie = cookie, body_size = body_size, trust_env = trust_env,
+  }
+  if opts == EMPTY and not body_fn then -- the spec of every request like this one
     local plain = {}
-    for k, v in pairs(spec) do plain[k] = v end
-    sess.plain[method] = plain
+    for k, v in pairs(sp) do plain[k] = v end
+    sess.plain[method] = { spec = plain, max_redirects = max_redirects, timeout = timeout }
   end
   if cs == "default" then cs = core.default_session() end
-  local x, r = exchange(cs, spec, method, url, body_fn)
-  local n = 0
-  while saved and REDIRECT[r.status] do
-    if not r._redirect_url then
-      if r.headers.location == nil then break end -- nothing to follow
-      if stream then x:close() end
-      error(tide.error("invalid_url", ("%s %s: the %d redirect's Location %q is not an "
-        .. "http or https URL"):format(saved.method, saved.url, r.status, r.headers.location),
-        { url = saved.url }), 0)
-    end
-    if stream then x:close() end
-    if n == max_redirects then
-      error(tide.error("too_many_redirects", ("%s %s: Number of redirects hit maximum amount "
-        .. "(Maximum (%d) redirects followed)"):format(method, url, max_redirects),
-        { url = url, curl_code = 47 }), 0)
-    end
-    n = n + 1
-    local to, hs = r._redirect_url, saved.headers
-    if not to:find("^[Hh][Tt][Tt][Pp][Ss]?://") then
-      error(tide.error("invalid_url", ("%s %s: the %d redirect goes to %s, not an http or "
-        .. "https URL"):format(saved.method, saved.url, r.status, to), { url = to }), 0)
-    end
-    if saved.method ~= "HEAD" and (r.status == 303 or (saved.method == "POST"
-        and (r.status == 301 or r.status == 302))) then
-      -- See Other (and POST on 301/302, as curl and browsers): GET it, without the body
-      saved.method, saved.body, saved.body_fn, body_fn = "GET", nil, false, nil
-      saved.body_size = nil
-      hs = without(hs, GET_DROPS)
-    elseif body_array then
-      body_fn = body_source(body_array)
-    elseif body_fn then
-      error(tide.error("http_transfer", ("%s %s: the %d redirect needs the body sent again, "
-        .. "which a body function cannot do (give the body as a string or an array)"):format(
-          saved.method, saved.url, r.status), { url = saved.url }), 0)
-    end
-    if origin(to) ~= origin(saved.url) then
-      hs = without(hs, CREDENTIALS)
-      saved.cookie = sess.cookie -- the caller's own Cookie stays with its origin
-    end
-    saved.url, saved.headers = to, hs
-    if deadline then
-      local left = deadline - tide.time()
-      if left <= 0 then
-        error(tide.error("timeout", ("%s %s: timed out after %d milliseconds (timeout, "
-          .. "over %d redirect(s))"):format(saved.method, to, math.floor(timeout * 1000), n),
-          { url = to, curl_code = 28 }), 0)
-      end
-      saved.timeout = seconds(left)
-    end
-    for k in pairs(spec) do spec[k] = nil end -- only this request's options
-    for k, v in pairs(saved) do spec[k] = v end
-    x, r = exchange(cs, spec, saved.method, to, body_fn)
-  end
-  if saved then r.redirects = n end
-  return finish(r, x, stream)
+  local deadline = timeout and timeout > 0 and tide.time() + timeout -- over every hop
+  local x, r = exchange(cs, sp, method, url, body_fn)
+  return send(sess, cs, sp, x, r, { method = method, url = url, stream = stream,
+    body_fn = body_fn, body_array = body_array,
+    max_redirects = max_redirects, timeout = timeout, deadline = deadline })
 end
 
 ---------------------------------------------------------------------------
