@@ -910,7 +910,7 @@ static int s_gc(lua_State *L) {
   X(body_fn) X(timeout) X(connect_timeout) X(max_body) X(stream) X(verify)     \
   X(cafile) X(proxy) X(trust_env) X(cookie) X(body_size) X(body) X(headers)    \
   X(status) X(reason) X(header_block) X(redirects) X(_timings)                 \
-  X(_redirect_url)
+  X(_redirect_url) X(_redirect_error)
 #define KEY_ENUM(n) K_##n,
 #define KEY_NAME(n) #n,
 enum { KEYS(KEY_ENUM) NKEYS };
@@ -1310,8 +1310,8 @@ static size_t scheme_len(const char *u) {
 }
 
 /* Pushes u (n bytes) with the spaces and the bytes past ASCII after its
- * host percent-encoded, as aiohttp (yarl) and requests send them (curl
- * refuses a space, and encodes one in a Location's query as "+"), and
+ * host percent-encoded, as requests sends them (curl refuses a space, and
+ * encodes one in a Location's query as "+", as aiohttp's yarl does), and
  * returns 1; returns 0, pushing nothing, when there are none. from is where
  * the host starts ("//host" or "scheme://host"), or 0 for a path. */
 static int push_encoded(lua_State *L, const char *u, size_t n, size_t from) {
@@ -1387,11 +1387,14 @@ static void set_headers(lua_State *L, xfer *x, int res, int map) {
 
 /* Sets res._redirect_url: where the Location of the 3xx response res
  * points, made absolute against the URL asked (curl's CURLINFO_REDIRECT_URL
- * is known only once the transfer is done, too late for a stream). */
+ * is known only once the transfer is done, too late for a stream), or
+ * res._redirect_error: why curl could not make it one. A Location that is
+ * only a #fragment is the URL asked (curl 7.88 took it for a path). */
 static void set_redirect_url(lua_State *L, xfer *x, int res) {
   char *base = NULL, *out = NULL;
   const char *loc;
   CURLU *u;
+  CURLUcode rc = CURLUE_OUT_OF_MEMORY;
   size_t n = 0;
   spec_get(L, res, K_headers);
   lua_getfield(L, -1, "location");
@@ -1401,16 +1404,25 @@ static void set_redirect_url(lua_State *L, xfer *x, int res) {
   else
     lua_pushnil(L); /* the same slots either way */
   curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &base);
-  if (loc && *loc && base && (u = curl_url()) != NULL) {
-    if (curl_url_set(u, CURLUPART_URL, base, 0) == CURLUE_OK &&
-        curl_url_set(u, CURLUPART_URL, loc, CURLU_NON_SUPPORT_SCHEME |
-                                            CURLU_URLENCODE) == CURLUE_OK &&
-        curl_url_get(u, CURLUPART_URL, &out, 0) == CURLUE_OK) {
-      lua_pushstring(L, out);
+  if (loc && *loc && base) {
+    if (*loc == '#') {
+      lua_pushlstring(L, base, strcspn(base, "#"));
       set_key(L, res, K__redirect_url);
-      curl_free(out);
+    } else if ((u = curl_url()) != NULL) {
+      if ((rc = curl_url_set(u, CURLUPART_URL, base, 0)) == CURLUE_OK &&
+          (rc = curl_url_set(u, CURLUPART_URL, loc, CURLU_NON_SUPPORT_SCHEME |
+                                                   CURLU_URLENCODE)) == CURLUE_OK &&
+          (rc = curl_url_get(u, CURLUPART_URL, &out, 0)) == CURLUE_OK) {
+        lua_pushstring(L, out);
+        set_key(L, res, K__redirect_url);
+        curl_free(out);
+      }
+      curl_url_cleanup(u);
     }
-    curl_url_cleanup(u);
+    if (rc != CURLUE_OK && *loc != '#') {
+      lua_pushstring(L, curl_url_strerror(rc));
+      set_key(L, res, K__redirect_error);
+    }
   }
   lua_pop(L, 3);
 }

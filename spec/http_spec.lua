@@ -370,6 +370,40 @@ describe("tide.http", function()
       end
     end)
 
+    it("returns a 3xx with an empty Location, goes back to the URL on a #fragment, names a bad Location's fault", function()
+      local seen = {}
+      local server <close> = http.serve("127.0.0.1", 0, function(req)
+        seen[#seen + 1] = req.path .. "?" .. req.raw_query
+        local to = ({ ["/empty"] = "", ["/blank"] = " ", ["/frag/x"] = "#f", ["/bad"] = "http://exa mple.invalid/" })[req.path]
+        return { status = 302, headers = { Location = to } }
+      end)
+      for _, f in ipairs({ http.get, http.post }) do
+        assert.equals(302, f(server:url("/empty")).status) -- as curl and aiohttp
+        assert.equals(302, f(server:url("/blank")).status)
+      end
+      seen = {}
+      assert.equals("too_many_redirects", (errkind(http.get, server:url("/frag/x?q=1"), { max_redirects = 2 })))
+      assert.same({ "/frag/x?q=1", "/frag/x?q=1", "/frag/x?q=1" }, seen) -- (curl 7.88 went to /frag/)
+      local kind, e = errkind(http.get, server:url("/bad"))
+      assert.equals("invalid_url", kind)
+      assert.matches("Location \"http://exa mple.invalid/\" is not a URL (Bad hostname)", e.message, 1, true)
+    end)
+
+    it("gives timings over every hop: each added up, and redirect the time before the last", function()
+      local server <close> = http.serve("127.0.0.1", 0, function(req)
+        if req.path == "/end" then return "ok" end
+        tide.sleep(0.2)
+        return { status = 302, headers = { Location = "/end" } }
+      end)
+      for _, f in ipairs({ http.get, http.put }) do
+        local res = f(server:url("/slow"))
+        assert.equals(1, res.redirects)
+        assert.is_true(res.timings.redirect >= 0.2, "redirect " .. res.timings.redirect)
+        assert.is_true(res.timings.total >= res.timings.redirect, "total " .. res.timings.total)
+        assert.is_true(res.timings.first_byte >= 0.2, "first_byte " .. res.timings.first_byte)
+      end
+    end)
+
     it("returns the redirect itself with max_redirects = 0", function()
       local res = http.get(url("/redirect/1"), { max_redirects = 0 })
       assert.equals(302, res.status)
@@ -781,6 +815,18 @@ describe("tide.http", function()
       assert.equals("done", ev)
       assert.equals(200, x:response().status)
       cs:close()
+    end)
+
+    it("keeps its headers as given: changing the table after changes no request", function()
+      local hs = { ["X-Token"] = "one", ["X-List"] = { "a" } }
+      local s <close> = http.session({ headers = hs })
+      assert.equals("one", echo(s:get(url("/get"))).headers["x-token"])
+      hs["X-Token"], hs["X-List"][2] = "two", "b"
+      for _, opts in ipairs({ false, {} }) do -- with and without options alike
+        local h = echo(s:get(url("/get"), opts or nil)).headers
+        assert.equals("one", h["x-token"])
+        assert.equals("a", h["x-list"])
+      end
     end)
 
     it("reuses connections (keep-alive)", function()

@@ -269,9 +269,10 @@ end
 
 -- res.timings is unpacked from the engine's doubles and named on first use
 local TIMINGS = { "dns", "connect", "tls", "pretransfer", "first_byte", "total", "redirect" }
+local TIMES = "ddddddd" -- how the engine packs them
 function Response.__index(self, k)
   if k == "timings" then
-    local t, a = {}, { string.unpack("ddddddd", rawget(self, "_timings")) }
+    local t, a = {}, { string.unpack(TIMES, rawget(self, "_timings")) }
     for i, name in ipairs(TIMINGS) do t[name] = a[i] end
     rawset(self, "timings", t)
     return t
@@ -405,7 +406,7 @@ end
 
 -- The engine's response r (of transfer x) as a Response.
 local function finish(r, x, stream)
-  r._redirect_url = nil
+  r._redirect_url, r._redirect_error = nil, nil
   r.headers = Headers.wrap(r.headers, r.header_block, core.header_map)
   r.header_block = nil
   if stream then r._x = x end
@@ -424,13 +425,16 @@ end
 local function follow(sess, cs, sp, x, r, first)
   local method, url, stream, body_fn = first.method, first.url, first.stream, first.body_fn
   local max_redirects, timeout, deadline = first.max_redirects, first.timeout, first.deadline
-  local n = 0
+  local n, sum = 0, nil -- sum: the timings of the hops before, added up (as curl does)
   while REDIRECT[r.status] do
     if not r._redirect_url then
-      if r.headers.location == nil then break end -- nothing to follow
+      local loc = r.headers.location
+      if not (loc and loc:find("%S")) then break end -- nothing to follow: the 3xx it is
       if stream then x:close() end
-      error(tide.error("invalid_url", ("%s %s: the %d redirect's Location %q is not an "
-        .. "http or https URL"):format(sp.method, sp.url, r.status, r.headers.location),
+      local scheme = loc:match("^%s*(%a[%w+.-]*):")
+      error(tide.error("invalid_url", ("%s %s: the %d redirect's Location %q is not %s"):format(
+        sp.method, sp.url, r.status, loc, scheme and not scheme:find("^[Hh][Tt][Tt][Pp][Ss]?$")
+        and "an http or https URL" or ("a URL (%s)"):format(r._redirect_error)),
         { url = sp.url }), 0)
     end
     if stream then x:close() end
@@ -472,9 +476,16 @@ local function follow(sess, cs, sp, x, r, first)
       end
       sp.timeout = seconds(left)
     end
+    local t = { string.unpack(TIMES, r._timings) }
+    if sum then for i = 1, 6 do sum[i] = sum[i] + t[i] end else sum = t end
     x, r = exchange(cs, sp, sp.method, to, body_fn)
   end
   r.redirects = n
+  if sum then -- and redirect: the time until the last hop started
+    local t = { string.unpack(TIMES, r._timings) }
+    for i = 1, 6 do t[i] = t[i] + sum[i] end
+    r._timings = string.pack(TIMES, t[1], t[2], t[3], t[4], t[5], t[6], sum[6])
+  end
   return finish(r, x, stream)
 end
 
@@ -680,7 +691,14 @@ function M.session(opts)
   opts = opts or {}
   local defaults = {}
   for k in pairs(OPTION_TYPES) do defaults[k] = opts[k] end
-  if opts.headers then header_lines("session", 1, {}, {}, opts.headers) end
+  if opts.headers then -- checked, and kept as given now (aiohttp copies them too)
+    header_lines("session", 1, {}, {}, opts.headers)
+    local copy = {}
+    for name, v in pairs(opts.headers) do
+      copy[name] = type(v) == "table" and table.move(v, 1, #v, 1, {}) or v
+    end
+    defaults.headers = copy
+  end
   if opts.http_version and not VERSIONS[opts.http_version] then
     argerror("session", 1, ("opts.http_version: one of 1.0, 1.1, 2, 2-prior-knowledge expected, got %q")
       :format(opts.http_version))
