@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include <curl/curl.h>
+#include <idn2.h>
 
 #include "internal.h"
 
@@ -1309,24 +1310,55 @@ static size_t scheme_len(const char *u) {
   return strncmp(u + i, "://", 3) == 0 ? i + 3 : 0;
 }
 
-/* Pushes u (n bytes) with the spaces and the bytes past ASCII after its
- * host percent-encoded, as requests sends them (curl refuses a space, and
- * encodes one in a Location's query as "+", as aiohttp's yarl does), and
- * returns 1; returns 0, pushing nothing, when there are none. from is where
+/* Pushes u (n bytes) as tide sends it and returns 1: a host name past
+ * ASCII in its IDNA form (xn--...; libcurl converts one only under a UTF-8
+ * locale, which tide does not set), as aiohttp sends it, and the spaces and
+ * bytes past ASCII after the host percent-encoded, as requests sends them
+ * (curl refuses a space, and encodes one in a Location's query as "+", as
+ * aiohttp's yarl does). Returns 0, pushing nothing, when nothing needs it,
+ * and -1 with the reason pushed for a host name IDNA refuses. from is where
  * the host starts ("//host" or "scheme://host"), or 0 for a path. */
 static int push_encoded(lua_State *L, const char *u, size_t n, size_t from) {
-  const char *p = u + from;
+  const char *p = u + from, *hend = p, *name = p, *nend = p;
+  char *ascii = NULL;
   size_t i;
   luaL_Buffer b;
   for (i = 0; i < n && u[i] != ' ' && !(u[i] & 0x80); i++)
     ;
   if (i == n)
     return 0;
-  if (from > 0)
-    p += strcspn(p, "/?#"); /* the host stays as it is (IDN) */
+  if (from > 0) { /* the host: [user[:password]@]name[:port] */
+    hend = p + strcspn(p, "/?#");
+    for (i = 0; p + i < hend; i++)
+      if (p[i] == '@')
+        name = p + i + 1;
+    nend = name + strcspn(name, ":/?#");
+    for (i = 0; name + i < nend && !(name[i] & 0x80); i++)
+      ;
+    if (name + i < nend) {
+      char utf8[256];
+      int rc = IDN2_TOO_BIG_DOMAIN;
+      if ((size_t)(nend - name) < sizeof(utf8)) {
+        memcpy(utf8, name, (size_t)(nend - name));
+        utf8[nend - name] = '\0';
+        rc = idn2_to_ascii_8z(utf8, &ascii, IDN2_NONTRANSITIONAL);
+      }
+      if (rc != IDN2_OK) {
+        lua_pushfstring(L, "bad international host name (IDNA: %s)", idn2_strerror(rc));
+        return -1;
+      }
+    }
+  }
   luaL_buffinit(L, &b);
-  luaL_addlstring(&b, u, (size_t)(p - u));
-  for (; p < u + n; p++) {
+  if (ascii) {
+    luaL_addlstring(&b, u, (size_t)(name - u));
+    luaL_addstring(&b, ascii);
+    luaL_addlstring(&b, nend, (size_t)(hend - nend));
+    idn2_free(ascii);
+  } else {
+    luaL_addlstring(&b, u, (size_t)(hend - u));
+  }
+  for (p = hend; p < u + n; p++) {
     if (*p == ' ' || (*p & 0x80)) {
       char hex[4];
       snprintf(hex, sizeof(hex), "%%%02X", (unsigned char)*p);
@@ -1340,17 +1372,27 @@ static int push_encoded(lua_State *L, const char *u, size_t n, size_t from) {
 }
 
 /* encode_url(url) -> url encoded as push_encoded does (url itself when
- * nothing needs it); nil when url has no scheme ("http://"), which tide
- * does not guess (checked here: a Lua pattern costs a plain GET several
- * percent). */
+ * nothing needs it); nil and why when url has no scheme ("http://"), which
+ * tide does not guess (checked here: a Lua pattern costs a plain GET several
+ * percent), or a host name IDNA refuses. */
 static int l_encode_url(lua_State *L) {
   size_t n;
   const char *u = luaL_checklstring(L, 1, &n);
   size_t from = scheme_len(u);
-  if (from == 0)
+  int rc;
+  if (from == 0) {
     lua_pushnil(L);
-  else if (!push_encoded(L, u, n, from))
+    lua_pushliteral(L, "a URL with a scheme expected (http:// or https://)");
+    return 2;
+  }
+  rc = push_encoded(L, u, n, from);
+  if (rc == 0)
     lua_settop(L, 1);
+  else if (rc < 0) {
+    lua_pushnil(L);
+    lua_insert(L, -2);
+    return 2;
+  }
   return 1;
 }
 
@@ -1395,14 +1437,22 @@ static void set_redirect_url(lua_State *L, xfer *x, int res) {
   const char *loc;
   CURLU *u;
   CURLUcode rc = CURLUE_OUT_OF_MEMORY;
+  int enc = 0;
   size_t n = 0;
   spec_get(L, res, K_headers);
   lua_getfield(L, -1, "location");
   loc = lua_tolstring(L, -1, &n);
-  if (loc && push_encoded(L, loc, n, strncmp(loc, "//", 2) == 0 ? 2 : scheme_len(loc)))
-    loc = lua_tostring(L, -1);
-  else
+  if (loc)
+    enc = push_encoded(L, loc, n, strncmp(loc, "//", 2) == 0 ? 2 : scheme_len(loc));
+  if (enc == 0)
     lua_pushnil(L); /* the same slots either way */
+  else if (enc > 0)
+    loc = lua_tostring(L, -1);
+  else { /* a host name IDNA refuses */
+    lua_pushvalue(L, -1);
+    set_key(L, res, K__redirect_error);
+    loc = NULL;
+  }
   curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &base);
   if (loc && *loc && base) {
     if (*loc == '#') {

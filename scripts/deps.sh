@@ -1,7 +1,7 @@
 # Sourced by scripts/demo and scripts/test: installs the Debian 12 packages
 # tide needs when they are missing (as root or through sudo), or prints the
 # exact apt line and stops.
-TIDE_PACKAGES="build-essential cmake pkg-config liblua5.4-dev lua5.4 libuv1-dev libcurl4-openssl-dev lua-busted
+TIDE_PACKAGES="build-essential cmake pkg-config liblua5.4-dev lua5.4 libuv1-dev libcurl4-openssl-dev libidn2-dev lua-busted
   libhttp-parser-dev lua-cjson lua-dkjson libedit-dev python3 nginx openssl"
 
 tide_missing_packages() {

@@ -56,6 +56,16 @@ describe("tide.http", function()
       assert.equals(url("/anything/a%20b/%C3%A9?x=a%20b&y=c%20d"), res.url) -- no #fragment: never sent
     end)
 
+    it("sends a host name past ASCII in its IDNA form (xn--), as aiohttp, and refuses one IDNA refuses", function()
+      local port = url("/"):match(":(%d+)/")
+      local e = echo(http.get(("http://BÜCHER.localhost:%s/anything/é"):format(port))) -- (*.localhost is 127.0.0.1)
+      assert.equals("xn--bcher-kva.localhost:" .. port, e.headers.host)
+      assert.equals("/anything/%C3%A9", e.path)
+      local kind, err = errkind(http.get, "http://a\xff.localhost/")
+      assert.equals("invalid_url", kind)
+      assert.matches("bad international host name", err.message, 1, true)
+    end)
+
     it("adds opts.query to the URL's own query, before a #fragment", function()
       local e = echo(http.get(url("/get?a=1#frag"), { query = { b = 2 } }))
       assert.same({ a = { "1" }, b = { "2" } }, e.query)
@@ -387,6 +397,16 @@ describe("tide.http", function()
       local kind, e = errkind(http.get, server:url("/bad"))
       assert.equals("invalid_url", kind)
       assert.matches("Location \"http://exa mple.invalid/\" is not a URL (Bad hostname)", e.message, 1, true)
+    end)
+
+    it("follows a Location whose host name is past ASCII to its IDNA form", function()
+      local server <close> = http.serve("127.0.0.1", 0, function(req)
+        if req.path == "/end" then return req.headers.host end
+        return { status = 302, headers = { Location = ("http://bücher.localhost:%d/end"):format(req.query.p) } }
+      end)
+      for _, f in ipairs({ http.get, http.post }) do
+        assert.equals("xn--bcher-kva.localhost:" .. server:port(), f(server:url("/to?p=" .. server:port())).body)
+      end
     end)
 
     it("gives timings over every hop: each added up, and redirect the time before the last", function()

@@ -548,10 +548,9 @@ local function perform(sess, fname, argbase, method, url, opts)
       url = base .. sep .. q .. frag
     end
   end
-  local encoded = core.encode_url(url) -- spaces and non-ASCII bytes, as aiohttp sends them
-  if not encoded then -- no scheme: no guessing, as curl would
-    error(tide.error("invalid_url", ("%s: a URL with a scheme expected (http:// or https://)")
-      :format(url), { url = url }), 0)
+  local encoded, why = core.encode_url(url) -- an IDN host, spaces, bytes past ASCII
+  if not encoded then -- (no scheme: no guessing, as curl would)
+    error(tide.error("invalid_url", ("%s: %s"):format(url, why), { url = url }), 0)
   end
   url = encoded
   local body, body_fn, ctype = opts.body, nil, nil
