@@ -911,7 +911,7 @@ static int s_gc(lua_State *L) {
   X(body_fn) X(timeout) X(connect_timeout) X(max_body) X(stream) X(verify)     \
   X(cafile) X(proxy) X(trust_env) X(cookie) X(body_size) X(body) X(headers)    \
   X(status) X(reason) X(header_block) X(redirects) X(_timings)                 \
-  X(_redirect_url) X(_redirect_error)
+  X(_redirect_url) X(_redirect_error) X(seed_cookies)
 #define KEY_ENUM(n) K_##n,
 #define KEY_NAME(n) #n,
 enum { KEYS(KEY_ENUM) NKEYS };
@@ -1020,6 +1020,16 @@ static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
   }
   if ((s = opt_string(L, spec, K_cookie)) != NULL)
     curl_easy_setopt(e, CURLOPT_COOKIE, s);
+  /* cookie-file lines into the session's jar (through e's CURLOPT_SHARE) */
+  if (spec_get(L, spec, K_seed_cookies) == LUA_TTABLE && m->sess->share) {
+    int i;
+    for (i = 1; lua_rawgeti(L, -1, i) == LUA_TSTRING; i++) {
+      curl_easy_setopt(e, CURLOPT_COOKIELIST, lua_tostring(L, -1));
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1); /* what ended the list */
+  }
+  lua_pop(L, 1);
   /* Prefer an HTTP/2 connection being set up over opening more, where h2
    * is possible; for plain http the wait would last until the first
    * response (curl learns "no multiplexing" only then). */
@@ -1178,8 +1188,8 @@ static int s_request(lua_State *L) {
   CURLMcode rc;
   luaL_checktype(L, 2, LUA_TTABLE);
   if (S->m && S->m->sched != t->s)
-    return luaL_error(L, "this HTTP session belongs to another run "
-                         "(tide.run); make one inside this run");
+    return tide__raise_kind_at_user(L, "invalid_state", "this HTTP session belongs "
+                                    "to another run (tide.run); make one inside this run");
   if (S->m == NULL)
     S->m = hmulti_new(L, S, t->s);
   m = S->m;

@@ -230,6 +230,13 @@ describe("tide.http", function()
   end)
 
   describe("request", function()
+    it("names opts.body when a body function gives something other than a string", function()
+      local ok, e = pcall(http.post, url("/anything"), { body = function() return 5 end })
+      assert.is_false(ok)
+      assert.matches("^spec/http_spec.lua:%d+: bad argument #2 to 'post' %(opts.body: the body "
+        .. "function gave a number %(strings expected%)%)$", e)
+    end)
+
     it("sends string, JSON, form and streamed bodies with any method", function()
       local e = echo(http.post(url("/anything"), { body = "raw body" }))
       assert.equals("POST", e.method)
@@ -966,6 +973,33 @@ describe("tide.http", function()
     it("sends fixed cookies given as a table", function()
       local s <close> = http.session { cookies = { a = "1" } }
       assert.same({ a = "1" }, s:get(url("/cookies")):json().cookies)
+    end)
+
+    it("is kind invalid_state at the caller's line when used in another run (tide.run)", function()
+      local s <close> = http.session()
+      assert.equals(200, s:get(url("/get")).status)
+      local ok, e = pcall(tide.run, function() local res = s:get(url("/get")); return res end)
+      assert.is_false(ok)
+      assert.equals("invalid_state", e.kind) -- (it was a string)
+      assert.matches("^spec/http_spec.lua:%d+: this HTTP session belongs to another run", e.message)
+    end)
+
+    it("puts the cookies given as a table in its jar: one the server sets of the same name replaces it, as aiohttp's", function()
+      local server <close> = http.serve("127.0.0.1", 0, function(req)
+        if req.path == "/set" then return { headers = { ["Set-Cookie"] = "a=9; Path=/" } } end
+        if req.path == "/r" then return { status = 302, headers = { Location = "/echo", ["Set-Cookie"] = "b=2; Path=/" } } end
+        return tostring(req.headers.cookie)
+      end)
+      local s <close> = http.session { cookies = { a = "1", c = 3 } }
+      assert.equals("c=3; a=1", s:get(server:url("/echo")).body)
+      s:get(server:url("/set"))
+      assert.equals("c=3; a=9", s:get(server:url("/echo")).body) -- (it sent "a=9; c=3; a=1")
+      assert.equals("b=2; c=3; a=9", s:get(server:url("/r")).body)
+      local other = server:url("/echo"):gsub("127%.0%.0%.1", "localhost") -- every host gets them
+      assert.equals("c=3; a=1", s:get(other).body)
+      assert.has_error(function() http.session { cookies = { ["a b"] = "1" } } end,
+        "bad argument #1 to 'session' (opts.cookies: \"a b\" = \"1\" is not a cookie (a name "
+        .. "without spaces, '=', ';' or ',', a value without ';' or control characters))")
     end)
 
     it("refuses use after close and closes with <close>", function()

@@ -247,6 +247,19 @@ local function body_source(body)
   return function() i = i + 1; return body[i] end
 end
 
+-- A body function whose pieces are checked: one that is not a string is a
+-- bad argument of the call (fname's argument argn, its opts).
+local function checked_body(fn, fname, argn)
+  return function()
+    local chunk = fn()
+    if chunk ~= nil and type(chunk) ~= "string" then
+      argerror(fname, argn, ("opts.body: the body function gave a %s (strings expected)")
+        :format(type(chunk)))
+    end
+    return chunk
+  end
+end
+
 ---------------------------------------------------------------------------
 -- Responses
 
@@ -379,18 +392,32 @@ local function without(lines, names)
   return out
 end
 
+-- The session's first cookies (http.session{cookies = {...}}) as cookie-file
+-- lines for url's host, the first time a request of the session goes there:
+-- in the jar, a cookie the server sets of the same name replaces them, as
+-- in aiohttp's jar (sent beside the jar's, the old value stayed).
+local function seed_lines(sess, url)
+  local host = url:match("^%a[%w+.-]*://([^/?#]*)") or ""
+  host = host:gsub("^.*@", ""):gsub(":%d*$", ""):gsub("^%[(.*)%]$", "%1"):lower()
+  if sess.seeded[host] then return nil end
+  sess.seeded[host] = true
+  local lines = {}
+  for i, c in ipairs(sess.seed) do
+    lines[i] = ("%s\tFALSE\t/\tFALSE\t0\t%s\t%s"):format(host, c[1], c[2])
+  end
+  return lines
+end
+
 -- One request and response with the spec sp as filled: starts the
 -- transfer, feeds a body function, returns the transfer and the engine's
 -- response.
-local function exchange(cs, sp, method, url, body_fn)
+local function exchange(sess, cs, sp, body_fn)
+  if sess.seed then sp.seed_cookies = seed_lines(sess, sp.url) end
   local x, ev = cs:request(sp)
   if body_fn then
     local ok, e = pcall(function()
       while ev == "body" do
         local chunk = body_fn()
-        if chunk ~= nil and type(chunk) ~= "string" then
-          error(("%s %s: the body function gave a %s (strings expected)"):format(method, url, type(chunk)), 0)
-        end
         if chunk == "" then
           tide.sleep(0) -- "nothing yet": let the loop (and timeouts) run
         else
@@ -464,7 +491,7 @@ local function follow(sess, cs, sp, x, r, first)
     end
     if origin(to) ~= origin(sp.url) then
       hs = without(hs, CREDENTIALS)
-      sp.cookie = sess.cookie -- the caller's own Cookie stays with its origin
+      sp.cookie = nil -- the caller's own Cookie stays with its origin
     end
     sp.url, sp.headers = to, hs
     if deadline then
@@ -478,7 +505,7 @@ local function follow(sess, cs, sp, x, r, first)
     end
     local t = { string.unpack(TIMES, r._timings) }
     if sum then for i = 1, 6 do sum[i] = sum[i] + t[i] end else sum = t end
-    x, r = exchange(cs, sp, sp.method, to, body_fn)
+    x, r = exchange(sess, cs, sp, body_fn)
   end
   r.redirects = n
   if sum then -- and redirect: the time until the last hop started
@@ -521,7 +548,7 @@ local function perform(sess, fname, argbase, method, url, opts)
         sp.url = encoded
         if cs == "default" then cs = core.default_session() end
         local deadline = timeout and timeout > 0 and tide.time() + timeout
-        local x, r = exchange(cs, sp, method, encoded)
+        local x, r = exchange(sess, cs, sp)
         if not REDIRECT[r.status] then return finish(r, x, false) end
         return send(sess, cs, sp, x, r, { method = method, url = encoded, shared = true,
           max_redirects = plain.max_redirects, timeout = timeout, deadline = deadline })
@@ -573,7 +600,11 @@ local function perform(sess, fname, argbase, method, url, opts)
       end
     end
   end
-  if body ~= nil and type(body) ~= "string" then body_fn, body = body_source(body), nil end
+  if type(body) == "function" then
+    body_fn, body = checked_body(body, fname, argbase + 1), nil
+  elseif body ~= nil and type(body) ~= "string" then
+    body_fn, body = body_source(body), nil
+  end
   local headers = EMPTY -- a table of its own only when there are header lines
   if opts.headers or d.headers or ctype then
     headers = {}
@@ -581,9 +612,9 @@ local function perform(sess, fname, argbase, method, url, opts)
       ctype and { ["Content-Type"] = ctype } or EMPTY)
   end
   -- A Cookie header of the caller's joins the session's cookies in one
-  -- line (RFC 6265 5.4), through curl's CURLOPT_COOKIE; tide then follows
-  -- the redirects, so that it does not go to another origin.
-  local cookie, own_cookie = sess.cookie, nil
+  -- line (RFC 6265 5.4), through curl's CURLOPT_COOKIE; it does not go to
+  -- another origin (see follow).
+  local own_cookie
   local body_size
   for i = #headers, 1, -1 do
     local name, value = headers[i]:match("^([^:;]*)[:;]%s*(.*)$")
@@ -595,7 +626,6 @@ local function perform(sess, fname, argbase, method, url, opts)
       body_size = math.tointeger(tonumber(value))
     end
   end
-  if own_cookie then cookie = cookie and cookie .. "; " .. own_cookie or own_cookie end
   local stream = opts.stream or false
   local version = opts.http_version or d.http_version
   if version and not VERSIONS[version] then
@@ -622,7 +652,7 @@ local function perform(sess, fname, argbase, method, url, opts)
     max_redirects = 0, -- tide follows them (see REDIRECT)
     verify = verify, cafile = opts.cafile or d.cafile, proxy = opts.proxy or d.proxy,
     max_body = max_body or -1, http_version = version, stream = stream,
-    cookie = cookie, body_size = body_size, trust_env = trust_env,
+    cookie = own_cookie, body_size = body_size, trust_env = trust_env,
   }
   if opts == EMPTY and not body_fn then -- the spec of every request like this one
     local plain = {}
@@ -631,7 +661,7 @@ local function perform(sess, fname, argbase, method, url, opts)
   end
   if cs == "default" then cs = core.default_session() end
   local deadline = timeout and timeout > 0 and tide.time() + timeout -- over every hop
-  local x, r = exchange(cs, sp, method, url, body_fn)
+  local x, r = exchange(sess, cs, sp, body_fn)
   return send(sess, cs, sp, x, r, { method = method, url = url, stream = stream,
     body_fn = body_fn, body_array = body_array,
     max_redirects = max_redirects, timeout = timeout, deadline = deadline })
@@ -702,25 +732,30 @@ function M.session(opts)
     argerror("session", 1, ("opts.http_version: one of 1.0, 1.1, 2, 2-prior-knowledge expected, got %q")
       :format(opts.http_version))
   end
-  local cookie
+  local seed -- {{name, value}, ...}: the jar's first cookies, for every host
   if type(opts.cookies) == "table" then
-    local parts = {}
+    seed = {}
     for k, v in pairs(opts.cookies) do
       if type(k) ~= "string" or type(v) ~= "string" and type(v) ~= "number" then
         argerror("session", 1, ("opts.cookies: names and values must be strings (or numbers), "
           .. "got %s = %s"):format(type(k), type(v)))
       end
-      parts[#parts + 1] = k .. "=" .. tostring(v)
+      v = tostring(v)
+      if k == "" or k:find("[%c%s=;,]") or v:find("[%c;]") then
+        argerror("session", 1, ("opts.cookies: %q = %q is not a cookie (a name without "
+          .. "spaces, '=', ';' or ',', a value without ';' or control characters)"):format(k, v))
+      end
+      seed[#seed + 1] = { k, v }
     end
-    table.sort(parts)
-    cookie = table.concat(parts, "; ")
+    table.sort(seed, function(a, b) return a[1] < b[1] end)
+    if #seed == 0 then seed = nil end
   end
   return setmetatable({
     core = core.session({
       max_connections = opts.max_connections, max_per_host = opts.max_per_host,
       cookies = opts.cookies ~= false,
     }),
-    base_url = opts.base_url, defaults = defaults, cookie = cookie, plain = {},
+    base_url = opts.base_url, defaults = defaults, seed = seed, seeded = {}, plain = {},
   }, Session)
 end
 
