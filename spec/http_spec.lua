@@ -548,6 +548,9 @@ describe("tide.http", function()
       local t0 = tide.time()
       assert.equals("timeout", (errkind(http.put, server:url("/hop/3"), { body = "x", timeout = 0.5 })))
       assert.is_true(tide.time() - t0 < 0.9, "took " .. tide.time() - t0)
+      local kind, e = errkind(http.get, server:url("/hop/1"), { timeout = 0.5 })
+      assert.equals("timeout", kind) -- the whole time, not curl's for the last hop
+      assert.matches("/hop/0: timed out after 500 milliseconds (timeout, over 1 redirect(s))", e.message, 1, true)
     end)
 
     it("refuses a Location that is not http or https for every method", function()

@@ -505,7 +505,15 @@ local function follow(sess, cs, sp, x, r, first)
     end
     local t = { string.unpack(TIMES, r._timings) }
     if sum then for i = 1, 6 do sum[i] = sum[i] + t[i] end else sum = t end
-    x, r = exchange(sess, cs, sp, body_fn)
+    local ok
+    ok, x, r = pcall(exchange, sess, cs, sp, body_fn)
+    if not ok then -- curl's message would give the last hop's time only
+      if deadline and tide.iserror(x) and x.kind == "timeout" then
+        x.message = ("%s %s: timed out after %d milliseconds (timeout, over %d redirect(s))")
+          :format(sp.method, to, math.floor(timeout * 1000), n)
+      end
+      error(x, 0)
+    end
   end
   r.redirects = n
   if sum then -- and redirect: the time until the last hop started
