@@ -447,12 +447,29 @@ static void test_memory_limit(void) {
 
 /* A task waiting on one that ran out of memory is woken while the memory
  * is still full: tide's own done callbacks and deadlines run outside the
- * cap (one that failed to allocate lost the wake, and the wait hung). */
+ * cap (one that failed to allocate lost the wake, and the wait hung). What
+ * the woken task then does in Lua runs under the cap, still full: wait's
+ * result table fits in the room the eater left in most runs, not all (that
+ * room varies with the string hash seed), so either answer is a wake. */
+/* Whether text is one of the answers in list ("a|b|..."). */
+static int one_of(const char *text, const char *list) {
+  size_t n = strlen(text);
+  while (list) {
+    const char *bar = strchr(list, '|');
+    size_t len = bar ? (size_t)(bar - list) : strlen(list);
+    if (len == n && strncmp(text, list, n) == 0)
+      return 1;
+    list = bar ? bar + 1 : NULL;
+  }
+  return 0;
+}
+
 static void test_memory_limit_waiters(void) {
   static const char *const waits[][2] = {
     {"tide.task_group, function(g) g:spawn(eat) end", "false,not enough memory"},
     {"tide.shield, eat", "false,not enough memory"},
-    {"function() local done = tide.wait({tide.spawn(eat)}) return #done end", "true,1"},
+    {"function() local done = tide.wait({tide.spawn(eat)}) return #done end",
+     "true,1|false,not enough memory"},
     {"tide.wait_for, eat, 5", "false,not enough memory"}};
   size_t i;
   for (i = 0; i < sizeof waits / sizeof waits[0]; i++) {
@@ -478,7 +495,7 @@ static void test_memory_limit_waiters(void) {
     snprintf(name, sizeof name,
              "memory_limit: pcall(%s) returns once the child ran out of memory",
              waits[i][0]);
-    check(r.called == 1 && strcmp(r.text, waits[i][1]) == 0, name, r.text);
+    check(r.called == 1 && one_of(r.text, waits[i][1]), name, r.text);
     tide_runtime_close(rt);
   }
 }
