@@ -304,6 +304,7 @@ int tide__open_queue(lua_State *L);
 void tide__net_close(uv_handle_t *h);
 void tide__net_detach(tide_runtime *rt);
 void tide__net_close_servers(uv_handle_t *h, void *sched);
+/* [-0, +1, m] A pipe stream for a child; its user value 1 is its owner. */
 uv_stream_t *tide__stream_new_pipe(lua_State *L, tide_sched *sched,
                                    size_t limit);
 size_t tide__stream_limit(lua_State *L, int arg);

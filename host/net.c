@@ -770,10 +770,11 @@ static int st_tostring(lua_State *L) {
 }
 
 /* [-0, +1, m] A new stream box over a fresh tcp handle on loop, or a pipe
- * handle if pipe is set. */
+ * handle if pipe is set (its box has a user value for its owner: see
+ * tide__stream_new_pipe). */
 static stream *new_stream(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
                           int pipe) {
-  stream_box *b = lua_newuserdatauv(L, sizeof(*b), 0);
+  stream_box *b = lua_newuserdatauv(L, sizeof(*b), pipe ? 1 : 0);
   stream *s = calloc(1, sizeof(*s));
   b->s = NULL;
   luaL_setmetatable(L, STREAM_MT);

@@ -536,6 +536,8 @@ static void start(lua_State *L, int run) {
       stdio[i].flags = UV_CREATE_PIPE | (i == 0 ? UV_READABLE_PIPE
                                                 : UV_WRITABLE_PIPE);
       stdio[i].data.stream = tide__stream_new_pipe(L, s, limit);
+      lua_pushvalue(L, base); /* a stream in use keeps its process (and */
+      lua_setiuservalue(L, -2, 1); /* child) alive, as asyncio's transport */
       lua_setiuservalue(L, base, i + 1);
     } else if (modes[i] == IO_INHERIT) {
       stdio[i].flags = UV_INHERIT_FD;

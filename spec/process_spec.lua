@@ -379,5 +379,19 @@ describe("tide.process", function()
       collectgarbage()
       assert.is_true(gone(pid))
     end)
+
+    it("is not collected while one of its streams is kept: a pipe being read keeps its child", function()
+      local function lines_of(argv) -- the Process itself is dropped here
+        local out = process.spawn(argv).stdout
+        return function() return out:read_line() end
+      end
+      local got = {}
+      for line in lines_of({ "sh", "-c", "for i in 1 2 3; do echo $i; sleep 0.05; done" }) do
+        got[#got + 1] = line
+        collectgarbage() -- (it was collected here, killing the child: one line)
+        collectgarbage()
+      end
+      assert.same({ "1", "2", "3" }, got)
+    end)
   end)
 end)
