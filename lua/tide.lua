@@ -462,11 +462,12 @@ function M.wait_for(x, seconds, ...)
     local e = join(t)
     err = err or e
   until t:done()
-  if err then error(err, 0) end
-  -- As asyncio's (3.12): the timeout only if the inner work ended
-  -- cancelled; if it caught the cancel and returned, its results; if it
-  -- failed otherwise, that error.
+  -- As asyncio's (3.12), the inner work's end decides, whether the time
+  -- ran out or the caller was cancelled: if it caught the cancel and
+  -- returned, its results; if it failed otherwise, that error; if it ended
+  -- cancelled, the caller's cancellation, else the timeout.
   if not t:cancelled() then return t:await() end
+  if err then error(err, 0) end
   error(terror("timeout", ("timed out after %g s"):format(seconds)), 0)
 end
 

@@ -1150,6 +1150,20 @@ describe("tide.wait_for", function()
     assert.equals("swallowed", r)
   end)
 
+  it("cancelled itself, gives what the inner work ends with: its results if it caught the cancel (asyncio 3.12)", function()
+    local function waiter(fn) -- the caller of wait_for is cancelled at 10 ms
+      local w = tide.spawn(tide.wait_for, fn, 5)
+      tide.sleep(0.01)
+      w:cancel()
+      return pcall(w.await, w)
+    end
+    assert.same({ true, "swallowed" }, { waiter(function() pcall(tide.sleep, 10); return "swallowed" end) })
+    local ok, e = waiter(function() tide.sleep(10) end)
+    assert.is_false(ok)
+    assert.equals("cancelled", e.kind)
+    assert.same({ false, "other" }, { waiter(function() pcall(tide.sleep, 10); error("other", 0) end) })
+  end)
+
   it("on expiry, inner work that fails while cancelling raises that error, not timeout", function()
     local ok, e = pcall(tide.wait_for, function()
       pcall(tide.sleep, 10)
