@@ -190,8 +190,8 @@ function fs.mkdir(path, opts)
   local _, e = try(C.mkdir, path, opts.mode)
   if e and e.code == "ENOENT" then -- a parent is missing: make it, retry
     local parent = path:match("^(.*[^/])/+[^/]+/*$")
-    if parent then
-      fs.mkdir(parent, opts)
+    if parent then -- with the default mode: opts.mode is the leaf's (as os.makedirs, mkdir -p -m)
+      fs.mkdir(parent, { parents = true })
       _, e = try(C.mkdir, path, opts.mode)
     end
   end
