@@ -150,19 +150,17 @@ static void store(lua_State *L, tqueue *q, int items, int vidx) {
     lua_rawseti(L, entry, 1);
     lua_pushinteger(L, ++q->seq);
     lua_rawseti(L, entry, 2);
-    /* a key '<' cannot compare, with itself or with the first item's, is
-     * refused up front */
-    lua_pushcfunction(L, cmp_item);
-    push_key(L, entry);
+    /* a key '<' cannot compare with the first item's is refused up front;
+     * a queue's only item compares with nothing (as in asyncio's, which
+     * takes one None and refuses a second) */
     if (q->n > 0) {
+      int ktype, htype;
+      lua_pushcfunction(L, cmp_item);
+      push_key(L, entry);
       lua_rawgeti(L, items, 1);
       push_key(L, lua_gettop(L));
       lua_remove(L, -2);
-    } else {
-      lua_pushvalue(L, -1);
-    }
-    {
-      int ktype = lua_type(L, -2), htype = lua_type(L, -1);
+      ktype = lua_type(L, -2), htype = lua_type(L, -1);
       if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
         if (ktype == htype)
           luaL_error(L, "bad argument #1 to 'put' (priority queue items must "
