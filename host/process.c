@@ -39,8 +39,11 @@
  *   waiting task counts as pending I/O for the virtual clock.
  * Loading the module calls uv_disable_stdio_inheritance() once, so
  * descriptors tide inherited do not leak into children (fds 0-2 excepted:
- * os.execute and io.popen hand them on); SIGPIPE is tide_open's (a
- * write to a closed pipe fails with EPIPE).
+ * os.execute and io.popen hand them on); and every spawn makes the
+ * descriptors from 3 up close-on-exec for its child (hide_fds), as Python's
+ * close_fds: a file of Lua's io.open, or one libuv's pass missed (it stops
+ * at the first gap past 15). SIGPIPE is tide_open's (a write to a closed
+ * pipe fails with EPIPE).
  *
  * Errors: a failed spawn and a failed kill are kind "process", with `code`
  * (the errno name, "ENOENT") and `program`, and `path` = cwd when cwd is
@@ -48,6 +51,7 @@
  * call, by position. run/shell's capture runs in lua/tide/process_lua.lua.
  */
 #define _DEFAULT_SOURCE /* NSIG, waitpid and the signals' names */
+#include <dirent.h>
 #include <errno.h>
 #include <signal.h>
 #include <stddef.h>
@@ -467,6 +471,47 @@ static char **check_env(lua_State *L) {
   return (char **)env;
 }
 
+/* The descriptors from 3 up that a child would inherit (not close-on-exec),
+ * made close-on-exec around a spawn (show_fds puts them back). */
+typedef struct fdset {
+  int *fd;
+  int n, cap;
+} fdset;
+
+static void hide_fds(fdset *set) {
+  DIR *d = opendir("/proc/self/fd");
+  struct dirent *e;
+  if (d == NULL)
+    return;
+  while ((e = readdir(d)) != NULL) {
+    int fd = atoi(e->d_name), fl;
+    if (fd < 3 || fd == dirfd(d) || (fl = fcntl(fd, F_GETFD)) < 0 ||
+        (fl & FD_CLOEXEC))
+      continue;
+    if (set->n == set->cap) {
+      int cap = set->cap ? 2 * set->cap : 16;
+      int *more = realloc(set->fd, (size_t)cap * sizeof(*more));
+      if (more == NULL)
+        break;
+      set->fd = more;
+      set->cap = cap;
+    }
+    if (fcntl(fd, F_SETFD, fl | FD_CLOEXEC) == 0)
+      set->fd[set->n++] = fd;
+  }
+  closedir(d);
+}
+
+static void show_fds(fdset *set) {
+  int i;
+  for (i = 0; i < set->n; i++) {
+    int fl = fcntl(set->fd[i], F_GETFD);
+    if (fl >= 0)
+      fcntl(set->fd[i], F_SETFD, fl & ~FD_CLOEXEC);
+  }
+  free(set->fd);
+}
+
 /* [-0, +1, v] Starts argv (arg 1, an array of strings) with opts (arg 2)
  * and pushes the tide.Process. run: run's options and defaults. The
  * program's name is the box's 4th user value (for messages). */
@@ -549,7 +594,12 @@ static void start(lua_State *L, int run) {
   p = calloc(1, sizeof(*p));
   if (p == NULL)
     luaL_error(L, "not enough memory");
-  rc = uv_spawn(s->loop, &p->h, &o);
+  {
+    fdset hidden = {NULL, 0, 0};
+    hide_fds(&hidden);
+    rc = uv_spawn(s->loop, &p->h, &o); /* returns once the child exec'd */
+    show_fds(&hidden);
+  }
   p->h.data = p;
   if (rc < 0) { /* the handle is initialised all the same: close it */
     int fault = cwd_fault(o.cwd, rc);
@@ -574,6 +624,7 @@ static void start(lua_State *L, int run) {
 }
 
 /* process.spawn(argv [, opts]) -> Process */
+
 static int l_spawn(lua_State *L) {
   start(L, 0);
   return 1;

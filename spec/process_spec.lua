@@ -205,6 +205,23 @@ describe("tide.process", function()
       assert.same({ 0, nil }, { p:wait() })
     end)
 
+    it("gives the child no descriptor from 3 up, as Python's close_fds: not even a file of io.open", function()
+      local name = os.tmpname()
+      local f <close> = assert(io.open(name, "w"))
+      local function fds(out) -- the descriptors the child shell had, but the one ls reads
+        local set = {}
+        for fd in out:gmatch("%d+") do set[#set + 1] = tonumber(fd) end
+        return set
+      end
+      local r = process.run({ "sh", "-c", "ls /proc/$$/fd" })
+      assert.same({ 0, 1, 2 }, fds(r.stdout)) -- (the io.open file went to the child too)
+      -- the parent's own files stay as they were: io.popen's children still get them
+      local out = io.popen("for fd in /proc/$$/fd/*; do readlink $fd; done"):read("a")
+      assert.truthy(out:find(name, 1, true), out)
+      assert.truthy(f:write("still open"))
+      os.remove(name)
+    end)
+
     it("closing stdin still delivers what write() took (a slow reader gets every byte)", function()
       local p <close> = process.spawn({ "sh", "-c", "sleep 0.2; wc -c" })
       for _ = 1, 256 do p.stdin:write(string.rep("s", 16384)) end
