@@ -460,7 +460,8 @@ function M.wait_for(x, seconds, ...)
   t:cancel(err and err.message or ("wait_for: timed out after %g s"):format(seconds))
   repeat
     local e = join(t)
-    err = err or e
+    if e then t:cancel(e.message) end -- the caller cancelled again: so is the inner work
+    err = e or err
   until t:done()
   -- As asyncio's (3.12), the inner work's end decides, whether the time
   -- ran out or the caller was cancelled: if it caught the cancel and
