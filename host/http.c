@@ -1452,8 +1452,16 @@ static void set_redirect_url(lua_State *L, xfer *x, int res) {
   spec_get(L, res, K_headers);
   lua_getfield(L, -1, "location");
   loc = lua_tolstring(L, -1, &n);
-  if (loc)
+  if (loc) { /* without the spaces and tabs around it (RFC 9110 5.5) */
+    while (n > 0 && (*loc == ' ' || *loc == '\t'))
+      loc++, n--;
+    while (n > 0 && (loc[n - 1] == ' ' || loc[n - 1] == '\t'))
+      n--;
+    lua_pushlstring(L, loc, n);
+    lua_replace(L, -2);
+    loc = lua_tostring(L, -1);
     enc = push_encoded(L, loc, n, strncmp(loc, "//", 2) == 0 ? 2 : scheme_len(loc));
+  }
   if (enc == 0)
     lua_pushnil(L); /* the same slots either way */
   else if (enc > 0)

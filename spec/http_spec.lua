@@ -406,6 +406,18 @@ describe("tide.http", function()
       assert.matches("Location \"http://exa mple.invalid/\" is not a URL (Bad hostname)", e.message, 1, true)
     end)
 
+    it("follows a Location without the spaces and tabs around it (RFC 9110 5.5), as curl did", function()
+      local server <close> = http.serve("127.0.0.1", 0, function(req)
+        if req.path == "/a" then return { status = 302, headers = { Location = "/end " } } end
+        if req.path == "/b" then return { status = 302, headers = { Location = " \t/end\t" } } end
+        return req.url
+      end)
+      for _, f in ipairs({ http.get, http.post }) do
+        assert.equals("/end", f(server:url("/a")).body) -- (it went to /end%20)
+        assert.equals("/end", f(server:url("/b")).body)
+      end
+    end)
+
     it("follows a Location whose host name is past ASCII to its IDNA form", function()
       local server <close> = http.serve("127.0.0.1", 0, function(req)
         if req.path == "/end" then return req.headers.host end
