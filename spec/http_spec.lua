@@ -1012,6 +1012,9 @@ describe("tide.http", function()
       assert.equals("b=2; c=3; a=9", s:get(server:url("/r")).body)
       local other = server:url("/echo"):gsub("127%.0%.0%.1", "localhost") -- every host gets them
       assert.equals("c=3; a=1", s:get(other).body)
+      -- names curl's jar takes only from https with Secure go as they are, to every host
+      local p <close> = http.session { cookies = { ["__Secure-id"] = "1", ["__Host-h"] = "2", ok = "3" } }
+      assert.equals("ok=3; __Host-h=2; __Secure-id=1", p:get(server:url("/echo")).body) -- (only ok=3)
       assert.has_error(function() http.session { cookies = { ["a b"] = "1" } } end,
         "bad argument #1 to 'session' (opts.cookies: \"a b\" = \"1\" is not a cookie (a name "
         .. "without spaces, '=', ';' or ',', a value without ';' or control characters))")
