@@ -59,6 +59,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -478,26 +479,42 @@ typedef struct fdset {
   int n, cap;
 } fdset;
 
+static void hide_fd(fdset *set, int fd) {
+  int fl = fcntl(fd, F_GETFD);
+  if (fl < 0 || (fl & FD_CLOEXEC))
+    return;
+  if (set->n == set->cap) {
+    int cap = set->cap ? 2 * set->cap : 16;
+    int *more = realloc(set->fd, (size_t)cap * sizeof(*more));
+    if (more == NULL)
+      return;
+    set->fd = more;
+    set->cap = cap;
+  }
+  if (fcntl(fd, F_SETFD, fl | FD_CLOEXEC) == 0)
+    set->fd[set->n++] = fd;
+}
+
+/* The open ones as /proc lists them; without /proc, every number up to the
+ * open-file limit (65536 at most), as Python's fallback. A descriptor
+ * another thread opens during the spawn is not seen (Python closes them in
+ * the child, which uv_spawn gives no hook for). */
 static void hide_fds(fdset *set) {
   DIR *d = opendir("/proc/self/fd");
   struct dirent *e;
-  if (d == NULL)
+  if (d == NULL) {
+    struct rlimit rl;
+    int fd, max = 65536;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)max)
+      max = (int)rl.rlim_cur;
+    for (fd = 3; fd < max; fd++)
+      hide_fd(set, fd);
     return;
+  }
   while ((e = readdir(d)) != NULL) {
-    int fd = atoi(e->d_name), fl;
-    if (fd < 3 || fd == dirfd(d) || (fl = fcntl(fd, F_GETFD)) < 0 ||
-        (fl & FD_CLOEXEC))
-      continue;
-    if (set->n == set->cap) {
-      int cap = set->cap ? 2 * set->cap : 16;
-      int *more = realloc(set->fd, (size_t)cap * sizeof(*more));
-      if (more == NULL)
-        break;
-      set->fd = more;
-      set->cap = cap;
-    }
-    if (fcntl(fd, F_SETFD, fl | FD_CLOEXEC) == 0)
-      set->fd[set->n++] = fd;
+    int fd = atoi(e->d_name);
+    if (fd >= 3 && fd != dirfd(d))
+      hide_fd(set, fd);
   }
   closedir(d);
 }

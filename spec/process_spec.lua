@@ -222,6 +222,27 @@ describe("tide.process", function()
       os.remove(name)
     end)
 
+    it("gives the child no descriptor from 3 up without /proc either (in a mount namespace, as root)", function()
+      local tide_bin = os.getenv("TIDE_BIN")
+      if not tide_bin or not os.execute("unshare -m true 2>/dev/null") then
+        pending("needs TIDE_BIN and unshare -m (root)")
+        return
+      end
+      local script = os.tmpname()
+      local out = io.open(script, "w")
+      out:write([[
+        local process = require("tide.process")
+        local f = io.open("/dev/null") -- an inheritable descriptor of the parent
+        local r = process.run({ "/bin/sh", "-c",
+          "for fd in 3 4 5 6 7 8 9 10 11 12; do (: <&$fd) 2>/dev/null && printf '%s ' $fd; done" })
+        io.write("[", r.stdout, "]")]])
+      out:close()
+      local r = process.run({ "unshare", "-m", "sh", "-c",
+        "mount -t tmpfs none /proc && exec " .. tide_bin .. " " .. script })
+      os.remove(script)
+      assert.equals("[]", r.stdout, r.stderr) -- (it had the parent's file: no /proc, nothing done)
+    end)
+
     it("closing stdin still delivers what write() took (a slow reader gets every byte)", function()
       local p <close> = process.spawn({ "sh", "-c", "sleep 0.2; wc -c" })
       for _ = 1, 256 do p.stdin:write(string.rep("s", 16384)) end
