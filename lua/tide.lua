@@ -460,7 +460,8 @@ function M.wait_for(x, seconds, ...)
   t:cancel(err and err.message or ("wait_for: timed out after %g s"):format(seconds))
   repeat
     local e = join(t)
-    if e then t:cancel(e.message) end -- the caller cancelled again: so is the inner work
+    -- the caller cancelled again: so is the inner work, or, done already, the caller
+    if e and not t:cancel(e.message) then error(e, 0) end
     err = e or err
   until t:done()
   -- As asyncio's (3.12), the inner work's end decides, whether the time

@@ -1173,6 +1173,14 @@ describe("tide.wait_for", function()
     ok, e = pcall(w.await, w)
     assert.is_false(ok)
     assert.equals("cancelled: x", tostring(e))
+    -- a second cancel that comes once the inner work is done is the caller's own
+    local inner = tide.spawn(function() pcall(tide.sleep, 0.2); return "late" end)
+    inner:add_done_callback(function() w:cancel("late-cancel") end) -- before wait_for wakes
+    w = tide.spawn(tide.wait_for, inner, 5)
+    tide.sleep(0.01); w:cancel("c1")
+    ok, e = pcall(w.await, w)
+    assert.is_false(ok) -- (it gave "late")
+    assert.equals("cancelled: late-cancel", tostring(e))
   end)
 
   it("on expiry, inner work that fails while cancelling raises that error, not timeout", function()
