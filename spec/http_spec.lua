@@ -1002,6 +1002,7 @@ describe("tide.http", function()
     it("puts the cookies given as a table in its jar: one the server sets of the same name replaces it, as aiohttp's", function()
       local server <close> = http.serve("127.0.0.1", 0, function(req)
         if req.path == "/set" then return { headers = { ["Set-Cookie"] = "a=9; Path=/" } } end
+        if req.path == "/set-host" then return { headers = { ["Set-Cookie"] = "__Host-h=9; Secure; Path=/" } } end
         if req.path == "/r" then return { status = 302, headers = { Location = "/echo", ["Set-Cookie"] = "b=2; Path=/" } } end
         return tostring(req.headers.cookie)
       end)
@@ -1012,9 +1013,12 @@ describe("tide.http", function()
       assert.equals("b=2; c=3; a=9", s:get(server:url("/r")).body)
       local other = server:url("/echo"):gsub("127%.0%.0%.1", "localhost") -- every host gets them
       assert.equals("c=3; a=1", s:get(other).body)
-      -- names curl's jar takes only from https with Secure go as they are, to every host
+      -- __Secure- and __Host- names go in as Secure (curl's jar takes them no other way;
+      -- 127.0.0.1 counts as secure), and the server's of the same name replaces them too
       local p <close> = http.session { cookies = { ["__Secure-id"] = "1", ["__Host-h"] = "2", ok = "3" } }
-      assert.equals("ok=3; __Host-h=2; __Secure-id=1", p:get(server:url("/echo")).body) -- (only ok=3)
+      assert.equals("__Secure-id=1; __Host-h=2; ok=3", p:get(server:url("/echo")).body) -- (only ok=3)
+      p:get(server:url("/set-host"))
+      assert.equals("__Secure-id=1; __Host-h=9; ok=3", p:get(server:url("/echo")).body)
       assert.has_error(function() http.session { cookies = { ["a b"] = "1" } } end,
         "bad argument #1 to 'session' (opts.cookies: \"a b\" = \"1\" is not a cookie (a name "
         .. "without spaces, '=', ';' or ',', a value without ';' or control characters))")

@@ -402,8 +402,10 @@ local function seed_lines(sess, url)
   if sess.seeded[host] then return nil end
   sess.seeded[host] = true
   local lines = {}
-  for i, c in ipairs(sess.seed) do
-    lines[i] = ("%s\tFALSE\t/\tFALSE\t0\t%s\t%s"):format(host, c[1], c[2])
+  for i, c in ipairs(sess.seed) do -- a __Secure- or __Host- name only as Secure (curl's rule)
+    local name = c[1]:lower()
+    local secure = (name:find("^__secure%-") or name:find("^__host%-")) and "TRUE" or "FALSE"
+    lines[i] = ("%s\tFALSE\t/\t%s\t0\t%s\t%s"):format(host, secure, c[1], c[2])
   end
   return lines
 end
@@ -491,7 +493,7 @@ local function follow(sess, cs, sp, x, r, first)
     end
     if origin(to) ~= origin(sp.url) then
       hs = without(hs, CREDENTIALS)
-      sp.cookie = sess.cookie -- the caller's own Cookie stays with its origin
+      sp.cookie = nil -- the caller's own Cookie stays with its origin
     end
     sp.url, sp.headers = to, hs
     if deadline then
@@ -660,9 +662,7 @@ local function perform(sess, fname, argbase, method, url, opts)
     max_redirects = 0, -- tide follows them (see REDIRECT)
     verify = verify, cafile = opts.cafile or d.cafile, proxy = opts.proxy or d.proxy,
     max_body = max_body or -1, http_version = version, stream = stream,
-    cookie = own_cookie and (sess.cookie and sess.cookie .. "; " .. own_cookie or own_cookie)
-      or sess.cookie,
-    body_size = body_size, trust_env = trust_env,
+    cookie = own_cookie, body_size = body_size, trust_env = trust_env,
   }
   if opts == EMPTY and not body_fn then -- the spec of every request like this one
     local plain = {}
@@ -742,7 +742,7 @@ function M.session(opts)
     argerror("session", 1, ("opts.http_version: one of 1.0, 1.1, 2, 2-prior-knowledge expected, got %q")
       :format(opts.http_version))
   end
-  local seed, cookie -- {{name, value}, ...}: the jar's first cookies, for every host
+  local seed -- {{name, value}, ...}: the jar's first cookies, for every host
   if type(opts.cookies) == "table" then
     seed = {}
     for k, v in pairs(opts.cookies) do
@@ -758,17 +758,6 @@ function M.session(opts)
       seed[#seed + 1] = { k, v }
     end
     table.sort(seed, function(a, b) return a[1] < b[1] end)
-    -- curl's jar takes a __Secure- or __Host- name only from https with
-    -- Secure: those go as a fixed line, to every host (as aiohttp's do)
-    local fixed = {}
-    for i = #seed, 1, -1 do
-      local name = seed[i][1]:lower()
-      if name:find("^__secure%-") or name:find("^__host%-") then
-        table.insert(fixed, 1, seed[i][1] .. "=" .. seed[i][2])
-        table.remove(seed, i)
-      end
-    end
-    if #fixed > 0 then cookie = table.concat(fixed, "; ") end
     if #seed == 0 then seed = nil end
   end
   return setmetatable({
@@ -776,8 +765,7 @@ function M.session(opts)
       max_connections = opts.max_connections, max_per_host = opts.max_per_host,
       cookies = opts.cookies ~= false,
     }),
-    base_url = opts.base_url, defaults = defaults, seed = seed, seeded = {}, cookie = cookie,
-    plain = {},
+    base_url = opts.base_url, defaults = defaults, seed = seed, seeded = {}, plain = {},
   }, Session)
 end
 
