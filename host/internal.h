@@ -134,6 +134,8 @@ struct tide_sched {
   int pending_ref;    /* registry ref: task -> pending cancel error */
   int extra_ref;      /* registry ref: task -> a cancel asked while one was
                        * already on its way (tide.timeout honours it) */
+  int counts_ref;     /* registry ref: task -> cancels asked of it since its
+                       * first tide.timeout (asyncio's cancelling() count) */
   int waiters_ref;    /* registry ref: task slot -> its waiters */
   int io_pending;     /* operations waiting on real I/O (virtual clock) */
   int open_handles;   /* while closing: handles whose close is pending */

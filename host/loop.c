@@ -410,6 +410,7 @@ tide_sched *tide__sched_new(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
   s->handles_ref = new_table_ref(L, NULL);
   s->pending_ref = new_table_ref(L, "k");
   s->extra_ref = new_table_ref(L, "k");
+  s->counts_ref = new_table_ref(L, "k");
   s->waiters_ref = new_table_ref(L, NULL);
   return s;
 }
@@ -459,6 +460,7 @@ int tide__sched_close(tide_sched *s) {
   luaL_unref(L, LUA_REGISTRYINDEX, s->handles_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, s->pending_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, s->extra_ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, s->counts_ref);
   luaL_unref(L, LUA_REGISTRYINDEX, s->waiters_ref);
   tide__big(s->heap, sizeof(*s->heap) * (size_t)s->capheap, 0);
   free(s->free);

@@ -1048,6 +1048,20 @@ int tide__wake(lua_State *L, tide_task *t, int nvals) {
  * its park returns (false, err, woken), pushed on its coroutine now; only
  * a running task (cancelling itself) keeps it in the sched's pending table
  * until it parks. */
+/* Adds d to the count of cancels asked of the task at tidx, if it is
+ * counted (see l_cancelling); never below 0. */
+static void count_cancel(lua_State *L, tide_sched *s, int tidx, int d) {
+  lua_Integer n;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->counts_ref);
+  lua_pushvalue(L, tidx);
+  if (lua_rawget(L, -2) == LUA_TNUMBER && (n = lua_tointeger(L, -1) + d) >= 0) {
+    lua_pushvalue(L, tidx);
+    lua_pushinteger(L, n);
+    lua_rawset(L, -4);
+  }
+  lua_pop(L, 2);
+}
+
 int tide__cancel(lua_State *L, int tidx, int erridx) {
   tide_task *t = lua_touserdata(L, tidx);
   tide_sched *s = t->s;
@@ -1057,6 +1071,7 @@ int tide__cancel(lua_State *L, int tidx, int erridx) {
     return 0;
   tidx = lua_absindex(L, tidx);
   erridx = lua_absindex(L, erridx);
+  count_cancel(L, s, tidx, 1);
   if (t->flags & (TF_CANCEL_PENDING | TF_CANCEL_QUEUED)) {
     /* the first request's error stands; a later one is remembered (the
      * first of them), so that a deadline's own cancel does not swallow it
@@ -1521,6 +1536,29 @@ static int l_other_cancel(lua_State *L) {
   return 1;
 }
 
+/* core.cancelling(task [, delta]) -> how many cancels were asked of task
+ * since its first call here (which starts counting them), after adding
+ * delta (asyncio's uncancel() is -1): a tide.timeout scope that sees more at
+ * its end than at its start, its own one taken back, ends cancelled, not
+ * timed out, as asyncio.timeout compares cancelling() counts. */
+static int l_cancelling(lua_State *L) {
+  tide_task *t = tide__check_task(L, 1);
+  lua_Integer d = luaL_optinteger(L, 2, 0);
+  lua_settop(L, 1);
+  if (d != 0)
+    count_cancel(L, t->s, 1, (int)d);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->s->counts_ref);
+  lua_pushvalue(L, 1);
+  if (lua_rawget(L, -2) != LUA_TNUMBER) {
+    lua_pop(L, 1);
+    lua_pushvalue(L, 1);
+    lua_pushinteger(L, 0);
+    lua_rawset(L, -3);
+    lua_pushinteger(L, 0);
+  }
+  return 1;
+}
+
 /* core.uncancel(task, token): withdraws a cancel request made with token
  * that has not been delivered yet (a timeout scope that ended in time).
  * -> whether it did, and the cancel asked while token's was on its way, if
@@ -1870,6 +1908,7 @@ static const luaL_Reg task_funcs[] = {
   {"spawn", l_spawn}, {"current_task", l_current_task}, {"need_task", l_need_task},
   {"all_tasks", l_all_tasks}, {"park", l_park}, {"wake", l_wake},
   {"uncancel", l_uncancel}, {"other_cancel", l_other_cancel}, {"istask", l_istask},
+  {"cancelling", l_cancelling},
   {"gather_wait", l_gather_wait},
   {"task_info", l_task_info},
   {NULL, NULL}};

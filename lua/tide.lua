@@ -401,7 +401,7 @@ function M.timeout(seconds, fn, ...)
     return fn(...)
   end
   local self = me("tide.timeout")
-  local before = core.other_cancel(self)
+  local before, asked = core.other_cancel(self), core.cancelling(self)
   local token = terror("cancelled", ("deadline of %g s reached"):format(seconds))
   local expired = false
   local h = call_later(seconds, runtime(function()
@@ -411,11 +411,16 @@ function M.timeout(seconds, fn, ...)
   local r = pack(pcall(fn, ...))
   h:cancel()
   local other
-  if expired then other = select(2, core.uncancel(self, token)) end
+  if expired then
+    other = select(2, core.uncancel(self, token))
+    core.cancelling(self, -1) -- ours, taken back (asyncio's uncancel)
+  end
   if not r[1] then
     if r[2] == token then
-      -- a cancel asked from outside while ours was on its way wins
+      -- a cancel asked from outside while ours was on its way wins, and so
+      -- does one asked during the scope that the task swallowed (asyncio)
       if other ~= nil and other ~= before then error(other, 0) end
+      if core.cancelling(self) > asked then error(terror("cancelled", "task cancelled"), 0) end
       error(terror("timeout", ("timed out after %g s"):format(seconds)), 0)
     end
     error(r[2], 0)
