@@ -239,10 +239,9 @@ local function seconds(v, default)
   return ms < 1 and 1 or ms
 end
 
--- A body given as a function (called until it returns nil) or as an array
--- of strings, as a function.
+-- A body given as an array of strings, as a function (called until it
+-- returns nil).
 local function body_source(body)
-  if type(body) == "function" then return body end
   local i = 0
   return function() i = i + 1; return body[i] end
 end
@@ -447,6 +446,13 @@ local function full_url(sess, url)
   return url
 end
 
+-- The timeout of a request over its redirects (curl's message would give
+-- the last hop's time only).
+local function hops_timeout(method, url, timeout, n)
+  return tide.error("timeout", ("%s %s: timed out after %d milliseconds (timeout, over %d "
+    .. "redirect(s))"):format(method, url, math.floor(timeout * 1000), n), { url = url, curl_code = 28 })
+end
+
 -- Follows the redirects of r, the response (x its transfer) to the request
 -- of spec sp, a table of its own that each hop changes; first says what the
 -- first request was (method, url, stream, its body as body_fn and
@@ -498,21 +504,16 @@ local function follow(sess, cs, sp, x, r, first)
     sp.url, sp.headers = to, hs
     if deadline then
       local left = deadline - tide.time()
-      if left <= 0 then
-        error(tide.error("timeout", ("%s %s: timed out after %d milliseconds (timeout, "
-          .. "over %d redirect(s))"):format(sp.method, to, math.floor(timeout * 1000), n),
-          { url = to, curl_code = 28 }), 0)
-      end
+      if left <= 0 then error(hops_timeout(sp.method, to, timeout, n), 0) end
       sp.timeout = seconds(left)
     end
     local t = { string.unpack(TIMES, r._timings) }
     if sum then for i = 1, 6 do sum[i] = sum[i] + t[i] end else sum = t end
     local ok
     ok, x, r = pcall(exchange, sess, cs, sp, body_fn)
-    if not ok then -- curl's message would give the last hop's time only
+    if not ok then
       if deadline and tide.iserror(x) and x.kind == "timeout" then
-        x.message = ("%s %s: timed out after %d milliseconds (timeout, over %d redirect(s))")
-          :format(sp.method, to, math.floor(timeout * 1000), n)
+        x = hops_timeout(sp.method, to, timeout, n)
       end
       error(x, 0)
     end
