@@ -107,6 +107,7 @@ typedef struct tide_handle {
   tide_sched *s;
   int ref; /* registry-ish ref in the sched's handle table while armed */
   int cancelled;
+  int queued; /* in the ready queue (anchored until it leaves it) */
 } tide_handle;
 
 struct tide_sched {
@@ -125,8 +126,10 @@ struct tide_sched {
   uint64_t armed;     /* deadline the uv timer is armed for */
   uint64_t vnow;      /* virtual clock, ns */
   uint64_t seq;
-  tide_task **rq;      /* ready queue: a ring of rq_cap slots */
+  void **rq;          /* ready queue: a ring of rq_cap slots, tasks and
+                       * handles (tagged, see task.c) in one FIFO */
   int rq_head, rq_len, rq_cap;
+  int rounds_after_main; /* rounds run since the main task ended */
   tide_hentry *heap;
   int nheap, capheap;
   int tasks_ref;      /* registry ref: table of live tasks */
@@ -264,6 +267,10 @@ void tide__limit_after(lua_State *L);
 void tide__abandon_all(tide_sched *s);
 void tide__abandon_pending(tide_sched *s); /* embed.c: suspended C calls */
 void tide__run_ready(tide_sched *s);
+int tide__run_round(tide_sched *s);
+void tide__rq_drop(tide_sched *s);
+void tide__enqueue_handle(tide_sched *s, tide_handle *h);
+void tide__handle_run(tide_sched *s, tide_handle *h);
 int tide__park(lua_State *L, tide_task *t, lua_KContext ctx, lua_KFunction k);
 int tide__wake(lua_State *L, tide_task *t, int nvals);
 int tide__cancel(lua_State *L, int tidx, int erridx);

@@ -464,6 +464,7 @@ int tide__sched_close(tide_sched *s) {
   luaL_unref(L, LUA_REGISTRYINDEX, s->waiters_ref);
   tide__big(s->heap, sizeof(*s->heap) * (size_t)s->capheap, 0);
   free(s->free);
+  tide__rq_drop(s);
   tide__big(s->rq, sizeof(*s->rq) * (size_t)s->rq_cap, 0);
   s->heap = NULL;
   s->free = NULL;
@@ -569,10 +570,14 @@ static tide_task *run_main(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
     uv_run(s->loop, UV_RUN_NOWAIT);
     uv_unref((uv_handle_t *)&s->sigint);
   }
-  /* callbacks already due when main ended run, as they would in asyncio
-   * (they are ahead of the loop's stop in its ready queue) */
-  if (main->state == TS_DONE)
+  /* callbacks ready or due when main ended run, as they would in asyncio
+   * (its shutdown runs the loop again); with tasks left, the run below
+   * meets them in order among the cancelled tasks */
+  if (main->state == TS_DONE) {
     tide__fire_due(s);
+    if (s->ntasks == 0)
+      tide__run_round(s);
+  }
   if (rt->debug)
     list_pending(s, "when the run's main task ended (cancelling them)");
   if (s->ntasks > 0) {

@@ -176,13 +176,15 @@ void tide__push_trace(lua_State *L, tide_task *t, int ud) {
   }
 }
 
-void tide__enqueue(tide_sched *s, tide_task *t) {
-  if (t->flags & TF_QUEUED)
-    return;
-  t->flags |= TF_QUEUED;
+/* The ready queue is one FIFO of tasks and handles (call_soon's, and
+ * call_later's once due), as asyncio's _ready: work runs in the order it
+ * became ready. A handle's entry is its pointer with the low bit set. */
+#define RQ_HANDLE ((uintptr_t)1)
+
+static void rq_push(tide_sched *s, void *e) {
   if (s->rq_len == s->rq_cap) { /* grow the ring, unrolling it */
     int cap = s->rq_cap ? s->rq_cap * 2 : 256, i;
-    tide_task **rq = tide__big(NULL, 0, sizeof(*rq) * (size_t)cap);
+    void **rq = tide__big(NULL, 0, sizeof(*rq) * (size_t)cap);
     if (rq == NULL)
       abort(); /* out of memory in the scheduler: nothing sane to do */
     for (i = 0; i < s->rq_len; i++)
@@ -192,9 +194,32 @@ void tide__enqueue(tide_sched *s, tide_task *t) {
     s->rq_cap = cap;
     s->rq_head = 0;
   }
-  s->rq[(s->rq_head + s->rq_len++) & (s->rq_cap - 1)] = t; /* cap: 2^k */
+  s->rq[(s->rq_head + s->rq_len++) & (s->rq_cap - 1)] = e; /* cap: 2^k */
   if (!s->idle_on)
     tide__sched_update(s);
+}
+
+static void *rq_pop(tide_sched *s) {
+  void *e = s->rq[s->rq_head];
+  s->rq_head = (s->rq_head + 1) & (s->rq_cap - 1);
+  if (--s->rq_len == 0 && s->rq_cap > 4096) { /* a burst is over */
+    tide__big(s->rq, sizeof(*s->rq) * (size_t)s->rq_cap, 0);
+    s->rq = NULL;
+    s->rq_cap = s->rq_head = 0;
+  }
+  return e;
+}
+
+void tide__enqueue(tide_sched *s, tide_task *t) {
+  if (t->flags & TF_QUEUED)
+    return;
+  t->flags |= TF_QUEUED;
+  rq_push(s, t);
+}
+
+void tide__enqueue_handle(tide_sched *s, tide_handle *h) {
+  h->queued = 1;
+  rq_push(s, (void *)((uintptr_t)h | RQ_HANDLE));
 }
 
 /* [-0, +1, m] Pushes t's name: the one given, or "Task-<id>". */
@@ -955,28 +980,51 @@ static void step(tide_sched *s, tide_task *t) {
 #define STEP_BUDGET 4096
 #define TIME_BUDGET_NS 10000000u
 
+/* Runs the entries ready now (one asyncio loop iteration); those made
+ * ready meanwhile wait for the next round. Returns how many ran. */
+int tide__run_round(tide_sched *s) {
+  int n = s->rq_len, ran = n;
+  while (n-- > 0) {
+    uintptr_t e = (uintptr_t)rq_pop(s);
+    if (e & RQ_HANDLE) {
+      tide__handle_run(s, (tide_handle *)(e & ~RQ_HANDLE));
+    } else {
+      tide_task *t = (tide_task *)e;
+      t->flags &= ~TF_QUEUED;
+      step(s, t);
+    }
+  }
+  return ran;
+}
+
 void tide__run_ready(tide_sched *s) {
   int steps = 0;
   uint64_t start = uv_hrtime();
   while (s->rq_len > 0 && steps < STEP_BUDGET &&
          (steps == 0 || uv_hrtime() - start < TIME_BUDGET_NS)) {
-    int n;
-    /* a round is a loop iteration as far as tasks can tell: callbacks
-     * and timers due by now run first (call_soon then sleep(0) runs it) */
+    /* a round is a loop iteration as far as tasks can tell: timers due
+     * by now join the queue's end first (call_soon then sleep(0) runs it) */
     if (steps > 0 && s->nheap > 0 && s->heap[0].when <= tide__now(s))
       tide__fire_due(s);
-    n = s->rq_len; /* this round: the tasks ready now */
-    while (n-- > 0) {
-      tide_task *t = s->rq[s->rq_head];
-      s->rq_head = (s->rq_head + 1) & (s->rq_cap - 1);
-      if (--s->rq_len == 0 && s->rq_cap > 4096) { /* a burst is over */
-        tide__big(s->rq, sizeof(*s->rq) * (size_t)s->rq_cap, 0);
-        s->rq = NULL;
-        s->rq_cap = s->rq_head = 0;
-      }
-      t->flags &= ~TF_QUEUED;
-      step(s, t);
-      steps++;
+    steps += tide__run_round(s);
+    /* the run stops one round after the one its main task ended in, as
+     * asyncio's does (main's done callback, queued then, stops the loop
+     * when its turn comes): what is ready later meets the shutdown */
+    if (s->main && s->main->state == TS_DONE && s->rounds_after_main++ > 0)
+      break;
+  }
+}
+
+/* Empties the ready queue without running it: tasks stay as they are,
+ * handles count as cancelled (their anchors go with the sched's). */
+void tide__rq_drop(tide_sched *s) {
+  while (s->rq_len > 0) {
+    uintptr_t e = (uintptr_t)rq_pop(s);
+    if (e & RQ_HANDLE) {
+      ((tide_handle *)(e & ~RQ_HANDLE))->queued = 0;
+      ((tide_handle *)(e & ~RQ_HANDLE))->cancelled = 1;
+    } else {
+      ((tide_task *)e)->flags &= ~TF_QUEUED;
     }
   }
 }
@@ -1004,7 +1052,7 @@ void tide__abandon_all(tide_sched *s) {
   }
   lua_pop(L, 1);
   s->ntasks = 0;
-  s->rq_len = 0;
+  tide__rq_drop(s);
   tide__abandon_pending(s);
 }
 

@@ -144,10 +144,8 @@ void tide__timer_arm(tide_sched *s) {
   s->armed = when;
 }
 
-static void handle_fire(tide_sched *s, tide_handle *h);
-
-/* Moves every due node out of the heap: sleeping tasks become ready, due
- * handles run their callback (protected). */
+/* Moves every due node out of the heap to the ready queue's end, in
+ * deadline order: sleeping tasks and due handles alike. */
 void tide__fire_due(tide_sched *s) {
   uint64_t now = tide__now(s);
   while (s->nheap > 0 && s->heap[0].when <= now) {
@@ -164,7 +162,7 @@ void tide__fire_due(tide_sched *s) {
         tide__enqueue(s, t);
       }
     } else {
-      handle_fire(s, (tide_handle *)n);
+      tide__enqueue_handle(s, (tide_handle *)n);
     }
   }
 }
@@ -292,9 +290,16 @@ static int l_runtime_callback(lua_State *L) {
   return 1;
 }
 
-static void handle_fire(tide_sched *s, tide_handle *h) {
+/* A handle's turn in the ready queue: its callback runs (protected),
+ * unless it was cancelled meanwhile. */
+void tide__handle_run(tide_sched *s, tide_handle *h) {
   lua_State *L = s->L;
   int n, i, cb, ref = h->ref;
+  h->queued = 0;
+  if (h->cancelled) {
+    handle_unanchor(s, h);
+    return;
+  }
   lua_rawgeti(L, LUA_REGISTRYINDEX, s->handles_ref);
   lua_rawgeti(L, -1, ref);          /* the handle userdata */
   handle_unanchor(s, h);
@@ -316,7 +321,7 @@ static tide_handle *check_handle(lua_State *L, int idx) {
 }
 
 /* [-0, +1] A handle for fn at fidx with the values above it as arguments,
- * due after delay on s; soon: call_soon's, before every timer. */
+ * due after delay on s; soon: call_soon's, straight into the ready queue. */
 static int schedule_on(lua_State *L, tide_sched *s, uint64_t delay, int fidx,
                        int soon) {
   int top = lua_gettop(L), n = top - fidx, i;
@@ -328,6 +333,7 @@ static int schedule_on(lua_State *L, tide_sched *s, uint64_t delay, int fidx,
   h->s = s;
   h->ref = 0;
   h->cancelled = 0;
+  h->queued = 0;
   luaL_setmetatable(L, TIDE_HANDLE_MT);
   lua_createtable(L, n + 1, 1);
   for (i = 0; i <= n; i++) {
@@ -342,10 +348,12 @@ static int schedule_on(lua_State *L, tide_sched *s, uint64_t delay, int fidx,
   h->ref = luaL_ref(L, -2);
   lua_pop(L, 1);
   h->when = deadline(s, delay);
-  /* call_soon's sort before every timer (key 0, FIFO among themselves):
-   * as in asyncio, they run before a call_later(0) made earlier */
-  tide__heap_push(s, &h->tn, soon ? 0 : h->when);
-  tide__sched_update(s);
+  if (soon) {
+    tide__enqueue_handle(s, h);
+  } else {
+    tide__heap_push(s, &h->tn, h->when);
+    tide__sched_update(s);
+  }
   return 1;
 }
 
@@ -379,8 +387,10 @@ static int h_cancel(lua_State *L) {
     return 1;
   }
   h->cancelled = 1;
-  tide__heap_remove(h->s, &h->tn);
-  handle_unanchor(h->s, h);
+  if (!h->queued) { /* queued: its entry drops the anchor when it comes up */
+    tide__heap_remove(h->s, &h->tn);
+    handle_unanchor(h->s, h);
+  }
   lua_pushboolean(L, 1);
   return 1;
 }

@@ -6,6 +6,20 @@ local S = require "spec.support"
 local virtual, errkind = S.virtual, S.errkind
 
 describe("tide.run", function()
+  it("stops its loop one round after the main task ends, as asyncio.run: then the tasks left are cancelled", function()
+    local log = {}
+    tide.run(function()
+      tide.spawn(function()
+        for i = 0, 4 do
+          log[#log + 1] = i
+          if not pcall(tide.sleep, 0) then log[#log + 1] = "cancelled"; return end
+        end
+      end)
+      tide.sleep(0)
+    end)
+    assert.same({ 0, 1, "cancelled" }, log)
+  end)
+
   it("returns all of fn's results", function()
     local a, b, c = tide.run(function(x) return x, nil, 3 end, 1)
     assert.equals(1, a)
@@ -577,6 +591,61 @@ describe("tide.call_soon / tide.call_later", function()
     local ran = false
     tide.run(function() tide.call_soon(function() ran = true end) end)
     assert.is_true(ran)
+  end)
+
+  it("tasks and callbacks share one FIFO, in the order they became ready, as asyncio's", function()
+    local log = {}
+    local function add(x) log[#log + 1] = x end
+    local function task(name) add(name); tide.sleep(0); add(name .. "2") end
+    tide.spawn(task, "A")
+    tide.call_soon(add, "B")
+    tide.spawn(task, "C")
+    tide.call_later(0, add, "L") -- a timer joins the queue's end when the next round starts
+    tide.call_soon(add, "D")
+    tide.sleep(0)
+    add("main")
+    tide.sleep(0.01)
+    assert.same({ "A", "B", "C", "D", "main", "L", "A2", "C2" }, log)
+  end)
+
+  it("a timer that came due joins the queue behind the tasks and callbacks already ready", function()
+    local log = {}
+    local function add(x) log[#log + 1] = x end
+    tide.spawn(function() tide.sleep(0.01); add("X") end)
+    tide.sleep(0)
+    local t0 = os.clock()
+    while os.clock() - t0 < 0.03 do end -- X's timer is due now, the loop blocked
+    tide.spawn(add, "Y")
+    tide.call_soon(add, "cb")
+    tide.sleep(0)
+    add("main")
+    tide.sleep(0.02)
+    assert.same({ "Y", "cb", "main", "X" }, log)
+  end)
+
+  it("a call_soon handle cancelled while queued never runs, and is kept until its turn", function()
+    local ran = false
+    local h = tide.call_soon(function() ran = true end)
+    assert.is_true(h:cancel())
+    h = nil
+    collectgarbage()
+    collectgarbage()
+    tide.sleep(0)
+    assert.is_false(ran)
+    assert.is_nil(h)
+  end)
+
+  it("callbacks ready when the main task ends run, and the tasks left are cancelled", function()
+    local log = {}
+    tide.run(function()
+      tide.spawn(function()
+        local ok, e = pcall(tide.sleep, 10)
+        log[#log + 1] = ok and "slept" or e.kind
+      end)
+      tide.sleep(0)
+      tide.call_soon(function() log[#log + 1] = "cb" end)
+    end)
+    assert.same({ "cb", "cancelled" }, log)
   end)
 
   it("a cancelled handle never runs", function()
