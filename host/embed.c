@@ -157,7 +157,7 @@ void tide__root_close(tide_runtime *rt) {
   tide_sched *s = rt->root;
   lua_State *L = rt->L;
   uv_timer_t deadline;
-  int expired = 0, i;
+  int expired = 0;
   tide__cancel_all(s, "the runtime is closing");
   tide__sched_update(s);
   uv_timer_init(s->loop, &deadline);
@@ -168,8 +168,7 @@ void tide__root_close(tide_runtime *rt) {
     ;
   uv_close((uv_handle_t *)&deadline, NULL);
   uv_run(s->loop, UV_RUN_NOWAIT); /* its close completes: it is on our stack */
-  for (i = 0; i < 100 && s->rq_len > 0; i++)
-    tide__run_ready(s);
+  tide__drain_ready(s);
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &cstarted_key) == LUA_TTABLE) {
     lua_pushnil(L);
     while (lua_next(L, -2)) {

@@ -268,8 +268,10 @@ void tide__abandon_all(tide_sched *s);
 void tide__abandon_pending(tide_sched *s); /* embed.c: suspended C calls */
 void tide__run_ready(tide_sched *s);
 int tide__run_round(tide_sched *s);
+void tide__drain_ready(tide_sched *s);
 void tide__rq_drop(tide_sched *s);
 void tide__enqueue_handle(tide_sched *s, tide_handle *h);
+void tide__enqueue_due(tide_sched *s, tide_task *t);
 void tide__handle_run(tide_sched *s, tide_handle *h);
 int tide__park(lua_State *L, tide_task *t, lua_KContext ctx, lua_KFunction k);
 int tide__wake(lua_State *L, tide_task *t, int nvals);

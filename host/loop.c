@@ -63,6 +63,17 @@ static void on_uv_check(uv_check_t *h) {
   s->rt->incb--;
 }
 
+/* Runs what is left in the ready queue at a run's close, as a loop
+ * callback (tide.run refused), for a bounded number of rounds: a callback
+ * that keeps queueing itself does not hold the close forever. */
+void tide__drain_ready(tide_sched *s) {
+  int i;
+  s->rt->incb++;
+  for (i = 0; i < 100 && s->rq_len > 0; i++)
+    tide__run_round(s);
+  s->rt->incb--;
+}
+
 static void cancel_main(tide_sched *s, const char *kind, const char *msg) {
   lua_State *L = s->L;
   if (s->main == NULL || s->main->state == TS_DONE)
@@ -570,13 +581,14 @@ static tide_task *run_main(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
     uv_run(s->loop, UV_RUN_NOWAIT);
     uv_unref((uv_handle_t *)&s->sigint);
   }
-  /* callbacks ready or due when main ended run, as they would in asyncio
-   * (its shutdown runs the loop again); with tasks left, the run below
-   * meets them in order among the cancelled tasks */
-  if (main->state == TS_DONE) {
+  /* the round after main's end (asyncio's stop comes then) runs, if the
+   * loop turn's budget ended first */
+  if (main->state == TS_DONE && s->rounds_after_main < 2) {
+    s->rounds_after_main = 2;
+    rt->incb++;
     tide__fire_due(s);
-    if (s->ntasks == 0)
-      tide__run_round(s);
+    tide__run_round(s);
+    rt->incb--;
   }
   if (rt->debug)
     list_pending(s, "when the run's main task ended (cancelling them)");
@@ -585,6 +597,9 @@ static tide_task *run_main(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
     tide__sched_update(s);
     uv_run(s->loop, UV_RUN_DEFAULT);
   }
+  /* callbacks still queued (done callbacks of the tasks just cancelled)
+   * run, as asyncio's shutdown runs its loop a few more iterations */
+  tide__drain_ready(s);
   if (rt->debug)
     list_pending(s, "after the cancel (abandoned)");
   tide__abandon_all(s);

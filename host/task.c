@@ -178,8 +178,12 @@ void tide__push_trace(lua_State *L, tide_task *t, int ud) {
 
 /* The ready queue is one FIFO of tasks and handles (call_soon's, and
  * call_later's once due), as asyncio's _ready: work runs in the order it
- * became ready. A handle's entry is its pointer with the low bit set. */
+ * became ready. A handle's entry is its pointer with bit 0 set; a task
+ * whose sleep ended has an entry with bit 1 set first, which queues the
+ * task itself when its turn comes: asyncio's sleep is a timer callback
+ * that wakes the task, so callbacks due at the same time run before it. */
 #define RQ_HANDLE ((uintptr_t)1)
+#define RQ_DUE ((uintptr_t)2)
 
 static void rq_push(tide_sched *s, void *e) {
   if (s->rq_len == s->rq_cap) { /* grow the ring, unrolling it */
@@ -215,6 +219,14 @@ void tide__enqueue(tide_sched *s, tide_task *t) {
     return;
   t->flags |= TF_QUEUED;
   rq_push(s, t);
+}
+
+/* t's sleep is over: it is ready (resumed with true) and queued when its
+ * entry comes up, unless something queued it first (a cancel). */
+void tide__enqueue_due(tide_sched *s, tide_task *t) {
+  t->flags |= TF_IMMEDIATE;
+  t->state = TS_READY;
+  rq_push(s, (void *)((uintptr_t)t | RQ_DUE));
 }
 
 void tide__enqueue_handle(tide_sched *s, tide_handle *h) {
@@ -984,10 +996,14 @@ static void step(tide_sched *s, tide_task *t) {
  * ready meanwhile wait for the next round. Returns how many ran. */
 int tide__run_round(tide_sched *s) {
   int n = s->rq_len, ran = n;
-  while (n-- > 0) {
+  while (n-- > 0 && s->rq_len > 0) {
     uintptr_t e = (uintptr_t)rq_pop(s);
     if (e & RQ_HANDLE) {
       tide__handle_run(s, (tide_handle *)(e & ~RQ_HANDLE));
+    } else if (e & RQ_DUE) {
+      tide_task *t = (tide_task *)(e & ~RQ_DUE);
+      if (t->state == TS_READY)
+        tide__enqueue(s, t); /* a no-op if a cancel queued it already */
     } else {
       tide_task *t = (tide_task *)e;
       t->flags &= ~TF_QUEUED;
@@ -1023,7 +1039,7 @@ void tide__rq_drop(tide_sched *s) {
     if (e & RQ_HANDLE) {
       ((tide_handle *)(e & ~RQ_HANDLE))->queued = 0;
       ((tide_handle *)(e & ~RQ_HANDLE))->cancelled = 1;
-    } else {
+    } else if (!(e & RQ_DUE)) {
       ((tide_task *)e)->flags &= ~TF_QUEUED;
     }
   }

@@ -153,14 +153,11 @@ void tide__fire_due(tide_sched *s) {
     tide__heap_remove(s, n);
     if (n->kind == TN_TASK) {
       tide_task *t = (tide_task *)((char *)n - offsetof(tide_task, tn));
-      if (t->state == TS_PARKED) {
-        /* resumed with true (step() pushes it): its coroutine is not
-         * touched until then, a cache miss less per wake-up when a burst
-         * of timers is due at once */
-        t->flags |= TF_IMMEDIATE;
-        t->state = TS_READY;
-        tide__enqueue(s, t);
-      }
+      /* resumed with true (step() pushes it): its coroutine is not
+       * touched until then, a cache miss less per wake-up when a burst of
+       * timers is due at once */
+      if (t->state == TS_PARKED)
+        tide__enqueue_due(s, t);
     } else {
       tide__enqueue_handle(s, (tide_handle *)n);
     }

@@ -443,32 +443,39 @@ function M.wait_for(x, seconds, ...)
     return t:await()
   end
   local self = me("tide.wait_for")
-  local err
+  local msg = ("wait_for: timed out after %g s"):format(seconds)
+  local err, expired
   -- With 0 s or less, as asyncio's: the inner work is cancelled at once
   -- (a function given never starts), unless it is done already.
   if seconds > 0 and not t:done() then
     local cb, disarm = waker(self)
     t:add_done_callback(cb)
-    local h = call_later(seconds, wake, self)
+    -- the time's end cancels the inner work then and there, as asyncio's
+    -- timeout does (not when the caller next runs: the inner work could
+    -- finish in between); the caller wakes when it has ended
+    local h = call_later(seconds, runtime(function() expired = t:cancel(msg) end))
     local ok
     ok, err = park()
     disarm()
     h:cancel()
     t:remove_done_callback(cb)
   end
-  if t:done() then
+  if t:done() and not expired then
     if err then error(err, 0) end
     return t:await()
   end
-  -- Expired (or we were cancelled): cancel the inner work and wait until
-  -- it has finished cancelling.
-  t:cancel(err and err.message or ("wait_for: timed out after %g s"):format(seconds))
-  repeat
-    local e = join(t)
-    -- the caller cancelled again: so is the inner work, or, done already, the caller
-    if e and not t:cancel(e.message) then error(e, 0) end
-    err = e or err
-  until t:done()
+  if not t:done() then
+    -- We were cancelled, or no time was given: cancel the inner work
+    -- (again, if the time ran out first: asyncio forwards every cancel)
+    -- and wait until it has finished cancelling.
+    if err or not expired then t:cancel(err and err.message or msg) end
+    repeat
+      local e = join(t)
+      -- the caller cancelled again: so is the inner work, or, done already, the caller
+      if e and not t:cancel(e.message) then error(e, 0) end
+      err = e or err
+    until t:done()
+  end
   -- As asyncio's (3.12), the inner work's end decides, whether the time
   -- ran out or the caller was cancelled: if it caught the cancel and
   -- returned, its results; if it failed otherwise, that error; if it ended

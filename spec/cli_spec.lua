@@ -27,6 +27,18 @@ local function module_dir(name, src)
 end
 
 describe("tide command", function()
+  it("refuses tide.run in a callback that runs after the main chunk ended (it crashed)", function()
+    local out, err, rc = run([[
+local tide = require "tide"
+tide.call_soon(function()
+  tide.call_soon(function() print(pcall(tide.run, function() return "inner" end)) end)
+  tide.call_soon(print, "second")
+end)
+]])
+    assert.equals(0, rc, err)
+    assert.matches("^false\tinvalid_state: [^\n]*tide.run cannot be called from a loop callback[^\n]*\nsecond\n$", out)
+  end)
+
   it("builds arg exactly as lua5.4 does and passes the arguments as ...", function()
     local out, err, rc = run([[
       print(arg[0]:match("[^/]+$") ~= nil, arg[1], arg[2], #arg, select("#", ...), ...)

@@ -6,6 +6,28 @@ local S = require "spec.support"
 local virtual, errkind = S.virtual, S.errkind
 
 describe("tide.run", function()
+  it("runs the round after main's end even when main ended with the loop turn's budget spent", function()
+    local seen
+    tide.run(function()
+      local me = tide.current_task()
+      for _ = 1, 5000 do tide.spawn(function() while true do tide.sleep(0) end end) end
+      tide.spawn(function() seen = pcall(me.await, me) and "main done" or "cancelled" end)
+      tide.sleep(0)
+      tide.sleep(0)
+    end)
+    assert.equals("main done", seen)
+  end)
+
+  it("runs the done callbacks of the tasks it cancels at the end, as asyncio.run", function()
+    local seen
+    tide.run(function()
+      local x = tide.spawn(tide.sleep, 10)
+      x:add_done_callback(function(t) seen = t:cancelled() end)
+      tide.sleep(0)
+    end)
+    assert.is_true(seen)
+  end)
+
   it("stops its loop one round after the main task ends, as asyncio.run: then the tasks left are cancelled", function()
     local log = {}
     tide.run(function()
@@ -623,6 +645,17 @@ describe("tide.call_soon / tide.call_later", function()
     assert.same({ "Y", "cb", "main", "X" }, log)
   end)
 
+  it("a callback due with a sleep's end runs before the sleeper wakes (asyncio's sleep is a timer callback)", function()
+    local log = {}
+    tide.run({ clock = "virtual" }, function()
+      tide.spawn(function() tide.sleep(1); log[#log + 1] = "task" end)
+      tide.sleep(0)
+      tide.call_later(1, function() log[#log + 1] = "callback" end)
+      tide.sleep(2)
+    end)
+    assert.same({ "callback", "task" }, log)
+  end)
+
   it("a call_soon handle cancelled while queued never runs, and is kept until its turn", function()
     local ran = false
     local h = tide.call_soon(function() ran = true end)
@@ -1174,6 +1207,20 @@ describe("tide.task_group", function()
 end)
 
 describe("tide.wait_for", function()
+  it("cancels the inner work when the time is up, not when the caller next runs (asyncio's timeout)", function()
+    -- the inner work's sleep and the deadline end at the same virtual
+    -- instant: the inner work would finish before the caller ran again
+    local ok, e, inner
+    tide.run({ clock = "virtual" }, function()
+      inner = tide.spawn(function() tide.sleep(1); return "inner result" end)
+      tide.sleep(0)
+      ok, e = pcall(tide.wait_for, inner, 1)
+    end)
+    assert.is_false(ok)
+    assert.equals("timeout", e.kind)
+    assert.is_true(inner:cancelled())
+  end)
+
   it("leaves nothing that wakes the task's next wait_for when the work ends with the deadline", function()
     local ok, v, at = tide.run({ clock = "virtual" }, function()
       local t = tide.spawn(function() tide.sleep(1) return "inner" end)
