@@ -12,7 +12,7 @@
  *   p:wait() -> code, signal;  p:kill([sig]) -> sent;  p:close();  p.pid
  *
  * Never through a shell unless asked (shell). opts: stdin, stdout, stderr
- * ("pipe" | "inherit" | "null"), env (name -> value: replaces the whole
+ * ("pipe" | "inherit" | "null"; stderr also "stdout"), env (name -> value: replaces the whole
  * environment; PATH included, execvp then searches /bin:/usr/bin without
  * one), cwd, limit (the pipes' read_line/read_until limit, as net's); run
  * and shell add input (string fed to stdin, then closed;
@@ -60,8 +60,10 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -379,8 +381,9 @@ static int pr_index(lua_State *L) {
 
 /* ---- spawning -------------------------------------------------------- */
 
-enum { IO_PIPE, IO_INHERIT, IO_NULL };
-static const char *const io_modes[] = {"pipe", "inherit", "null", NULL};
+enum { IO_PIPE, IO_INHERIT, IO_NULL, IO_STDOUT };
+/* "stdout" is stderr's only: asyncio's STDOUT, both into stdout's place */
+static const char *const io_modes[] = {"pipe", "inherit", "null", "stdout", NULL};
 static const char *const io_names[] = {"stdin", "stdout", "stderr"};
 /* spawn's options, then the two run and shell add */
 static const char *const opt_names[] = {"stdin", "stdout", "stderr", "env",
@@ -426,10 +429,11 @@ static int io_mode(lua_State *L, int i, int def) {
     const char *name = lua_tostring(L, -1);
     for (m = 0; io_modes[m] && strcmp(name, io_modes[m]) != 0; m++)
       ;
-    if (io_modes[m] == NULL)
-      luaL_argerror(L, 2, lua_pushfstring(L, "opts.%s: \"pipe\", \"inherit\" "
-                                          "or \"null\" expected, got '%s'",
-                                          io_names[i], name));
+    if (io_modes[m] == NULL || (m == IO_STDOUT && i != 2))
+      luaL_argerror(L, 2, lua_pushfstring(L, "opts.%s: \"pipe\", \"inherit\""
+                                          "%s or \"null\" expected, got '%s'",
+                                          io_names[i], i == 2 ? ", \"stdout\"" : "",
+                                          name));
   }
   lua_pop(L, 1);
   return m;
@@ -537,7 +541,7 @@ static void start(lua_State *L, int run) {
   tide_sched *s = rt->current ? rt->current->s : rt->sched;
   uv_process_options_t o;
   uv_stdio_container_t stdio[3];
-  int modes[3], i, rc, base;
+  int modes[3], i, rc, base, merged = -1, stderr_fd = 2;
   size_t n, limit;
   const char **args;
   proc_box *b;
@@ -593,8 +597,34 @@ static void start(lua_State *L, int run) {
   base = lua_gettop(L);
   lua_pushstring(L, args[0]);
   lua_setiuservalue(L, base, 4);
+  if (modes[2] == IO_STDOUT && modes[1] == IO_PIPE) {
+    /* one pipe for both: libuv makes a pipe per slot, so this one is
+     * made here, its child end given as fd 1 and 2 (closed below) */
+    int sv[2];
+    uv_stream_t *st;
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+      raise_process(L, uv_translate_sys_error(errno), "cannot run", args[0], NULL);
+    st = tide__stream_new_pipe(L, s, limit);
+    if ((rc = uv_pipe_open((uv_pipe_t *)st, sv[0])) != 0) {
+      close(sv[0]);
+      close(sv[1]);
+      raise_process(L, rc, "cannot run", args[0], NULL);
+    }
+    lua_pushvalue(L, base);
+    lua_setiuservalue(L, -2, 1);
+    lua_setiuservalue(L, base, 2);
+    merged = sv[1];
+    modes[1] = modes[2] = IO_NULL; /* done: the loop below leaves them */
+    stdio[1].flags = stdio[2].flags = UV_INHERIT_FD;
+    stdio[1].data.fd = stdio[2].data.fd = merged;
+  } else if (modes[2] == IO_STDOUT) { /* as stdout: "inherit" or "null" */
+    modes[2] = modes[1];
+    stderr_fd = 1;
+  }
   for (i = 0; i < 3; i++) {
-    if (modes[i] == IO_PIPE) {
+    if (merged >= 0 && i > 0) {
+      /* set above */
+    } else if (modes[i] == IO_PIPE) {
       stdio[i].flags = UV_CREATE_PIPE | (i == 0 ? UV_READABLE_PIPE
                                                 : UV_WRITABLE_PIPE);
       stdio[i].data.stream = tide__stream_new_pipe(L, s, limit);
@@ -603,20 +633,25 @@ static void start(lua_State *L, int run) {
       lua_setiuservalue(L, base, i + 1);
     } else if (modes[i] == IO_INHERIT) {
       stdio[i].flags = UV_INHERIT_FD;
-      stdio[i].data.fd = i;
+      stdio[i].data.fd = i == 2 ? stderr_fd : i;
     } else {
       stdio[i].flags = UV_IGNORE;
     }
   }
   p = calloc(1, sizeof(*p));
-  if (p == NULL)
+  if (p == NULL) {
+    if (merged >= 0)
+      close(merged);
     luaL_error(L, "not enough memory");
+  }
   {
     fdset hidden = {NULL, 0, 0};
     hide_fds(&hidden);
     rc = uv_spawn(s->loop, &p->h, &o); /* returns once the child exec'd */
     show_fds(&hidden);
   }
+  if (merged >= 0)
+    close(merged); /* the child's end: the child has it now */
   p->h.data = p;
   if (rc < 0) { /* the handle is initialised all the same: close it */
     int fault = cwd_fault(o.cwd, rc);
