@@ -404,10 +404,13 @@ function M.timeout(seconds, fn, ...)
   local before, asked = core.other_cancel(self), core.cancelling(self)
   local token = terror("cancelled", ("deadline of %g s reached"):format(seconds))
   local expired = false
-  local h = call_later(seconds, runtime(function()
+  local on_expiry = runtime(function()
     expired = true
     self:cancel(token)
-  end))
+  end)
+  -- a deadline already past cancels at the first suspension, as asyncio's
+  -- (call_soon: a 0 s timer would join the queue behind a sleep(0))
+  local h = seconds > 0 and call_later(seconds, on_expiry) or core.call_soon(on_expiry)
   local r = pack(pcall(fn, ...))
   h:cancel()
   local other
@@ -444,7 +447,7 @@ function M.wait_for(x, seconds, ...)
   end
   local self = me("tide.wait_for")
   local msg = ("wait_for: timed out after %g s"):format(seconds)
-  local err, expired
+  local err, expired, late
   -- With 0 s or less, as asyncio's: the inner work is cancelled at once
   -- (a function given never starts), unless it is done already.
   if seconds > 0 and not t:done() then
@@ -453,7 +456,12 @@ function M.wait_for(x, seconds, ...)
     -- the time's end cancels the inner work then and there, as asyncio's
     -- timeout does (not when the caller next runs: the inner work could
     -- finish in between); the caller wakes when it has ended
-    local h = call_later(seconds, runtime(function() expired = t:cancel(msg) end))
+    -- (inner work done before the deadline's callback, but the caller not
+    -- resumed yet: asyncio cancels the caller then, so it is a timeout)
+    local h = call_later(seconds, runtime(function()
+      expired = true
+      late = not t:cancel(msg)
+    end))
     local ok
     ok, err = park()
     disarm()
@@ -463,6 +471,9 @@ function M.wait_for(x, seconds, ...)
   if t:done() and not expired then
     if err then error(err, 0) end
     return t:await()
+  end
+  if late and not err then
+    error(terror("timeout", ("timed out after %g s"):format(seconds)), 0)
   end
   if not t:done() then
     -- We were cancelled, or no time was given: cancel the inner work

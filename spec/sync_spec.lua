@@ -137,6 +137,21 @@ describe("tide.Semaphore", function()
   end)
 
   describe(":locked()", function()
+    it("is true while a released permit waits for the woken task to take it, and a newcomer queues behind (asyncio 3.12)", function()
+      local s = tide.Semaphore(0)
+      local log = {}
+      local w = tide.spawn(function() s:acquire(); log[#log + 1] = "waiter" end)
+      tide.sleep(0)
+      s:release() -- the waiter's, though it has not run yet
+      s:release() -- free: yet it goes to whoever queued first
+      assert.is_true(s:locked())
+      s:acquire()
+      log[#log + 1] = "newcomer"
+      w:await()
+      assert.same({ "waiter", "newcomer" }, log)
+      assert.is_true(s:locked())
+    end)
+
     it("is true exactly when no permit is free", function()
       local sem = tide.Semaphore(2)
       assert.is_false(sem:locked())

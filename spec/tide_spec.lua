@@ -1207,6 +1207,15 @@ describe("tide.task_group", function()
 end)
 
 describe("tide.wait_for", function()
+  it("times out when the inner task ended but the caller had not resumed when the time ran out (asyncio)", function()
+    local t = tide.spawn(function() tide.sleep(0); return "ok" end)
+    tide.spawn(function() local c = os.clock(); while os.clock() - c < 0.05 do end end) -- the loop blocked past the deadline
+    local ok, e = pcall(tide.wait_for, t, 0.01)
+    assert.is_false(ok)
+    assert.equals("timeout", e.kind)
+    assert.equals("ok", t:await())
+  end)
+
   it("cancels the inner work when the time is up, not when the caller next runs (asyncio's timeout)", function()
     -- the inner work's sleep and the deadline end at the same virtual
     -- instant: the inner work would finish before the caller ran again
@@ -1344,6 +1353,15 @@ describe("tide.wait_for", function()
 end)
 
 describe("tide.timeout", function()
+  it("with 0 s or less cancels at the body's first suspension, even a sleep(0) (asyncio's call_soon)", function()
+    for _, seconds in ipairs { 0, -1 } do
+      local ok, e = pcall(tide.timeout, seconds, function() tide.sleep(0); return "body done" end)
+      assert.is_false(ok)
+      assert.equals("timeout", e.kind)
+    end
+    assert.equals("no suspension", tide.timeout(0, function() return "no suspension" end))
+  end)
+
   it("with nil seconds sets no deadline, as asyncio.timeout(None)", function()
     assert.same({ "ran", 2 }, { tide.timeout(nil, function(a) tide.sleep(0.01); return "ran", a end, 2) })
   end)

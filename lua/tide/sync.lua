@@ -58,32 +58,43 @@ Semaphore.__name = "tide.Semaphore"
 local function new_semaphore(mt, value, bound, fname)
   if value == nil then value = 1 end
   value = count_arg(value, fname, "value")
-  return setmetatable({ _value = value, _bound = bound and value, _waiters = waitlist() }, mt)
+  return setmetatable({ _value = value, _bound = bound and value, _waiters = waitlist(),
+    _woken = 0 }, mt)
 end
 
+-- A permit released while tasks wait goes to the first of them (_woken
+-- counts those not yet run): as asyncio's, a newcomer queues behind them
+-- (no barging) and locked() is true meanwhile.
 function Semaphore:locked()
   own(self, "locked", Semaphore)
-  return self._value == 0
+  return self._value == 0 or self._woken > 0 or not self._waiters:empty()
 end
 
 function Semaphore:acquire()
   own(self, "acquire", Semaphore)
-  if self._value > 0 and self._waiters:empty() then
+  if self._value > 0 and self._woken == 0 and self._waiters:empty() then
     self._value = self._value - 1
   else
     need_task("acquire")
     local ok, err, woken = self._waiters:wait()
-    if not ok then
-      if woken then self:_pass() end -- the permit was ours: pass it on
-      error(err, 0)
+    if ok or woken then self._woken = self._woken - 1 end
+    if woken and not ok then self._value = self._value + 1 end -- ours: passed on below
+    -- permits released meanwhile go to the tasks that queued behind (as
+    -- asyncio's acquire does on its way out)
+    while self._value > 0 and self._waiters:wake_one() do
+      self._value = self._value - 1
+      self._woken = self._woken + 1
     end
+    if not ok then error(err, 0) end
   end
   return setmetatable({ owner = self }, Guard)
 end
 
 -- Gives one permit to the first waiter that can take it, or keeps it.
 function Semaphore:_pass()
-  if not self._waiters:wake_one() then
+  if self._waiters:wake_one() then
+    self._woken = self._woken + 1
+  else
     self._value = self._value + 1
   end
 end
