@@ -1351,6 +1351,33 @@ static int t_await(lua_State *L) {
   return tide__park(L, me, 0, await_k);
 }
 
+static int join_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  if (lua_toboolean(L, 2))
+    return 0;
+  tide__push_task(L, tide__rt(L)->current); /* cancelled: stop waiting */
+  waiters_remove(L, 1, -1);
+  lua_pushvalue(L, 3);
+  return 1;
+}
+
+/* core.join(t) -> nothing once t is done, or the error that cancelled the
+ * caller meanwhile (t goes on). The caller waits as t:await()'s do, woken
+ * straight from t's end (a done callback would take one more turn). */
+static int l_join(lua_State *L) {
+  tide_task *t = tide__check_task(L, 1), *me;
+  lua_settop(L, 1);
+  if (t->state == TS_DONE)
+    return 0;
+  me = tide__current(L);
+  if (me == t)
+    return tide__raise_kind_at_user(L, "invalid_state", "a task cannot await itself");
+  tide__push_task(L, me);
+  waiters_add(L, 1);
+  return tide__park(L, me, 0, join_k);
+}
+
 /* t:result() -> results without suspending; error if not done */
 static int t_result(lua_State *L) {
   tide_task *t = tide__check_task(L, 1);
@@ -1972,7 +1999,7 @@ static const luaL_Reg task_funcs[] = {
   {"spawn", l_spawn}, {"current_task", l_current_task}, {"need_task", l_need_task},
   {"all_tasks", l_all_tasks}, {"park", l_park}, {"wake", l_wake},
   {"uncancel", l_uncancel}, {"other_cancel", l_other_cancel}, {"istask", l_istask},
-  {"cancelling", l_cancelling},
+  {"cancelling", l_cancelling}, {"join", l_join},
   {"gather_wait", l_gather_wait},
   {"task_info", l_task_info},
   {NULL, NULL}};

@@ -110,19 +110,18 @@ end
 
 -- Waits until task t is done, without raising its error. Returns the
 -- cancellation error if the waiting task was cancelled meanwhile.
-local function join(t)
-  if t:done() then
-    return nil
-  end
+local join = core.join
+
+-- The same through a done callback: one loop turn later, as asyncio's
+-- shield, whose outer future is completed by the inner task's callback.
+local function join_soon(t)
+  if t:done() then return nil end
   local cb, disarm = waker(current_task())
   t:add_done_callback(cb)
   local ok, err = park()
   disarm()
   t:remove_done_callback(cb)
-  if ok then
-    return nil
-  end
-  return err
+  if not ok then return err end
 end
 
 local GATHER_OPTS = { return_exceptions = true }
@@ -445,14 +444,12 @@ function M.wait_for(x, seconds, ...)
   if seconds == nil then
     return t:await()
   end
-  local self = me("tide.wait_for")
+  me("tide.wait_for")
   local msg = ("wait_for: timed out after %g s"):format(seconds)
   local err, expired, late
   -- With 0 s or less, as asyncio's: the inner work is cancelled at once
   -- (a function given never starts), unless it is done already.
   if seconds > 0 and not t:done() then
-    local cb, disarm = waker(self)
-    t:add_done_callback(cb)
     -- the time's end cancels the inner work then and there, as asyncio's
     -- timeout does (not when the caller next runs: the inner work could
     -- finish in between); the caller wakes when it has ended
@@ -462,11 +459,8 @@ function M.wait_for(x, seconds, ...)
       expired = true
       late = not t:cancel(msg)
     end))
-    local ok
-    ok, err = park()
-    disarm()
+    err = join(t)
     h:cancel()
-    t:remove_done_callback(cb)
   end
   if t:done() and not expired then
     if err then error(err, 0) end
@@ -507,7 +501,7 @@ function M.shield(x, ...)
   else
     argerror("shield", 1, "task or function", x)
   end
-  local err = join(t)
+  local err = join_soon(t)
   if err then error(err, 0) end
   return t:await()
 end

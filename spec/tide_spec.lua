@@ -1207,6 +1207,18 @@ describe("tide.task_group", function()
 end)
 
 describe("tide.wait_for", function()
+  it("resumes the loop turn after the task ends, as awaiting it does (asyncio awaits the task itself)", function()
+    local log = {}
+    local ticker = tide.spawn(function()
+      for i = 1, 4 do log[#log + 1] = "tick " .. i; tide.sleep(0) end
+    end)
+    local a = tide.spawn(function() log[#log + 1] = "a runs"; return 1 end)
+    tide.wait_for(a, 10)
+    log[#log + 1] = "wait_for returns"
+    ticker:await()
+    assert.same({ "tick 1", "a runs", "tick 2", "wait_for returns", "tick 3", "tick 4" }, log)
+  end)
+
   it("times out when the inner task ended but the caller had not resumed when the time ran out (asyncio)", function()
     local t = tide.spawn(function() tide.sleep(0); return "ok" end)
     tide.spawn(function() local c = os.clock(); while os.clock() - c < 0.05 do end end) -- the loop blocked past the deadline
