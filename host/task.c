@@ -1686,6 +1686,17 @@ static int l_uncancel(lua_State *L) {
 
 /* ---- gather ------------------------------------------------------------ */
 
+/* Wakes the gather's caller (its park returns true) a loop turn later, as
+ * asyncio's: a child's done callback completes the outer future, whose own
+ * callback wakes the task. */
+static void gather_wake(gather_state *gs) {
+  tide_task *t = gs->parent;
+  if (t->state == TS_PARKED) {
+    tide__heap_remove(t->s, &t->tn);
+    tide__enqueue_due(t->s, t);
+  }
+}
+
 static void gather_child_done(lua_State *L, int g, int ud) {
   gather_state *gs = lua_touserdata(L, g);
   tide_task *child = lua_touserdata(L, ud);
@@ -1711,19 +1722,16 @@ static void gather_child_done(lua_State *L, int g, int ud) {
     if (gs->remaining == 0 ||
         (!gs->return_exceptions && (child->flags & (TF_FAILED | TF_CANCELLED)))) {
       gs->live = gs->draining = 0;
-      lua_pushboolean(L, 1);
-      tide__wake(L, gs->parent, 1);
+      gather_wake(gs);
     }
   } else if (!gs->return_exceptions && (child->flags & (TF_FAILED | TF_CANCELLED))) {
     gs->live = 0;
     lua_pushvalue(L, ud);
     lua_setiuservalue(L, g, 1);
-    lua_pushboolean(L, 1);
-    tide__wake(L, gs->parent, 1);
+    gather_wake(gs);
   } else if (gs->remaining == 0) {
     gs->live = 0;
-    lua_pushboolean(L, 1);
-    tide__wake(L, gs->parent, 1);
+    gather_wake(gs);
   }
 }
 

@@ -692,6 +692,18 @@ describe("tide.call_soon / tide.call_later", function()
 end)
 
 describe("tide.gather", function()
+  it("returns two loop turns after its last child ends, as asyncio's (child callback, then the outer future's)", function()
+    local log = {}
+    local ticker = tide.spawn(function()
+      for i = 1, 5 do log[#log + 1] = "tick " .. i; tide.sleep(0) end
+    end)
+    local a = tide.spawn(function() log[#log + 1] = "a runs"; return 1 end)
+    tide.gather(a)
+    log[#log + 1] = "gather returns"
+    ticker:await()
+    assert.same({ "tick 1", "a runs", "tick 2", "tick 3", "gather returns", "tick 4", "tick 5" }, log)
+  end)
+
   it("passes its cancel message on to the children, as asyncio's gather.cancel(msg)", function()
     local seen = {}
     local kids = {}
