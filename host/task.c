@@ -1136,6 +1136,13 @@ int tide__cancel(lua_State *L, int tidx, int erridx) {
   tidx = lua_absindex(L, tidx);
   erridx = lua_absindex(L, erridx);
   count_cancel(L, s, tidx, 1);
+  if (t->state == TS_NEW && (t->flags & TF_CANCEL_QUEUED)) {
+    /* not started: the last request's error is the one it ends with, as
+     * asyncio's _cancel_message */
+    lua_pushvalue(L, erridx);
+    lua_setiuservalue(L, tidx, TUV_CO);
+    return 1;
+  }
   if (t->flags & (TF_CANCEL_PENDING | TF_CANCEL_QUEUED)) {
     /* the first request's error stands; a later one is remembered (the
      * first of them), so that a deadline's own cancel does not swallow it
