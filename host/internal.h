@@ -130,6 +130,7 @@ struct tide_sched {
                        * handles (tagged, see task.c) in one FIFO */
   int rq_head, rq_len, rq_cap;
   int rounds_after_main; /* rounds run since the main task ended */
+  int outside_uv;        /* running the queue outside uv_run: no uv_stop */
   tide_hentry *heap;
   int nheap, capheap;
   int tasks_ref;      /* registry ref: table of live tasks */

@@ -69,8 +69,10 @@ static void on_uv_check(uv_check_t *h) {
 void tide__drain_ready(tide_sched *s) {
   int i;
   s->rt->incb++;
+  s->outside_uv++;
   for (i = 0; i < 100 && s->rq_len > 0; i++)
     tide__run_round(s);
+  s->outside_uv--;
   s->rt->incb--;
 }
 
@@ -586,8 +588,10 @@ static tide_task *run_main(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
   if (main->state == TS_DONE && s->rounds_after_main < 2) {
     s->rounds_after_main = 2;
     rt->incb++;
+    s->outside_uv++;
     tide__fire_due(s);
     tide__run_round(s);
+    s->outside_uv--;
     rt->incb--;
   }
   if (rt->debug)

@@ -533,6 +533,23 @@ static void show_fds(fdset *set) {
   free(set->fd);
 }
 
+/* [-0, +1, v] Pushes the pipe stream of a stdout that stderr shares (a
+ * socketpair made here: libuv makes one per slot); returns the child's
+ * end, which the caller closes once the child has it. */
+static int merged_pipe(lua_State *L, tide_sched *s, size_t limit,
+                       const char *prog) {
+  int sv[2], rc;
+  uv_stream_t *st = tide__stream_new_pipe(L, s, limit); /* before the fds */
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+    raise_process(L, uv_translate_sys_error(errno), "cannot run", prog, NULL);
+  if ((rc = uv_pipe_open((uv_pipe_t *)st, sv[0])) != 0) {
+    close(sv[0]);
+    close(sv[1]);
+    raise_process(L, rc, "cannot run", prog, NULL);
+  }
+  return sv[1];
+}
+
 /* [-0, +1, v] Starts argv (arg 1, an array of strings) with opts (arg 2)
  * and pushes the tide.Process. run: run's options and defaults. The
  * program's name is the box's 4th user value (for messages). */
@@ -541,7 +558,7 @@ static void start(lua_State *L, int run) {
   tide_sched *s = rt->current ? rt->current->s : rt->sched;
   uv_process_options_t o;
   uv_stdio_container_t stdio[3];
-  int modes[3], i, rc, base, merged = -1, stderr_fd = 2;
+  int modes[3], i, rc, base, merge, merged = -1, stderr_fd = 2;
   size_t n, limit;
   const char **args;
   proc_box *b;
@@ -579,6 +596,7 @@ static void start(lua_State *L, int run) {
                     "opts.timeout: positive number of seconds expected");
     lua_pop(L, 2);
   }
+  merge = modes[2] == IO_STDOUT && modes[1] == IO_PIPE;
   o.env = check_env(L); /* 4: array, 5: anchors */
   if (opt(L, "cwd", LUA_TSTRING) != LUA_TNIL && has_zero(L, -1)) /* 6 */
     luaL_argerror(L, 2, "opts.cwd contains a zero byte");
@@ -597,37 +615,24 @@ static void start(lua_State *L, int run) {
   base = lua_gettop(L);
   lua_pushstring(L, args[0]);
   lua_setiuservalue(L, base, 4);
-  if (modes[2] == IO_STDOUT && modes[1] == IO_PIPE) {
-    /* one pipe for both: libuv makes a pipe per slot, so this one is
-     * made here, its child end given as fd 1 and 2 (closed below) */
-    int sv[2];
-    uv_stream_t *st;
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
-      raise_process(L, uv_translate_sys_error(errno), "cannot run", args[0], NULL);
-    st = tide__stream_new_pipe(L, s, limit);
-    if ((rc = uv_pipe_open((uv_pipe_t *)st, sv[0])) != 0) {
-      close(sv[0]);
-      close(sv[1]);
-      raise_process(L, rc, "cannot run", args[0], NULL);
-    }
-    lua_pushvalue(L, base);
-    lua_setiuservalue(L, -2, 1);
-    lua_setiuservalue(L, base, 2);
-    merged = sv[1];
-    modes[1] = modes[2] = IO_NULL; /* done: the loop below leaves them */
-    stdio[1].flags = stdio[2].flags = UV_INHERIT_FD;
-    stdio[1].data.fd = stdio[2].data.fd = merged;
-  } else if (modes[2] == IO_STDOUT) { /* as stdout: "inherit" or "null" */
+  if (modes[2] == IO_STDOUT && !merge) { /* as stdout: "inherit" or "null" */
     modes[2] = modes[1];
     stderr_fd = 1;
   }
   for (i = 0; i < 3; i++) {
-    if (merged >= 0 && i > 0) {
-      /* set above */
+    if (merge && i == 2) {
+      stdio[2].flags = UV_INHERIT_FD;
+      stdio[2].data.fd = merged;
     } else if (modes[i] == IO_PIPE) {
-      stdio[i].flags = UV_CREATE_PIPE | (i == 0 ? UV_READABLE_PIPE
-                                                : UV_WRITABLE_PIPE);
-      stdio[i].data.stream = tide__stream_new_pipe(L, s, limit);
+      if (merge && i == 1) {
+        merged = merged_pipe(L, s, limit, args[0]);
+        stdio[1].flags = UV_INHERIT_FD;
+        stdio[1].data.fd = merged;
+      } else {
+        stdio[i].flags = UV_CREATE_PIPE | (i == 0 ? UV_READABLE_PIPE
+                                                  : UV_WRITABLE_PIPE);
+        stdio[i].data.stream = tide__stream_new_pipe(L, s, limit);
+      }
       lua_pushvalue(L, base); /* a stream in use keeps its process (and */
       lua_setiuservalue(L, -2, 1); /* child) alive, as asyncio's transport */
       lua_setiuservalue(L, base, i + 1);

@@ -508,7 +508,10 @@ static void finish_common(lua_State *L, tide_task *t, int ud) {
   }
   lua_pop(L, 1);
 stop:
-  if (t == s->main || (s->main && s->main->state == TS_DONE && s->ntasks == 0))
+  /* (outside uv_run the flag would stay set and make the next run return
+   * at once, before its close callbacks) */
+  if (!s->outside_uv &&
+      (t == s->main || (s->main && s->main->state == TS_DONE && s->ntasks == 0)))
     uv_stop(s->loop);
 }
 
@@ -1380,6 +1383,9 @@ static int l_join(lua_State *L) {
   me = tide__current(L);
   if (me == t)
     return tide__raise_kind_at_user(L, "invalid_state", "a task cannot await itself");
+  if (t->s != me->s)
+    return tide__raise_kind_at_user(L, "invalid_state",
+                                    "cannot await a task of another tide.run loop");
   tide__push_task(L, me);
   waiters_add(L, 1);
   return tide__park(L, me, 0, join_k);

@@ -462,8 +462,8 @@ function M.wait_for(x, seconds, ...)
     err = join(t)
     h:cancel()
   end
-  if t:done() and not expired then
-    if err then error(err, 0) end
+  if t:done() and (err or not expired) then
+    if err then error(err, 0) end -- the caller's own cancel, once t is done
     return t:await()
   end
   if late and not err then

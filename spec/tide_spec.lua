@@ -6,6 +6,20 @@ local S = require "spec.support"
 local virtual, errkind = S.virtual, S.errkind
 
 describe("tide.run", function()
+  it("closes its loop when a task ends in the callbacks run after the shutdown (no loop left stopped)", function()
+    local lfs = require "lfs"
+    local function fds() local n = 0; for _ in lfs.dir("/proc/self/fd") do n = n + 1 end; return n end
+    local base = fds()
+    for _ = 1, 20 do
+      tide.run(function()
+        local t = tide.spawn(tide.sleep, 10)
+        t:add_done_callback(function() tide.spawn(function() end) end) -- runs in the drain
+        tide.sleep(0)
+      end)
+    end
+    assert.equals(base, fds())
+  end)
+
   it("runs the round after main's end even when main ended with the loop turn's budget spent", function()
     local seen
     tide.run(function()
@@ -1229,6 +1243,28 @@ describe("tide.task_group", function()
 end)
 
 describe("tide.wait_for", function()
+  it("raises the caller's cancel that comes after the inner work ended, even past the deadline", function()
+    local caller
+    local t = tide.spawn(function()
+      pcall(tide.sleep, 1) -- the deadline's cancel, swallowed
+      tide.call_soon(function() caller:cancel("outer") end)
+      return "v"
+    end)
+    caller = tide.spawn(function() return tide.wait_for(t, 0.05) end)
+    local ok, e = pcall(caller.await, caller)
+    assert.is_false(ok)
+    assert.equals("cancelled", e.kind)
+    assert.equals("outer", e.message)
+  end)
+
+  it("refuses a task of another tide.run loop, leaving it alone", function()
+    local outer = tide.spawn(function() tide.sleep(0.05); return 1 end)
+    local ok, e = pcall(tide.run, function() return tide.wait_for(outer, 0.01) end)
+    assert.is_false(ok)
+    assert.equals("invalid_state", e.kind)
+    assert.equals(1, outer:await())
+  end)
+
   it("resumes the loop turn after the task ends, as awaiting it does (asyncio awaits the task itself)", function()
     local log = {}
     local ticker = tide.spawn(function()
