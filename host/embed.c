@@ -168,7 +168,7 @@ void tide__root_close(tide_runtime *rt) {
     ;
   uv_close((uv_handle_t *)&deadline, NULL);
   uv_run(s->loop, UV_RUN_NOWAIT); /* its close completes: it is on our stack */
-  tide__drain_ready(s);
+  tide__drain_ready(s, 100);
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &cstarted_key) == LUA_TTABLE) {
     lua_pushnil(L);
     while (lua_next(L, -2)) {

@@ -269,7 +269,7 @@ void tide__abandon_all(tide_sched *s);
 void tide__abandon_pending(tide_sched *s); /* embed.c: suspended C calls */
 void tide__run_ready(tide_sched *s);
 int tide__run_round(tide_sched *s);
-void tide__drain_ready(tide_sched *s);
+void tide__drain_ready(tide_sched *s, int max);
 void tide__rq_drop(tide_sched *s);
 void tide__enqueue_handle(tide_sched *s, tide_handle *h);
 void tide__enqueue_due(tide_sched *s, tide_task *t);

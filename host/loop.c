@@ -63,14 +63,14 @@ static void on_uv_check(uv_check_t *h) {
   s->rt->incb--;
 }
 
-/* Runs what is left in the ready queue at a run's close, as a loop
- * callback (tide.run refused), for a bounded number of rounds: a callback
- * that keeps queueing itself does not hold the close forever. */
-void tide__drain_ready(tide_sched *s) {
+/* Runs up to max rounds of what is left in the ready queue at a run's
+ * end, outside uv_run, as a loop callback would (tide.run refused): the
+ * bound keeps a callback that queues itself from holding the close. */
+void tide__drain_ready(tide_sched *s, int max) {
   int i;
   s->rt->incb++;
   s->outside_uv++;
-  for (i = 0; i < 100 && s->rq_len > 0; i++)
+  for (i = 0; i < max && s->rq_len > 0; i++)
     tide__run_round(s);
   s->outside_uv--;
   s->rt->incb--;
@@ -587,12 +587,8 @@ static tide_task *run_main(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
    * loop turn's budget ended first */
   if (main->state == TS_DONE && s->rounds_after_main < 2) {
     s->rounds_after_main = 2;
-    rt->incb++;
-    s->outside_uv++;
-    tide__fire_due(s);
-    tide__run_round(s);
-    s->outside_uv--;
-    rt->incb--;
+    tide__fire_due(s); /* (queues only) */
+    tide__drain_ready(s, 1);
   }
   if (rt->debug)
     list_pending(s, "when the run's main task ended (cancelling them)");
@@ -603,7 +599,7 @@ static tide_task *run_main(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
   }
   /* callbacks still queued (done callbacks of the tasks just cancelled)
    * run, as asyncio's shutdown runs its loop a few more iterations */
-  tide__drain_ready(s);
+  tide__drain_ready(s, 100);
   if (rt->debug)
     list_pending(s, "after the cancel (abandoned)");
   tide__abandon_all(s);

@@ -1040,8 +1040,9 @@ void tide__rq_drop(tide_sched *s) {
   while (s->rq_len > 0) {
     uintptr_t e = (uintptr_t)rq_pop(s);
     if (e & RQ_HANDLE) {
-      ((tide_handle *)(e & ~RQ_HANDLE))->queued = 0;
-      ((tide_handle *)(e & ~RQ_HANDLE))->cancelled = 1;
+      tide_handle *h = (tide_handle *)(e & ~RQ_HANDLE);
+      h->queued = 0;
+      h->cancelled = 1;
     } else if (!(e & RQ_DUE)) {
       ((tide_task *)e)->flags &= ~TF_QUEUED;
     }
