@@ -434,6 +434,13 @@ end
 function M.wait_for(x, seconds, ...)
   local t
   if seconds ~= nil then check_seconds("wait_for", 2, seconds) end -- before spawning
+  if type(x) == "function" and (seconds == nil or seconds > 0) then
+    -- as asyncio 3.12's wait_for of a coroutine: it runs in the calling
+    -- task, under a deadline scope (the inner work is cancelled where it
+    -- waits, and its end decides: results if it caught the cancel)
+    need_task("tide.wait_for")
+    return M.timeout(seconds, x, ...)
+  end
   if istask(x) then
     t = x
   elseif type(x) == "function" then
