@@ -1345,13 +1345,10 @@ static int await_k(lua_State *L, int status, lua_KContext ctx) {
   return push_results(L, t, 1);
 }
 
-/* t:await() -> the task's results, or raises its error */
-static int t_await(lua_State *L) {
-  tide_task *t = tide__check_task(L, 1), *me;
-  lua_settop(L, 1);
-  if (t->state == TS_DONE)
-    return push_results(L, t, 1);
-  me = tide__current(L);
+/* The caller (a task of t's loop, not t) becomes a waiter of the task t
+ * at 1, woken straight from t's end, and parks with k. */
+static int wait_task(lua_State *L, tide_task *t, lua_KFunction k) {
+  tide_task *me = tide__current(L);
   if (me == t)
     return tide__raise_kind_at_user(L, "invalid_state", "a task cannot await itself");
   if (t->s != me->s)
@@ -1359,7 +1356,16 @@ static int t_await(lua_State *L) {
                                     "cannot await a task of another tide.run loop");
   tide__push_task(L, me);
   waiters_add(L, 1);
-  return tide__park(L, me, 0, await_k);
+  return tide__park(L, me, 0, k);
+}
+
+/* t:await() -> the task's results, or raises its error */
+static int t_await(lua_State *L) {
+  tide_task *t = tide__check_task(L, 1);
+  lua_settop(L, 1);
+  if (t->state == TS_DONE)
+    return push_results(L, t, 1);
+  return wait_task(L, t, await_k);
 }
 
 static int join_k(lua_State *L, int status, lua_KContext ctx) {
@@ -1374,22 +1380,14 @@ static int join_k(lua_State *L, int status, lua_KContext ctx) {
 }
 
 /* core.join(t) -> nothing once t is done, or the error that cancelled the
- * caller meanwhile (t goes on). The caller waits as t:await()'s do, woken
- * straight from t's end (a done callback would take one more turn). */
+ * caller meanwhile (t goes on). The caller waits as t:await()'s do (a done
+ * callback would take one more turn). */
 static int l_join(lua_State *L) {
-  tide_task *t = tide__check_task(L, 1), *me;
+  tide_task *t = tide__check_task(L, 1);
   lua_settop(L, 1);
   if (t->state == TS_DONE)
     return 0;
-  me = tide__current(L);
-  if (me == t)
-    return tide__raise_kind_at_user(L, "invalid_state", "a task cannot await itself");
-  if (t->s != me->s)
-    return tide__raise_kind_at_user(L, "invalid_state",
-                                    "cannot await a task of another tide.run loop");
-  tide__push_task(L, me);
-  waiters_add(L, 1);
-  return tide__park(L, me, 0, join_k);
+  return wait_task(L, t, join_k);
 }
 
 /* t:result() -> results without suspending; error if not done */
