@@ -84,7 +84,8 @@ typedef struct enc {
   buf *b;
   int seen;          /* stack index: table -> its id */
   lua_Integer ntab;  /* tables numbered so far */
-  const char *why;   /* what could not be sent */
+  const char *why;   /* what could not be sent (a static string) */
+  int keyed;         /* it is a key (of the table its path ends at) */
   int pathlen;       /* keys in the path to it */
 } enc;
 
@@ -124,9 +125,10 @@ static void push_key(lua_State *L, int k) {
 
 static int enc_value(enc *e, int idx, int depth);
 
-/* [-1, +1, m] Prepends key k, at position pos of a path of e->pathlen
- * keys, to the path on top; of a long path only the first and the last
- * PATH_KEEP keys are kept, with " ... " for those between. */
+/* [-1, +1, m] Prepends key k (0: "(key)", the path goes on inside the
+ * key at that place), at position pos of a path of e->pathlen keys, to the
+ * path on top; of a long path only the first and the last PATH_KEEP keys
+ * are kept, with " ... " for those between. */
 static void prepend_key(enc *e, int k, int pos) {
   lua_State *L = e->L;
   int tail = e->pathlen - PATH_KEEP; /* from here on, kept */
@@ -138,9 +140,23 @@ static void prepend_key(enc *e, int k, int pos) {
     }
     return;
   }
-  push_key(L, k);
+  if (k)
+    push_key(L, k);
+  else
+    lua_pushliteral(L, "(key)");
   lua_insert(L, -2);
   lua_concat(L, 2);
+}
+
+static const char too_deep[] = "table nested more than 100 deep";
+
+/* A refusal met at key index k of a traversal: only the path on top
+ * stays, at k (the key and the value go), so that a refusal deep down
+ * leaves the stack as high as it found it. */
+static int refused(lua_State *L, int k) {
+  lua_replace(L, k);
+  lua_settop(L, k);
+  return -1;
 }
 
 /* Encodes the table at idx. On failure the path below it is on top. */
@@ -155,7 +171,7 @@ static int enc_table(enc *e, int idx, int depth) {
   }
   lua_pop(L, 1);
   if (depth >= MAX_DEPTH) {
-    e->why = "table nested more than 100 deep";
+    e->why = too_deep;
     e->pathlen = depth;
     lua_pushliteral(L, "");
     return -1;
@@ -169,16 +185,18 @@ static int enc_table(enc *e, int idx, int depth) {
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     int k = lua_gettop(L) - 1;
-    if (enc_value(e, k, depth + 1) < 0) { /* the key itself */
-      lua_pop(L, 1);
-      e->why = lua_pushfstring(L, "%s key", e->why); /* stays anchored */
-      e->pathlen = depth;
-      lua_pushliteral(L, "");
-      return -1;
+    if (enc_value(e, k, depth + 1) < 0) { /* the key, or a value in it */
+      if (*lua_tostring(L, -1) == '\0' && !e->keyed && e->why != too_deep) {
+        e->keyed = 1; /* the key itself: "a function key" */
+        e->pathlen = depth;
+      } else {
+        prepend_key(e, 0, depth);
+      }
+      return refused(L, k);
     }
     if (enc_value(e, k + 1, depth + 1) < 0) {
       prepend_key(e, k, depth);
-      return -1;
+      return refused(L, k);
     }
     lua_pop(L, 1);
   }
@@ -240,7 +258,8 @@ static void enc_list(lua_State *L, buf *b, int first, int n, int pos0,
       const char *path = lua_tostring(L, -1);
       if (*path == '.')
         path++;
-      fail(L, pos0 + i, lua_pushfstring(L, "cannot send a %s%s%s", e.why,
+      fail(L, pos0 + i, lua_pushfstring(L, "cannot send a %s%s%s%s", e.why,
+                                        e.keyed ? " key" : "",
                                         *path ? " at " : "", path));
     }
   }

@@ -149,6 +149,37 @@ describe("tide.to_thread", function()
         raised(tide.to_thread, function(...) return ... end, deep), 1, true)
     end)
 
+    it("refuses what is inside a table key, however deep the keys nest", function()
+      local id = function(...) return ... end
+      assert.matches("(cannot send a function at (key).b[1])",
+        raised(tide.to_thread, id, { [{ b = { print } }] = 1 }), 1, true)
+      assert.matches("(cannot send a function key at (key))",
+        raised(tide.to_thread, id, { [{ [print] = 1 }] = 1 }), 1, true)
+      -- keys nested 60 and 150 deep: each level used to leave its key, value
+      -- and message on the stack, which overflowed it (a double free)
+      local function chain(n, leaf)
+        local d = {}
+        local c = d
+        for _ = 1, n do local k = {}; c[k] = true; c = k end
+        c[1] = leaf
+        return d
+      end
+      assert.matches("(cannot send a function at (key)(key)(key) ... (key)(key)[1])",
+        raised(tide.to_thread, id, chain(60, print)), 1, true)
+      assert.matches("(cannot send a table nested more than 100 deep at (key)(key)(key) ... ",
+        raised(tide.to_thread, id, chain(150)), 1, true)
+      local e = raised(tide.to_thread, function(n)
+        local d = {}
+        local c = d
+        for _ = 1, n do local k = {}; c[k] = true; c = k end
+        c[1] = print
+        return d
+      end, 60)
+      assert.equals("thread", e.kind)
+      assert.matches("cannot send a function at (key)(key)(key) ... (key)(key)[1]", e.message, 1, true)
+      assert.same({ 7 }, { tide.to_thread(function(t) return t.x end, { x = 7 }) })
+    end)
+
     it("fails with a thread error when a result cannot travel back", function()
       local e = raised(tide.to_thread, function() return 1, { f = print } end)
       assert.is_true(tide.iserror(e))
