@@ -217,27 +217,34 @@ static void install_pipe_checks(lua_State *L) {
   lua_pop(L, 2);
 }
 
-/* os.exit(code, true), as lua5.4's: there lua_close closes the main
- * chunk's pending <close> variables, which live on the main thread, from
- * wherever it is called (a coroutine, or here another task). Here the
- * main chunk is a task's coroutine, so that coroutine is reset (its
- * <close> handlers run, innermost first) before the library's os.exit
- * (upvalue 1) closes the state. Nothing of the coroutines on the way
- * (this one, the main one) runs after: the process ends. */
+static void repl_atexit(void);
+
+/* os.exit([code [, close]]), as lua5.4's, but the process ends at once:
+ * C streams are flushed and the REPL's history written, then _exit. exit()
+ * would run libuv's destructor, which joins the thread pool: a to_thread
+ * job (or a file open on a FIFO) that never ends would hang it, where
+ * lua5.4's os.exit and Python's os._exit end the process.
+ * With close, as lua5.4's, lua_close closes the main chunk's pending
+ * <close> variables, which live on the main thread, from wherever it is
+ * called (a coroutine, or here another task). Here the main chunk is a
+ * task's coroutine, so that coroutine is reset (its <close> handlers run,
+ * innermost first) before the state closes. Nothing of the coroutines on
+ * the way (this one, the main one) runs after: the process ends. */
 static int l_exit(lua_State *L) {
-  lua_State *main_co = lua_toboolean(L, 2) ? tide__lua_main_co(L) : NULL;
-  if (main_co != NULL) {
-    lua_State *M;
-    int status = lua_isboolean(L, 1) ? (lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE)
-                                     : (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
+  int status = lua_isboolean(L, 1) ? (lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE)
+                                   : (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
+  if (lua_toboolean(L, 2)) {
+    lua_State *main_co = tide__lua_main_co(L), *M;
     lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
     M = lua_tothread(L, -1);
     lua_pop(L, 1);
-    lua_resetthread(main_co);
+    if (main_co != NULL)
+      lua_resetthread(main_co);
     lua_close(M);
-    exit(status);
   }
-  call_as_self(L);
+  fflush(NULL);
+  repl_atexit();
+  _exit(status);
   return 0;
 }
 
@@ -728,8 +735,7 @@ int main(int argc, char **argv) {
   lua_setglobal(L, "print");
   install_pipe_checks(L);
   lua_getglobal(L, "os");
-  lua_getfield(L, -1, "exit");
-  lua_pushcclosure(L, l_exit, 1);
+  lua_pushcfunction(L, l_exit);
   lua_setfield(L, -2, "exit");
   lua_pop(L, 1);
   createargtable(L, argv, argc, script);

@@ -385,6 +385,22 @@ end)
     assert.equals(3, rc)
   end)
 
+  it("os.exit ends the process at once, flushing output, while a to_thread job never ends", function()
+    -- exit() ran libuv's destructor, which joined the thread pool: it hung
+    for _, close in ipairs { "", ", true" } do
+      local out, err, rc = run(([[
+        local tide = require "tide"
+        local c <close> = setmetatable({}, { __close = function() io.write(" closed") end })
+        tide.spawn(tide.to_thread, function() while true do end end)
+        tide.sleep(0.05)
+        io.write("bye")
+        os.exit(7%s)
+      ]]):format(close), nil, "timeout 10")
+      assert.equals(7, rc, err)
+      assert.equals(close == "" and "bye" or "bye closed", out)
+    end
+  end)
+
   it("runs with stdin, stdout or stderr closed (they read and write /dev/null)", function()
     local name = tmpfile([[
       local tide = require "tide"
