@@ -106,7 +106,10 @@ enum {
   XF_FOLLOW = 1024,
   XF_LOCATION = 2048, /* the response being read has a Location */
   XF_DIRTY = 4096,
-  XF_ABORTED = 8192 /* its response was closed before the end */
+  XF_ABORTED = 8192, /* its response was closed before the end */
+  XF_ONCE = 16384,   /* not to be sent twice: not idempotent, or a body function */
+  XF_SENT = 32768,   /* curl has sent it (on_prereq) */
+  XF_NORESEND = 65536 /* curl would have sent it again: stopped */
 };
 
 struct xfer {
@@ -400,6 +403,22 @@ static int on_curl_timer(CURLM *multi, long ms, void *ud) {
 static size_t on_header(char *p, size_t size, size_t n, void *ud);
 static size_t on_write(char *p, size_t size, size_t n, void *ud);
 
+/* curl is about to send x's request. A kept-alive connection the server
+ * closed without answering makes curl 7.88 send it again on a new one,
+ * whatever the method; a POST (or any request that is not idempotent, or
+ * whose body a function gave) may then act twice, so it fails instead, as
+ * aiohttp and requests do not send those again either. */
+static int on_prereq(void *ud, char *ip, char *local_ip, int port, int local_port) {
+  xfer *x = ud;
+  (void)ip, (void)local_ip, (void)port, (void)local_port;
+  if ((x->flags & (XF_SENT | XF_ONCE)) == (XF_SENT | XF_ONCE)) {
+    x->flags |= XF_NORESEND;
+    return CURL_PREREQFUNC_ABORT;
+  }
+  x->flags |= XF_SENT;
+  return CURL_PREREQFUNC_OK;
+}
+
 /* The options every transfer of m has, set once per easy handle: a plain
  * request sets only its own (setup), so that a kept handle is neither
  * reset nor set up again (about a tenth of a keep-alive GET's cost). */
@@ -412,6 +431,7 @@ static void easy_base(hmulti *m, CURL *e) {
   curl_easy_setopt(e, CURLOPT_QUICK_EXIT, 1L); /* cancel in DNS: NOTES 12 */
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+  curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, on_prereq);
   curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, on_curl_opensocket);
   curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, m);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, on_curl_closesocket);
@@ -728,9 +748,29 @@ static void unpause(lua_State *L, xfer *x) {
 
 /* ---- errors ----------------------------------------------------------- */
 
+/* Whether a request of method m may be sent twice (RFC 9110 9.2.2). */
+static int idempotent(const char *m) {
+  static const char *const names[] = {"GET", "HEAD", "PUT", "DELETE", "OPTIONS",
+                                      "TRACE", NULL};
+  int i;
+  for (i = 0; names[i]; i++)
+    if (strcmp(m, names[i]) == 0)
+      return 1;
+  return 0;
+}
+
+
+/* Whether curl would have sent x again but was stopped (on_prereq), or
+ * could not: it cannot rewind a body a function gives. */
+static int not_resent(const xfer *x) {
+  return (x->flags & XF_NORESEND) || x->result == CURLE_SEND_FAIL_REWIND;
+}
+
 static const char *kind_of(const xfer *x) {
   if (x->flags & (XF_CLOSED | XF_ABORTED))
     return "closed";
+  if (not_resent(x))
+    return "reset";
   if (x->flags & XF_TOOLARGE)
     return "too_large";
   if (x->bad)
@@ -808,6 +848,11 @@ static int raise_failure(lua_State *L, xfer *x) {
     why = "the session was closed";
   else if (x->flags & XF_ABORTED)
     why = "the response was closed";
+  else if (not_resent(x))
+    why = lua_pushfstring(L, "the server closed the connection without an answer, and "
+                          "%s%s is not sent again (the server may have acted on it)",
+                          idempotent(x->method) ? "a request whose body a function gives"
+                                                : "a ", idempotent(x->method) ? "" : x->method);
   else if (x->bad)
     why = x->bad;
   else if (x->flags & XF_TOOLARGE || x->result == CURLE_FILESIZE_EXCEEDED)
@@ -988,6 +1033,9 @@ static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->err);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+  curl_easy_setopt(e, CURLOPT_PREREQDATA, x);
+  if (!idempotent(x->method) || body_fn)
+    x->flags |= XF_ONCE;
   if (redirects != 0)
     x->flags |= XF_FOLLOW;
   curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, redirects != 0 ? 1L : 0L);

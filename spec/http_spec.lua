@@ -871,6 +871,35 @@ describe("tide.http", function()
       end
     end)
 
+    it("does not send a POST again when a kept-alive connection closes without an answer", function()
+      -- curl 7.88 sent it again on a new connection: the server saw it twice
+      local s <close> = http.session()
+      local function sent(method, opts)
+        assert.equals(200, s:get(url("/get")).status) -- a kept-alive connection
+        local before = hb.stats().requests_total
+        local _, e = errkind(s.request, s, method, url("/close"), opts)
+        return e, hb.stats().requests_total - before
+      end
+      local e, n = sent("POST", { body = "pay $100" })
+      assert.equals("reset", e.kind)
+      assert.matches("closed the connection without an answer, and a POST is not sent again", e.message, 1, true)
+      assert.equals(1, n)
+      e, n = sent("PATCH", { body = "x" })
+      assert.equals("reset", e.kind)
+      assert.equals(1, n)
+      local chunks = { "a", "b" }
+      e, n = sent("PUT", { body = function() return table.remove(chunks, 1) end })
+      assert.equals("reset", e.kind)
+      assert.matches("a request whose body a function gives is not sent again", e.message, 1, true)
+      assert.equals(1, n)
+      -- an idempotent request is sent again, as aiohttp does: the new
+      -- connection is closed too, so the server sees it twice
+      e, n = sent("PUT", { body = "x" })
+      assert.equals("reset", e.kind)
+      assert.equals(2, n)
+      assert.equals(200, s:post(url("/anything"), { body = "ok" }).status) -- the session goes on
+    end)
+
     it("reuses connections (keep-alive)", function()
       servers.httpbin().reset_stats()
       local s <close> = http.session()
