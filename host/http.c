@@ -1368,28 +1368,50 @@ static size_t scheme_len(const char *u) {
   return strncmp(u + i, "://", 3) == 0 ? i + 3 : 0;
 }
 
+/* Whether the byte at p (end: the string's end) is sent percent-encoded:
+ * what requests' requote_uri and aiohttp's yarl encode (controls, space,
+ * bytes past ASCII, " < > \ ^ ` { | }), and a % that does not start an
+ * escape (as yarl; curl would send it raw). */
+static int needs_pct(const char *p, const char *end) {
+  unsigned char c = (unsigned char)*p;
+  if (c <= 0x20 || c >= 0x7f)
+    return 1;
+  if (c == '%')
+    return end - p < 3 || !isxdigit((unsigned char)p[1]) || !isxdigit((unsigned char)p[2]);
+  return strchr("\"<>\\^`{|}", c) != NULL;
+}
+
 /* Pushes u (n bytes) as tide sends it and returns 1: a host name past
  * ASCII in its IDNA form (xn--...; libcurl converts one only under a UTF-8
- * locale, which tide does not set), as aiohttp sends it, and the spaces and
- * bytes past ASCII after the host percent-encoded, as requests sends them
- * (curl refuses a space, and encodes one in a Location's query as "+", as
- * aiohttp's yarl does). Returns 0, pushing nothing, when nothing needs it,
- * and -1 with the reason pushed for a host name IDNA refuses. from is where
- * the host starts ("//host" or "scheme://host"), or 0 for a path. */
+ * locale, which tide does not set), as aiohttp sends it, and after the
+ * host what needs_pct says percent-encoded (curl refuses a space, and
+ * encodes one in a Location's query as "+", as aiohttp's yarl does).
+ * Returns 0, pushing nothing, when nothing needs it, and -1 with the reason
+ * pushed for a host curl cannot be given (a control character or a space:
+ * a NUL would cut the URL short) or one IDNA refuses. from is where the
+ * host starts ("//host" or "scheme://host"), or 0 for a path. */
 static int push_encoded(lua_State *L, const char *u, size_t n, size_t from) {
-  const char *p = u + from, *hend = p, *name = p, *nend = p;
+  const char *p = u + from, *hend = p, *name = p, *nend = p, *end = u + n;
   char *ascii = NULL;
   size_t i;
   luaL_Buffer b;
-  for (i = 0; i < n && u[i] != ' ' && !(u[i] & 0x80); i++)
+  for (i = 0; i < n && !needs_pct(u + i, end); i++)
     ;
   if (i == n)
     return 0;
   if (from > 0) { /* the host: [user[:password]@]name[:port] */
     hend = p + strcspn(p, "/?#");
-    for (i = 0; p + i < hend; i++)
+    if (hend < end && *hend == '\0')
+      hend++; /* a NUL ends strcspn's count, not the host: refused below */
+    for (i = 0; p + i < hend; i++) {
+      if ((unsigned char)p[i] <= 0x20 || p[i] == 0x7f) {
+        lua_pushfstring(L, "a control character or a space in the host (byte %d)",
+                        (int)(p + i - u) + 1);
+        return -1;
+      }
       if (p[i] == '@')
         name = p + i + 1;
+    }
     nend = name + strcspn(name, ":/?#");
     for (i = 0; name + i < nend && !(name[i] & 0x80); i++)
       ;
@@ -1416,8 +1438,8 @@ static int push_encoded(lua_State *L, const char *u, size_t n, size_t from) {
   } else {
     luaL_addlstring(&b, u, (size_t)(hend - u));
   }
-  for (p = hend; p < u + n; p++) {
-    if (*p == ' ' || (*p & 0x80)) {
+  for (p = hend; p < end; p++) {
+    if (needs_pct(p, end)) {
       char hex[4];
       snprintf(hex, sizeof(hex), "%%%02X", (unsigned char)*p);
       luaL_addlstring(&b, hex, 3);

@@ -26,8 +26,8 @@ local DEFAULTS = {
 -- JSON: lua-cjson for speed, made exact for numbers as Python's json is.
 -- cjson 2.1.0 prints numbers with 14 significant digits and reads every
 -- number as a float: 123456789012345 would go out as 1.2345678901234e+14,
--- 0.1 + 0.2 as 0.3, and {"n": 3} come back as 3.0. So integers of 15
--- digits and more, and floats that 14 digits do not give back, travel as
+-- 0.1 + 0.2 as 0.3, 2.0 as 2, and {"n": 3} come back as 3.0. So integers
+-- of 15 digits and more, and floats cjson would not print as Python does, travel as
 -- placeholders cjson prints as strings, put back after as their digits
 -- (for floats the shortest that reads back the same, as Python's repr);
 -- and read numbers that are whole become integers, but for a document with
@@ -36,22 +36,19 @@ local DEFAULTS = {
 local cjson
 local MARK = "\0\1" -- cjson writes it "\u0000\u0001": no JSON text has it raw
 
--- The exact text of a number cjson would not print exactly, or nil.
+-- The exact text of a number cjson would not print as Python's json does,
+-- or nil: integers of 15 digits and more; floats that 14 digits do not
+-- give back, or that print without a point (2.0 as "2", -0.0 as "-0") or
+-- as an exponent where Python does not.
 local function exact(v)
   local mt = math.type(v)
   if mt == "integer" then
     return (v >= 1e14 or v <= -1e14) and tostring(v) or nil
   end
-  if mt ~= "float" or v ~= v or v == math.huge or v == -math.huge
-      or tonumber(("%.14g"):format(v)) == v then
-    return nil
-  end
-  for digits = 15, 17 do
-    local s = ("%." .. digits .. "g"):format(v)
-    if tonumber(s) == v then
-      return s:find("[.eE]") and s or s .. ".0" -- still a float, as in Python
-    end
-  end
+  if mt ~= "float" or v ~= v or v == math.huge or v == -math.huge then return nil end
+  local g = ("%.14g"):format(v)
+  if g:find(".", 1, true) and not g:find("e", 1, true) and tonumber(g) == v then return nil end
+  return Headers.float_repr(v)
 end
 
 -- JSON arrays that Lua cannot tell from objects: a table with array_mt is
@@ -318,17 +315,19 @@ function Response:ok()
   return self.status < 400
 end
 
--- Streamed bodies (opts.stream = true): read([n]) -> up to n bytes, or nil
--- at the end; the transfer pauses while the reader is behind.
+-- read([n]) -> up to n bytes, or nil at the end. Of a streamed body
+-- (opts.stream = true) the transfer pauses while the reader is behind; a
+-- buffered one is read from res.body, which stays.
 function Response:read(n)
   check_self(self, Response, "read")
   n = byte_count("read", n)
   local x = rawget(self, "_x")
   if not x then
-    if n ~= nil then error("bad argument #1 to 'read' (not a streamed response)", 2) end
-    local b = self.body
-    self.body = nil
-    return b ~= "" and b or nil
+    local b, pos = self.body or "", rawget(self, "_pos") or 0
+    if pos >= #b then return nil end
+    local last = n and math.min(#b, pos + n) or #b
+    rawset(self, "_pos", last)
+    return b:sub(pos + 1, last)
   end
   return x:read(n)
 end
@@ -579,7 +578,8 @@ local function perform(sess, fname, argbase, method, url, opts)
   local q = opts.query
   if q then
     if type(q) == "table" then check_params(fname, argbase + 1, "query", q) end
-    q = type(q) == "table" and M.urlencode(q) or q
+    -- a string is sent as given, but a "#" in it is data, not a fragment (yarl)
+    q = type(q) == "table" and M.urlencode(q) or q:gsub("#", "%%23")
     if q ~= "" then -- before a #fragment
       local base, frag = url:match("^([^#]*)(.*)$")
       local sep = base:find("?", 1, true) and (base:find("[?&]$") and "" or "&") or "?"
@@ -588,7 +588,8 @@ local function perform(sess, fname, argbase, method, url, opts)
   end
   local encoded, why = core.encode_url(url) -- an IDN host, spaces, bytes past ASCII
   if not encoded then -- (no scheme: no guessing, as curl would)
-    error(tide.error("invalid_url", ("%s: %s"):format(url, why), { url = url }), 0)
+    local shown = url:gsub("[%z\1-\31\127]", function(c) return ("\\%d"):format(c:byte()) end)
+    error(tide.error("invalid_url", ("%s: %s"):format(shown, why), { url = url }), 0)
   end
   url = encoded
   local body, body_fn, ctype = opts.body, nil, nil
@@ -599,6 +600,13 @@ local function perform(sess, fname, argbase, method, url, opts)
   elseif opts.form then
     check_params(fname, argbase + 1, "form", opts.form)
     body, ctype = M.urlencode(opts.form), "application/x-www-form-urlencoded"
+  end
+  if type(body) == "table" then -- a callable table is a function
+    local mt = getmetatable(body)
+    if type(mt) == "table" and mt.__call then
+      local callable = body
+      body = function() return callable() end
+    end
   end
   local body_array = body ~= nil and type(body) == "table" and body or nil -- a redirect may send it again
   if body_array then

@@ -35,13 +35,44 @@ function M.params_problem(t)
       if ty ~= "string" and ty ~= "number" and ty ~= "boolean" then
         return ("value of '%s' must be a string, number or boolean, got %s"):format(k, ty)
       end
+      if one ~= one or one == math.huge or one == -math.huge then -- as yarl
+        return ("value of '%s' must be a finite number, got %s"):format(k, tostring(one))
+      end
     end
   end
+end
+
+-- Python's repr of a finite float: the fewest digits that read back the
+-- same, fixed notation from 1e-4 up to below 1e16 ("0.1", "2.0",
+-- "0.30000000000000004"), else scientific ("1e+16", "1.5e-05"). What
+-- aiohttp sends for a float in a query or form and Python's json writes;
+-- Lua's tostring keeps 14 digits.
+function M.float_repr(v)
+  if v == 0 then return 1 / v < 0 and "-0.0" or "0.0" end
+  local s
+  for d = 0, 16 do
+    s = ("%." .. d .. "e"):format(v)
+    if tonumber(s) == v then break end
+  end
+  local sign, int, frac, exp = s:match("^(-?)(%d)%.?(%d*)e([-+]%d+)$")
+  local digits, e = (int .. frac):gsub("0+$", ""), tonumber(exp)
+  if digits == "" then digits = "0" end
+  local n, point = #digits, e + 1 -- digits before the decimal point
+  if e < -4 or e >= 16 then
+    return ("%s%s%s%se%s%02d"):format(sign, digits:sub(1, 1), n > 1 and "." or "",
+      digits:sub(2), e < 0 and "-" or "+", math.abs(e))
+  elseif point <= 0 then
+    return sign .. "0." .. ("0"):rep(-point) .. digits
+  elseif point >= n then
+    return sign .. digits .. ("0"):rep(point - n) .. ".0"
+  end
+  return sign .. digits:sub(1, point) .. "." .. digits:sub(point + 1)
 end
 
 -- URL encoding, for the client's query strings and forms and the server's
 -- queries.
 local function escape(s)
+  if math.type(s) == "float" then s = M.float_repr(s) end
   return (tostring(s):gsub("[^%w%-%._~]", function(c)
     return ("%%%02X"):format(c:byte())
   end))
