@@ -1485,8 +1485,41 @@ static int l_header_map(lua_State *L) {
   return 1;
 }
 
+/* Replaces the header block on top by the same without its obs-folds: a
+ * line that starts with a space or a tab goes on the line before, its line
+ * break dropped and its blanks kept (RFC 9112 5.2; aiohttp reads
+ * "A: a\r\n  b" as "a  b"). curl hands the lines over as they came. */
+static void unfold(lua_State *L) {
+  size_t n;
+  const char *p = lua_tolstring(L, -1, &n), *end = p + n, *q;
+  luaL_Buffer b;
+  if ((q = memchr(p, '\n', n)) == NULL)
+    return;
+  for (; q && q + 1 < end && q[1] != ' ' && q[1] != '\t';
+       q = memchr(q + 1, '\n', (size_t)(end - q - 1)))
+    ;
+  if (q == NULL || q + 1 >= end)
+    return; /* none (almost always) */
+  luaL_buffinit(L, &b);
+  while (p < end) {
+    const char *eol = memchr(p, '\n', (size_t)(end - p)), *le;
+    if (eol == NULL) {
+      luaL_addlstring(&b, p, (size_t)(end - p));
+      break;
+    }
+    le = eol > p && eol[-1] == '\r' ? eol - 1 : eol;
+    luaL_addlstring(&b, p, (size_t)(le - p));
+    if (!(eol + 1 < end && (eol[1] == ' ' || eol[1] == '\t')))
+      luaL_addlstring(&b, le, (size_t)(eol + 1 - le)); /* not folded: the break stays */
+    p = eol + 1;
+  }
+  luaL_pushresult(&b);
+  lua_replace(L, -2);
+}
+
 /* Sets res.reason, res.header_block (the final response's header lines as
- * received) and, with map, res.headers (see push_header_map). */
+ * received, obs-folds undone) and, with map, res.headers (see
+ * push_header_map). */
 static void set_headers(lua_State *L, xfer *x, int res, int map) {
   const char *p = x->hdr.p ? x->hdr.p : "", *end = p + x->hdr.n, *block = p;
   const char *eol = memchr(p, '\n', (size_t)(end - p)), *le = eol ? eol : end;
@@ -1499,11 +1532,14 @@ static void set_headers(lua_State *L, xfer *x, int res, int map) {
     set_key(L, res, K_reason);
     block = eol ? eol + 1 : end;
   }
+  lua_pushlstring(L, block, (size_t)(end - block));
+  unfold(L);
   if (map) {
-    push_header_map(L, block, end);
+    size_t n;
+    const char *b = lua_tolstring(L, -1, &n);
+    push_header_map(L, b, b + n);
     set_key(L, res, K_headers);
   }
-  lua_pushlstring(L, block, (size_t)(end - block));
   set_key(L, res, K_header_block);
 }
 

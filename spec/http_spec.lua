@@ -649,6 +649,15 @@ describe("tide.http", function()
       end
     end)
 
+    it("reads obs-folded header lines as one value, the fold's blanks kept, as aiohttp (RFC 9112 5.2)", function()
+      -- a continuation line was read as a header named "  b"
+      local res = http.get(url("/folded"))
+      assert.equals(200, res.status)
+      assert.equals("a  b: c", res.headers["x-fold"])
+      assert.equals("1\t2", res.headers["x-tab"])
+      assert.same({ { "X-Fold", "a  b: c" }, { "X-Tab", "1\t2" }, { "Content-Length", "2" } }, res.headers:list())
+    end)
+
     it("a failed transfer lets go of its body at once, not when the collector comes", function()
       local function rss()
         return tonumber(io.open("/proc/self/status"):read("a"):match("VmRSS:%s*(%d+)")) * 1024

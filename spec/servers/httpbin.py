@@ -28,6 +28,7 @@ Endpoints (see ENDPOINTS in spec/servers.lua's header for the full shapes):
   /stream-bytes/<n>?chunk=&delay=      n bytes of pattern(), chunked
   /reset[?after=&delay=]               Content-Length 100000, part, then RST
   /close                               closes the connection, sends nothing
+  /folded, /folded-first               obs-folded header lines (later, first)
   /hang                                sends nothing until the client goes
   /cookies/set?name=value...           Set-Cookie for each, JSON {"cookies"}
   /cookies/delete?name...              Set-Cookie name=; Max-Age=0
@@ -423,6 +424,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.close_connection = True
         self.wfile.write(b"HTTP/1.1 200 OK\r\n X: 3\r\nContent-Length: 2\r\n\r\nok")
 
+    def ep_folded(self, rest):
+        """A response with obs-folded header lines (not the first)."""
+        self.close_connection = True
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Fold: a\r\n  b: c\r\nX-Tab: 1\r\n\t2\r\n"
+                         b"Content-Length: 2\r\n\r\nok")
+
     def ep_redirect_close(self, rest):
         """A 301 to a new URL each time, closing the connection after it."""
         self.close_connection = True
@@ -494,6 +501,7 @@ ROUTES = {
     "close": Handler.ep_close,
     "hang": Handler.ep_hang,
     "folded-first": Handler.ep_folded_first,
+    "folded": Handler.ep_folded,
     "redirect-close": Handler.ep_redirect_close,
     "cookies": Handler.ep_cookies,
     "headers-repeat": Handler.ep_headers_repeat,
