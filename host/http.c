@@ -826,6 +826,8 @@ static const char *kind_of(const xfer *x) {
     if (strstr(x->err, "Too large response headers") ||
         strstr(x->err, "Out of memory in chunked-encoding"))
       return "too_large";
+    if (strstr(x->err, "CONNECT tunnel failed")) /* the proxy refused */
+      return "connect";
     /* fall through */
   case CURLE_SEND_ERROR:
   case CURLE_GOT_NOTHING:

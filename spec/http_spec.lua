@@ -362,6 +362,17 @@ describe("tide.http", function()
       assert.equals("HTTP/1.0", echo(http.get(url("/get"), { http_version = "1.0" })).http_version)
     end)
 
+    it("makes a proxy's refusal of CONNECT kind connect, with its status (it was kind reset)", function()
+      local net = require "tide.net"
+      local proxy <close> = net.serve("127.0.0.1", 0, function(s)
+        s:read_until("\r\n\r\n")
+        s:write("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+      end)
+      local kind, e = errkind(http.get, "https://example.invalid/", { proxy = "http://127.0.0.1:" .. proxy:port() })
+      assert.equals("connect", kind)
+      assert.matches("CONNECT tunnel failed, response 403", e.message, 1, true)
+    end)
+
     it("uses the environment's proxy only with trust_env, as aiohttp", function()
       -- a child with http_proxy set: the httpbin server is the proxy
       local process = require "tide.process"
