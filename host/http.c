@@ -842,9 +842,28 @@ static const char *kind_of(const xfer *x) {
 
 /* Raises x's failure (x at index 1, its URL in its user value 2) as a tide
  * error naming the method, URL and reason. */
+static size_t scheme_len(const char *u);
+
+/* Pushes url with the password of its user info, if any, as "***": an
+ * error message or field is no place for it (aiohttp and requests leave
+ * credentials out of theirs). */
+static const char *push_redacted(lua_State *L, const char *url) {
+  size_t from = scheme_len(url), hlen = strcspn(url + from, "/?#");
+  const char *at = from ? memchr(url + from, '@', hlen) : NULL, *colon;
+  if (at == NULL ||
+      (colon = memchr(url + from, ':', (size_t)(at - url - from))) == NULL) {
+    lua_pushstring(L, url);
+  } else {
+    lua_pushlstring(L, url, (size_t)(colon + 1 - url));
+    lua_pushfstring(L, "***%s", at);
+    lua_concat(L, 2);
+  }
+  return lua_tostring(L, -1);
+}
+
 static int raise_failure(lua_State *L, xfer *x) {
   const char *kind = kind_of(x);
-  const char *url = (lua_getiuservalue(L, 1, 2), lua_tostring(L, -1));
+  const char *url = (lua_getiuservalue(L, 1, 2), push_redacted(L, lua_tostring(L, -1)));
   const char *why = curl_easy_strerror(x->result);
   if (x->flags & XF_CLOSED)
     why = "the session was closed";
