@@ -307,10 +307,12 @@ describe("fs.write_file", function()
       fs.write_file, "/tmp/x")
     raises_matching("bad argument #3 to 'write_file' (unknown option 'atomc')",
       fs.write_file, "/tmp/x", "", { atomc = true })
-    raises_matching("bad argument #3 to 'write_file' (option 'mode' must be an integer)",
+    raises_matching("bad argument #3 to 'write_file' (option 'mode' must be an integer, got string)",
       fs.write_file, "/tmp/x", "", { mode = "644" })
-    raises_matching("bad argument #3 to 'write_file' (option 'mode' must be an integer)",
+    raises_matching("bad argument #3 to 'write_file' (option 'mode' must be an integer, got 1.5)",
       fs.write_file, "/tmp/x", "", { mode = 1.5 })
+    raises_matching("bad argument #3 to 'write_file' (option 'atomic' must be a boolean, got string)",
+      fs.write_file, "/tmp/x", "", { atomic = "yes" })
     raises_matching("bad argument #1 to 'write_file' (path contains a zero byte)",
       fs.write_file, "/tmp/x\0y", "", { atomic = true })
     raises_matching("bad argument #1 to 'read_file' (path contains a zero byte)", fs.read_file, "a\0b")

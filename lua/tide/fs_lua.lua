@@ -50,8 +50,9 @@ local function options(fname, i, opts, types)
       argerror(fname, i, ("unknown option '%s'"):format(tostring(k)))
     elseif type(v) ~= types[k] and not (types[k] == "integer" and type(v) == "number"
         and math.tointeger(v)) then
-      argerror(fname, i, ("option '%s' must be a%s %s"):format(k,
-        types[k] == "integer" and "n" or "", types[k]))
+      argerror(fname, i, ("option '%s' must be a%s %s, got %s"):format(k,
+        types[k] == "integer" and "n" or "", types[k],
+        type(v) == "number" and tostring(v) or type(v)))
     elseif k == "mode" and (v < 0 or v > 4095) then
       argerror(fname, i, ("option 'mode' must be permission bits (0 to 0o7777), got %s"):format(v))
     end
