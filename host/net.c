@@ -3,7 +3,9 @@
  * "tide.Stream" and "tide.Server" types: a small userdata box pointing at a
  * C struct that holds the uv handle, because the handle must outlive the
  * userdata until its close callback (the luv pattern). The struct is freed
- * in the close callback; a collected box closes its handle.
+ * in the close callback; a collected box closes its handle. A listening
+ * server's box is anchored in the registry: as asyncio's, a server nobody
+ * references serves until close() or the end of its run.
  *
  * A stream wraps a TCP socket or a pipe (a child's stdin, stdout or stderr:
  * tide__stream_new_pipe, for process.c); both have the same methods. TCP
@@ -90,6 +92,8 @@ typedef struct server {
   tide_runtime *rt;
   tide_sched *sched;
   int handler_ref; /* registry ref of the handler function */
+  int self_ref; /* registry ref of the box while it listens: a server nobody
+                 * references keeps serving, as asyncio's */
   int closed;
   size_t limit; /* its streams' */
 } server;
@@ -1121,6 +1125,8 @@ static void server_close(lua_State *L, server *sv) {
       sv->box->sv = NULL;
     sv->box = NULL;
     luaL_unref(L, LUA_REGISTRYINDEX, sv->handler_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, sv->self_ref);
+    sv->self_ref = LUA_NOREF;
     uv_close((uv_handle_t *)&sv->tcp, on_uv_server_closed);
   }
 }
@@ -1167,6 +1173,7 @@ static int listen_on(lua_State *L, tide_sched *s, const struct sockaddr *addr) {
   sv = calloc(1, sizeof(*sv));
   if (sv == NULL)
     return luaL_error(L, "not enough memory");
+  sv->self_ref = LUA_NOREF; /* server_close may unref it */
   uv_tcp_init(s->loop, &sv->tcp);
   sv->tcp.data = sv;
   sv->kind = NET_SERVER;
@@ -1176,6 +1183,8 @@ static int listen_on(lua_State *L, tide_sched *s, const struct sockaddr *addr) {
   sv->limit = limit;
   lua_pushvalue(L, 3);
   sv->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushvalue(L, -1);
+  sv->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   b->sv = sv;
   rc = uv_tcp_bind(&sv->tcp, addr, 0);
   if (rc == 0)

@@ -76,6 +76,20 @@ describe("tide.net", function()
       assert.equals("dns", (errkind(net.serve, "no-such-host.invalid", 0, print)))
     end)
 
+    it("a server nobody references keeps listening until closed or its run ends, as asyncio's start_server", function()
+      local port
+      local got = tide.run(function()
+        port = net.serve("127.0.0.1", 0, function(s) s:write("hi\n") end):port()
+        collectgarbage()
+        collectgarbage()
+        local c <close> = net.connect("127.0.0.1", port)
+        return c:read_line()
+      end)
+      assert.equals("hi", got)
+      tide.sleep(0.01)
+      assert.equals("connect", (errkind(net.connect, "127.0.0.1", port))) -- the run's end closed it
+    end)
+
     it("server:port() gives the port picked for 0", function()
       local srv, port = server(function(s) s:close() end)
       assert.is_true(port > 1024 and port < 65536)
