@@ -58,6 +58,15 @@ typedef struct server_box server_box;
  * either. */
 enum { NET_STREAM = 1, NET_SERVER = 2 };
 
+/* Bytes read and not yet taken: buf[off .. off + len). A stream's move to
+ * its box when it closes: a reader that was waiting then reads them as the
+ * end (asyncio's reader gets them after connection_lost too). */
+typedef struct rbuf {
+  char *buf;
+  size_t off, len, cap;
+  size_t limit; /* read_line/read_until: the most bytes before the separator */
+} rbuf;
+
 typedef struct stream {
   int kind;
   union {
@@ -69,9 +78,7 @@ typedef struct stream {
   tide_closer closer; /* pipes: on their run's list until closed */
   stream_box *box; /* the Lua box pointing here, NULL once collected */
   tide_runtime *rt;
-  char *buf; /* bytes read and not yet taken: buf[off .. off + len) */
-  size_t off, len, cap;
-  size_t limit; /* read_line/read_until: the most bytes before the separator */
+  rbuf in;
   int eof, err;        /* end seen; a libuv error seen (< 0) */
   int reading, closed; /* uv_read_start active; close requested */
   int writes;          /* uv_write requests not yet called back */
@@ -83,7 +90,10 @@ typedef struct stream {
   struct stream *live_prev, *live_next; /* rt->net_live */
 } stream;
 
-struct stream_box { stream *s; };
+struct stream_box {
+  stream *s;
+  rbuf rest; /* the bytes left at the close; freed with the box */
+};
 
 typedef struct server {
   int kind;
@@ -141,7 +151,7 @@ static void on_uv_stream_closed(uv_handle_t *h) {
   }
   tide__wl_free(&s->closers);
   tide__wl_free(&s->writers);
-  free(s->buf);
+  free(s->in.buf);
   free(s);
 }
 
@@ -164,14 +174,21 @@ static void stream_abort(stream *s) {
 }
 
 /* Marks the stream closed and wakes parked tasks, which then find it
- * closed (a parked reader reads the end). The bytes write() took are
- * still sent, as asyncio's transport.close() flushes them: with writes
- * pending the handle closes when the last one ends (stream_abort at the
- * run's end or the loop's teardown, or a write error, cuts that short). */
+ * closed (a parked reader reads the end: the unread bytes, moved to the
+ * box, as the struct may go before the reader runs, then nothing). The
+ * bytes write() took are still sent, as asyncio's transport.close()
+ * flushes them: with writes pending the handle closes when the last one
+ * ends (stream_abort at the run's end or the loop's teardown, or a write
+ * error, cuts that short). */
 static void stream_close(stream *s) {
   if (s && !s->closed) {
     s->closed = 1; /* the box still points here, for abort() (until the
                     * close callback or the box's collection) */
+    if (s->box) {
+      s->box->rest = s->in;
+      s->in.buf = NULL;
+      s->in.off = s->in.len = s->in.cap = 0;
+    }
     wake_task(&s->reader);
     if (!tide__wl_empty(&s->writers))
       tide__wl_wake_all(s->rt->L, &s->writers);
@@ -199,25 +216,25 @@ static stream *check_stream(lua_State *L, int idx) {
 }
 
 static void on_uv_alloc(uv_handle_t *h, size_t hint, uv_buf_t *out) {
-  stream *s = h->data;
+  rbuf *r = &((stream *)h->data)->in;
   (void)hint;
-  if (s->off > 0 && s->off + s->len + 65536 > s->cap) { /* compact */
-    memmove(s->buf, s->buf + s->off, s->len);
-    s->off = 0;
+  if (r->off > 0 && r->off + r->len + 65536 > r->cap) { /* compact */
+    memmove(r->buf, r->buf + r->off, r->len);
+    r->off = 0;
   }
-  if (s->off + s->len + 65536 > s->cap) {
-    size_t cap = s->cap ? s->cap * 2 : 65536 * 2;
-    char *nb = realloc(s->buf, cap);
+  if (r->off + r->len + 65536 > r->cap) {
+    size_t cap = r->cap ? r->cap * 2 : 65536 * 2;
+    char *nb = realloc(r->buf, cap);
     if (nb == NULL) {
       out->base = NULL;
       out->len = 0;
       return;
     }
-    s->buf = nb;
-    s->cap = cap;
+    r->buf = nb;
+    r->cap = cap;
   }
-  out->base = s->buf + s->off + s->len;
-  out->len = s->cap - s->off - s->len;
+  out->base = r->buf + r->off + r->len;
+  out->len = r->cap - r->off - r->len;
 }
 
 /* An end that was a reset. On a hang-up after a short read libuv reports
@@ -237,8 +254,8 @@ static void on_uv_read(uv_stream_t *h, ssize_t n, const uv_buf_t *b) {
   stream *s = h->data;
   (void)b;
   if (n > 0) {
-    s->len += (size_t)n;
-    if (s->len >= HIGH_WATER) { /* nobody is taking it: stop the peer */
+    s->in.len += (size_t)n;
+    if (s->in.len >= HIGH_WATER) { /* nobody is taking it: stop the peer */
       uv_read_stop(h);
       s->reading = 0;
     }
@@ -290,43 +307,50 @@ static void after_wait(lua_State *L, stream *s, int base, tide_task **slot) {
 }
 
 /* Pushes the first `keep` of the next n buffered bytes and drops all n. */
-static void take_keep(lua_State *L, stream *s, size_t n, size_t keep) {
-  lua_pushlstring(L, s->buf + s->off, keep);
-  s->off += n;
-  s->len -= n;
-  if (s->len == 0)
-    s->off = 0;
+static void take_keep(lua_State *L, rbuf *r, size_t n, size_t keep) {
+  lua_pushlstring(L, r->buf + r->off, keep);
+  r->off += n;
+  r->len -= n;
+  if (r->len == 0)
+    r->off = 0;
 }
 
-static void take(lua_State *L, stream *s, size_t n) {
-  take_keep(L, s, n, n);
+static void take(lua_State *L, rbuf *r, size_t n) {
+  take_keep(L, r, n, n);
+}
+
+/* The bytes a read takes from: the stream's; once it is closed, for a
+ * reader that was waiting then (waited), the rest the close left in the
+ * box, followed by the end. A call after the close raises kind "closed". */
+static rbuf *read_from(lua_State *L, stream_box *b, int waited) {
+  if (b->s && !b->s->closed)
+    return &b->s->in;
+  if (!waited)
+    closed_error(L, "stream");
+  return &b->rest;
 }
 
 /* read([n]) -> up to n bytes (all buffered if no n), or nil at EOF */
 static int read_k(lua_State *L, int status, lua_KContext ctx) {
   stream_box *b = lua_touserdata(L, 1);
   stream *s = b->s;
+  rbuf *r;
   lua_Integer n;
   (void)status;
   if (ctx)
     after_wait(L, s, 3, s ? &s->reader : NULL);
-  if (ctx && (s == NULL || s->closed)) { /* closed while it waited: the end */
-    lua_pushnil(L);
+  r = read_from(L, b, (int)ctx);
+  n = luaL_optinteger(L, 2, -1);
+  if (r->len > 0) {
+    take(L, r, (n >= 0 && (size_t)n < r->len) ? (size_t)n : r->len);
     return 1;
   }
-  if (s == NULL || s->closed)
-    return closed_error(L, "stream");
-  n = luaL_optinteger(L, 2, -1);
-  if (s->len > 0) {
-    take(L, s, (n >= 0 && (size_t)n < s->len) ? (size_t)n : s->len);
+  if (r == &b->rest || (s->eof && !s->err)) {
+    lua_pushnil(L); /* the end */
     return 1;
   }
   if (s->err)
     return raise_uv(L, s->err, "read");
-  if (s->eof) {
-    lua_pushnil(L); /* the end */
-    return 1;
-  }
   if (n == 0) { /* as asyncio's read(0) and Lua's file:read(0): no wait */
     lua_pushliteral(L, "");
     return 1;
@@ -342,24 +366,24 @@ static int st_read(lua_State *L) {
   return read_k(L, LUA_OK, 0);
 }
 
-/* Where sep starts in the buffer; *over is set when the bytes before it
- * (or, not found yet, the bytes that can no longer start it) pass the
- * stream's limit (asyncio's LimitOverrunError). */
-static const char *find_sep(stream *s, const char *sep, size_t seplen,
+/* Where sep starts in r; *over is set when the bytes before it (or, not
+ * found yet, the bytes that can no longer start it) pass r's limit
+ * (asyncio's LimitOverrunError). */
+static const char *find_sep(rbuf *r, const char *sep, size_t seplen,
                             int *over) {
-  const char *p = s->len >= seplen
-                    ? memmem(s->buf + s->off, s->len, sep, seplen) : NULL;
-  size_t before = p ? (size_t)(p - (s->buf + s->off))
-                    : s->len + 1 > seplen ? s->len + 1 - seplen : 0;
-  *over = before > s->limit;
+  const char *p = r->len >= seplen
+                    ? memmem(r->buf + r->off, r->len, sep, seplen) : NULL;
+  size_t before = p ? (size_t)(p - (r->buf + r->off))
+                    : r->len + 1 > seplen ? r->len + 1 - seplen : 0;
+  *over = before > r->limit;
   return p;
 }
 
 /* Raises kind "too_large": a line longer than the stream's limit. */
-static int limit_error(lua_State *L, stream *s, const char *what) {
+static int limit_error(lua_State *L, rbuf *r, const char *what) {
   return tide__err_raise(L, "too_large", "%s longer than the stream's limit "
                          "of %I bytes (opts.limit)", what,
-                         (lua_Integer)s->limit);
+                         (lua_Integer)r->limit);
 }
 
 /* read_all() -> every byte to the end ("" at the end already), as
@@ -367,19 +391,15 @@ static int limit_error(lua_State *L, stream *s, const char *what) {
 static int all_k(lua_State *L, int status, lua_KContext ctx) {
   stream_box *b = lua_touserdata(L, 1);
   stream *s = b->s;
+  rbuf *r;
   (void)status;
   if (ctx)
     after_wait(L, s, 2, s ? &s->reader : NULL);
-  if (ctx && (s == NULL || s->closed)) { /* closed while it waited */
-    lua_pushliteral(L, "");
-    return 1;
-  }
-  if (s == NULL || s->closed)
-    return closed_error(L, "stream");
-  if (s->err)
+  r = read_from(L, b, (int)ctx);
+  if (r != &b->rest && s->err)
     return raise_uv(L, s->err, "read");
-  if (s->eof) {
-    take(L, s, s->len);
+  if (r == &b->rest || s->eof) {
+    take(L, r, r->len);
     return 1;
   }
   return wait_readable(L, s, 1, all_k);
@@ -391,20 +411,20 @@ static int st_read_all(lua_State *L) {
   return all_k(L, LUA_OK, 0);
 }
 
-/* Shared by read_exactly and read_until: how many bytes of the buffer make
- * the answer (0: not there yet). Stack: [stream, arg]. */
-static size_t wanted(lua_State *L, stream *s, int until) {
+/* Shared by read_exactly and read_until: how many bytes of r make the
+ * answer (0: not there yet). Stack: [stream, arg]. */
+static size_t wanted(lua_State *L, rbuf *r, int until) {
   if (!until) {
     size_t n = (size_t)lua_tointeger(L, 2);
-    return s->len >= n ? n : 0;
+    return r->len >= n ? n : 0;
   } else {
     size_t seplen;
     const char *sep = lua_tolstring(L, 2, &seplen);
     int over;
-    const char *p = find_sep(s, sep, seplen, &over);
+    const char *p = find_sep(r, sep, seplen, &over);
     if (over) /* the bytes stay, for read() */
-      limit_error(L, s, "the bytes before the separator are");
-    return p ? (size_t)(p - (s->buf + s->off)) + seplen : 0;
+      limit_error(L, r, "the bytes before the separator are");
+    return p ? (size_t)(p - (r->buf + r->off)) + seplen : 0;
   }
 }
 
@@ -412,30 +432,24 @@ static int exact_k(lua_State *L, int status, lua_KContext ctx) {
   stream_box *b = lua_touserdata(L, 1);
   stream *s = b->s;
   int until = (int)(ctx & 2);
+  rbuf *r;
   size_t n;
   (void)status;
   if (ctx & 1)
     after_wait(L, s, 3, s ? &s->reader : NULL);
-  if ((ctx & 1) && (s == NULL || s->closed)) { /* closed while it waited */
-    tide__err_push(L, "eof", "the stream was closed before %s",
-                   until ? "the separator" : "the count asked");
-    lua_pushliteral(L, "");
-    lua_setfield(L, -2, "partial");
-    return lua_error(L);
-  }
-  if (s == NULL || s->closed)
-    return closed_error(L, "stream");
-  if ((n = wanted(L, s, until)) > 0) {
-    take(L, s, n);
+  r = read_from(L, b, (int)(ctx & 1));
+  if ((n = wanted(L, r, until)) > 0) {
+    take(L, r, n);
     return 1;
   }
-  if (s->err)
+  if (r != &b->rest && s->err)
     return raise_uv(L, s->err, "read");
-  if (s->eof) { /* the bytes there were go with the error, as asyncio's
-                  * IncompleteReadError.partial */
-    tide__err_push(L, "eof", "the stream ended after %d byte(s), before %s",
-                   (int)s->len, until ? "the separator" : "the count asked");
-    take(L, s, s->len);
+  if (r == &b->rest || s->eof) { /* the bytes there were go with the error,
+                                  * as asyncio's IncompleteReadError.partial */
+    tide__err_push(L, "eof", "the stream %s after %d byte(s), before %s",
+                   r == &b->rest ? "was closed" : "ended", (int)r->len,
+                   until ? "the separator" : "the count asked");
+    take(L, r, r->len);
     lua_setfield(L, -2, "partial");
     return lua_error(L);
   }
@@ -472,36 +486,34 @@ static int st_read_until(lua_State *L) {
 static int line_k(lua_State *L, int status, lua_KContext ctx) {
   stream_box *b = lua_touserdata(L, 1);
   stream *s = b->s;
+  rbuf *r;
   const char *nl;
-  int over;
+  int over, end, err;
   (void)status;
   if (ctx)
     after_wait(L, s, 2, s ? &s->reader : NULL);
-  if (ctx && (s == NULL || s->closed)) { /* closed while it waited: the end */
-    lua_pushnil(L);
-    return 1;
-  }
-  if (s == NULL || s->closed)
-    return closed_error(L, "stream");
-  nl = find_sep(s, "\n", 1, &over);
+  r = read_from(L, b, (int)ctx);
+  end = r == &b->rest || s->eof; /* no byte will come after r's */
+  err = r == &b->rest ? 0 : s->err;
+  nl = find_sep(r, "\n", 1, &over);
   if (over) { /* dropped, as asyncio's readline drops it */
-    take_keep(L, s, nl ? (size_t)(nl - (s->buf + s->off)) + 1 : s->len, 0);
-    return limit_error(L, s, "a line is");
+    take_keep(L, r, nl ? (size_t)(nl - (r->buf + r->off)) + 1 : r->len, 0);
+    return limit_error(L, r, "a line is");
   }
-  if (nl || (s->eof && !s->err && s->len > 0)) { /* a reset raises, the bytes stay */
-    size_t n = nl ? (size_t)(nl - (s->buf + s->off)) + 1 : s->len;
+  if (nl || (end && !err && r->len > 0)) { /* a reset raises, the bytes stay */
+    size_t n = nl ? (size_t)(nl - (r->buf + r->off)) + 1 : r->len;
     size_t keep = n;
     if (nl) {
       keep--;
-      if (keep > 0 && s->buf[s->off + keep - 1] == '\r')
+      if (keep > 0 && r->buf[r->off + keep - 1] == '\r')
         keep--;
     }
-    take_keep(L, s, n, keep);
+    take_keep(L, r, n, keep);
     return 1;
   }
-  if (s->err)
-    return raise_uv(L, s->err, "read");
-  if (s->eof) {
+  if (err)
+    return raise_uv(L, err, "read");
+  if (end) {
     lua_pushnil(L); /* the end */
     return 1;
   }
@@ -755,13 +767,23 @@ static int st_wait_closed(lua_State *L) {
   return tide__park(L, t, s->closed, wait_closed_k);
 }
 
-static int st_gc(lua_State *L) {
+/* __close: closes the stream and lets go of its struct. A reader waiting
+ * at the close still reads the rest from the box. */
+static int st_release(lua_State *L) {
   stream_box *b = luaL_checkudata(L, 1, STREAM_MT);
   if (b->s) {
     stream_close(b->s);
     b->s->box = NULL; /* the struct may outlive the box (a flush) */
     b->s = NULL;
   }
+  return 0;
+}
+
+static int st_gc(lua_State *L) {
+  stream_box *b = luaL_checkudata(L, 1, STREAM_MT);
+  st_release(L);
+  free(b->rest.buf);
+  b->rest.buf = NULL;
   return 0;
 }
 
@@ -780,7 +802,7 @@ static stream *new_stream(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
                           int pipe) {
   stream_box *b = lua_newuserdatauv(L, sizeof(*b), pipe ? 1 : 0);
   stream *s = calloc(1, sizeof(*s));
-  b->s = NULL;
+  memset(b, 0, sizeof(*b));
   luaL_setmetatable(L, STREAM_MT);
   if (s == NULL)
     luaL_error(L, "not enough memory");
@@ -790,7 +812,7 @@ static stream *new_stream(lua_State *L, tide_runtime *rt, uv_loop_t *loop,
     uv_tcp_init(loop, &s->h.tcp);
   s->h.handle.data = s;
   s->kind = NET_STREAM;
-  s->limit = DEFAULT_LIMIT;
+  s->in.limit = DEFAULT_LIMIT;
   s->rt = rt;
   s->box = b;
   b->s = s;
@@ -835,7 +857,7 @@ static void on_run_end(tide_closer *c) {
 uv_stream_t *tide__stream_new_pipe(lua_State *L, tide_sched *sched,
                                    size_t limit) {
   stream *s = new_stream(L, tide__rt(L), sched->loop, 1);
-  s->limit = limit;
+  s->in.limit = limit;
   s->closer.close = on_run_end;
   tide__closer_add(sched, &s->closer);
   return &s->h.stream;
@@ -923,7 +945,7 @@ static int conn_next(lua_State *L, conn_req *c) {
     if (c->used) {
       stream_close(s);
       s = new_stream(L, tide__rt(L), c->sched->loop, 0);
-      s->limit = c->limit;
+      s->in.limit = c->limit;
       lua_replace(L, 5);
     }
     c->used = 1;
@@ -1050,7 +1072,7 @@ static int l_connect(lua_State *L) {
   c->limit = limit;
   if (timeout)
     c->deadline = tide__now(t->s) + timeout;
-  new_stream(L, rt, t->s->loop, 0)->limit = limit;
+  new_stream(L, rt, t->s->loop, 0)->in.limit = limit;
   memset(&hints, 0, sizeof(hints));
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -1098,7 +1120,7 @@ static void on_uv_connection(uv_stream_t *h, int status) {
   lua_pushcfunction(L, conn_task);
   lua_rawgeti(L, LUA_REGISTRYINDEX, sv->handler_ref);
   s = new_stream(L, sv->rt, h->loop, 0);
-  s->limit = sv->limit;
+  s->in.limit = sv->limit;
   if (uv_accept(h, &s->h.stream) < 0) {
     lua_pop(L, 3);
     return;
@@ -1364,7 +1386,8 @@ static const luaL_Reg net_funcs[] = {
 
 int luaopen_tide_net(lua_State *L) {
   tide_open(L);
-  tide__new_type(L, STREAM_MT, stream_methods, st_gc, NULL, st_tostring);
+  tide__new_type(L, STREAM_MT, stream_methods, st_gc, st_release,
+                 st_tostring);
   tide__new_type(L, SERVER_MT, server_methods, sv_gc, NULL, NULL);
   luaL_newlib(L, net_funcs);
   return 1;

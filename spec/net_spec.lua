@@ -353,6 +353,55 @@ c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.cl
       assert.equals("invalid_state", (errkind(l.await, l))) -- it came second
     end)
 
+    it("closing a stream ends a waiting read with the bytes already there: the end that follows them", function()
+      local srv, port = server(function(s) s:write("abc") s:read() end)
+      -- a task waiting in c[method](c, ...) for more than "abc" when c closes
+      local function closed_under(method, ...)
+        local c = net.connect("127.0.0.1", port)
+        local t = tide.spawn(c[method], c, ...)
+        tide.sleep(0.05)
+        assert.is_false(t:done(), method .. " did not wait")
+        c:close()
+        return t, c
+      end
+      for _, m in ipairs({ { "read_exactly", 10 }, { "read_until", "\n" } }) do
+        local t = closed_under(m[1], m[2])
+        local kind, e = errkind(S.await, t)
+        assert.equals("eof", kind, m[1])
+        assert.equals("abc", e.partial, m[1]) -- as asyncio's IncompleteReadError.partial
+      end
+      assert.equals("abc", S.await((closed_under("read_all"))))
+      local t, c = closed_under("read_line")
+      assert.equals("abc", S.await(t)) -- a last line
+      assert.equals("closed", (errkind(c.read_line, c))) -- later calls: the stream is closed
+      srv:close()
+    end)
+
+    it("a reader woken by bytes that came just before the close still gets them", function()
+      local peers = {}
+      local srv, port = server(function(s) peers[s:read_line()] = s s:read() end)
+      -- connects as name: -> the stream, its server side
+      local function connect(name)
+        local c = net.connect("127.0.0.1", port)
+        c:write(name, "\n")
+        for _ = 1, 200 do if peers[name] then break end tide.sleep(0.005) end
+        return c, assert(peers[name])
+      end
+      local m, mpeer = connect("m")
+      for i, case in ipairs({ { "read_exactly", 2, "ab" }, { "read_line", nil, "x" }, { "read", 3, "x\ny" } }) do
+        local c, cpeer = connect("c" .. i)
+        local reader = tide.spawn(c[case[1]], c, case[2])
+        local closer = tide.spawn(function() m:read() c:close() end)
+        tide.sleep(0.02) -- both wait, their sockets watched
+        mpeer:write("go") -- m's bytes come first: the closer is woken first
+        cpeer:write(case[1] == "read_exactly" and "abcd" or "x\nyz")
+        assert.equals(case[3], S.await(reader), case[1])
+        S.await(closer)
+      end
+      m:close()
+      srv:close()
+    end)
+
     it("a second task reading at once raises kind invalid_state at its line", function()
       local c, srv = pair { 0.05, "x" }
       local t = tide.spawn(c.read, c)
