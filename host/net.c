@@ -358,10 +358,18 @@ static int read_k(lua_State *L, int status, lua_KContext ctx) {
   return wait_readable(L, s, 1, read_k);
 }
 
+/* Checks the byte count at arg: an integer, 0 or more. */
+static void check_count(lua_State *L, int arg) {
+  lua_Integer n = luaL_checkinteger(L, arg);
+  if (n < 0)
+    luaL_argerror(L, arg, lua_pushfstring(L, "non-negative byte count "
+                                          "expected, got %I", n));
+}
+
 static int st_read(lua_State *L) {
   check_stream(L, 1);
-  luaL_argcheck(L, lua_isnoneornil(L, 2) || luaL_checkinteger(L, 2) >= 0, 2,
-                "non-negative byte count expected");
+  if (!lua_isnoneornil(L, 2))
+    check_count(L, 2);
   lua_settop(L, 2);
   return read_k(L, LUA_OK, 0);
 }
@@ -460,8 +468,7 @@ static int exact_k(lua_State *L, int status, lua_KContext ctx) {
  * bytes before the end, consumed) */
 static int st_read_exactly(lua_State *L) {
   check_stream(L, 1);
-  luaL_argcheck(L, luaL_checkinteger(L, 2) >= 0, 2,
-                "non-negative byte count expected");
+  check_count(L, 2);
   lua_settop(L, 2);
   if (lua_tointeger(L, 2) == 0) { /* as asyncio's readexactly(0) */
     lua_pushliteral(L, "");
@@ -1048,6 +1055,13 @@ static uint64_t connect_opts(lua_State *L) {
   return (uint64_t)(sec * 1e9);
 }
 
+/* Checks the port (argument 2): from min (0 for serve: pick one) to 65535. */
+static void check_port(lua_State *L, lua_Integer port, int min) {
+  if (port < min || port > 65535)
+    luaL_argerror(L, 2, lua_pushfstring(L, "port from %d to 65535 expected, "
+                                        "got %I", min, port));
+}
+
 /* net.connect(host, port [, {timeout = 30, limit = 64 KiB}]) -> stream */
 static int l_connect(lua_State *L) {
   tide_runtime *rt = tide__rt(L);
@@ -1060,7 +1074,7 @@ static int l_connect(lua_State *L) {
   struct addrinfo hints;
   char portstr[16];
   int rc;
-  luaL_argcheck(L, port > 0 && port < 65536, 2, "port out of range");
+  check_port(L, port, 1);
   lua_settop(L, 2);
   lua_pushnumber(L, (lua_Number)timeout / 1e9); /* for the message */
   c = calloc(1, sizeof(*c));
@@ -1185,7 +1199,11 @@ static int listen_on(lua_State *L, tide_sched *s, const struct sockaddr *addr) {
     if (lua_getfield(L, 4, "backlog") != LUA_TNIL)
       n = lua_tointegerx(L, -1, &isint);
     if (!isint || n < 1 || n > 65535)
-      luaL_argerror(L, 4, "opts.backlog: an integer from 1 to 65535 expected");
+      luaL_argerror(L, 4, lua_pushfstring(L, "opts.backlog: an integer from 1 "
+                                          "to 65535 expected, got %s",
+                                          lua_type(L, -1) == LUA_TNUMBER
+                                            ? lua_tostring(L, -1)
+                                            : luaL_typename(L, -1)));
     backlog = (int)n;
     lua_pop(L, 1);
   }
@@ -1284,7 +1302,7 @@ static int l_serve(lua_State *L) {
   lua_Integer port = luaL_checkinteger(L, 2);
   struct sockaddr_storage addr;
   tide_sched *s = rt->current ? rt->current->s : rt->sched;
-  luaL_argcheck(L, port >= 0 && port < 65536, 2, "port out of range");
+  check_port(L, port, 0);
   luaL_checktype(L, 3, LUA_TFUNCTION);
   {
     static const char *const known[] = {"backlog", "limit", NULL};

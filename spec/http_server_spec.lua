@@ -318,7 +318,11 @@ describe("tide.http_server", function()
         "127.0.0.1", 0, echo, { log = "no" })
       raises_here("bad argument #4 to 'serve' (unknown option 'max_body')", "127.0.0.1", 0, echo, { max_body = 1 })
       raises_here("bad argument #2 to 'serve' (integer expected, got string)", "127.0.0.1", "80", echo)
-      raises_here("bad argument #2 to 'serve' (port out of range)", "127.0.0.1", 70000, echo)
+      raises_here("bad argument #2 to 'serve' (port from 0 to 65535 expected, got 70000)", "127.0.0.1", 70000, echo)
+      raises_here("bad argument #2 to 'serve' (port from 0 to 65535 expected, got -1)", "127.0.0.1", -1.0, echo)
+      raises_here("bad argument #2 to 'serve' (port from 0 to 65535 expected, got 80.5)", "127.0.0.1", 80.5, echo)
+      local srv <close> = http.serve("127.0.0.1", 0.0, echo) -- a float with an integer value, as net.serve takes it
+      assert.equals("integer", math.type(srv:port()))
     end)
   end)
 

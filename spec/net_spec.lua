@@ -153,7 +153,12 @@ sys.stdin.read()
     end)
 
     it("checks its arguments", function()
-      assert.has_error(function() net.connect("127.0.0.1", 70000) end)
+      S.raises_matching("bad argument #2 to 'tide.net.connect' (port from 1 to 65535 expected, got 70000)",
+        net.connect, "127.0.0.1", 70000)
+      S.raises_matching("bad argument #2 to 'tide.net.connect' (port from 1 to 65535 expected, got 0)",
+        net.connect, "127.0.0.1", 0)
+      S.raises_matching("bad argument #2 to 'tide.net.serve' (port from 0 to 65535 expected, got -1)",
+        net.serve, "127.0.0.1", -1, print)
       S.raises_matching("bad argument #3 to 'tide.net.connect' (table of options expected, got number)",
         net.connect, "127.0.0.1", 1, 42)
       S.raises_matching("bad argument #3 to 'tide.net.connect' (opts.limit: a positive number of bytes expected, got 0)",
@@ -163,8 +168,12 @@ sys.stdin.read()
       S.raises_matching("bad argument #4 to 'tide.net.serve' (unknown option 'limt')",
         net.serve, "127.0.0.1", 0, print, { limt = 1 })
       S.raises_matching("(unknown option 'timout')", net.connect, "127.0.0.1", 1, { timout = 1 })
-      S.raises_matching("bad argument #4 to 'tide.net.serve' (opts.backlog: an integer from 1 to 65535 expected)",
+      S.raises_matching("bad argument #4 to 'tide.net.serve' (opts.backlog: an integer from 1 to 65535 expected, got string)",
         net.serve, "127.0.0.1", 0, print, { backlog = "x" })
+      S.raises_matching("bad argument #4 to 'tide.net.serve' (opts.backlog: an integer from 1 to 65535 expected, got 0)",
+        net.serve, "127.0.0.1", 0, print, { backlog = 0 })
+      S.raises_matching("(opts.backlog: an integer from 1 to 65535 expected, got 1.5)",
+        net.serve, "127.0.0.1", 0, print, { backlog = 1.5 })
       S.raises_matching("(opts.timeout: a positive number or false expected, got string)",
         net.connect, "127.0.0.1", 1, { timeout = "soon" })
       assert.has_error(function() net.serve("127.0.0.1", 0, "not a function") end)
@@ -227,7 +236,10 @@ sys.stdin.read()
       assert.equals("ab", c:read())
       assert.is_nil(c:read())
       assert.is_nil(c:read(0))
-      assert.has_error(function() c:read(-1) end)
+      S.raises_matching("bad argument #1 to 'read' (non-negative byte count expected, got -1)",
+        function() c:read(-1) end)
+      S.raises_matching("bad argument #1 to 'read_exactly' (non-negative byte count expected, got -1)",
+        function() c:read_exactly(-1) end)
       c:close()
       srv:close()
     end)

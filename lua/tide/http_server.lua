@@ -420,9 +420,12 @@ end
 -- serve(host, port, handler [, opts]) -> server
 function M.serve(host, port, handler, opts)
   if type(host) ~= "string" then argerror(1, "string expected, got " .. type(host)) end
-  if math.type(port) ~= "integer" then
-    argerror(2, "integer expected, got " .. (math.type(port) or type(port)))
+  if type(port) ~= "number" then argerror(2, "integer expected, got " .. type(port)) end
+  -- a float with an integer value will do, as for net.serve
+  if not (math.tointeger(port) and port >= 0 and port <= 65535) then
+    argerror(2, "port from 0 to 65535 expected, got " .. tostring(math.tointeger(port) or port))
   end
+  port = math.tointeger(port)
   if type(handler) ~= "function" then argerror(3, "function expected, got " .. type(handler)) end
   check_opts(opts)
   local o = {}
