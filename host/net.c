@@ -88,6 +88,8 @@ typedef struct stream {
   tide_waitlist writers; /* parked until the write queue drains */
   tide_waitlist closers; /* parked in wait_closed() */
   struct stream *live_prev, *live_next; /* rt->net_live */
+  struct sockaddr_storage peer; /* the other end, once known (has_peer) */
+  int has_peer;
 } stream;
 
 struct stream_box {
@@ -201,6 +203,16 @@ static void stream_close(stream *s) {
       stream_abort(s);
     }
   }
+}
+
+/* Keeps the other end's address, if it is not known yet: getpeername
+ * fails once the connection is gone (a reset), and asyncio's peername,
+ * taken when the connection is made, outlives it. */
+static void keep_peer(stream *s) {
+  int len = sizeof(s->peer);
+  if (!s->has_peer && s->h.handle.type == UV_TCP &&
+      uv_tcp_getpeername(&s->h.tcp, (struct sockaddr *)&s->peer, &len) == 0)
+    s->has_peer = 1;
 }
 
 /* Raises kind "closed" (a program can tell it from other failures). */
@@ -1000,6 +1012,7 @@ static int connect_k(lua_State *L, int status, lua_KContext ctx) {
   lua_settop(L, 5);
   if (c->status == 0 && ctx == 1) { /* connected */
     conn_free(c);
+    keep_peer(((stream_box *)lua_touserdata(L, 5))->s);
     return 1;
   }
   if (c->status < 0 && ctx == 0) {
@@ -1143,6 +1156,7 @@ static void on_uv_connection(uv_stream_t *h, int status) {
    * at once (Nagle held a second small write back until the peer's delayed
    * ACK, 40 ms a reply of two writes) */
   uv_tcp_nodelay(&s->h.tcp, 1);
+  keep_peer(s);
   tide__spawn(L, sv->sched, lua_gettop(L) - 2, 2); /* handler(stream) */
   lua_pop(L, 4);
 }
@@ -1380,12 +1394,8 @@ static int sv_gc(lua_State *L) {
 /* stream:peer() -> ip, port of the other end (nil for a pipe) */
 static int st_peer(lua_State *L) {
   stream *s = check_stream(L, 1);
-  struct sockaddr_storage addr;
-  int len = sizeof(addr);
-  if (s->h.handle.type != UV_TCP ||
-      uv_tcp_getpeername(&s->h.tcp, (struct sockaddr *)&addr, &len) != 0)
-    return 0;
-  return push_addr(L, &addr);
+  keep_peer(s);
+  return s->has_peer ? push_addr(L, &s->peer) : 0;
 }
 
 static const luaL_Reg stream_methods[] = {

@@ -221,6 +221,27 @@ describe("tide.http_server", function()
       srv:close()
     end)
 
+    it("gives req.remote and req.remote_port of a client that reset right after sending", function()
+      local seen = tide.Event()
+      local remote, remote_port
+      local srv = http.serve("127.0.0.1", 0, function(req)
+        remote, remote_port = req.remote, req.remote_port
+        seen:set()
+        return "late"
+      end, { log = false })
+      local py = io.popen(([[python3 -c '
+import socket, struct, sys, time
+c = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+time.sleep(0.2); c.sendall(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.close()
+' %d]]):format(srv:port()))
+      tide.wait_for(function() seen:wait() end, 5) -- python starts slowly
+      py:close()
+      assert.equals("127.0.0.1", remote)
+      assert.is_true(remote_port > 0)
+      srv:close()
+    end)
+
     it("passes a POST body, and a chunked request body decoded", function()
       local srv, c = start()
       c:write("POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello world")

@@ -203,6 +203,26 @@ sys.stdin.read()
       S.await(function() done:wait() end)
       srv:close()
     end)
+
+    it("still gives the address once the peer reset the connection (kept, as asyncio's peername)", function()
+      local done, got = tide.Event(), nil
+      local srv, port = server(function(s)
+        pcall(function() while s:read() do end end) -- until the reset
+        got = { s:peer() }
+        done:set()
+      end)
+      local py = io.popen(([[python3 -c '
+import socket, struct, sys, time
+c = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+time.sleep(0.2); c.sendall(b"x")
+c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.close()
+' %d]]):format(port))
+      tide.wait_for(function() done:wait() end, 5) -- python starts slowly
+      py:close()
+      assert.equals("127.0.0.1", got[1])
+      assert.is_true(got[2] > 0 and got[2] ~= port)
+      srv:close()
+    end)
   end)
 
   describe("stream reads", function()
