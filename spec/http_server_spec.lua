@@ -310,6 +310,16 @@ c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.cl
       assert.equals("connect", e.kind)
     end)
 
+    it("srv:port() and srv:url() after srv:close() raise kind closed, as a net server's port()", function()
+      local srv = http.serve("127.0.0.1", 0, echo)
+      srv:close()
+      for _, method in ipairs({ "port", "url" }) do
+        local kind, e = S.errkind(function() return srv[method](srv) end)
+        assert.equals("closed", kind, method)
+        assert.matches("closed HTTP server", e.message)
+      end
+    end)
+
     it("listens on a host name", function()
       local srv <close> = http.serve("localhost", 0, function() return "named" end)
       assert.equals(("http://localhost:%d/x"):format(srv:port()), srv:url("/x"))

@@ -341,14 +341,20 @@ Server.__name = "tide.HttpServer"
 local core_check_self = require("tide.core").check_self
 local function check_self(self, fname) core_check_self(self, Server, fname) end
 
+-- A closed server has no port to give: kind "closed", as a net server's.
+local function check_open(self, fname)
+  check_self(self, fname)
+  if self.closed then raise_at_caller("attempt to use a closed HTTP server", "closed") end
+end
+
 function Server:port()
-  check_self(self, "port")
+  check_open(self, "port")
   return self._port
 end
 
 -- srv:url([path]) -> "http://host:port/path" (a path without a leading "/" gets one)
 function Server:url(path)
-  check_self(self, "url")
+  check_open(self, "url")
   if path ~= nil and type(path) ~= "string" then
     argerror_at("url", 1, "string expected, got " .. type(path))
   end
