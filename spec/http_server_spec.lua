@@ -749,6 +749,7 @@ c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.cl
       io.stderr = real -- luacheck: ignore
       assert.is_true(ok, r)
       assert.equals(500, r.status)
+      assert.equals("text/plain; charset=utf-8", r.headers["content-type"]) -- as the 4xx answers
       assert.is_nil(r.body:find("secret", 1, true))
       local logged = table.concat(lines)
       assert.equals(1, select(2, logged:gsub("secret detail", "")))
@@ -767,14 +768,20 @@ c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.cl
       end }
       local srv, c = start(function(req)
         if req.path == "/status" then return { status = "x" } end
+        if req.path == "/600" then return { status = 600 } end
+        if req.path == "/99" then return { status = 99 } end
         if req.path == "/body" then return { body = { "a table" } } end
         return { headers = { ["X-A"] = "1\r\nX-Injected: 1" } }
       end)
-      c:write(get("/status") .. get("/header") .. get("/body"))
-      local ok, r1, r2, r3 = pcall(function() return read_response(c), read_response(c), read_response(c) end)
+      c:write(get("/status") .. get("/header") .. get("/body") .. get("/600") .. get("/99"))
+      local ok, r1, r2, r3, r4, r5 = pcall(function()
+        return read_response(c), read_response(c), read_response(c), read_response(c), read_response(c)
+      end)
       io.stderr = real -- luacheck: ignore
       assert.is_true(ok, r1)
-      assert.same({ 500, 500, 500 }, { r1.status, r2.status, r3.status })
+      assert.same({ 500, 500, 500, 500, 500 }, { r1.status, r2.status, r3.status, r4.status, r5.status })
+      assert.equals("text/plain; charset=utf-8", r1.headers["content-type"])
+      assert.matches("handler for GET /600: bad status 600", table.concat(lines), 1, true)
       assert.is_nil(r2.headers["x-injected"])
       assert.is_nil(r3.body:find("table:", 1, true))
       assert.matches("handler for GET /body: body is a table, not a string or a function",
@@ -795,6 +802,23 @@ c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.cl
       assert.equals("application/octet-stream", r2.headers["content-type"])
       assert.equals("close", r3.headers.connection)
       assert.is_nil(read_eof(c))
+      c:close()
+      srv:close()
+    end)
+
+    it("sends neither a body nor a default Content-Type with 204, 304 and 1xx", function()
+      local srv, c = start(function(req)
+        return { status = tonumber(req.path:sub(2)), body = "not sent" }
+      end)
+      c:write(get("/204") .. get("/304") .. get("/103"))
+      for _, status in ipairs({ 204, 304, 103 }) do
+        local r = read_response(c) -- a body would be read as the next status line
+        assert.equals(status, r.status)
+        assert.is_nil(r.headers["content-type"], status)
+        assert.is_nil(r.headers["content-length"], status)
+        assert.is_nil(r.headers["transfer-encoding"], status)
+      end
+      assert.is_nil(read_eof(c)) -- a 1xx is no final answer: the connection closes
       c:close()
       srv:close()
     end)

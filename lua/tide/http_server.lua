@@ -161,13 +161,19 @@ local function call(what, fn, ...)
   return ok, res
 end
 
+-- The answer to a handler that failed: text, as the 4xx answers.
+local function internal_error()
+  return { headers = { ["Content-Type"] = "text/plain; charset=utf-8" },
+    body = "Internal Server Error\n" }, 500
+end
+
 -- Runs the handler; returns its response as a table and the status (500
 -- for an error).
 local function call_handler(srv, req)
   local ok, res = call("handler", srv.handler, req)
   if not ok then
     report(srv, res)
-    return { body = "Internal Server Error\n" }, 500
+    return internal_error()
   end
   if type(res) == "string" then
     return { headers = { ["Content-Type"] = "text/plain; charset=utf-8" }, body = res }, 200
@@ -175,10 +181,10 @@ local function call_handler(srv, req)
   if type(res) ~= "table" then
     report(srv, ("handler for %s %s returned %s, not a response table or a string")
       :format(req.method, req.url, type(res)))
-    return { body = "Internal Server Error\n" }, 500
+    return internal_error()
   end
   local status = res.status == nil and 200 or math.tointeger(res.status)
-  local bad = not (status and status >= 200 and status <= 999)
+  local bad = not (status and status >= 100 and status <= 599) -- RFC 9110's classes
     and ("bad status %s"):format(tostring(res.status))
   for name, v in pairs(res.headers or {}) do
     for _, one in ipairs(type(v) == "table" and v or { v }) do
@@ -193,7 +199,7 @@ local function call_handler(srv, req)
   end
   if bad then
     report(srv, ("handler for %s %s: %s"):format(req.method, req.url, bad))
-    return { body = "Internal Server Error\n" }, 500
+    return internal_error()
   end
   return res, status
 end
@@ -227,10 +233,17 @@ local function respond(srv, s, raw)
     end
   end
   local is_head = req.method == "HEAD"
-  local no_body = is_head or status == 204 or status == 304
+  -- 1xx, 204 and 304 have no content (RFC 9110 6.4.1): no body, nor a
+  -- default type for one; 1xx and 204 no Content-Length either (8.6)
+  local no_content = status < 200 or status == 204 or status == 304
+  local no_length = status < 200 or status == 204
+  local no_body = is_head or no_content
+  if status < 200 then
+    keep = false -- no final answer: the client would take the next one for it
+  end
   local streamed = type(body) == "function"
   local extra = { "Date", http_date(), "Server", "tide" }
-  if not typed and (streamed or #tostring(body) > 0) then -- as aiohttp and nginx
+  if not typed and not no_content and (streamed or #tostring(body) > 0) then -- as aiohttp and nginx
     extra[#extra + 1], extra[#extra + 2] = "Content-Type", "application/octet-stream"
   end
   -- HEAD and 304 send no body: their Content-Length is the handler's (the
@@ -238,10 +251,10 @@ local function respond(srv, s, raw)
   local length = (is_head or status == 304) and user_length or nil
   if not streamed then
     body = tostring(body)
-    if status ~= 204 and (status ~= 304 or length) then
+    if not no_length and (status ~= 304 or length) then
       extra[#extra + 1], extra[#extra + 2] = "Content-Length", length or #body
     end
-  elseif length and status ~= 204 then
+  elseif length and not no_length then
     extra[#extra + 1], extra[#extra + 2] = "Content-Length", length
   elseif not no_body then
     if req.version == "1.1" then
