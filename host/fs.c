@@ -326,8 +326,11 @@ static int then_stat(fsreq *r, lua_State *L) {
 
 static int then_exists(fsreq *r, lua_State *L) {
   int rc = (int)r->req.result;
-  if (rc < 0 && rc != UV_ENOENT && rc != UV_ENOTDIR && rc != UV_ELOOP)
-    return fail(r, L, rc); /* a link loop does not exist, as for Python */
+  /* a link loop, a path too long or one it may not look into does not
+   * exist, as for Python's os.path.exists */
+  if (rc < 0 && rc != UV_ENOENT && rc != UV_ENOTDIR && rc != UV_ELOOP &&
+      rc != UV_EACCES && rc != UV_ENAMETOOLONG)
+    return fail(r, L, rc);
   lua_pushboolean(L, rc >= 0);
   return 1;
 }
@@ -666,13 +669,20 @@ static int then_write(fsreq *r, lua_State *L) {
 }
 
 /* file:write(...) -> the file; writes its arguments (strings, or numbers
- * as tostring shows them) in order, in one request, like io's write */
+ * as io.write writes them: a float with "%.14g", 3.0 as "3") in order, in
+ * one request */
 static int f_write(lua_State *L) {
   file *f = check_file(L);
   int i, n = lua_gettop(L);
   size_t len = 0, l;
   fsreq *r;
   for (i = 2; i <= n; i++) {
+    if (lua_type(L, i) == LUA_TNUMBER && !lua_isinteger(L, i)) {
+      char num[64];
+      snprintf(num, sizeof(num), LUA_NUMBER_FMT, (LUAI_UACNUMBER)lua_tonumber(L, i));
+      lua_pushstring(L, num);
+      lua_replace(L, i);
+    }
     luaL_checklstring(L, i, &l);
     len += l;
   }
