@@ -175,6 +175,20 @@ static void stream_abort(stream *s) {
   }
 }
 
+/* Copies the unread bytes of in to the box's rest (nothing if memory is
+ * short: the reader then reads the end at once). */
+static void keep_rest(stream_box *b, const rbuf *in) {
+  char *p = malloc(in->len);
+  if (p == NULL)
+    return;
+  memcpy(p, in->buf + in->off, in->len);
+  free(b->rest.buf);
+  b->rest.buf = p;
+  b->rest.off = 0;
+  b->rest.len = b->rest.cap = in->len;
+  b->rest.limit = in->limit;
+}
+
 /* Marks the stream closed and wakes parked tasks, which then find it
  * closed (a parked reader reads the end: the unread bytes, moved to the
  * box, as the struct may go before the reader runs, then nothing). The
@@ -186,11 +200,9 @@ static void stream_close(stream *s) {
   if (s && !s->closed) {
     s->closed = 1; /* the box still points here, for abort() (until the
                     * close callback or the box's collection) */
-    if (s->box) {
-      s->box->rest = s->in;
-      s->in.buf = NULL;
-      s->in.off = s->in.len = s->in.cap = 0;
-    }
+    if (s->box && s->in.len > 0) /* only the unread bytes: the read buffer
+                                   * (128 KB) goes with the struct */
+      keep_rest(s->box, &s->in);
     wake_task(&s->reader);
     if (!tide__wl_empty(&s->writers))
       tide__wl_wake_all(s->rt->L, &s->writers);
