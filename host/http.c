@@ -848,8 +848,12 @@ static size_t scheme_len(const char *u);
  * error message or field is no place for it (aiohttp and requests leave
  * credentials out of theirs). */
 static const char *push_redacted(lua_State *L, const char *url) {
-  size_t from = scheme_len(url), hlen = strcspn(url + from, "/?#");
-  const char *at = from ? memchr(url + from, '@', hlen) : NULL, *colon;
+  size_t from = scheme_len(url), hlen = strcspn(url + from, "/");
+  const char *at = NULL, *colon, *p;
+  /* the last '@' before the path: a password may hold '@', '#' or '?' */
+  for (p = url + from; from && p < url + from + hlen; p++)
+    if (*p == '@')
+      at = p;
   if (at == NULL ||
       (colon = memchr(url + from, ':', (size_t)(at - url - from))) == NULL) {
     lua_pushstring(L, url);
@@ -872,7 +876,7 @@ static int raise_failure(lua_State *L, xfer *x) {
   else if (not_resent(x))
     why = lua_pushfstring(L, "the server closed the connection without an answer, and "
                           "%s%s is not sent again (the server may have acted on it)",
-                          idempotent(x->method) ? "a request whose body a function gives"
+                          idempotent(x->method) ? "a request whose body a function or an array gives"
                                                 : "a ", idempotent(x->method) ? "" : x->method);
   else if (x->bad)
     why = x->bad;
@@ -1244,6 +1248,7 @@ static int s_request(lua_State *L) {
   tide_task *t;
   if (S->closed && lua_istable(L, 2)) { /* the message names the request */
     const char *url = opt_string(L, 2, K_url);
+    url = push_redacted(L, url ? url : "");
     tide__err_push(L, "closed", "%s %s: the HTTP session was closed",
                    opt_string(L, 2, K_method), url);
     lua_pushstring(L, url);
@@ -1469,6 +1474,12 @@ static int push_encoded(lua_State *L, const char *u, size_t n, size_t from) {
     }
   }
   luaL_pushresult(&b);
+  return 1;
+}
+
+/* redact_url(url) -> url with its password as "***" (push_redacted) */
+static int l_redact_url(lua_State *L) {
+  push_redacted(L, luaL_checkstring(L, 1));
   return 1;
 }
 
@@ -1766,7 +1777,7 @@ static const luaL_Reg xfer_methods[] = {
 
 static const luaL_Reg core_funcs[] = {
   {"session", l_session}, {"default_session", l_default_session},
-  {"header_map", l_header_map}, {"encode_url", l_encode_url},
+  {"header_map", l_header_map}, {"encode_url", l_encode_url}, {"redact_url", l_redact_url},
   {NULL, NULL}};
 
 static int global_gc(lua_State *L) {

@@ -320,6 +320,11 @@ c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.cl
       end
     end)
 
+    it("srv:port() raises kind closed once the run that started the server has ended", function()
+      local srv = tide.run(function() return http.serve("127.0.0.1", 0, echo) end)
+      assert.equals("closed", (S.errkind(function() return srv:port() end)))
+    end)
+
     it("listens on a host name", function()
       local srv <close> = http.serve("localhost", 0, function() return "named" end)
       assert.equals(("http://localhost:%d/x"):format(srv:port()), srv:url("/x"))

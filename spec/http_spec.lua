@@ -76,7 +76,9 @@ describe("tide.http", function()
       assert.same(want, e.query)
       assert.same(want, e.form)
       local _, err = pcall(http.get, url("/get"), { query = { n = 0 / 0 } })
-      assert.matches("value of 'n' must be a finite number", err, 1, true)
+      assert.matches("value of 'n' must be a finite number, got nan", err, 1, true)
+      -- a float name: its value was lost ("0.3=nil")
+      assert.equals("0.30000000000000004=2&b=x", http.urlencode({ [0.1 + 0.2] = 2, b = "x" }))
     end)
 
     it("sends a host name past ASCII in its IDNA form (xn--), as aiohttp, and refuses one IDNA refuses", function()
@@ -105,6 +107,12 @@ describe("tide.http", function()
       assert.equals(res.body, table.concat(parts))
       assert.is_nil(res:read())
       assert.equals("/get", res:json().path) -- read() used to take res.body away
+    end)
+
+    it("refuses chunks(0), which would give \"\" for ever", function()
+      local res = http.get(url("/get"))
+      local _, e = pcall(res.chunks, res, 0)
+      assert.matches("bad argument #1 to 'chunks' (positive byte count expected, got 0)", e, 1, true)
     end)
 
     it("treats a 404 as a response, and raise_for_status makes it an error", function()
@@ -779,6 +787,19 @@ describe("tide.http", function()
       assert.is_nil(e.message:find("s3cret", 1, true))
       assert.is_nil(e.url:find("s3cret", 1, true))
       assert.matches("http://alice:***@127.0.0.1:", e.message, 1, true)
+      -- a password with '@' or '#', and the errors tide raises itself
+      local hidden = "p@s#s"
+      local function check(err)
+        assert.is_nil(err.message:find(hidden, 1, true), err.message)
+        assert.is_nil((err.url or ""):find(hidden, 1, true), err.url)
+      end
+      local base = refused:gsub("^http://", "http://alice:" .. hidden .. "@")
+      check(select(2, errkind(http.get, base .. "x")))
+      check(select(2, errkind(http.get, url("/loop"):gsub("^http://", "http://alice:" .. hidden .. "@"),
+        { max_redirects = 1 })))
+      local s = http.session()
+      s:close()
+      check(select(2, errkind(s.get, s, base)))
     end)
 
     it("reports a reset in the middle of the body as a failed receive, not a failed send", function()
@@ -960,7 +981,7 @@ describe("tide.http", function()
       local chunks = { "a", "b" }
       e, n = sent("PUT", { body = function() return table.remove(chunks, 1) end })
       assert.equals("reset", e.kind)
-      assert.matches("a request whose body a function gives is not sent again", e.message, 1, true)
+      assert.matches("a request whose body a function or an array gives is not sent again", e.message, 1, true)
       assert.equals(1, n)
       -- an idempotent request is sent again, as aiohttp does: the new
       -- connection is closed too, so the server sees it twice

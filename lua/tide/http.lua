@@ -134,6 +134,8 @@ local need_task = require("tide.core").need_task
 
 -- Raises as luaL_argerror would, at the first caller outside tide's modules.
 local argerror = require("tide.core").argerror
+-- A URL for an error's message or url field: its password, if any, as ***
+local red = core.redact_url
 
 local OPTION_TYPES = {
   headers = "table", query = "table|string", body = "string|function|table",
@@ -296,7 +298,7 @@ function Response:json()
   local ok, v = pcall(json_decode, body)
   if not ok then
     v = tostring(v):gsub("^[^:]*:%d+: ", "") -- the decoder's reason, not where it is
-    error(tide.error("json", ("%s: the body is not JSON (%s)"):format(self.url, v), { url = self.url }), 2)
+    error(tide.error("json", ("%s: the body is not JSON (%s)"):format(red(self.url), v), { url = self.url }), 2)
   end
   return v
 end
@@ -304,7 +306,7 @@ end
 function Response:raise_for_status()
   check_self(self, Response, "raise_for_status")
   if self.status >= 400 then
-    error(tide.error("http", ("%d %s for %s"):format(self.status, self.reason or "", self.url),
+    error(tide.error("http", ("%d %s for %s"):format(self.status, self.reason or "", red(self.url)),
       { status = self.status, url = self.url, response = self }), 2)
   end
   return self
@@ -336,6 +338,9 @@ end
 function Response:chunks(size)
   check_self(self, Response, "chunks")
   size = byte_count("chunks", size)
+  if size == 0 then -- read(0) gives "" until the end: the loop would never end
+    argerror("chunks", 1, "positive byte count expected, got 0")
+  end
   return function() return self:read(size) end
 end
 
@@ -449,7 +454,7 @@ end
 -- the last hop's time only).
 local function hops_timeout(method, url, timeout, n)
   return tide.error("timeout", ("%s %s: timed out after %d milliseconds (timeout, over %d "
-    .. "redirect(s))"):format(method, url, math.floor(timeout * 1000), n), { url = url, curl_code = 28 })
+    .. "redirect(s))"):format(method, red(url), math.floor(timeout * 1000), n), { url = red(url), curl_code = 28 })
 end
 
 -- Follows the redirects of r, the response (x its transfer) to the request
@@ -467,21 +472,21 @@ local function follow(sess, cs, sp, x, r, first)
       if stream then x:close() end
       local scheme = loc:match("^%s*(%a[%w+.-]*):")
       error(tide.error("invalid_url", ("%s %s: the %d redirect's Location %q is not %s"):format(
-        sp.method, sp.url, r.status, loc, scheme and not scheme:find("^[Hh][Tt][Tt][Pp][Ss]?$")
+        sp.method, red(sp.url), r.status, red(loc), scheme and not scheme:find("^[Hh][Tt][Tt][Pp][Ss]?$")
         and "an http or https URL" or ("a URL (%s)"):format(r._redirect_error)),
-        { url = sp.url }), 0)
+        { url = red(sp.url) }), 0)
     end
     if stream then x:close() end
     if n == max_redirects then
       error(tide.error("too_many_redirects", ("%s %s: Number of redirects hit maximum amount "
-        .. "(Maximum (%d) redirects followed)"):format(method, url, max_redirects),
-        { url = url, curl_code = 47 }), 0)
+        .. "(Maximum (%d) redirects followed)"):format(method, red(url), max_redirects),
+        { url = red(url), curl_code = 47 }), 0)
     end
     n = n + 1
     local to, hs = r._redirect_url, sp.headers
     if not to:find("^[Hh][Tt][Tt][Pp][Ss]?://") then
       error(tide.error("invalid_url", ("%s %s: the %d redirect goes to %s, not an http or "
-        .. "https URL"):format(sp.method, sp.url, r.status, to), { url = to }), 0)
+        .. "https URL"):format(sp.method, red(sp.url), r.status, red(to)), { url = red(to) }), 0)
     end
     if sp.method ~= "HEAD" and (r.status == 303 or (sp.method == "POST"
         and (r.status == 301 or r.status == 302))) then
@@ -494,7 +499,7 @@ local function follow(sess, cs, sp, x, r, first)
     elseif body_fn then
       error(tide.error("http_transfer", ("%s %s: the %d redirect needs the body sent again, "
         .. "which a body function cannot do (give the body as a string or an array)"):format(
-          sp.method, sp.url, r.status), { url = sp.url }), 0)
+          sp.method, red(sp.url), r.status), { url = red(sp.url) }), 0)
     end
     if origin(to) ~= origin(sp.url) then
       hs = without(hs, CREDENTIALS)
@@ -589,7 +594,7 @@ local function perform(sess, fname, argbase, method, url, opts)
   local encoded, why = core.encode_url(url) -- an IDN host, spaces, bytes past ASCII
   if not encoded then -- (no scheme: no guessing, as curl would)
     local shown = url:gsub("[%z\1-\31\127]", function(c) return ("\\%d"):format(c:byte()) end)
-    error(tide.error("invalid_url", ("%s: %s"):format(shown, why), { url = url }), 0)
+    error(tide.error("invalid_url", ("%s: %s"):format(red(shown), why), { url = red(url) }), 0)
   end
   url = encoded
   local body, body_fn, ctype = opts.body, nil, nil

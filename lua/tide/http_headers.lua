@@ -36,7 +36,8 @@ function M.params_problem(t)
         return ("value of '%s' must be a string, number or boolean, got %s"):format(k, ty)
       end
       if one ~= one or one == math.huge or one == -math.huge then -- as yarl
-        return ("value of '%s' must be a finite number, got %s"):format(k, tostring(one))
+        return ("value of '%s' must be a finite number, got %s"):format(k,
+          one ~= one and "nan" or tostring(one))
       end
     end
   end
@@ -83,16 +84,19 @@ function M.urlencode(t)
   if type(t) ~= "table" then argerror("urlencode", 1, "table expected, got " .. type(t)) end
   local problem = M.params_problem(t)
   if problem then argerror("urlencode", 1, problem) end
-  local keys, out = {}, {}
-  for k in pairs(t) do keys[#keys + 1] = tostring(k) end
-  table.sort(keys)
+  local keys, raw, names, out = {}, {}, {}, {}
+  for k in pairs(t) do -- sorted by name (a number's as it is sent)
+    keys[#keys + 1] = k
+    raw[k] = math.type(k) == "float" and M.float_repr(k) or tostring(k)
+    names[k] = escape(raw[k])
+  end
+  table.sort(keys, function(a, b) return raw[a] < raw[b] end)
   for _, k in ipairs(keys) do
     local v = t[k]
-    if v == nil then v = t[tonumber(k)] end
     if type(v) == "table" then
-      for _, item in ipairs(v) do out[#out + 1] = escape(k) .. "=" .. escape(item) end
+      for _, item in ipairs(v) do out[#out + 1] = names[k] .. "=" .. escape(item) end
     else
-      out[#out + 1] = escape(k) .. "=" .. escape(v)
+      out[#out + 1] = names[k] .. "=" .. escape(v)
     end
   end
   return table.concat(out, "&")

@@ -354,10 +354,13 @@ Server.__name = "tide.HttpServer"
 local core_check_self = require("tide.core").check_self
 local function check_self(self, fname) core_check_self(self, Server, fname) end
 
--- A closed server has no port to give: kind "closed", as a net server's.
+-- A closed server has no port to give: kind "closed", as a net server's;
+-- also once its run ended, which closed the net server under it.
 local function check_open(self, fname)
   check_self(self, fname)
-  if self.closed then raise_at_caller("attempt to use a closed HTTP server", "closed") end
+  if self.closed or not pcall(self._net.port, self._net) then
+    raise_at_caller("attempt to use a closed HTTP server", "closed")
+  end
 end
 
 function Server:port()
