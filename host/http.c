@@ -109,7 +109,8 @@ enum {
   XF_ABORTED = 8192, /* its response was closed before the end */
   XF_ONCE = 16384,   /* not to be sent twice: not idempotent, or a body function */
   XF_SENT = 32768,   /* curl has sent it (on_prereq) */
-  XF_NORESEND = 65536 /* curl would have sent it again: stopped */
+  XF_NORESEND = 65536, /* curl would have sent it again: stopped */
+  XF_BADLEN = 131072  /* the body function and its Content-Length disagree */
 };
 
 struct xfer {
@@ -122,6 +123,8 @@ struct xfer {
   long status;
   curl_off_t max_body, total;
   curl_off_t clen;        /* the response's Content-Length, -1: none yet */
+  curl_off_t declared;    /* a body function's Content-Length, -1: none */
+  curl_off_t fed;         /* bytes of the request body given to curl */
   const char *bad;        /* why tide refused the response's head (protocol) */
   uint64_t idle_ms, last; /* idle timeout; when a byte last came (uv_now) */
   buf hdr, body, req;
@@ -727,10 +730,16 @@ static size_t on_read(char *p, size_t size, size_t n, void *ud) {
       x->last = uv_now(x->m->sched->loop);
     if (x->roff == x->req.n)
       x->req.n = x->roff = 0;
+    x->fed += (curl_off_t)k;
     return k;
   }
-  if (x->flags & XF_REQEOF)
+  if (x->flags & XF_REQEOF) {
+    if (x->declared >= 0 && x->fed < x->declared) { /* the server would wait */
+      x->flags |= XF_BADLEN;
+      return CURL_READFUNC_ABORT;
+    }
     return 0;
+  }
   x->flags |= XF_NEEDBODY | XF_SENDPAUSED;
   mark(x);
   return CURL_READFUNC_PAUSE;
@@ -771,6 +780,8 @@ static const char *kind_of(const xfer *x) {
     return "closed";
   if (not_resent(x))
     return "reset";
+  if (x->flags & XF_BADLEN)
+    return "http_transfer";
   if (x->flags & XF_TOOLARGE)
     return "too_large";
   if (x->bad)
@@ -873,6 +884,10 @@ static int raise_failure(lua_State *L, xfer *x) {
     why = "the session was closed";
   else if (x->flags & XF_ABORTED)
     why = "the response was closed";
+  else if (x->flags & XF_BADLEN)
+    why = lua_pushfstring(L, "the body function gave %s %I bytes its Content-Length says",
+                          x->flags & XF_REQEOF ? "fewer than the" : "more than the",
+                          (lua_Integer)x->declared);
   else if (not_resent(x))
     why = lua_pushfstring(L, "the server closed the connection without an answer, and "
                           "%s%s is not sent again (the server may have acted on it)",
@@ -1112,8 +1127,11 @@ static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
   /* the body: a string, or chunks the task feeds (chunked upload); POST,
    * PUT and PATCH without one send an empty one (Content-Length: 0, which
    * servers such as nginx want), as aiohttp and requests do */
-  if (body_fn && (blen = (size_t)opt_int(L, spec, K_body_size, -1)) != (size_t)-1)
+  x->declared = -1;
+  if (body_fn && (blen = (size_t)opt_int(L, spec, K_body_size, -1)) != (size_t)-1) {
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
+    x->declared = (curl_off_t)blen;
+  }
   spec_get(L, spec, K_body);
   s = lua_tolstring(L, -1, &blen);
   if (s == NULL && method && !body_fn &&
@@ -1324,6 +1342,13 @@ static int x_feed(lua_State *L) {
   size_t len;
   const char *p = luaL_optlstring(L, 2, NULL, &len);
   if (!(x->flags & XF_DONE)) {
+    if (p != NULL && x->declared >= 0 &&
+        x->fed + (curl_off_t)(x->req.n - x->roff + len) > x->declared) {
+      /* more than its Content-Length: curl would cut the rest off */
+      x->flags |= XF_DONE | XF_BADLEN;
+      x->result = CURLE_ABORTED_BY_CALLBACK;
+      return raise_failure(L, x);
+    }
     if (p == NULL)
       x->flags |= XF_REQEOF;
     else if (tide__buf_add(&x->req, p, len) < 0)

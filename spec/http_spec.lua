@@ -332,6 +332,19 @@ describe("tide.http", function()
       assert.is_nil(e.headers["transfer-encoding"])
     end)
 
+    it("fails at once when a body function gives fewer or more bytes than its Content-Length", function()
+      -- fewer: both ends waited until the timeout; more: curl cut the rest off silently
+      for _, case in ipairs({ { { "abc" }, "fewer" }, { { "abcdef", "ghijkl" }, "more" } }) do
+        local parts = case[1]
+        local kind, e = errkind(http.put, url("/anything"), { headers = { ["Content-Length"] = "10" },
+          timeout = 5, body = function() return table.remove(parts, 1) end })
+        assert.equals("http_transfer", kind)
+        assert.matches("the body function gave " .. case[2] .. " than the 10 bytes its Content-Length says",
+          e.message, 1, true) -- not kind timeout: it did not wait for one
+      end
+      assert.equals(200, http.get(url("/get")).status)
+    end)
+
     it("sends Content-Length: 0 for POST, PUT and PATCH without a body", function()
       for _, f in ipairs { http.post, http.put, http.patch } do
         local e = echo(f(url("/anything")))
