@@ -75,8 +75,8 @@ struct hmulti {
   hsession *sess;
   uv_timer_t timer;
   uv_idle_t kick;  /* curl asked for a timeout of 0 */
-  uv_timer_t sweep; /* checks idle timeouts while nidle > 0 */
-  int nidle;       /* attached transfers with an idle timeout */
+  uv_timer_t sweep; /* checks timeouts while nidle > 0 (on_uv_sweep) */
+  int nidle;       /* attached transfers it checks (XF_SWEPT) */
   long nattached, peak; /* transfers in the multi now, and at most */
   int open;        /* uv handles not closed yet; freed at 0 once dead */
   int dead;
@@ -110,7 +110,9 @@ enum {
   XF_ONCE = 16384,   /* not to be sent twice: not idempotent, or a body function */
   XF_SENT = 32768,   /* curl has sent it (on_prereq) */
   XF_NORESEND = 65536, /* curl would have sent it again: stopped */
-  XF_BADLEN = 131072  /* the body function and its Content-Length disagree */
+  XF_BADLEN = 131072, /* the body function and its Content-Length disagree */
+  XF_SWEPT = 262144  /* on_uv_sweep checks it: an idle timeout, or a deadline
+                      * curl does not keep (see s_request) */
 };
 
 struct xfer {
@@ -127,6 +129,9 @@ struct xfer {
   curl_off_t fed;         /* bytes of the request body given to curl */
   const char *bad;        /* why tide refused the response's head (protocol) */
   uint64_t idle_ms, last; /* idle timeout; when a byte last came (uv_now) */
+  uint64_t started, sent; /* when the request was made, sent (uv_now) */
+  long timeout_ms;
+  int deadline; /* on_uv_sweep keeps timeout_ms from started (see there) */
   buf hdr, body, req;
   size_t boff, roff;
   struct curl_slist *hlist;
@@ -190,28 +195,34 @@ static void detach(xfer *x) {
     curl_multi_remove_handle(x->m->multi, x->easy);
     x->m->sched->io_pending--;
     x->m->nattached--;
-    if (x->idle_ms && --x->m->nidle == 0)
+    if ((x->flags & XF_SWEPT) && --x->m->nidle == 0)
       uv_timer_stop(&x->m->sweep);
   }
 }
 
-/* Fails streamed transfers that got no byte for their idle timeout. Time
- * spent paused because the reader is behind does not count. */
+/* Fails streamed transfers that got no byte for their idle timeout (time
+ * spent paused because the reader is behind does not count), and those of
+ * a session with connection limits whose timeout has passed since they
+ * were made: curl 7.88 does not time out a transfer waiting for a free
+ * connection, and counts its timeout from when it gets one. */
 static void on_uv_sweep(uv_timer_t *h) {
   hmulti *m = h->data;
   uint64_t now = uv_now(m->sched->loop);
   xfer *x;
-  for (x = m->xfers; x; x = x->next)
-    if ((x->flags & XF_ATTACHED) && x->idle_ms &&
-        !(x->flags & (XF_RECVPAUSED | XF_SENDPAUSED | XF_NEEDBODY)) &&
-        now - x->last >= x->idle_ms) {
+  for (x = m->xfers; x; x = x->next) {
+    if (!(x->flags & XF_ATTACHED) || !(x->flags & XF_SWEPT))
+      continue;
+    if (x->idle_ms && !(x->flags & (XF_RECVPAUSED | XF_SENDPAUSED | XF_NEEDBODY)) &&
+        now - x->last >= x->idle_ms)
       snprintf(x->err, sizeof(x->err), "no data for %.1f s (idle_timeout)",
                (double)x->idle_ms / 1000);
-      x->result = CURLE_OPERATION_TIMEDOUT;
-      x->flags |= XF_DONE;
-      detach(x);
-      mark(x);
-    }
+    else if (!(x->deadline && now - x->started >= (uint64_t)x->timeout_ms))
+      continue;
+    x->result = CURLE_OPERATION_TIMEDOUT;
+    x->flags |= XF_DONE;
+    detach(x);
+    mark(x);
+  }
   wake_dirty(m->sched->L, m);
 }
 
@@ -419,6 +430,7 @@ static int on_prereq(void *ud, char *ip, char *local_ip, int port, int local_por
     return CURL_PREREQFUNC_ABORT;
   }
   x->flags |= XF_SENT;
+  x->sent = uv_now(x->m->sched->loop);
   return CURL_PREREQFUNC_OK;
 }
 
@@ -876,6 +888,31 @@ static const char *push_redacted(lua_State *L, const char *url) {
   return lua_tostring(L, -1);
 }
 
+/* For a timeout of x that waited for one of its session's connections
+ * (max_per_host, max_connections), pushes what happened and returns 1:
+ * curl's own message counts from the connection on, or names a host name
+ * lookup that never ran. Returns 0 otherwise. */
+static int queued_why(lua_State *L, xfer *x) {
+  hsession *S = x->m ? x->m->sess : NULL;
+  const char *limits;
+  if (S == NULL || (S->max_host <= 0 && S->max_total <= 0) ||
+      ((x->flags & XF_SENT) && x->sent - x->started < 10))
+    return 0;
+  limits = S->max_host > 0 && S->max_total > 0
+               ? lua_pushfstring(L, "max_per_host %d, max_connections %d",
+                                 (int)S->max_host, (int)S->max_total)
+           : S->max_host > 0 ? lua_pushfstring(L, "max_per_host %d", (int)S->max_host)
+                             : lua_pushfstring(L, "max_connections %d", (int)S->max_total);
+  if (!(x->flags & XF_SENT))
+    lua_pushfstring(L, "timed out (timeout %I ms) waiting for a free connection "
+                    "(the session's %s)", (lua_Integer)x->timeout_ms, limits);
+  else
+    lua_pushfstring(L, "timed out (timeout %I ms), %I ms of it waiting for a free "
+                    "connection (the session's %s)", (lua_Integer)x->timeout_ms,
+                    (lua_Integer)(x->sent - x->started), limits);
+  return 1;
+}
+
 static int raise_failure(lua_State *L, xfer *x) {
   const char *kind = kind_of(x);
   const char *url = (lua_getiuservalue(L, 1, 2), push_redacted(L, lua_tostring(L, -1)));
@@ -902,6 +939,8 @@ static int raise_failure(lua_State *L, xfer *x) {
     /* what curl 7.88 answers, silently, to a header line over its limit */
     why = "a response header is over curl's limit of 100 KB "
           "(CURL_MAX_HTTP_HEADER), or memory ran out";
+  else if (x->result == CURLE_OPERATION_TIMEDOUT && queued_why(L, x))
+    why = lua_tostring(L, -1);
   else if (x->err[0])
     why = lua_pushfstring(L, "%s (%s)", why, x->err);
   tide__err_push(L, kind, "%s %s: %s", x->method, url, why);
@@ -1080,7 +1119,8 @@ static void setup(lua_State *L, xfer *x, hmulti *m, int spec) {
     x->flags |= XF_FOLLOW;
   curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, redirects != 0 ? 1L : 0L);
   curl_easy_setopt(e, CURLOPT_MAXREDIRS, (long)redirects);
-  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)opt_int(L, spec, K_timeout, 0));
+  x->timeout_ms = (long)opt_int(L, spec, K_timeout, 0);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, x->timeout_ms);
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
                    (long)opt_int(L, spec, K_connect_timeout, 30000));
   x->idle_ms = idle > 0 ? (uint64_t)idle : 0;
@@ -1297,6 +1337,7 @@ static int s_request(lua_State *L) {
   if (x->easy == NULL)
     return luaL_error(L, "not enough memory");
   x->m = m;
+  x->started = uv_now(m->sched->loop);
   x->next = m->xfers;
   if (x->next)
     x->next->prev = x;
@@ -1318,10 +1359,12 @@ static int s_request(lua_State *L) {
     if (m->peak >= 16 && (m->sess->max_total <= 0 || m->peak <= m->sess->max_total))
       curl_multi_setopt(m->multi, CURLMOPT_MAXCONNECTS, m->peak);
   }
-  if (x->idle_ms) {
+  x->deadline = x->timeout_ms > 0 && (m->sess->max_host > 0 || m->sess->max_total > 0);
+  if (x->idle_ms || x->deadline) {
     x->last = uv_now(m->sched->loop);
+    x->flags |= XF_SWEPT;
     if (m->nidle++ == 0)
-      uv_timer_start(&m->sweep, on_uv_sweep, 100, 100);
+      uv_timer_start(&m->sweep, on_uv_sweep, 50, 50);
   }
   lua_replace(L, 1);
   lua_settop(L, 1);

@@ -1089,6 +1089,23 @@ describe("tide.http", function()
       fds_back(base)
     end)
 
+    it("times out a request waiting for a free connection at its own timeout, saying so", function()
+      -- curl 7.88 kept it waiting until a connection was free (5 s here), then
+      -- said "Failed to resolve host '127.0.0.1' with timeout after 0 ms"
+      local s <close> = http.session { max_per_host = 1 }
+      local first = tide.spawn(s.get, s, url("/hang"), { timeout = 5 }) -- holds the connection
+      tide.sleep(0.1)
+      local second = tide.spawn(s.get, s, url("/get"), { timeout = 0.3 })
+      tide.wait({ first, second }, { return_when = "first_completed" })
+      assert.is_false(first:done())
+      local kind, e = errkind(second.await, second)
+      assert.equals("timeout", kind)
+      assert.matches("timed out (timeout 300 ms) waiting for a free connection (the session's max_per_host 1)",
+        e.message, 1, true)
+      first:cancel()
+      assert.equals(200, s:get(url("/get")).status)
+    end)
+
     it("caps connections per host with max_per_host (counted by the server)", function()
       local open = servers.httpbin().reset_stats().connections_open -- other sessions' idle ones
       local s <close> = http.session { max_per_host = 3 }
