@@ -506,7 +506,7 @@ static int st_read_until(lua_State *L) {
   size_t len;
   check_stream(L, 1);
   luaL_checklstring(L, 2, &len);
-  luaL_argcheck(L, len > 0, 2, "separator must not be empty");
+  luaL_argcheck(L, len > 0, 2, "non-empty separator expected, got an empty string");
   lua_settop(L, 2);
   return exact_k(L, LUA_OK, 2);
 }

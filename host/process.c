@@ -124,7 +124,9 @@ static int check_signal(lua_State *L, int idx, int def) {
     return def;
   if (lua_type(L, idx) == LUA_TNUMBER) {
     lua_Integer n = luaL_checkinteger(L, idx);
-    luaL_argcheck(L, n >= 0 && n < NSIG, idx, "signal number out of range");
+    if (n < 0 || n >= NSIG)
+      luaL_argerror(L, idx, lua_pushfstring(L, "signal number from 0 to %d expected, "
+                                            "got %I", NSIG - 1, n));
     return (int)n;
   }
   name = luaL_checkstring(L, idx);
@@ -571,7 +573,8 @@ static void start(lua_State *L, int run) {
     tide__raise_no_loop(L);
   memset(&o, 0, sizeof(o));
   n = lua_rawlen(L, 1);
-  luaL_argcheck(L, n > 0, 1, "argv must not be empty");
+  luaL_argcheck(L, n > 0, 1, "argv must not be empty (a program and its arguments "
+                            "expected, got an empty table)");
   args = new_ptrs(L, n); /* 3 */
   for (i = 0; (size_t)i < n; i++) {
     if (lua_rawgeti(L, 1, i + 1) != LUA_TSTRING)

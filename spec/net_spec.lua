@@ -260,6 +260,8 @@ c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.cl
         function() c:read(-1) end)
       S.raises_matching("bad argument #1 to 'read_exactly' (non-negative byte count expected, got -1)",
         function() c:read_exactly(-1) end)
+      S.raises_matching("bad argument #1 to 'read_until' (non-empty separator expected, got an empty string)",
+        function() c:read_until("") end)
       c:close()
       srv:close()
     end)

@@ -164,7 +164,7 @@ describe("tide.process", function()
 
     it("checks its arguments", function()
       raises("bad argument #1 to 'run' (table expected, got no value)", function() process.run() end)
-      raises("bad argument #1 to 'run' (argv must not be empty)", function() process.run({}) end)
+      raises("bad argument #1 to 'run' (argv must not be empty (a program and its arguments expected, got an empty table))", function() process.run({}) end)
       -- outside a task: refused by name, before a child starts
       local got
       tide.call_soon(function() got = select(2, pcall(process.run, { "sh", "-c", "echo started >&2" })) end)
@@ -416,7 +416,7 @@ describe("tide.process", function()
     it("checks its signal", function()
       local p <close> = process.spawn({ "sleep", "10" })
       raises("bad argument #1 to 'kill' (unknown signal 'SIGNOPE')", function() p:kill("SIGNOPE") end)
-      raises("bad argument #1 to 'kill' (signal number out of range)", function() p:kill(1000) end)
+      raises("bad argument #1 to 'kill' (signal number from 0 to 64 expected, got 1000)", function() p:kill(1000) end)
     end)
   end)
 
