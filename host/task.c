@@ -1575,11 +1575,14 @@ static int l_spawn(lua_State *L) {
   return 1;
 }
 
+/* current_task() -> the running task, or nil (one value, as asyncio's
+ * None: print(tide.current_task()) prints it) outside any */
 static int l_current_task(lua_State *L) {
   tide_runtime *rt = tide__rt(L);
   if (rt->current == NULL)
-    return 0;
-  tide__push_task(L, rt->current);
+    lua_pushnil(L);
+  else
+    tide__push_task(L, rt->current);
   return 1;
 }
 

@@ -259,6 +259,14 @@ describe("Task", function()
     assert.same({ "invalid_state", "invalid_state", "invalid_state", "invalid_state" }, kinds)
   end)
 
+  it("current_task() is nil in a callback: one value, as asyncio's None (it gave none)", function()
+    local n, v = -1, false
+    tide.call_soon(function() n, v = select("#", tide.current_task()), tide.current_task() end)
+    tide.sleep(0.01)
+    assert.equals(1, n)
+    assert.is_nil(v)
+  end)
+
   it(":done(), :result(), :error(), :cancelled()", function()
     local t = tide.spawn(function() tide.sleep(0.01); return "r" end)
     assert.is_false(t:done())
