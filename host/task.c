@@ -1413,13 +1413,56 @@ static int t_error(lua_State *L) {
   return 1;
 }
 
+static char prepared_key; /* marks a prepared cancel error (see t_cancel) */
+
+/* Whether the cancel error at idx of L is a prepared one: a deadline's or a
+ * task group's own, which they know again by identity. */
+static int prepared(lua_State *L, int idx) {
+  int r;
+  if (!lua_istable(L, idx))
+    return 0;
+  r = lua_rawgetp(L, idx, &prepared_key) != LUA_TNIL;
+  lua_pop(L, 1);
+  return r;
+}
+
+/* A second t:cancel(msg) of a task whose first cancel comes to it as it
+ * resumes from a wake (a result, sleep(0)) or from cancelling itself: its
+ * message wins, as asyncio's _cancel_message does then (the first one wins
+ * when it cancelled what the task waited on, as here). A prepared first
+ * error stays: its scope must know it. The new error is at erridx. */
+static void last_message_wins(lua_State *L, tide_task *t, int tidx, int erridx) {
+  lua_State *co = t->co;
+  if (t->state == TS_READY && (t->flags & TF_CANCEL_QUEUED) && co && t->nargs == 3 &&
+      lua_toboolean(co, -1) && !prepared(co, -2)) {
+    lua_pushvalue(L, erridx);
+    lua_xmove(L, co, 1);
+    lua_replace(co, -3);
+  } else if (t->flags & TF_CANCEL_PENDING) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->s->pending_ref);
+    lua_pushvalue(L, tidx);
+    lua_rawget(L, -2);
+    if (!prepared(L, -1)) {
+      lua_pushvalue(L, tidx);
+      lua_pushvalue(L, erridx);
+      lua_rawset(L, -4);
+    }
+    lua_pop(L, 2);
+  }
+}
+
 /* t:cancel([msg]) -> whether the request was made (false once done) */
 static int t_cancel(lua_State *L) {
-  tide__check_task(L, 1);
-  if (tide__iserror(L, 2)) /* internal: a prepared error (timeouts) */
+  tide_task *t = tide__check_task(L, 1);
+  if (tide__iserror(L, 2)) { /* internal: a prepared error (timeouts) */
     lua_settop(L, 2);
-  else
+    lua_pushboolean(L, 1);
+    lua_rawsetp(L, 2, &prepared_key);
+  } else {
     tide__err_push(L, "cancelled", "%s", luaL_optstring(L, 2, "task cancelled"));
+    if (t->state != TS_DONE)
+      last_message_wins(L, t, 1, lua_gettop(L));
+  }
   lua_pushboolean(L, tide__cancel(L, 1, -1));
   return 1;
 }

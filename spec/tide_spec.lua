@@ -219,6 +219,40 @@ describe("Task", function()
     assert.equals("m2", e.message)
   end)
 
+  it("a task cancelled twice as it resumes or by itself sees the last message, one cancelled where it waits the first, as asyncio's", function()
+    local function caught(fn, ...) local _, e = pcall(fn, ...) return e.message end
+    -- itself, twice
+    local t = tide.spawn(function()
+      local me = tide.current_task()
+      me:cancel("m1"); me:cancel("m2")
+      return caught(tide.sleep, 0)
+    end)
+    assert.equals("m2", t:await())
+    -- in sleep(0)
+    t = tide.spawn(caught, tide.sleep, 0)
+    tide.call_soon(function() t:cancel("x1"); t:cancel("x2") end)
+    assert.equals("x2", t:await())
+    -- woken by an Event, not resumed yet
+    local ev = tide.Event()
+    t = tide.spawn(caught, ev.wait, ev)
+    tide.sleep(0.01)
+    ev:set(); t:cancel("w1"); t:cancel("w2")
+    assert.equals("w2", t:await())
+    -- cancelled where it waits: the first
+    t = tide.spawn(caught, tide.sleep, 10)
+    tide.sleep(0.01)
+    t:cancel("p1"); t:cancel("p2")
+    assert.equals("p1", t:await())
+    -- a deadline's own cancel is not replaced by a later one: the scope still knows it
+    t = tide.spawn(function()
+      return caught(tide.timeout, 0.01, function()
+        tide.call_later(0.01, function() t:cancel("late") end) -- due right after the deadline
+        tide.sleep(10)
+      end)
+    end)
+    assert.equals("late", t:await())
+  end)
+
   it(":await() returns every result", function()
     local t = tide.spawn(function() tide.sleep(0); return 1, nil, "x" end)
     local a, b, c = t:await()
