@@ -744,6 +744,10 @@ c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); c.cl
 
     it("a closed stream lets go of its read buffer at once, not when its box is collected", function()
       -- the close moved the whole 128 KB buffer to the box, read bytes or not
+      if io.open("/proc/self/maps"):read("a"):find("libasan", 1, true) then
+        pending("ASan's allocator keeps freed memory in quarantine: VmData tells nothing")
+        return
+      end
       local function vm_data_kb()
         return tonumber(io.open("/proc/self/status"):read("a"):match("VmData:%s*(%d+)"))
       end
