@@ -183,6 +183,7 @@ struct tide_runtime {
   int cpending;          /* tasks started from C not yet done */
   int incb;              /* inside one of tide's loop callbacks */
   int in_callback;       /* running a Lua callback (limits apply) */
+  int closing;           /* in tide_runtime_close: a second one is refused */
   int unyieldable;       /* resumes running under a resumer that cannot
                           * yield (coroutine.c): no park may happen */
 };

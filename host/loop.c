@@ -672,6 +672,15 @@ int tide__run(lua_State *L) {
 int tide_runtime_run(tide_runtime *rt, int nargs, int *nresults) {
   lua_State *L = rt->L;
   int base = lua_gettop(L) - nargs - 1, st;
+  if (rt->current != NULL) { /* a C function a task called: the task's own
+                              * state is the one to run from (tide.run) */
+    lua_settop(L, base);
+    lua_pushliteral(L, "tide_runtime_run called from inside a task: refused "
+                       "(call tide.run from the task's Lua code instead)");
+    if (nresults)
+      *nresults = 0;
+    return LUA_ERRRUN;
+  }
   lua_pushcfunction(L, tide__run);
   lua_insert(L, base + 1);
   st = lua_pcall(L, nargs + 1, LUA_MULTRET, 0);

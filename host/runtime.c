@@ -630,6 +630,17 @@ tide_runtime *tide_runtime_new_with(const tide_options *opts) {
     if (!listed(opts->sandbox_libs, LUA_LOADLIBNAME))
       restrict_package(L);
     protect_metatables(L, rt);
+  } else {
+    /* tide loads now, as in a sandbox: its coroutine.wrap and resume let
+     * an async C function (tide_suspend) called in a user coroutine
+     * suspend the task; before a script's require "tide" the stock ones
+     * took the park's yield for the coroutine's own */
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "tide");
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+      fprintf(stderr, "tide: cannot load tide: %s\n", lua_tostring(L, -1));
+      return new_failed(L, m, a);
+    }
   }
   rt->loop = opts->loop;
   if (rt->loop == NULL) { /* one loop for the runtime's whole life */
@@ -668,15 +679,20 @@ void tide_runtime_close(tide_runtime *rt) {
   uv_loop_t *own;
   if (rt == NULL)
     return;
-  if (rt->incb > 0 || rt->current != NULL) { /* its own code is on the C stack */
+  if (rt->incb > 0 || rt->current != NULL || rt->closing) {
+    /* its own code is on the C stack (or the close's, which runs the loop
+     * while tasks clean up, and with it the application's callbacks) */
     fprintf(stderr, "tide: tide_runtime_close called from inside the runtime "
-                    "(a done callback or a Lua call): refused; close it from "
-                    "the application's own callback instead\n");
+                    "(a done, cancel or loop callback, a Lua call, or the close "
+                    "itself): refused; close it from the application's own "
+                    "callback instead\n");
     return;
   }
+  rt->closing = 1;
   if (!rt->owns_L) { /* tide_open's: the state is the application's */
     if (rt->root)
       tide__root_close(rt); /* tasks started from C, and their loop */
+    rt->closing = 0;
     return;
   }
   L = rt->L;

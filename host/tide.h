@@ -99,14 +99,23 @@ uv_loop_t *tide_runtime_loop(tide_runtime *rt);
  * the main task until it ends, driving the loop itself (uv_run); tasks left
  * running then are cancelled and allowed to finish. Returns LUA_OK with the
  * results on the stack (*nresults of them), or an error status with the
- * error value on top. Not to be called from inside a running loop. */
+ * error value on top. Not to be called from inside a running loop: from a
+ * done callback or a C function a task called it is refused (LUA_ERRRUN,
+ * the function and arguments popped, a message on top); a task runs a
+ * nested loop with tide.run from its Lua code instead. */
 int tide_runtime_run(tide_runtime *rt, int nargs, int *nresults);
 
 /* Receives the end of a task started from C. `status` is LUA_OK with the
  * task's `nresults` results on top of L, or an error status with the error
- * value on top (a cancelled task: an error whose kind is "cancelled"). The
- * values are popped after the callback returns; L is valid only during it.
- * The runtime's memory limit does not apply to what the callback allocates. */
+ * value on top (a cancelled task: an error whose kind is "cancelled"; a
+ * task over the memory limit: LUA_ERRRUN with "not enough memory"). The
+ * values are popped after the callback returns (it may pop them itself); L
+ * is valid only during it. It is the application's code: neither the memory
+ * limit nor the instruction limit applies to it. It runs under lua_pcall:
+ * a Lua API call that raises in it (luaL_tolstring on an error value whose
+ * __tostring fails, say) ends the callback there, reported on stderr. It
+ * may start tasks (tide_spawn, tide_dostring); tide_runtime_run and
+ * tide_runtime_close are refused there. */
 typedef void (*tide_done_cb)(tide_runtime *rt, int status, lua_State *L,
                              int nresults, void *data);
 
@@ -116,9 +125,10 @@ typedef void (*tide_done_cb)(tide_runtime *rt, int status, lua_State *L,
  * (and pops nothing) when the top is not a function. */
 int tide_spawn(tide_runtime *rt, int nargs, tide_done_cb done, void *data);
 
-/* Background: loads `code` (named `chunkname`) or the file at `path` and
- * starts it as a task. A syntax error is reported through `done` before the
- * call returns. Returns 0, or the load status. */
+/* Background: loads `code` (named `chunkname`; NULL: the code itself) or
+ * the file at `path` (not NULL) and starts it as a task. A syntax error is
+ * reported through `done` before the call returns. Returns 0, or the load
+ * status. In a sandbox only source is loaded, never bytecode. */
 int tide_dostring(tide_runtime *rt, const char *code, const char *chunkname,
                   tide_done_cb done, void *data);
 int tide_dofile(tide_runtime *rt, const char *path, tide_done_cb done,
@@ -126,22 +136,29 @@ int tide_dofile(tide_runtime *rt, const char *path, tide_done_cb done,
 
 /* Drives the loop (uv_run with `mode`) for runtimes on tide's own loop.
  * Returns uv_run's result: non-zero while there is something left to do.
- * On an application's loop, run the application's loop instead. */
+ * On an application's loop, run the application's loop instead (this runs
+ * it too, and so the application's callbacks). */
 int tide_loop_run(tide_runtime *rt, uv_run_mode mode);
 
 /* How many tasks started from C are still running. */
 int tide_pending_tasks(tide_runtime *rt);
 
 /* Cancels every task, lets them clean up (running the loop while they do,
- * for at most 2 s, and only while something is alive on it), then
- * closes the Lua state and every handle tide opened; an application's loop
+ * for at most 2 s, and only while something is alive on it: the
+ * application's callbacks on that loop run meanwhile, inside this call),
+ * then closes the Lua state and every handle tide opened; an application's loop
  * is left usable: the handles tide closed finish closing at its next turn,
  * so run it once more (uv_run(loop, UV_RUN_NOWAIT)) before uv_loop_close,
  * which then succeeds once the application closed its own handles. Tasks
  * started from C that had not ended get their done callback with a
- * "cancelled" error. Not from inside a done callback or a Lua call of this
- * runtime (it is refused there: close it from the application's own
- * callback, or after tide_loop_run returns).
+ * "cancelled" error. Not from inside a done callback, a cancel callback,
+ * a Lua call of this runtime or the close itself (a repeating timer of the
+ * application that the close's loop fires again, say): it is refused there,
+ * saying so on stderr; close it from the application's own callback (once),
+ * or after tide_loop_run returns. On tide's own loop it closes every handle
+ * left there, the application's too (without their close callbacks): close
+ * yours first, and run the loop (tide_loop_run) until their callbacks ran.
+ * The runtime is gone afterwards (but for tide_open's, below).
  * Work already running on libuv's thread pool (a to_thread job, a blocking
  * file read, a name lookup) cannot be stopped: on tide's own loop close
  * waits for it; on an application's loop it keeps that loop busy until it
@@ -158,9 +175,12 @@ typedef struct tide_pending tide_pending;
 typedef void (*tide_cancel_cb)(tide_pending *p, void *data);
 
 /* Suspends the task that called the C function, to be completed later by
- * tide_complete or tide_fail. Use as the C function's return:
+ * tide_complete or tide_fail. It does not return (it yields, lua_yieldk):
+ * start the operation first, then use it as the C function's return:
  *     return tide_suspend(L, on_cancel, data, &pending);
- * *pending is the handle to complete it with. If the task is cancelled
+ * *pending (pending not NULL) is the handle to complete it with. It works
+ * in a user coroutine of the task too (coroutine.wrap), whose yield it
+ * passes up to the scheduler. If the task is cancelled
  * first, on_cancel(pending, data) runs once and the handle is dead after it
  * returns: pass an on_cancel whenever the application keeps the handle
  * (with NULL it cannot know when the handle dies). If the call cannot
@@ -176,8 +196,10 @@ lua_State *tide_pending_L(tide_pending *p);
 
 /* Completes the suspended call: the `nresults` values on top of
  * tide_pending_L(p) are popped and become the C function's results. The
- * handle is dead afterwards. Call from any libuv callback (not from inside
- * Lua code of the same runtime). A task cancelled after this but before it
+ * handle is dead afterwards (and after its on_cancel ran: completing a dead
+ * handle is undefined), and a second completion before the task resumed is
+ * ignored. Call from any libuv callback (not from inside Lua code of the
+ * same runtime, nor from its on_cancel). A task cancelled after this but before it
  * resumed drops the values (as asyncio drops a result a cancel overtakes):
  * a value that owns a resource is released by its __gc when collected, or
  * at once if its metatable has a function "__tide_drop" (called with it). */

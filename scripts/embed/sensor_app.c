@@ -102,6 +102,10 @@ static void on_heartbeat(uv_timer_t *t) {
 static void on_script_done(tide_runtime *rt, int status, lua_State *L,
                            int nresults, void *data) {
   (void)rt, (void)data;
+  /* first what must happen whatever the values are: luaL_tolstring below
+   * runs the script's __tostring, which may raise (tide then reports it
+   * and ends this callback there) */
+  uv_close((uv_handle_t *)&heartbeat, NULL); /* the app is done too */
   if (status == LUA_OK) {
     printf("script returned: %s\n",
            nresults > 0 ? luaL_tolstring(L, -nresults, NULL) : "nothing");
@@ -112,7 +116,6 @@ static void on_script_done(tide_runtime *rt, int status, lua_State *L,
     printf("script failed: %s\n", luaL_tolstring(L, -1, NULL));
     lua_pop(L, 1);
   }
-  uv_close((uv_handle_t *)&heartbeat, NULL); /* the app is done too */
 }
 
 int main(int argc, char **argv) {

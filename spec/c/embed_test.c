@@ -1191,6 +1191,171 @@ static void test_open(void) {
   lua_close(L);
 }
 
+/* An async C function called inside a user coroutine suspends the task,
+ * before any script of the runtime has required "tide": the stock
+ * coroutine.wrap took the park's yield as the coroutine's own, the task
+ * ended at once, and the later tide_complete used it after its end. */
+static void test_async_in_user_coroutine(void) {
+  env e;
+  tide_runtime *rt = new_rt(NULL, &e);
+  result r = {0};
+  spawn_code(rt, "local m = require 'testmod'\n"
+                 "local gen = coroutine.wrap(function() coroutine.yield(m.delay(20, 'x')) end)\n"
+                 "return gen()", &r);
+  tide_loop_run(rt, UV_RUN_DEFAULT);
+  check(r.called == 1 && r.status == LUA_OK && strcmp(r.text, "x") == 0,
+        "an async C function in a user coroutine suspends the task, before any "
+        "require 'tide'", r.text);
+  tide_runtime_close(rt);
+}
+
+/* A done callback whose Lua calls raise (luaL_tolstring on an error whose
+ * __tostring fails) is reported; the memory cap does not stay on the host,
+ * and the runtime goes on. */
+static void raising_done(tide_runtime *rt, int status, lua_State *L, int n,
+                         void *data) {
+  (void)rt, (void)status, (void)n;
+  ++*(int *)data;
+  luaL_tolstring(L, -1, NULL); /* raises */
+}
+
+static int push_big(lua_State *L) {
+  static char big[8 << 20];
+  lua_pushlstring(L, big, sizeof big);
+  return 1;
+}
+
+static void test_done_callback_raises(void) {
+  env e;
+  tide_options opts;
+  tide_runtime *rt;
+  lua_State *L;
+  int called = 0, st;
+  result after = {0};
+  memset(&opts, 0, sizeof opts);
+  opts.memory_limit = 4 << 20;
+  rt = new_rt(&opts, &e);
+  L = tide_runtime_L(rt);
+  tide_dostring(rt, "error(setmetatable({}, {__tostring = function() error('x') end}))",
+                "=bad", raising_done, &called);
+  tide_loop_run(rt, UV_RUN_DEFAULT);
+  lua_pushcfunction(L, push_big);
+  st = lua_pcall(L, 0, 1, 0); /* the host's own: not under the cap */
+  lua_pop(L, 1);
+  tide_dostring(rt, "return 'on'", "=after", on_done, &after);
+  tide_loop_run(rt, UV_RUN_DEFAULT);
+  check(called == 1 && st == LUA_OK && strcmp(after.text, "on") == 0,
+        "a done callback that raises is reported; the memory cap does not stay "
+        "on the host and the runtime goes on", after.text);
+  tide_runtime_close(rt);
+}
+
+/* The instruction limit is the tasks': a done callback's own Lua code is
+ * the application's. */
+static void counting_done(tide_runtime *rt, int status, lua_State *L, int n,
+                          void *data) {
+  (void)rt, (void)status, (void)n;
+  *(int *)data = luaL_dostring(L, "local n = 0 for i = 1, 1000000 do n = n + 1 end") == LUA_OK;
+  lua_settop(L, lua_gettop(L)); /* (dostring left nothing on success) */
+}
+
+static void test_limit_not_in_done_callback(void) {
+  env e;
+  tide_options opts;
+  tide_runtime *rt;
+  int ok = -1;
+  memset(&opts, 0, sizeof opts);
+  opts.instruction_limit = 100000;
+  rt = new_rt(&opts, &e);
+  tide_dostring(rt, "return 1", "=t", counting_done, &ok);
+  tide_loop_run(rt, UV_RUN_DEFAULT);
+  check(ok == 1, "the instruction limit does not apply to a done callback's own code", NULL);
+  tide_runtime_close(rt);
+}
+
+/* tide_runtime_close re-entered while it closes (the loop it runs fires
+ * the application's repeating timer, which closes again; a done callback
+ * of a cancelled task closes again): refused, no use after free. */
+static tide_runtime *reenter_rt;
+static int reenter_calls;
+static void on_close_tick(uv_timer_t *t) {
+  tide_runtime *rt = reenter_rt;
+  if (rt == NULL)
+    return;
+  reenter_calls++;
+  tide_runtime_close(rt); /* its loop fires this timer again: that one is refused */
+  reenter_rt = NULL;
+  uv_timer_stop(t);
+}
+
+static void close_again(tide_runtime *rt, int status, lua_State *L, int n, void *data) {
+  (void)status, (void)L, (void)n;
+  ++*(int *)data;
+  tide_runtime_close(rt);
+}
+
+static void test_close_reentered(void) {
+  uv_loop_t loop;
+  uv_timer_t tick;
+  tide_options opts;
+  env e;
+  int again = 0;
+  result r = {0};
+  uv_loop_init(&loop);
+  memset(&opts, 0, sizeof opts);
+  opts.loop = &loop;
+  reenter_rt = new_rt(&opts, &e);
+  /* swallows the close's cancel, then cleans up for 50 ms on the loop */
+  spawn_code(reenter_rt, "local tide = require 'tide'\n"
+                         "pcall(tide.sleep, 100) tide.sleep(0.05)", &r);
+  /* swallows the cancel and suspends again: abandoned, its done callback
+   * called by the close */
+  tide_dostring(reenter_rt, "local m = require('testmod') pcall(m.hang) return m.hang()",
+                "=stubborn", close_again, &again);
+  uv_run(&loop, UV_RUN_NOWAIT);
+  uv_timer_init(&loop, &tick);
+  uv_timer_start(&tick, on_close_tick, 1, 1);
+  reenter_calls = 0;
+  while (reenter_rt != NULL && uv_run(&loop, UV_RUN_ONCE))
+    ;
+  check(reenter_calls >= 2 && again == 1 && r.called == 1,
+        "tide_runtime_close re-entered from the loop it runs or from a done "
+        "callback it calls is refused", NULL);
+  uv_close((uv_handle_t *)&tick, NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  check(uv_loop_close(&loop) == 0, "the application's loop closes after", NULL);
+}
+
+/* tide_runtime_run from a C function a task calls is refused (it ran the
+ * main state under the running task: a crash). */
+static int t_run_nested(lua_State *L) {
+  tide_runtime *rt = lua_touserdata(L, lua_upvalueindex(1));
+  lua_State *M = tide_runtime_L(rt);
+  int n, st;
+  lua_getglobal(M, "tostring");
+  st = tide_runtime_run(rt, 0, &n);
+  lua_pushinteger(L, st);
+  lua_pushstring(L, st == LUA_OK ? "ran" : lua_tostring(M, -1));
+  if (st != LUA_OK)
+    lua_pop(M, 1);
+  return 2;
+}
+
+static void test_runtime_run_in_task(void) {
+  env e;
+  tide_runtime *rt = new_rt(NULL, &e);
+  lua_State *L = tide_runtime_L(rt);
+  result r = {0};
+  lua_pushlightuserdata(L, rt);
+  lua_pushcclosure(L, t_run_nested, 1);
+  lua_setglobal(L, "run_nested");
+  spawn_code(rt, "local st, msg = run_nested() return st, msg", &r);
+  tide_loop_run(rt, UV_RUN_DEFAULT);
+  check(r.status == LUA_OK && strstr(r.text, "refused") != NULL,
+        "tide_runtime_run from inside a task is refused with an error", r.text);
+  tide_runtime_close(rt);
+}
+
 int main(void) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   test_accessors();
@@ -1224,5 +1389,10 @@ int main(void) {
   test_app_loop_idle();
   test_app_loop_streams();
   test_open();
+  test_async_in_user_coroutine();
+  test_done_callback_raises();
+  test_limit_not_in_done_callback();
+  test_close_reentered();
+  test_runtime_run_in_task();
   return check_summary();
 }
