@@ -19,7 +19,9 @@
  * would only swallow the first SIGINT/SIGTERM. */
 static tide_sched *root(tide_runtime *rt) {
   if (rt->root == NULL) {
-    tide_sched *s = tide__sched_new(rt->L, rt, rt->loop, 0, 0);
+    tide_sched *s;
+    tide__load_coroutine(rt->L);
+    s = tide__sched_new(rt->L, rt, rt->loop, 0, 0);
     if (s == NULL)
       luaL_error(rt->L, "cannot start tide's loop");
     s->outer = rt->sched;

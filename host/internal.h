@@ -190,6 +190,7 @@ struct tide_runtime {
 
 /* runtime.c */
 tide_runtime *tide__rt(lua_State *L);
+void tide__load_coroutine(lua_State *L);
 
 /* alloc.c: the allocator of states tide creates (NULL arena: malloc's) */
 typedef struct tide_arena tide_arena;

@@ -681,6 +681,7 @@ int tide_runtime_run(tide_runtime *rt, int nargs, int *nresults) {
       *nresults = 0;
     return LUA_ERRRUN;
   }
+  tide__load_coroutine(L);
   lua_pushcfunction(L, tide__run);
   lua_insert(L, base + 1);
   st = lua_pcall(L, nargs + 1, LUA_MULTRET, 0);

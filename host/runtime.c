@@ -106,6 +106,23 @@ int luaopen_tide_core(lua_State *L) {
 
 /* ---- helpers shared by the C modules ----------------------------------- */
 
+/* Installs tide's coroutine.wrap and resume in L (require
+ * "tide.coroutine", which require "tide" does too) before tasks first run
+ * from C: they let an async C function (tide_suspend) called in a user
+ * coroutine suspend the task, where the stock ones took the park's yield
+ * for the coroutine's own. A failure (no memory) is left to the first task
+ * to meet. */
+void tide__load_coroutine(lua_State *L) {
+  int top = lua_gettop(L);
+  if (lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE) == LUA_TTABLE &&
+      lua_getfield(L, -1, "tide.coroutine") == LUA_TNIL) {
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "tide.coroutine");
+    (void)lua_pcall(L, 1, 0, 0);
+  }
+  lua_settop(L, top);
+}
+
 /* [-0, +1, m] Pushes the table the registry holds at key, made on first
  * use. */
 void tide__registry_table(lua_State *L, const void *key) {
@@ -630,17 +647,6 @@ tide_runtime *tide_runtime_new_with(const tide_options *opts) {
     if (!listed(opts->sandbox_libs, LUA_LOADLIBNAME))
       restrict_package(L);
     protect_metatables(L, rt);
-  } else {
-    /* tide loads now, as in a sandbox: its coroutine.wrap and resume let
-     * an async C function (tide_suspend) called in a user coroutine
-     * suspend the task; before a script's require "tide" the stock ones
-     * took the park's yield for the coroutine's own */
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "tide");
-    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
-      fprintf(stderr, "tide: cannot load tide: %s\n", lua_tostring(L, -1));
-      return new_failed(L, m, a);
-    }
   }
   rt->loop = opts->loop;
   if (rt->loop == NULL) { /* one loop for the runtime's whole life */
