@@ -249,6 +249,13 @@ describe("tide.http", function()
       assert.equals('{"0.30000000000000004":1}', http.post(server:url("/"), { json = { [0.1 + 0.2] = 1 } }).body)
     end)
 
+    it("refuses a JSON string that is not UTF-8 (cjson sent its bytes: no JSON text)", function()
+      local _, e = pcall(http.post, url("/anything"), { json = { a = "ok", b = { "x\xff" } } })
+      assert.matches("bad argument #2 to 'post' (opts.json: a string that is not UTF-8 (byte 2 of 2 is not))",
+        e, 1, true)
+      assert.equals("ü", echo(http.post(url("/anything"), { json = { s = "ü" } })).json.s)
+    end)
+
     it("sends empty arrays as [] with empty_array or array_mt, and res:json() keeps them arrays", function()
       local server <close> = http.serve("127.0.0.1", 0, function(req) return { body = req.body } end)
       local function sent(v) return http.post(server:url("/"), { json = v }).body end

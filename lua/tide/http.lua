@@ -64,15 +64,26 @@ local function raw_json(v)
   if v == M.empty_array or (getmetatable(v) == M.array_mt and next(v) == nil) then return "[]" end
 end
 
+-- Whether v holds what raw_json writes; a string that is not UTF-8 is an
+-- error (cjson would send its bytes as they are: no JSON text).
 local function has_big(v, seen)
-  if raw_json(v) then return true end
-  if type(v) ~= "table" then return false end
-  if seen[v] then return false end
-  seen[v] = true
-  for k, x in next, v do
-    if has_big(k, seen) or has_big(x, seen) then return true end
+  local t = type(v)
+  if t == "string" then
+    local n, bad = utf8.len(v)
+    if not n then
+      error(("a string that is not UTF-8 (byte %d of %d is not)"):format(bad, #v), 0)
+    end
+    return false
   end
-  return false
+  if raw_json(v) then return true end
+  if t ~= "table" or seen[v] then return false end
+  seen[v] = true
+  local big = false
+  for k, x in next, v do
+    big = has_big(k, seen) or big
+    big = has_big(x, seen) or big
+  end
+  return big
 end
 
 -- A copy of v with its inexact numbers as marked strings (cycles kept, for
