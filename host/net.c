@@ -88,13 +88,14 @@ typedef struct stream {
   tide_waitlist writers; /* parked until the write queue drains */
   tide_waitlist closers; /* parked in wait_closed() */
   struct stream *live_prev, *live_next; /* rt->net_live */
-  struct sockaddr_storage peer; /* the other end, once known (has_peer) */
-  int has_peer;
 } stream;
 
 struct stream_box {
   stream *s;
   rbuf rest; /* the bytes left at the close; freed with the box */
+  struct sockaddr_storage peer; /* the other end, once known (has_peer):
+                                 * kept by the box, for after the close */
+  int has_peer;
 };
 
 typedef struct server {
@@ -221,10 +222,11 @@ static void stream_close(stream *s) {
  * fails once the connection is gone (a reset), and asyncio's peername,
  * taken when the connection is made, outlives it. */
 static void keep_peer(stream *s) {
-  int len = sizeof(s->peer);
-  if (!s->has_peer && s->h.handle.type == UV_TCP &&
-      uv_tcp_getpeername(&s->h.tcp, (struct sockaddr *)&s->peer, &len) == 0)
-    s->has_peer = 1;
+  stream_box *b = s->box;
+  int len = sizeof(b->peer);
+  if (b && !b->has_peer && s->h.handle.type == UV_TCP &&
+      uv_tcp_getpeername(&s->h.tcp, (struct sockaddr *)&b->peer, &len) == 0)
+    b->has_peer = 1;
 }
 
 /* Raises kind "closed" (a program can tell it from other failures). */
@@ -1405,9 +1407,10 @@ static int sv_gc(lua_State *L) {
 
 /* stream:peer() -> ip, port of the other end (nil for a pipe) */
 static int st_peer(lua_State *L) {
-  stream *s = check_stream(L, 1);
-  keep_peer(s);
-  return s->has_peer ? push_addr(L, &s->peer) : 0;
+  stream_box *b = luaL_checkudata(L, 1, STREAM_MT);
+  if (b->s && !b->s->closed)
+    keep_peer(b->s);
+  return b->has_peer ? push_addr(L, &b->peer) : 0; /* after close() too, as asyncio's */
 }
 
 static const luaL_Reg stream_methods[] = {

@@ -182,6 +182,16 @@ sys.stdin.read()
   end)
 
   describe("stream:peer", function()
+    it("still gives it after the stream's own close(), as asyncio's peername (it raised kind closed)", function()
+      local srv <close> = net.serve("127.0.0.1", 0, function(s) s:read() end)
+      local c = net.connect("127.0.0.1", srv:port())
+      c:close()
+      tide.sleep(0.01) -- the handle's close callback has run: the struct is gone
+      local ip, port = c:peer()
+      assert.equals("127.0.0.1", ip)
+      assert.equals(srv:port(), port)
+    end)
+
     it("gives the other end's address on both sides", function()
       local seen, done = tide.Event(), tide.Event()
       local server_side
