@@ -308,6 +308,9 @@ static int wait_readable(lua_State *L, stream *s, lua_KContext ctx,
     return tide__raise_kind_at_user(L, "invalid_state",
                                     "another task is already reading this "
                                     "stream");
+  if (!uv_is_readable(&s->h.stream) && !s->eof && !s->err) /* a child's stdin */
+    return tide__raise_kind_at_user(L, "invalid_state", "this pipe is write-only "
+                                    "(a child's stdin: write to it)");
   if (!s->reading && !s->eof && !s->err) {
     int rc = uv_read_start(&s->h.stream, on_uv_alloc, on_uv_read);
     if (rc < 0)
@@ -644,6 +647,9 @@ static int st_write(lua_State *L) {
   if (s->shut)
     return tide__raise_kind_at_user(L, "invalid_state",
                                     "write after write_eof()");
+  if (!uv_is_writable(&s->h.stream)) /* a child's stdout or stderr */
+    return tide__raise_kind_at_user(L, "invalid_state", "this pipe is read-only "
+                                    "(a child's output: read it)");
   if (len == 0)
     return 0;
   w = malloc(sizeof(*w) + len);
