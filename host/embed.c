@@ -68,33 +68,27 @@ static int done_protected(lua_State *L) {
 }
 
 /* Calls d's callback with the n values on top of L. It is the
- * application's code: neither the memory cap nor the instruction limit
- * applies, and an error it raises (a Lua API call on a value whose
- * metamethods fail, say) is reported and dropped rather than unwinding the
- * runtime with its limits still set. */
+ * application's code: the memory cap does not apply to what it allocates;
+ * the instruction limit does, with a budget of its own, since Lua calls it
+ * makes on the values may run the script's metamethods (luaL_tolstring
+ * calls __tostring). An error (a Lua call that raised) is reported and
+ * ends the callback, rather than unwinding the runtime with its limits
+ * still set. */
 static void call_done(tide_runtime *rt, lua_State *L, cdone *d, int status,
                       int n) {
   int top = lua_gettop(L) - n, in_cb = rt->in_callback;
-  lua_Hook hook = lua_gethook(L);
-  int mask = lua_gethookmask(L), count = lua_gethookcount(L);
   done_call c;
   d->called = 1;
   rt->cpending--;
-  rt->in_callback = 0;
   if (d->cb) {
     c.rt = rt, c.d = d, c.status = status, c.n = n;
-    lua_sethook(L, NULL, 0, 0);
+    rt->in_callback = 0;
     lua_pushlightuserdata(L, &c);
     lua_pushcclosure(L, done_protected, 1);
     lua_insert(L, top + 1);
-    if (lua_pcall(L, n, 0, 0) != LUA_OK) {
-      fprintf(stderr, "tide: error in a done callback: %s\n",
-              lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "(not a string)");
-      fflush(stderr);
-    }
-    lua_sethook(L, hook, mask, count);
+    tide__call_protected(L, n, "a done callback", CALL_APP);
+    rt->in_callback = in_cb;
   }
-  rt->in_callback = in_cb;
   lua_settop(L, top);
 }
 

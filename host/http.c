@@ -92,6 +92,9 @@ struct hmulti {
 
 enum { W_NONE, W_HEADERS, W_DONE, W_DATA };
 #define PREALLOC_MAX ((curl_off_t)64 << 20) /* see headers_done */
+/* on_uv_sweep's deadline comes this much after curl's own (ms): a transfer
+ * curl times out itself says why in curl's words ("Resolving timed out") */
+#define DEADLINE_GRACE 20
 enum {
   XF_ATTACHED = 1,   /* in the multi */
   XF_HDRS = 2,       /* the final response's headers are complete */
@@ -111,8 +114,9 @@ enum {
   XF_SENT = 32768,   /* curl has sent it (on_prereq) */
   XF_NORESEND = 65536, /* curl would have sent it again: stopped */
   XF_BADLEN = 131072, /* the body function and its Content-Length disagree */
-  XF_SWEPT = 262144  /* on_uv_sweep checks it: an idle timeout, or a deadline
+  XF_SWEPT = 262144, /* on_uv_sweep checks it: an idle timeout, or a deadline
                       * curl does not keep (see s_request) */
+  XF_DEADLINE = 524288 /* on_uv_sweep ended it at its deadline (queued_why) */
 };
 
 struct xfer {
@@ -216,7 +220,9 @@ static void on_uv_sweep(uv_timer_t *h) {
         now - x->last >= x->idle_ms)
       snprintf(x->err, sizeof(x->err), "no data for %.1f s (idle_timeout)",
                (double)x->idle_ms / 1000);
-    else if (!(x->deadline && now - x->started >= (uint64_t)x->timeout_ms))
+    else if (x->deadline && now - x->started >= (uint64_t)x->timeout_ms + DEADLINE_GRACE)
+      x->flags |= XF_DEADLINE;
+    else
       continue;
     x->result = CURLE_OPERATION_TIMEDOUT;
     x->flags |= XF_DONE;
@@ -888,29 +894,31 @@ static const char *push_redacted(lua_State *L, const char *url) {
   return lua_tostring(L, -1);
 }
 
-/* For a timeout of x that waited for one of its session's connections
- * (max_per_host, max_connections), pushes what happened and returns 1:
- * curl's own message counts from the connection on, or names a host name
- * lookup that never ran. Returns 0 otherwise. */
-static int queued_why(lua_State *L, xfer *x) {
+/* For x ended at its deadline by on_uv_sweep (a session with connection
+ * limits: curl keeps no timeout while a transfer waits for a connection,
+ * and counts it from when one is free), pushes what happened. */
+static void push_deadline_why(lua_State *L, xfer *x) {
   hsession *S = x->m ? x->m->sess : NULL;
-  const char *limits;
-  if (S == NULL || (S->max_host <= 0 && S->max_total <= 0) ||
-      ((x->flags & XF_SENT) && x->sent - x->started < 10))
-    return 0;
-  limits = S->max_host > 0 && S->max_total > 0
-               ? lua_pushfstring(L, "max_per_host %d, max_connections %d",
-                                 (int)S->max_host, (int)S->max_total)
-           : S->max_host > 0 ? lua_pushfstring(L, "max_per_host %d", (int)S->max_host)
-                             : lua_pushfstring(L, "max_connections %d", (int)S->max_total);
-  if (!(x->flags & XF_SENT))
+  curl_off_t dns = 0;
+  char *ip = NULL;
+  const char *limits = S == NULL ? "limits"
+                       : S->max_host > 0 && S->max_total > 0
+                           ? lua_pushfstring(L, "max_per_host %d, max_connections %d",
+                                             (int)S->max_host, (int)S->max_total)
+                       : S->max_host > 0 ? lua_pushfstring(L, "max_per_host %d", (int)S->max_host)
+                                         : lua_pushfstring(L, "max_connections %d", (int)S->max_total);
+  curl_easy_getinfo(x->easy, CURLINFO_NAMELOOKUP_TIME_T, &dns);
+  curl_easy_getinfo(x->easy, CURLINFO_PRIMARY_IP, &ip);
+  if (x->flags & XF_SENT)
+    lua_pushfstring(L, "timed out (timeout %I ms) waiting for the response; the request "
+                    "went out %I ms after it was made (the session's %s)",
+                    (lua_Integer)x->timeout_ms, (lua_Integer)(x->sent - x->started), limits);
+  else if (dns == 0 && (ip == NULL || *ip == '\0')) /* curl never started it */
     lua_pushfstring(L, "timed out (timeout %I ms) waiting for a free connection "
                     "(the session's %s)", (lua_Integer)x->timeout_ms, limits);
   else
-    lua_pushfstring(L, "timed out (timeout %I ms), %I ms of it waiting for a free "
-                    "connection (the session's %s)", (lua_Integer)x->timeout_ms,
-                    (lua_Integer)(x->sent - x->started), limits);
-  return 1;
+    lua_pushfstring(L, "timed out (timeout %I ms) before the request went out "
+                    "(resolving or connecting)", (lua_Integer)x->timeout_ms);
 }
 
 static int raise_failure(lua_State *L, xfer *x) {
@@ -939,8 +947,8 @@ static int raise_failure(lua_State *L, xfer *x) {
     /* what curl 7.88 answers, silently, to a header line over its limit */
     why = "a response header is over curl's limit of 100 KB "
           "(CURL_MAX_HTTP_HEADER), or memory ran out";
-  else if (x->result == CURLE_OPERATION_TIMEDOUT && queued_why(L, x))
-    why = lua_tostring(L, -1);
+  else if (x->flags & XF_DEADLINE)
+    why = (push_deadline_why(L, x), lua_tostring(L, -1));
   else if (x->err[0])
     why = lua_pushfstring(L, "%s (%s)", why, x->err);
   tide__err_push(L, kind, "%s %s: %s", x->method, url, why);

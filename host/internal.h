@@ -184,6 +184,8 @@ struct tide_runtime {
   int incb;              /* inside one of tide's loop callbacks */
   int in_callback;       /* running a Lua callback (limits apply) */
   int closing;           /* in tide_runtime_close: a second one is refused */
+  int co_installed;      /* tide's coroutine.wrap and resume are (sandbox, or
+                          * tide__load_coroutine) */
   int unyieldable;       /* resumes running under a resumer that cannot
                           * yield (coroutine.c): no park may happen */
 };
@@ -219,7 +221,8 @@ void tide__new_type(lua_State *L, const char *name, const luaL_Reg *methods,
                     lua_CFunction gc, lua_CFunction close,
                     lua_CFunction tostring);
 void tide__report(lua_State *L, const char *what, int idx);
-int tide__call_protected(lua_State *L, int nargs, const char *what, int user);
+enum { CALL_RUNTIME = 0, CALL_USER = 1, CALL_APP = 2 };
+int tide__call_protected(lua_State *L, int nargs, const char *what, int who);
 
 /* err.c */
 void tide__err_push(lua_State *L, const char *kind, const char *fmt, ...);

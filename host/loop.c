@@ -237,7 +237,7 @@ static void on_uv_sigusr1(uv_signal_t *h, int signum) {
   if (script_handles(h, signum))
     return;
   lua_pushcfunction(s->L, tide__dump_tasks);
-  tide__call_protected(s->L, 0, "dump_tasks", 1);
+  tide__call_protected(s->L, 0, "dump_tasks", CALL_USER);
 }
 
 /* SIGTERM's watcher is not in tide_sched: it hangs on the run's closers,
@@ -537,7 +537,7 @@ static void list_pending(tide_sched *s, const char *when) {
   if (s->ntasks > 0) {
     fprintf(stderr, "tide: %d task(s) still pending %s:\n", s->ntasks, when);
     lua_pushcfunction(s->L, tide__dump_tasks);
-    tide__call_protected(s->L, 0, "dump_tasks", 1);
+    tide__call_protected(s->L, 0, "dump_tasks", CALL_USER);
   }
 }
 
@@ -672,8 +672,9 @@ int tide__run(lua_State *L) {
 int tide_runtime_run(tide_runtime *rt, int nargs, int *nresults) {
   lua_State *L = rt->L;
   int base = lua_gettop(L) - nargs - 1, st;
-  if (rt->current != NULL) { /* a C function a task called: the task's own
-                              * state is the one to run from (tide.run) */
+  if (rt->current != NULL || rt->closing) { /* a C function a task called
+                              * (its own state runs tide.run), or a done
+                              * callback of the close */
     lua_settop(L, base);
     lua_pushliteral(L, "tide_runtime_run called from inside a task: refused "
                        "(call tide.run from the task's Lua code instead)");

@@ -55,24 +55,26 @@ static int msgh(lua_State *L) {
 
 /* [-(nargs+1), +0, -] Calls the function below nargs arguments in
  * protected mode; an error is reported with its traceback and dropped.
- * user: the script's code, under its limits (else the runtime's own).
- * Returns the pcall status. */
-int tide__call_protected(lua_State *L, int nargs, const char *what, int user) {
+ * who: CALL_USER, the script's code, under its limits; CALL_APP, the
+ * application's C code (a done callback), under the instruction limit
+ * only (it may run the script's metamethods: luaL_tolstring); CALL_RUNTIME,
+ * tide's own. Returns the pcall status. */
+int tide__call_protected(lua_State *L, int nargs, const char *what, int who) {
   tide_runtime *rt = tide__rt(L);
   int base = lua_gettop(L) - nargs, st;
+  int cap = who == CALL_USER, limit = who != CALL_RUNTIME && rt->instruction_limit;
   lua_Hook hook = lua_gethook(L);
   int mask = lua_gethookmask(L), count = lua_gethookcount(L);
   tide__take_stop_hook(rt->sched); /* lua5.4's Ctrl-C is the run's, not its */
   lua_pushcfunction(L, msgh);
   lua_insert(L, base);
-  /* callbacks are user code too: the runtime's limits apply to them */
-  rt->in_callback += user;
-  if (rt->instruction_limit && user)
+  rt->in_callback += cap;
+  if (limit) /* a step of its own */
     tide__limit_arm(L);
   st = lua_pcall(L, nargs, 0, base);
-  if (rt->instruction_limit && user)
+  if (limit)
     lua_sethook(L, hook, mask, count);
-  rt->in_callback -= user;
+  rt->in_callback -= cap;
   if (st != LUA_OK) {
     fprintf(stderr, "tide: error in %s: %s\n", what,
             lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
@@ -113,13 +115,15 @@ int luaopen_tide_core(lua_State *L) {
  * for the coroutine's own. A failure (no memory) is left to the first task
  * to meet. */
 void tide__load_coroutine(lua_State *L) {
+  tide_runtime *rt = tide__rt(L);
   int top = lua_gettop(L);
-  if (lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE) == LUA_TTABLE &&
-      lua_getfield(L, -1, "tide.coroutine") == LUA_TNIL) {
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "tide.coroutine");
-    (void)lua_pcall(L, 1, 0, 0);
-  }
+  if (rt->co_installed || rt->sandbox) /* a sandbox's are, since its start: its
+                                        * global require is the script's */
+    return;
+  rt->co_installed = 1;
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "tide.coroutine");
+  (void)lua_pcall(L, 1, 0, 0);
   lua_settop(L, top);
 }
 

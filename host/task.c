@@ -1130,6 +1130,30 @@ static void count_cancel(lua_State *L, tide_sched *s, int tidx, int d) {
   lua_pop(L, 2);
 }
 
+/* A second cancel of a task whose first comes to it as it resumes from a
+ * wake (a result, sleep(0)), or that cancelled itself and still runs (or
+ * yielded in sleep(0)): the new error (at erridx) replaces the first, as
+ * asyncio's _cancel_message does then; the first stays when it cancelled
+ * what the task waited on. (A deadline's or a task group's own error, once
+ * replaced, ends their scope the way the new cancel would have anyway: the
+ * scope raises that cancel.) */
+static void last_message_wins(lua_State *L, tide_task *t, int tidx, int erridx) {
+  lua_State *co = t->co;
+  if (t->state == TS_READY && (t->flags & TF_CANCEL_QUEUED) && co && t->nargs == 3 &&
+      lua_toboolean(co, -1)) {
+    lua_pushvalue(L, erridx);
+    lua_xmove(L, co, 1);
+    lua_replace(co, -3);
+  } else if ((t->flags & TF_CANCEL_PENDING) &&
+             (t->state == TS_RUNNING || (t->flags & TF_IMMEDIATE))) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->s->pending_ref);
+    lua_pushvalue(L, tidx);
+    lua_pushvalue(L, erridx);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+  }
+}
+
 int tide__cancel(lua_State *L, int tidx, int erridx) {
   tide_task *t = lua_touserdata(L, tidx);
   tide_sched *s = t->s;
@@ -1140,6 +1164,7 @@ int tide__cancel(lua_State *L, int tidx, int erridx) {
   tidx = lua_absindex(L, tidx);
   erridx = lua_absindex(L, erridx);
   count_cancel(L, s, tidx, 1);
+  last_message_wins(L, t, tidx, erridx);
   if (t->state == TS_NEW && (t->flags & TF_CANCEL_QUEUED)) {
     /* not started: the last request's error is the one it ends with, as
      * asyncio's _cancel_message */
@@ -1413,56 +1438,13 @@ static int t_error(lua_State *L) {
   return 1;
 }
 
-static char prepared_key; /* marks a prepared cancel error (see t_cancel) */
-
-/* Whether the cancel error at idx of L is a prepared one: a deadline's or a
- * task group's own, which they know again by identity. */
-static int prepared(lua_State *L, int idx) {
-  int r;
-  if (!lua_istable(L, idx))
-    return 0;
-  r = lua_rawgetp(L, idx, &prepared_key) != LUA_TNIL;
-  lua_pop(L, 1);
-  return r;
-}
-
-/* A second t:cancel(msg) of a task whose first cancel comes to it as it
- * resumes from a wake (a result, sleep(0)) or from cancelling itself: its
- * message wins, as asyncio's _cancel_message does then (the first one wins
- * when it cancelled what the task waited on, as here). A prepared first
- * error stays: its scope must know it. The new error is at erridx. */
-static void last_message_wins(lua_State *L, tide_task *t, int tidx, int erridx) {
-  lua_State *co = t->co;
-  if (t->state == TS_READY && (t->flags & TF_CANCEL_QUEUED) && co && t->nargs == 3 &&
-      lua_toboolean(co, -1) && !prepared(co, -2)) {
-    lua_pushvalue(L, erridx);
-    lua_xmove(L, co, 1);
-    lua_replace(co, -3);
-  } else if (t->flags & TF_CANCEL_PENDING) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, t->s->pending_ref);
-    lua_pushvalue(L, tidx);
-    lua_rawget(L, -2);
-    if (!prepared(L, -1)) {
-      lua_pushvalue(L, tidx);
-      lua_pushvalue(L, erridx);
-      lua_rawset(L, -4);
-    }
-    lua_pop(L, 2);
-  }
-}
-
 /* t:cancel([msg]) -> whether the request was made (false once done) */
 static int t_cancel(lua_State *L) {
-  tide_task *t = tide__check_task(L, 1);
-  if (tide__iserror(L, 2)) { /* internal: a prepared error (timeouts) */
+  tide__check_task(L, 1);
+  if (tide__iserror(L, 2)) /* internal: a prepared error (timeouts) */
     lua_settop(L, 2);
-    lua_pushboolean(L, 1);
-    lua_rawsetp(L, 2, &prepared_key);
-  } else {
+  else
     tide__err_push(L, "cancelled", "%s", luaL_optstring(L, 2, "task cancelled"));
-    if (t->state != TS_DONE)
-      last_message_wins(L, t, 1, lua_gettop(L));
-  }
   lua_pushboolean(L, tide__cancel(L, 1, -1));
   return 1;
 }

@@ -110,12 +110,15 @@ int tide_runtime_run(tide_runtime *rt, int nargs, int *nresults);
  * value on top (a cancelled task: an error whose kind is "cancelled"; a
  * task over the memory limit: LUA_ERRRUN with "not enough memory"). The
  * values are popped after the callback returns (it may pop them itself); L
- * is valid only during it. It is the application's code: neither the memory
- * limit nor the instruction limit applies to it. It runs under lua_pcall:
- * a Lua API call that raises in it (luaL_tolstring on an error value whose
- * __tostring fails, say) ends the callback there, reported on stderr. It
- * may start tasks (tide_spawn, tide_dostring); tide_runtime_run and
- * tide_runtime_close are refused there. */
+ * is valid only during it. It is the application's code: the memory limit
+ * does not apply to what it allocates. The instruction limit does, with a
+ * budget of its own: Lua calls it makes may run the script's metamethods
+ * (luaL_tolstring calls __tostring), which must not hang the host. It runs
+ * under lua_pcall: a Lua API call that raises in it (luaL_tolstring on an
+ * error value whose __tostring fails, or runs past the limit) ends the
+ * callback there, reported on stderr. It may start tasks (tide_spawn,
+ * tide_dostring); tide_runtime_run and tide_runtime_close are refused
+ * there. */
 typedef void (*tide_done_cb)(tide_runtime *rt, int status, lua_State *L,
                              int nresults, void *data);
 

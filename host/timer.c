@@ -309,7 +309,7 @@ void tide__handle_run(tide_sched *s, tide_handle *h) {
   luaL_checkstack(L, n + 4, "too many callback arguments");
   for (i = 1; i <= n + 1; i++)
     lua_rawgeti(L, cb, i);
-  tide__call_protected(L, n, "callback", !is_runtime(L, -(n + 1)));
+  tide__call_protected(L, n, "callback", is_runtime(L, -(n + 1)) ? CALL_RUNTIME : CALL_USER);
   lua_pop(L, 3);
 }
 

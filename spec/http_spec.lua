@@ -254,6 +254,9 @@ describe("tide.http", function()
       assert.matches("bad argument #2 to 'post' (opts.json: a string that is not UTF-8 (byte 2 of 2 is not))",
         e, 1, true)
       assert.equals("ü", echo(http.post(url("/anything"), { json = { s = "ü" } })).json.s)
+      -- behind a float that needs its exact text (the walk stopped at it)
+      _, e = pcall(http.post, url("/anything"), { json = { 0.1 + 0.2, "\xff" } })
+      assert.matches("opts.json: a string that is not UTF-8 (byte 1 of 1 is not)", e, 1, true)
     end)
 
     it("sends empty arrays as [] with empty_array or array_mt, and res:json() keeps them arrays", function()
@@ -1111,6 +1114,25 @@ describe("tide.http", function()
         e.message, 1, true)
       first:cancel()
       assert.equals(200, s:get(url("/get")).status)
+    end)
+
+    it("keeps curl's reason for a timeout of a limited session's request that did not wait (slow DNS)", function()
+      local so, bin = os.getenv("TIDE_SLOWDNS"), os.getenv("TIDE_BIN")
+      if not so or not bin then pending("run through ctest (needs TIDE_SLOWDNS, TIDE_BIN)") return end
+      local script = os.tmpname()
+      local f = assert(io.open(script, "w"))
+      f:write([[
+        local http = require "tide.http"
+        local s = http.session { max_per_host = 4 }
+        print(select(2, pcall(s.get, s, "http://stalled.slow:1/", { timeout = 0.3 })))
+      ]])
+      f:close()
+      local p = io.popen(("LD_PRELOAD=%s ASAN_OPTIONS=verify_asan_link_order=0 %s %s 2>&1"):format(so, bin, script))
+      local out = p:read("a")
+      p:close()
+      os.remove(script)
+      -- it said "waiting for a free connection", which it never did
+      assert.matches("timeout: GET http://stalled.slow:1/: Timeout was reached (Resolving timed out after", out, 1, true)
     end)
 
     it("caps connections per host with max_per_host (counted by the server)", function()

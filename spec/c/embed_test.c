@@ -1250,26 +1250,70 @@ static void test_done_callback_raises(void) {
   tide_runtime_close(rt);
 }
 
-/* The instruction limit is the tasks': a done callback's own Lua code is
- * the application's. */
-static void counting_done(tide_runtime *rt, int status, lua_State *L, int n,
+/* A done callback runs under the instruction limit, with a budget of its
+ * own: the Lua calls it makes may run the script's metamethods, and a
+ * sandboxed __tostring that loops must not hang the host. */
+static void tostring_done(tide_runtime *rt, int status, lua_State *L, int n,
                           void *data) {
   (void)rt, (void)status, (void)n;
-  *(int *)data = luaL_dostring(L, "local n = 0 for i = 1, 1000000 do n = n + 1 end") == LUA_OK;
-  lua_settop(L, lua_gettop(L)); /* (dostring left nothing on success) */
+  ++*(int *)data;
+  luaL_tolstring(L, -1, NULL); /* the script's __tostring: stopped */
+  ++*(int *)data;              /* not reached */
 }
 
-static void test_limit_not_in_done_callback(void) {
+static void short_done(tide_runtime *rt, int status, lua_State *L, int n,
+                       void *data) {
+  (void)rt, (void)status, (void)n;
+  *(int *)data = luaL_dostring(L, "local n = 0 for i = 1, 1000 do n = n + 1 end") == LUA_OK;
+}
+
+static void test_limit_in_done_callback(void) {
   env e;
   tide_options opts;
   tide_runtime *rt;
-  int ok = -1;
+  int calls = 0, ok = -1;
   memset(&opts, 0, sizeof opts);
   opts.instruction_limit = 100000;
+  opts.sandbox = 1;
   rt = new_rt(&opts, &e);
-  tide_dostring(rt, "return 1", "=t", counting_done, &ok);
+  tide_dostring(rt, "return setmetatable({}, {__tostring = function() while true do end end})",
+                "=t", tostring_done, &calls);
   tide_loop_run(rt, UV_RUN_DEFAULT);
-  check(ok == 1, "the instruction limit does not apply to a done callback's own code", NULL);
+  tide_dostring(rt, "return 1", "=after", short_done, &ok);
+  tide_loop_run(rt, UV_RUN_DEFAULT);
+  check(calls == 1 && ok == 1,
+        "a done callback runs under the instruction limit with a budget of its own: "
+        "a script's looping __tostring is stopped there, and the runtime goes on", NULL);
+  tide_runtime_close(rt);
+}
+
+/* A sandboxed script's own require is never called by tide's host code
+ * (tide_runtime_run installed tide's coroutine functions through the global
+ * require, outside any task: no limit applied to it). */
+static void test_sandbox_require_not_called(void) {
+  env e;
+  tide_options opts;
+  tide_runtime *rt;
+  lua_State *L;
+  result r = {0};
+  int n = 0, hits;
+  memset(&opts, 0, sizeof opts);
+  opts.sandbox = 1;
+  opts.instruction_limit = 100000;
+  rt = new_rt(&opts, &e);
+  L = tide_runtime_L(rt);
+  tide_dostring(rt, "local real = require\n"
+                    "require = function(...) hits = (hits or 0) + 1 return real(...) end",
+                "=swap", on_done, &r);
+  tide_loop_run(rt, UV_RUN_DEFAULT);
+  luaL_loadstring(L, "return 1");
+  tide_runtime_run(rt, 0, &n);
+  lua_pop(L, n);
+  lua_getglobal(L, "hits");
+  hits = (int)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  check(r.status == LUA_OK && hits == 0,
+        "sandbox: tide never calls the script's own require from host code", NULL);
   tide_runtime_close(rt);
 }
 
@@ -1391,7 +1435,8 @@ int main(void) {
   test_open();
   test_async_in_user_coroutine();
   test_done_callback_raises();
-  test_limit_not_in_done_callback();
+  test_limit_in_done_callback();
+  test_sandbox_require_not_called();
   test_close_reentered();
   test_runtime_run_in_task();
   return check_summary();
