@@ -204,6 +204,14 @@ static void detach(xfer *x) {
   }
 }
 
+/* x ended with result: out of curl, its task to be woken (wake_dirty). */
+static void xfer_end(xfer *x, CURLcode result) {
+  x->result = result;
+  x->flags |= XF_DONE;
+  detach(x);
+  mark(x);
+}
+
 /* Fails streamed transfers that got no byte for their idle timeout (time
  * spent paused because the reader is behind does not count), and those of
  * a session with connection limits whose timeout has passed since they
@@ -224,10 +232,7 @@ static void on_uv_sweep(uv_timer_t *h) {
       x->flags |= XF_DEADLINE;
     else
       continue;
-    x->result = CURLE_OPERATION_TIMEDOUT;
-    x->flags |= XF_DONE;
-    detach(x);
-    mark(x);
+    xfer_end(x, CURLE_OPERATION_TIMEDOUT);
   }
   wake_dirty(m->sched->L, m);
 }
@@ -241,12 +246,9 @@ static void after_action(hmulti *m, lua_State *L) {
     if (msg->msg != CURLMSG_DONE)
       continue;
     curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&x);
-    x->result = msg->data.result;
-    x->flags |= XF_DONE;
     if (!(x->flags & XF_HDRS))
       curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &x->status);
-    detach(x);
-    mark(x);
+    xfer_end(x, msg->data.result);
   }
   if (!m->dead)
     wake_dirty(L, m);

@@ -1137,6 +1137,17 @@ static void count_cancel(lua_State *L, tide_sched *s, int tidx, int d) {
  * what the task waited on. (A deadline's or a task group's own error, once
  * replaced, ends their scope the way the new cancel would have anyway: the
  * scope raises that cancel.) */
+/* The cancel error that waits for the task at tidx (asked while it ran)
+ * becomes the value at vidx. */
+static void set_pending(lua_State *L, tide_sched *s, int tidx, int vidx) {
+  vidx = lua_absindex(L, vidx);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->pending_ref);
+  lua_pushvalue(L, tidx);
+  lua_pushvalue(L, vidx);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
 static void last_message_wins(lua_State *L, tide_task *t, int tidx, int erridx) {
   lua_State *co = t->co;
   if (t->state == TS_READY && (t->flags & TF_CANCEL_QUEUED) && co && t->nargs == 3 &&
@@ -1146,11 +1157,7 @@ static void last_message_wins(lua_State *L, tide_task *t, int tidx, int erridx) 
     lua_replace(co, -3);
   } else if ((t->flags & TF_CANCEL_PENDING) &&
              (t->state == TS_RUNNING || (t->flags & TF_IMMEDIATE))) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, t->s->pending_ref);
-    lua_pushvalue(L, tidx);
-    lua_pushvalue(L, erridx);
-    lua_rawset(L, -3);
-    lua_pop(L, 1);
+    set_pending(L, t->s, tidx, erridx);
   }
 }
 
@@ -1209,11 +1216,7 @@ int tide__cancel(lua_State *L, int tidx, int erridx) {
       tide__enqueue(s, t);
       break;
     default: /* running: it is cancelling itself */
-      lua_rawgeti(L, LUA_REGISTRYINDEX, s->pending_ref);
-      lua_pushvalue(L, tidx);
-      lua_pushvalue(L, erridx);
-      lua_rawset(L, -3);
-      lua_pop(L, 1);
+      set_pending(L, s, tidx, erridx);
       t->flags |= TF_CANCEL_PENDING;
   }
   return 1;
