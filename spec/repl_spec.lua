@@ -213,6 +213,12 @@ describe("tide REPL without a terminal", function()
     assert.matches("^Lua 5%.4[^\n]+\ntide [^\n]+\n> 2\n> >> > 9\n> stdin:1: bad\n.*> 3\n> \n$", out) -- errors without the program's name, as lua5.4's
   end)
 
+  it("says a to_thread worker's error was re-raised from the worker, as the command does", function()
+    local out = sh("printf 'require(\"tide\").to_thread(function() error(\"w\") end)\n' | "
+      .. TIDE .. " -i 2>&1")
+    assert.matches("re-raised from the to_thread worker:", out, 1, true) -- it said "awaited task"
+  end)
+
   it("a line's io.read() reads the input that follows it, as under lua5.4", function()
     local out, _, rc = sh("printf 'x = io.read()\\nhello\\n=x\\n' | " .. TIDE .. " -i 2>&1")
     assert.equals(0, rc, out)

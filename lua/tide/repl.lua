@@ -111,8 +111,9 @@ local function handler(e)
   if cut then
     tb = tb:sub(1, cut - 1)
   end
-  if tide.iserror(e) and type(e.traceback) == "string" then
-    tb = tb .. "\nre-raised from the awaited task:\n" .. e.traceback
+  if tide.iserror(e) and type(e.traceback) == "string" then -- as the command says it
+    tb = tb .. (e.kind == "thread" and "\nre-raised from the to_thread worker:\n"
+      or "\nre-raised from the awaited task:\n") .. e.traceback
   end
   return tb
 end
