@@ -733,6 +733,25 @@ static void close_thread(lua_State *L, tide_task *t, int ud, lua_State *co) {
 /* The coroutine raised: keep the error and, unless it is a cancellation,
  * a traceback taken from the dead coroutine, naming the task and where it
  * was spawned. */
+/* The traceback on top without its last lines when they are tide's own
+ * Lua frames (tide.main running the command's -e chunks and script: lua5.4
+ * shows "[C]: in ?" there). */
+static void drop_own_frames(lua_State *L) {
+  size_t n;
+  const char *tb = lua_tolstring(L, -1, &n), *end = tb + n, *nl;
+  for (;;) {
+    for (nl = end; nl > tb && nl[-1] != '\n'; nl--)
+      ;
+    if (nl == tb || strncmp(nl, "\tlua/tide/", 10) != 0)
+      break;
+    end = nl - 1; /* the line and its "\n" */
+  }
+  if (end != tb + n) {
+    lua_pushlstring(L, tb, (size_t)(end - tb));
+    lua_replace(L, -2);
+  }
+}
+
 static void finish_err(lua_State *L, tide_task *t, int ud) {
   lua_State *co = t->co;
   int e;
@@ -753,6 +772,8 @@ static void finish_err(lua_State *L, tide_task *t, int ud) {
       luaL_traceback(L, co ? co : L, lua_tostring(L, -1), co ? 0 : 1);
       lua_remove(L, -2);
     }
+    if (t->parent == 0)
+      drop_own_frames(L);
     push_name(L, t, ud);
     push_site(L, t, ud);
     if (t->parent == 0) /* a run's main task: nobody spawned it */

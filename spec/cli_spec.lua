@@ -282,6 +282,15 @@ end)
     assert.matches("in task 'worker' %(spawned at [^)]+:3 by task 'main'%)", err)
   end)
 
+  it("an error in a -e chunk run before a script shows no frame of tide's own, as lua5.4's", function()
+    local name = tmpfile("print('not reached')")
+    local _, err, rc = sh(TIDE .. [[ -e 'error("x")' ]] .. name)
+    os.remove(name)
+    assert.equals(1, rc)
+    assert.matches("(command line):1: in main chunk\n\tin task 'main'", err, 1, true)
+    assert.is_nil(err:find("lua/tide/", 1, true), err) -- it showed tide.main's frame
+  end)
+
   it("reports a syntax error like lua5.4, exit 1", function()
     local _, err, rc = run("x = = 1")
     assert.equals(1, rc)
