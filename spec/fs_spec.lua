@@ -305,6 +305,10 @@ describe("fs.write_file", function()
   it("checks its arguments", function()
     raises_matching("bad argument #2 to 'write_file' (string expected, got no value)",
       fs.write_file, "/tmp/x")
+    -- a nil given is "nil", as luaL's (it said "no value" for both)
+    raises_matching("bad argument #2 to 'write_file' (string expected, got nil)",
+      fs.write_file, "/tmp/x", nil)
+    raises_matching("bad argument #1 to 'mkdir' (string expected, got nil)", fs.mkdir, nil, {})
     raises_matching("bad argument #3 to 'write_file' (unknown option 'atomc')",
       fs.write_file, "/tmp/x", "", { atomc = true })
     raises_matching("bad argument #3 to 'write_file' (option 'mode' must be an integer, got string)",

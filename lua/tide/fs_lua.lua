@@ -20,19 +20,21 @@ local need_task = core.need_task
 -- Raises as luaL_argerror would, at the user's call (a tail call: its caller).
 local argerror = require("tide.core").argerror
 
--- Raises a luaL_checkstring-style error at the user's call.
-local function check_string(fname, i, v)
+-- Raises a luaL_checkstring-style error at the user's call; n: how many
+-- arguments the call had ("got no value" past them, "got nil" for a nil
+-- given, as luaL's).
+local function check_string(fname, i, v, n)
   local t = type(v)
   if t ~= "string" and t ~= "number" then
-    argerror(fname, i, "string expected, got " .. (v == nil and "no value" or t))
+    argerror(fname, i, "string expected, got " .. (i > n and "no value" or t))
   end
 end
 
 -- The same for a path: open(2) would stop at a zero byte.
-local function check_path(fname, i, v)
+local function check_path(fname, i, v, n)
   local t = type(v)
   if t ~= "string" and t ~= "number" then
-    argerror(fname, i, "string expected, got " .. (v == nil and "no value" or t))
+    argerror(fname, i, "string expected, got " .. (i > n and "no value" or t))
   end
   if t == "string" and v:find("\0", 1, true) then
     argerror(fname, i, "path contains a zero byte")
@@ -69,9 +71,10 @@ local function try(fn, ...)
   error(r, 0)
 end
 
-function fs.read_file(path)
+function fs.read_file(...)
+  local path = ...
   need_task("read_file")
-  check_path("read_file", 1, path)
+  check_path("read_file", 1, path, select("#", ...))
   local f <close> = C.open(path, "r")
   local data = f:read() or "" -- nil at the end: an empty file
   f:close()
@@ -158,10 +161,11 @@ local function write_atomic(path, data, perm)
   end
 end
 
-function fs.write_file(path, data, opts)
+function fs.write_file(...)
+  local path, data, opts = ...
   need_task("write_file")
-  check_path("write_file", 1, path)
-  check_string("write_file", 2, data)
+  check_path("write_file", 1, path, select("#", ...))
+  check_string("write_file", 2, data, select("#", ...))
   opts = options("write_file", 3, opts, { atomic = "boolean", mode = "integer" })
   if opts.atomic then
     return write_atomic(path, data, opts.mode)
@@ -169,10 +173,11 @@ function fs.write_file(path, data, opts)
   return write(path, data, "w", opts.mode)
 end
 
-function fs.append_file(path, data)
+function fs.append_file(...)
+  local path, data = ...
   need_task("append_file")
-  check_path("append_file", 1, path)
-  check_string("append_file", 2, data)
+  check_path("append_file", 1, path, select("#", ...))
+  check_string("append_file", 2, data, select("#", ...))
   return write(path, data, "a")
 end
 
@@ -181,9 +186,10 @@ local function isdir(path)
   return st ~= nil and st.type == "directory"
 end
 
-function fs.mkdir(path, opts)
+function fs.mkdir(...)
+  local path, opts = ...
   need_task("mkdir")
-  check_path("mkdir", 1, path)
+  check_path("mkdir", 1, path, select("#", ...))
   opts = options("mkdir", 2, opts, { parents = "boolean", mode = "integer" })
   if not opts.parents then
     return C.mkdir(path, opts.mode)
@@ -201,9 +207,10 @@ function fs.mkdir(path, opts)
   end
 end
 
-function fs.list_dir(path)
+function fs.list_dir(...)
+  local path = ...
   need_task("list_dir")
-  check_path("list_dir", 1, path)
+  check_path("list_dir", 1, path, select("#", ...))
   local names, types = C.scandir(path)
   local i = 0
   return function()
@@ -212,9 +219,10 @@ function fs.list_dir(path)
   end
 end
 
-function fs.remove(path, opts)
+function fs.remove(...)
+  local path, opts = ...
   need_task("remove")
-  check_path("remove", 1, path)
+  check_path("remove", 1, path, select("#", ...))
   opts = options("remove", 2, opts, { recursive = "boolean" })
   local _, e = try(C.unlink, path)
   if not e then return end
