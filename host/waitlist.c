@@ -168,6 +168,17 @@ static int wl_wake_all(lua_State *L) {
   return 1;
 }
 
+/* wl:head_leaving() -> whether the first waiter's cancellation is on its
+ * way (it leaves the list when it runs; a wake would pass it by) */
+static int wl_head_leaving(lua_State *L) {
+  waitlist *w = check_wl(L, 1);
+  int i;
+  for (i = w->first; i < w->last && w->items[i] == NULL; i++)
+    ;
+  lua_pushboolean(L, i < w->last && w->items[i]->state != TS_PARKED);
+  return 1;
+}
+
 static int wl_empty(lua_State *L) {
   lua_pushboolean(L, tide__wl_empty(check_wl(L, 1)));
   return 1;
@@ -198,7 +209,8 @@ static int l_waitlist(lua_State *L) {
 
 static const luaL_Reg wl_methods[] = {
   {"wait", wl_wait}, {"wake_one", wl_wake_one}, {"wake_all", wl_wake_all},
-  {"empty", wl_empty}, {"__len", wl_len}, {"__gc", wl_gc}, {NULL, NULL}};
+  {"empty", wl_empty}, {"head_leaving", wl_head_leaving}, {"__len", wl_len},
+  {"__gc", wl_gc}, {NULL, NULL}};
 
 /* [-1, +1, m] Adds core.waitlist to the module table on top. */
 int tide__open_waitlist(lua_State *L) {

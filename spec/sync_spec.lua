@@ -375,6 +375,23 @@ end)
 
 describe("tide.Lock", function()
   describe(":acquire()", function()
+    it("a cancelled first waiter passes the lock on when it runs, one turn after a release, as asyncio's", function()
+      -- asyncio's _wake_up_first looks at the first waiter only: its cancel is on
+      -- its way, so nobody is woken until it runs (tide woke the next one at once)
+      local lock, log = tide.Lock(), {}
+      local function add(s) log[#log + 1] = s end -- (log[#log + 1] = f() takes its slot before f suspends)
+      lock:acquire()
+      local b = tide.spawn(function() add(pcall(lock.acquire, lock) and "B got" or "B cancelled") end)
+      local c = tide.spawn(function() local _ <close> = lock:acquire(); add("C got") end)
+      tide.sleep(0)
+      local ticker = tide.spawn(function() for i = 1, 3 do add("tick" .. i); tide.sleep(0) end end)
+      b:cancel()
+      lock:release()
+      tide.gather({ b, c, ticker })
+      -- what python3 prints for the same program (asyncio.Lock, create_task, sleep(0))
+      assert.equals("tick1 B cancelled tick2 C got tick3", table.concat(log, " "))
+    end)
+
     it("gives mutual exclusion to a read-sleep-write critical section", function()
       virtual(function()
         local lock = tide.Lock()

@@ -121,7 +121,8 @@ BoundedSemaphore.__base = Semaphore
 -- Lock: asyncio's. release() unlocks and wakes the first waiter, which
 -- takes the lock when it runs; until then locked() is false, a second
 -- release() is an error, and a newcomer queues behind the woken waiter
--- (no barging). A woken waiter cancelled before it runs wakes the next.
+-- (no barging). A waiter cancelled before it runs (woken or not) wakes the
+-- first of the others if the lock is free, as asyncio's.
 local Lock = {}
 Lock.__index = Lock
 Lock.__name = "tide.Lock"
@@ -131,7 +132,11 @@ function Lock:locked()
   return self._locked
 end
 
+-- asyncio's _wake_up_first: the first waiter only, and only if nothing is
+-- on its way to it: a wake (it takes the lock when it runs), or its
+-- cancellation (it passes the lock on when it runs, below).
 function Lock:_wake_first()
+  if self._woken > 0 or self._waiters:head_leaving() then return end
   if self._waiters:wake_one() then self._woken = self._woken + 1 end
 end
 
@@ -144,7 +149,7 @@ function Lock:acquire()
     local ok, err, woken = self._waiters:wait()
     if ok or woken then self._woken = self._woken - 1 end
     if not ok then
-      if woken and not self._locked then self:_wake_first() end
+      if not self._locked then self:_wake_first() end -- as asyncio's acquire
       error(err, 0)
     end
     self._locked = true
