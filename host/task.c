@@ -730,9 +730,6 @@ static void close_thread(lua_State *L, tide_task *t, int ud, lua_State *co) {
     recycle(L, t->s->rt, co);
 }
 
-/* The coroutine raised: keep the error and, unless it is a cancellation,
- * a traceback taken from the dead coroutine, naming the task and where it
- * was spawned. */
 /* The traceback on top without its last lines when they are tide's own
  * Lua frames (tide.main running the command's -e chunks and script: lua5.4
  * shows "[C]: in ?" there). */
@@ -752,6 +749,9 @@ static void drop_own_frames(lua_State *L) {
   }
 }
 
+/* The coroutine raised: keep the error and, unless it is a cancellation,
+ * a traceback taken from the dead coroutine, naming the task and where it
+ * was spawned. */
 static void finish_err(lua_State *L, tide_task *t, int ud) {
   lua_State *co = t->co;
   int e;
